@@ -1,0 +1,92 @@
+//! `weir`: run and check pipelines, scaffold and build stages.
+//!
+//! Exit codes: 0 success, 1 the run or check failed, 2 the command line was wrong.
+
+mod stage_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use weir::exec::{self, Plan, RunEnv, RunOptions};
+use weir::sandbox::{Sandbox, SandboxConfig};
+use weir::spec::PipelineSpec;
+
+/// weir runs feature pipelines: Arrow batches through sandboxed WebAssembly stages.
+#[derive(Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// Data directory (dead letters, compiled artifacts, store). Default: $WEIR_DATA_DIR or ./.weir
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline to the end and print a summary.
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Do not show the progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check a pipeline file and print its DAG, without running anything.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// Write and build stages.
+    #[command(subcommand)]
+    Stage(stage_cmd::StageCommand),
+}
+
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.unwrap_or_else(exec::default_data_dir);
+    match cli.command {
+        Command::Run { pipeline, quiet } => run(&pipeline, data_dir, !quiet),
+        Command::Validate { pipeline } => {
+            let spec = PipelineSpec::from_file(&pipeline)?;
+            let dag = spec.validate()?;
+            println!("{} is valid: {} nodes", pipeline.display(), dag.nodes.len());
+            print!("{}", dag.render());
+            Ok(())
+        }
+        Command::Stage(cmd) => stage_cmd::dispatch(cmd, &data_dir),
+    }
+}
+
+fn sandbox(data_dir: &std::path::Path) -> anyhow::Result<Sandbox> {
+    Ok(Sandbox::new(SandboxConfig { artifact_dir: Some(data_dir.join("artifacts")), ..Default::default() })?)
+}
+
+fn run(pipeline: &std::path::Path, data_dir: PathBuf, progress: bool) -> anyhow::Result<()> {
+    let spec = PipelineSpec::from_file(pipeline)?;
+    let env = RunEnv { sandbox: sandbox(&data_dir)?, data_dir };
+    let plan = Plan::build(spec, &env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let summary = runtime.block_on(exec::run(plan, &env, &RunOptions { progress }))?;
+    print!("{summary}");
+    Ok(())
+}

@@ -1,0 +1,377 @@
+//! The executor: one task per node, bounded channels between them.
+//!
+//! ```text
+//!   source ──[ch]──► stage ──[ch]──► stage ──[ch]──► sink
+//!     │ blocking pool   │ blocking pool                 │ blocking pool
+//!     └── dead letters ─┴───────────────► run's dead-letter file
+//! ```
+//!
+//! Each node runs as a tokio task; its own work (parsing, a WebAssembly call, a
+//! kernel, a write) runs on the blocking pool, so CPU-heavy nodes never stall the
+//! scheduler. Channels are bounded in batches and bytes ([`channel`]): a slow node
+//! makes its upstream wait, all the way back to the source, which then reads less.
+//!
+//! A bounded source ends the run cleanly: when it is exhausted its channel closes,
+//! each operator `finish`es and closes its own, and sinks close (flush, rename into
+//! place). When any node fails, the run stops: the other tasks are aborted, the
+//! error names the node, and sinks do not rename their partial output into place.
+
+pub mod channel;
+mod dead_letter;
+mod node;
+mod plan;
+mod summary;
+mod wasm;
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use tokio::task::JoinSet;
+
+pub use dead_letter::DeadLetterFile;
+pub use node::{DeadLetter, Emitter, NodeError, Operator, Sink, Source};
+pub use plan::{NodeImpl, Plan, PlanError, RunEnv};
+pub use summary::{NodeStats, RunSummary};
+pub use wasm::WasmOperator;
+
+use crate::spec::NodeKind;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The pipeline could not be prepared.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A node failed while running.
+    #[error("node `{node}` failed: {source}")]
+    Node {
+        /// The node.
+        node: String,
+        /// Why.
+        source: NodeError,
+    },
+    /// A node panicked: a bug in weir, not in the pipeline.
+    #[error("node `{node}` panicked: {message} (this is a bug in weir)")]
+    Panic {
+        /// The node.
+        node: String,
+        /// The panic message.
+        message: String,
+    },
+    /// Dead letters could not be written, so records would be lost: the run stops.
+    #[error("cannot write dead letters to {path}: {source}")]
+    DeadLetters {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// How to run a plan.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Print a progress line to stderr every half second (only on a terminal).
+    pub progress: bool,
+}
+
+/// Shared by the tasks of a run.
+struct RunShared {
+    letters: DeadLetterFile,
+    own_letters: HashMap<String, DeadLetterFile>,
+    records_read: AtomicU64,
+}
+
+impl RunShared {
+    fn letters_for(&self, node: &str) -> &DeadLetterFile {
+        self.own_letters.get(node).unwrap_or(&self.letters)
+    }
+
+    fn keep(&self, node: &str, letters: &[crate::exec::DeadLetter]) -> Result<(), RunError> {
+        let file = self.letters_for(node);
+        file.append(node, letters).map_err(|source| RunError::DeadLetters {
+            path: file.path().display().to_string(),
+            source,
+        })
+    }
+}
+
+/// Prepares and runs a pipeline to the end (bounded sources) or until it fails.
+///
+/// # Errors
+/// [`RunError`], naming the node at fault.
+pub async fn run(plan: Plan, env: &RunEnv, options: &RunOptions) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let Plan { spec, dag, nodes, .. } = plan;
+    let run_id = format!(
+        "run-{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
+    );
+    let letters_path = env.data_dir.join("dead-letters").join(&spec.name).join(format!("{run_id}.jsonl"));
+    let own_letters = spec
+        .sources
+        .iter()
+        .filter_map(|s| {
+            let path = s.jsonl.as_ref()?.rejects.as_ref()?;
+            Some((s.name.clone(), DeadLetterFile::new(spec.resolve(path), &spec.name, &run_id)))
+        })
+        .collect();
+    let shared = Arc::new(RunShared {
+        letters: DeadLetterFile::new(letters_path, &spec.name, &run_id),
+        own_letters,
+        records_read: AtomicU64::new(0),
+    });
+
+    // One channel in front of every node that has inputs.
+    let mut senders: Vec<Option<channel::Sender>> = Vec::with_capacity(nodes.len());
+    let mut receivers: Vec<Option<channel::Receiver>> = Vec::with_capacity(nodes.len());
+    for node in &dag.nodes {
+        if node.inputs.is_empty() {
+            senders.push(None);
+            receivers.push(None);
+        } else {
+            let (tx, rx) = channel::bounded(spec.settings.channel_batches, spec.settings.channel_bytes);
+            senders.push(Some(tx));
+            receivers.push(Some(rx));
+        }
+    }
+
+    let mut tasks = JoinSet::new();
+    let mut names = HashMap::new();
+    for (pos, imp) in nodes.into_iter().enumerate() {
+        let node = &dag.nodes[pos];
+        let outs: Vec<channel::Sender> =
+            node.outputs.iter().map(|&o| senders[o].clone().expect("readers have channels")).collect();
+        let stats = NodeStats::new(&node.name, node.kind);
+        let shared = shared.clone();
+        let rx = receivers[pos].take();
+        let id = match imp {
+            NodeImpl::Source(src) => tasks.spawn(run_source(src, outs, stats, shared)).id(),
+            NodeImpl::Operator(op) => {
+                tasks.spawn(run_operator(op, rx.expect("stages have inputs"), outs, stats, shared)).id()
+            }
+            NodeImpl::Sink(sink) => tasks.spawn(run_sink(sink, rx.expect("sinks have inputs"), stats)).id(),
+        };
+        names.insert(id, node.name.clone());
+    }
+    // Only the tasks hold senders now, so channels close when their writers end.
+    drop(senders);
+
+    let progress = (options.progress && std::io::stderr().is_terminal())
+        .then(|| tokio::spawn(report_progress(shared.clone(), started)));
+
+    let mut stats: Vec<NodeStats> = Vec::new();
+    let mut failure: Option<RunError> = None;
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((_, Ok(s))) => stats.push(s),
+            Ok((_, Err(e))) => {
+                if failure.is_none() {
+                    failure = Some(e);
+                    tasks.abort_all();
+                }
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                let node = names.get(&e.id()).cloned().unwrap_or_default();
+                let message = panic_message(e.into_panic());
+                failure.get_or_insert(RunError::Panic { node, message });
+                tasks.abort_all();
+            }
+        }
+    }
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r\x1b[2K");
+    }
+    for file in std::iter::once(&shared.letters).chain(shared.own_letters.values()) {
+        file.flush().map_err(|source| RunError::DeadLetters { path: file.path().display().to_string(), source })?;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let order: HashMap<&str, usize> = dag.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+    stats.sort_by_key(|s| order[s.name.as_str()]);
+    let dead_letter_file = shared.letters.path().exists().then(|| shared.letters.path().to_path_buf());
+    Ok(RunSummary { pipeline: spec.name.clone(), run_id, nodes: stats, wall: started.elapsed(), dead_letter_file })
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Sends each batch to every output. Returns false when all outputs are gone.
+async fn fan_out(batches: Vec<RecordBatch>, outs: &[channel::Sender], stats: &mut NodeStats) -> bool {
+    let mut alive = !outs.is_empty();
+    for batch in batches {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        stats.batches_out += 1;
+        stats.rows_out += batch.num_rows() as u64;
+        alive = false;
+        for out in outs {
+            if let Ok(waited) = out.send(batch.clone()).await {
+                stats.blocked += waited;
+                alive = true;
+            }
+        }
+        if !alive {
+            return false;
+        }
+    }
+    alive
+}
+
+fn merge(into: &mut NodeStats, counters: std::collections::BTreeMap<String, u64>) {
+    for (k, v) in counters {
+        *into.counters.entry(k).or_default() += v;
+    }
+}
+
+async fn run_source(
+    mut source: Box<dyn Source>,
+    outs: Vec<channel::Sender>,
+    mut stats: NodeStats,
+    shared: Arc<RunShared>,
+) -> Result<NodeStats, RunError> {
+    let name = stats.name.clone();
+    loop {
+        let started = Instant::now();
+        let (back, result, emitted) = tokio::task::spawn_blocking(move || {
+            let mut out = Emitter::default();
+            let r = source.next_batch(&mut out);
+            (source, r, out)
+        })
+        .await
+        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        source = back;
+        stats.busy += started.elapsed();
+        let more = result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        shared.keep(&name, &emitted.dead_letters)?;
+        merge(&mut stats, emitted.counters);
+        let rows: usize = emitted.batches.iter().map(RecordBatch::num_rows).sum();
+        shared.records_read.fetch_add(rows as u64, Ordering::Relaxed);
+        if !fan_out(emitted.batches, &outs, &mut stats).await || !more {
+            return Ok(stats);
+        }
+    }
+}
+
+async fn run_operator(
+    mut op: Box<dyn Operator>,
+    mut rx: channel::Receiver,
+    outs: Vec<channel::Sender>,
+    mut stats: NodeStats,
+    shared: Arc<RunShared>,
+) -> Result<NodeStats, RunError> {
+    let name = stats.name.clone();
+    loop {
+        let input = rx.recv().await;
+        let finishing = input.is_none();
+        if let Some(b) = &input {
+            stats.batches_in += 1;
+            stats.rows_in += b.num_rows() as u64;
+        }
+        let started = Instant::now();
+        let (back, result, emitted) = tokio::task::spawn_blocking(move || {
+            let mut out = Emitter::default();
+            let r = match input {
+                Some(batch) => op.process(batch, &mut out),
+                None => op.finish(&mut out),
+            };
+            (op, r, out)
+        })
+        .await
+        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        op = back;
+        stats.busy += started.elapsed();
+        result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        shared.keep(&name, &emitted.dead_letters)?;
+        merge(&mut stats, emitted.counters);
+        let alive = fan_out(emitted.batches, &outs, &mut stats).await;
+        if finishing || !alive {
+            let (b, bytes) = rx.max_depth();
+            stats.max_queue_batches = b;
+            stats.max_queue_bytes = bytes;
+            return Ok(stats);
+        }
+    }
+}
+
+async fn run_sink(
+    sink: Box<dyn Sink>,
+    mut rx: channel::Receiver,
+    mut stats: NodeStats,
+) -> Result<NodeStats, RunError> {
+    let name = stats.name.clone();
+    let mut sink = Some(sink);
+    loop {
+        let input = rx.recv().await;
+        let mut s = sink.take().expect("sink is back after each call");
+        let started = Instant::now();
+        let closing = input.is_none();
+        if let Some(b) = &input {
+            stats.batches_in += 1;
+            stats.rows_in += b.num_rows() as u64;
+        }
+        let (back, result) = tokio::task::spawn_blocking(move || {
+            let r = match &input {
+                Some(batch) => s.write(batch).map(|()| batch.num_rows()),
+                None => s.close().map(|()| 0),
+            };
+            (s, r)
+        })
+        .await
+        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        sink = Some(back);
+        stats.busy += started.elapsed();
+        let rows = result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        if rows > 0 {
+            stats.batches_out += 1;
+            stats.rows_out += rows as u64;
+        }
+        if closing {
+            let (b, bytes) = rx.max_depth();
+            stats.max_queue_batches = b;
+            stats.max_queue_bytes = bytes;
+            return Ok(stats);
+        }
+    }
+}
+
+async fn report_progress(shared: Arc<RunShared>, started: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let read = shared.records_read.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        eprint!("\r\x1b[2K  {read} records read · {:.0} records/s · {secs:.1}s", read as f64 / secs.max(1e-9));
+    }
+}
+
+/// The default data directory: `$WEIR_DATA_DIR`, else `.weir` in the working
+/// directory.
+pub fn default_data_dir() -> PathBuf {
+    std::env::var_os("WEIR_DATA_DIR").map_or_else(|| PathBuf::from(".weir"), PathBuf::from)
+}
+
+impl NodeKind {
+    /// The kind's name as pipeline files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Stage => "stage",
+            Self::Sink => "sink",
+        }
+    }
+}

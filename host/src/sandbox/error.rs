@@ -1,0 +1,174 @@
+//! What can go wrong in the sandbox, kept in two enums by *when* it happens.
+//!
+//! [`LoadError`] is raised while a component is admitted (compiled, checked against
+//! the contract, linked): the component or its grant is at fault and nothing ran.
+//! [`StageFailure`] is raised by a call into a running stage and says whose fault it
+//! is: the guest's own `stage-error` result (the instance stays usable) is kept
+//! apart from traps (fuel, deadline, memory, panic), after which the instance is
+//! thrown away.
+
+use crate::batch::BatchError;
+use crate::units::{ByteSize, Millis};
+
+/// A component could not be admitted into the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading the component file failed.
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid WebAssembly component, or failed to compile.
+    #[error("invalid component {digest}: {message}")]
+    Invalid {
+        /// sha256 of the component bytes.
+        digest: String,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// The component imports an interface the host does not grant to stages.
+    #[error(
+        "component {digest} imports `{import}`, which is not granted to stages (granted: {granted})"
+    )]
+    ImportNotGranted {
+        /// sha256 of the component bytes.
+        digest: String,
+        /// The import's name as the component spells it.
+        import: String,
+        /// The interfaces the host grants.
+        granted: String,
+    },
+    /// The component does not implement the expected world.
+    #[error("component {digest} is not a weir `{world}`: {message}")]
+    WrongWorld {
+        /// sha256 of the component bytes.
+        digest: String,
+        /// The world that was expected.
+        world: &'static str,
+        /// What is missing or mistyped.
+        message: String,
+    },
+    /// The sandbox itself could not be set up (engine, cache directory).
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+}
+
+/// A call into a stage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageFailure {
+    /// The stage returned its own error (`stage-error`): the instance stays usable.
+    #[error("stage `{stage}` failed{}: {message}{}", row.map(|r| format!(" at row {r}")).unwrap_or_default(), if *transient { " (transient)" } else { "" })]
+    Guest {
+        /// The stage's name in the pipeline.
+        stage: String,
+        /// The input row at fault, if the stage named one.
+        row: Option<u32>,
+        /// The stage's message.
+        message: String,
+        /// Whether retrying may succeed.
+        transient: bool,
+    },
+    /// `init` refused the parameters.
+    #[error("stage `{stage}` refused its parameters: {message}")]
+    Init {
+        /// The stage's name.
+        stage: String,
+        /// The stage's message.
+        message: String,
+    },
+    /// The call used up its fuel budget (a deterministic CPU cap).
+    #[error("stage `{stage}` ran out of fuel (budget {budget} per call)")]
+    OutOfFuel {
+        /// The stage's name.
+        stage: String,
+        /// The fuel budget per call.
+        budget: u64,
+    },
+    /// The call ran past its wall-clock deadline.
+    #[error("stage `{stage}` exceeded its deadline of {deadline}")]
+    Deadline {
+        /// The stage's name.
+        stage: String,
+        /// The deadline per call.
+        deadline: Millis,
+    },
+    /// The stage tried to grow its linear memory past its cap.
+    #[error("stage `{stage}` exceeded its memory cap of {cap} (asked for {requested})")]
+    Memory {
+        /// The stage's name.
+        stage: String,
+        /// The cap.
+        cap: ByteSize,
+        /// The size it tried to grow to.
+        requested: ByteSize,
+    },
+    /// More bytes tried to cross the boundary in one call than the stage may move.
+    #[error("stage `{stage}`: {direction} batch exceeds the crossing cap of {cap}{}", size.map(|s| format!(" ({s})")).unwrap_or_default())]
+    Crossing {
+        /// The stage's name.
+        stage: String,
+        /// `input` or `output`.
+        direction: &'static str,
+        /// The cap per call.
+        cap: ByteSize,
+        /// The size, when known.
+        size: Option<ByteSize>,
+    },
+    /// Any other trap: a panic, an unreachable, an out-of-bounds access.
+    #[error("stage `{stage}` trapped: {message}")]
+    Trap {
+        /// The stage's name.
+        stage: String,
+        /// The trap and, for a panic, the guest's panic message.
+        message: String,
+    },
+    /// The batch could not be converted for the stage (the pipeline's fault) or the
+    /// stage returned a malformed batch (the stage's fault).
+    #[error("stage `{stage}`: {direction} batch: {source}")]
+    Batch {
+        /// The stage's name.
+        stage: String,
+        /// `input` or `output`.
+        direction: &'static str,
+        /// What is wrong with it.
+        source: BatchError,
+    },
+    /// A fresh instance could not be created.
+    #[error("stage `{stage}` could not be instantiated: {message}")]
+    Instantiate {
+        /// The stage's name.
+        stage: String,
+        /// wasmtime's explanation.
+        message: String,
+    },
+}
+
+impl StageFailure {
+    /// True when the instance was poisoned by this failure and has been dropped.
+    pub fn is_trap(&self) -> bool {
+        matches!(
+            self,
+            Self::OutOfFuel { .. }
+                | Self::Deadline { .. }
+                | Self::Memory { .. }
+                | Self::Trap { .. }
+                | Self::Crossing { direction: "output", .. }
+        )
+    }
+
+    /// True when retrying the same input may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Guest { transient: true, .. })
+    }
+
+    /// The input row at fault, when the stage named one.
+    pub fn row(&self) -> Option<u32> {
+        match self {
+            Self::Guest { row, .. } => *row,
+            _ => None,
+        }
+    }
+}

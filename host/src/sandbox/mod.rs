@@ -1,0 +1,270 @@
+//! The sandbox: where user stages run, and what they cannot do.
+//!
+//! ```text
+//!   bytes ──sha256──► ArtifactCache ──► Component ──check imports/exports──► LoadedComponent
+//!                      (memory, disk)                                         │ InstancePre
+//!                                                                             ▼
+//!   FeaturizerStage ── per call: set_fuel, set_epoch_deadline ──► Store + instance
+//!        │                    trap? drop the Store; the next call instantiates anew
+//! ```
+//!
+//! One [`Sandbox`] holds the host's single wasmtime `Engine` (pooling allocator,
+//! fuel, epoch interruption) and the linker every stage is linked against. What a
+//! stage may import is an allow-list checked before linking, so a component asking
+//! for something the host does not grant is refused with its name, not discovered
+//! at run time. Inside that list, WASI is wired to a context that grants nothing
+//! unless the pipeline says so: no directories, frozen clocks, no sockets, no
+//! environment, stdout discarded, stderr captured to recover panic messages.
+//!
+//! Per call a stage has a fuel budget (deterministic CPU cap), an epoch deadline
+//! (wall-clock cap), a linear-memory cap enforced by a [`wasmtime::ResourceLimiter`],
+//! and a cap on bytes crossing the boundary in each direction. A trap of any kind
+//! poisons the instance: its `Store` is dropped and the next call starts a fresh one
+//! from the `InstancePre`.
+
+pub mod bindings;
+mod build;
+mod cache;
+mod engine;
+mod error;
+mod limits;
+mod stage;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+
+pub use build::{BuildError, build_stage};
+pub use engine::EngineConfig;
+pub use error::{LoadError, StageFailure};
+pub use limits::{
+    Grants, StageLimits, default_deadline, default_fuel, default_max_crossing, default_memory,
+};
+pub use stage::{FeaturizerStage, StageStats};
+pub use state::GuestMetrics;
+pub(crate) use state::StageState;
+
+use bindings::{Featurizer, FeaturizerPre};
+use cache::ArtifactCache;
+
+/// Interfaces a stage may import, by prefix. Rust's standard library on
+/// `wasm32-wasip2` imports the WASI CLI, I/O, clocks, random and filesystem
+/// interfaces even when unused; they are linked to a context that grants nothing.
+/// Sockets and HTTP are absent: a component importing them is refused at load.
+const GRANTED_IMPORTS: &[&str] = &[
+    "weir:stage/host@0.1.",
+    "weir:stage/types@0.1.",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
+
+/// How to set up a [`Sandbox`].
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// Engine sizing.
+    pub engine: EngineConfig,
+    /// Where precompiled artifacts are cached; `None` keeps them in memory only.
+    pub artifact_dir: Option<PathBuf>,
+}
+
+/// The host's sandbox: one engine, one linker, one artifact cache.
+///
+/// Cheap to clone (it is an `Arc`); every pipeline on a host shares one.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    epoch_tick: std::time::Duration,
+    linker: Linker<StageState>,
+    cache: ArtifactCache,
+}
+
+/// Which contract a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum World {
+    /// `weir:stage/featurizer`: `init` and `process`.
+    Featurizer,
+    /// `weir:stage/connector`: `open` and `next-batch`.
+    Connector,
+}
+
+impl World {
+    /// The world's WIT name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Featurizer => "featurizer",
+            Self::Connector => "connector",
+        }
+    }
+}
+
+/// A component admitted into the sandbox: compiled, checked, linked.
+pub struct LoadedComponent {
+    digest: String,
+    world: World,
+    size: usize,
+    imports: Vec<String>,
+    pre: InstancePre<StageState>,
+}
+
+impl LoadedComponent {
+    /// sha256 of the component's bytes, in hex: its identity everywhere in weir.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The contract it implements.
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The interfaces it imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    pub(crate) fn featurizer_pre(&self) -> Result<FeaturizerPre<StageState>, LoadError> {
+        FeaturizerPre::new(self.pre.clone()).map_err(|e| LoadError::WrongWorld {
+            digest: self.digest.clone(),
+            world: "featurizer",
+            message: format!("{e:#}"),
+        })
+    }
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("digest", &self.digest)
+            .field("world", &self.world)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sha256 digest of `bytes`, in lowercase hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Sandbox {
+    /// Sets up the engine, the linker and the artifact cache, and starts the epoch
+    /// thread.
+    ///
+    /// # Errors
+    /// [`LoadError::Setup`] when the engine cannot be built (for example, the pool
+    /// cannot reserve its address space) or the cache directory cannot be created.
+    pub fn new(config: SandboxConfig) -> Result<Self, LoadError> {
+        let engine = engine::build(&config.engine)?;
+        engine::spawn_epoch_ticker(&engine, config.engine.epoch_tick);
+        let mut linker = Linker::new(&engine);
+        let setup = |e: wasmtime::Error| LoadError::Setup(format!("{e:#}"));
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        Featurizer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup)?;
+        let cache = ArtifactCache::new(&engine, config.artifact_dir)?;
+        let epoch_tick = config.engine.epoch_tick;
+        Ok(Self { inner: Arc::new(Inner { engine, epoch_tick, linker, cache }) })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The engine's epoch tick: the granularity of deadlines.
+    pub fn epoch_tick(&self) -> std::time::Duration {
+        self.inner.epoch_tick
+    }
+
+    /// Reads, compiles (or loads from cache), checks and links a component file.
+    ///
+    /// # Errors
+    /// See [`Sandbox::load`]; also [`LoadError::Read`].
+    pub fn load_file(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        self.load(&bytes)
+    }
+
+    /// Compiles (or loads from cache), checks and links component bytes.
+    ///
+    /// The checks, in order: the bytes are a component; every import is granted;
+    /// the exports are those of the featurizer or the connector world, with the
+    /// contract's types.
+    ///
+    /// # Errors
+    /// [`LoadError::Invalid`], [`LoadError::ImportNotGranted`] or
+    /// [`LoadError::WrongWorld`], each naming the component's digest.
+    pub fn load(&self, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
+        let digest = digest(bytes);
+        let engine = &self.inner.engine;
+        let component = self.inner.cache.get_or_compile(engine, &digest, bytes)?;
+        let ty = component.component_type();
+
+        let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
+        if let Some(bad) = imports.iter().find(|i| !GRANTED_IMPORTS.iter().any(|g| i.starts_with(g)))
+        {
+            return Err(LoadError::ImportNotGranted {
+                digest,
+                import: bad.clone(),
+                granted: GRANTED_IMPORTS.join(", "),
+            });
+        }
+
+        let exports: Vec<(String, bool)> = ty
+            .exports(engine)
+            .map(|(name, item)| (name.to_owned(), matches!(item.ty, ComponentItem::ComponentFunc(_))))
+            .collect();
+        let has = |name: &str| exports.iter().any(|(n, is_func)| n == name && *is_func);
+        let world = if has("process") || has("init") {
+            World::Featurizer
+        } else if has("next-batch") || has("open") {
+            World::Connector
+        } else {
+            let found: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(LoadError::WrongWorld {
+                digest,
+                world: "featurizer or connector",
+                message: format!(
+                    "it exports [{}]; a featurizer exports `init` and `process`, a connector `open` and `next-batch`",
+                    found.join(", ")
+                ),
+            });
+        };
+
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            LoadError::WrongWorld { digest: digest.clone(), world: world.name(), message: format!("{e:#}") }
+        })?;
+        let loaded = LoadedComponent { digest, world, size: bytes.len(), imports, pre };
+        // Type-check the exports against the contract now, not at the first call.
+        match world {
+            World::Featurizer => {
+                loaded.featurizer_pre()?;
+            }
+            World::Connector => {
+                bindings::ConnectorPre::new(loaded.pre.clone()).map_err(|e| LoadError::WrongWorld {
+                    digest: loaded.digest.clone(),
+                    world: "connector",
+                    message: format!("{e:#}"),
+                })?;
+            }
+        }
+        Ok(loaded)
+    }
+}

@@ -1,0 +1,278 @@
+//! A featurizer stage: one component, its parameters and limits, and at most one
+//! live instance.
+//!
+//! The instance lives across batches (a featurizer may keep state built in `init`)
+//! and is dropped after any trap; the next call instantiates a fresh one from the
+//! `InstancePre` and calls `init` again with the same parameters. Limits are reset
+//! before every call: fuel to the full budget, the epoch deadline to now + deadline.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{Featurizer, FeaturizerPre};
+use super::error::{LoadError, StageFailure};
+use super::limits::{Grants, StageLimits};
+use super::state::{GuestMetrics, StageState};
+use super::{LoadedComponent, Sandbox};
+use crate::batch;
+use crate::units::ByteSize;
+
+/// Counters of one stage's calls, for the run summary and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct StageStats {
+    /// `process` calls made.
+    pub calls: u64,
+    /// Calls that trapped (each cost an instance).
+    pub traps: u64,
+    /// Instances created (the first, plus one after each trap or swap).
+    pub instantiations: u64,
+    /// Fuel consumed over all calls.
+    pub fuel_used: u64,
+    /// Time spent inside `process`, including crossing.
+    pub busy: Duration,
+}
+
+struct Live {
+    store: Store<StageState>,
+    bindings: Featurizer,
+}
+
+/// A featurizer ready to process batches. See the module docs for its lifecycle.
+pub struct FeaturizerStage {
+    name: Arc<str>,
+    sandbox: Sandbox,
+    digest: String,
+    pre: FeaturizerPre<StageState>,
+    params: String,
+    limits: StageLimits,
+    grants: Grants,
+    live: Option<Live>,
+    stats: StageStats,
+    metrics: Arc<Mutex<GuestMetrics>>,
+}
+
+impl std::fmt::Debug for FeaturizerStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeaturizerStage")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FeaturizerStage {
+    /// Instantiates `component` as stage `name` and calls `init(params)`.
+    ///
+    /// Instantiating eagerly means a bad component, a bad grant or refused
+    /// parameters fail here, before any data flows.
+    ///
+    /// # Errors
+    /// [`StageFailure::Init`] when `init` refuses the parameters; any trap during
+    /// `init`; [`StageFailure::Instantiate`] when the instance cannot be created.
+    pub fn new(
+        sandbox: &Sandbox,
+        component: &LoadedComponent,
+        name: &str,
+        params: &str,
+        limits: StageLimits,
+        grants: Grants,
+    ) -> Result<Self, StageFailure> {
+        let pre = component.featurizer_pre().map_err(|e: LoadError| StageFailure::Instantiate {
+            stage: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut stage = Self {
+            name: Arc::from(name),
+            sandbox: sandbox.clone(),
+            digest: component.digest().to_owned(),
+            pre,
+            params: params.to_owned(),
+            limits,
+            grants,
+            live: None,
+            stats: StageStats::default(),
+            metrics: Arc::default(),
+        };
+        stage.ensure_live()?;
+        Ok(stage)
+    }
+
+    /// The stage's name in the pipeline.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Digest of the component this stage runs.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The parameters last accepted by `init`.
+    pub fn params(&self) -> &str {
+        &self.params
+    }
+
+    /// The stage's limits.
+    pub fn limits(&self) -> &StageLimits {
+        &self.limits
+    }
+
+    /// Counters of this stage's calls.
+    pub fn stats(&self) -> &StageStats {
+        &self.stats
+    }
+
+    /// What the stage reported through its metrics import.
+    pub fn guest_metrics(&self) -> GuestMetrics {
+        self.metrics.lock().expect("metrics lock").clone()
+    }
+
+    /// Processes one batch.
+    ///
+    /// # Errors
+    /// [`StageFailure::Guest`] when the stage returns an error (the instance stays);
+    /// a trap variant when it traps (the instance is dropped); [`StageFailure::Batch`]
+    /// or [`StageFailure::Crossing`] when a batch cannot cross.
+    pub fn process(&mut self, input: &RecordBatch) -> Result<RecordBatch, StageFailure> {
+        let started = Instant::now();
+        let wit = batch::to_wit(input).map_err(|source| StageFailure::Batch {
+            stage: self.name.to_string(),
+            direction: "input",
+            source,
+        })?;
+        let size = batch::wit_size(&wit);
+        if size > self.limits.max_crossing.as_usize() {
+            return Err(StageFailure::Crossing {
+                stage: self.name.to_string(),
+                direction: "input",
+                cap: self.limits.max_crossing,
+                size: Some(ByteSize(size as u64)),
+            });
+        }
+        self.ensure_live()?;
+        let live = self.live.as_mut().expect("ensured above");
+        arm(&mut live.store, &self.limits, &self.sandbox);
+        let result = live.bindings.call_process(&mut live.store, &wit);
+        let fuel_left = live.store.get_fuel().unwrap_or(0);
+        self.stats.fuel_used += self.limits.fuel.saturating_sub(fuel_left);
+        self.stats.calls += 1;
+        let outcome = match result {
+            Ok(Ok(out)) => batch::from_wit(out).map_err(|source| StageFailure::Batch {
+                stage: self.name.to_string(),
+                direction: "output",
+                source,
+            }),
+            Ok(Err(e)) => Err(StageFailure::Guest {
+                stage: self.name.to_string(),
+                row: e.row,
+                message: e.message,
+                transient: e.transient,
+            }),
+            Err(trap) => Err(self.poison(trap)),
+        };
+        self.stats.busy += started.elapsed();
+        outcome
+    }
+
+    /// Calls `init` with new parameters on a fresh instance; on success the stage
+    /// uses them from the next batch on, on failure it keeps the old ones.
+    ///
+    /// # Errors
+    /// As [`FeaturizerStage::new`]; the stage is unchanged.
+    pub fn reconfigure(&mut self, params: &str) -> Result<(), StageFailure> {
+        let live = self.instantiate(params)?;
+        self.live = Some(live);
+        self.params = params.to_owned();
+        Ok(())
+    }
+
+    fn ensure_live(&mut self) -> Result<(), StageFailure> {
+        if self.live.is_none() {
+            let params = self.params.clone();
+            self.live = Some(self.instantiate(&params)?);
+        }
+        Ok(())
+    }
+
+    fn instantiate(&mut self, params: &str) -> Result<Live, StageFailure> {
+        let state = StageState::new(
+            self.name.clone(),
+            self.limits.memory.as_usize(),
+            &self.grants,
+            self.metrics.clone(),
+        )
+        .map_err(|message| StageFailure::Instantiate { stage: self.name.to_string(), message })?;
+        let mut store = Store::new(self.sandbox.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.limits.max_crossing.as_usize());
+        arm(&mut store, &self.limits, &self.sandbox);
+        self.stats.instantiations += 1;
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => return Err(classify(&self.name, &self.limits, &mut store, e)),
+        };
+        match bindings.call_init(&mut store, params) {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(message)) => Err(StageFailure::Init { stage: self.name.to_string(), message }),
+            Err(e) => Err(classify(&self.name, &self.limits, &mut store, e)),
+        }
+    }
+
+    fn poison(&mut self, error: wasmtime::Error) -> StageFailure {
+        self.stats.traps += 1;
+        let mut live = self.live.take().expect("a call needs a live instance");
+        let failure = classify(&self.name, &self.limits, &mut live.store, error);
+        tracing::warn!(stage = %self.name, error = %failure, "instance poisoned; the next batch gets a fresh one");
+        failure
+    }
+}
+
+/// Refuels the store and sets its deadline, before every call.
+fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox) {
+    store.set_fuel(limits.fuel).expect("fuel is enabled on the engine");
+    let tick = sandbox.epoch_tick();
+    let ticks = limits.deadline.0.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64;
+    store.set_epoch_deadline(ticks.max(1) + 1);
+}
+
+/// Turns a wasmtime error from a call into the failure it stands for.
+fn classify(
+    stage: &str,
+    limits: &StageLimits,
+    store: &mut Store<StageState>,
+    error: wasmtime::Error,
+) -> StageFailure {
+    let stage = stage.to_owned();
+    if let Some(requested) = store.data().limiter.refused {
+        return StageFailure::Memory { stage, cap: limits.memory, requested: ByteSize(requested as u64) };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => return StageFailure::OutOfFuel { stage, budget: limits.fuel },
+        Some(Trap::Interrupt) => return StageFailure::Deadline { stage, deadline: limits.deadline },
+        _ => {}
+    }
+    let text = format!("{error:#}");
+    if text.contains("hostcall") {
+        return StageFailure::Crossing {
+            stage,
+            direction: "output",
+            cap: limits.max_crossing,
+            size: None,
+        };
+    }
+    let stderr = store.data().stderr.contents();
+    let stderr = String::from_utf8_lossy(&stderr);
+    let panic = stderr
+        .lines()
+        .skip_while(|l| !l.contains("panicked at"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let first_line = text.lines().next().unwrap_or_default().to_owned();
+    let message = if panic.is_empty() { first_line } else { format!("{first_line}; {}", panic.trim()) };
+    StageFailure::Trap { stage, message }
+}

@@ -1,0 +1,162 @@
+//! What a stage's `Store` holds: its WASI context (granting nothing by default), the
+//! memory limiter, captured stderr, and the sinks for its logs and metrics.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::featurizer::weir::stage::{host, types};
+use super::limits::Grants;
+
+/// Bytes of a stage's stderr kept to explain a panic.
+const STDERR_CAPTURE: usize = 64 * 1024;
+
+/// Counters and gauges a stage reported through `weir:stage/host`, kept across
+/// instances so a trap does not lose them.
+#[derive(Debug, Default, Clone)]
+pub struct GuestMetrics {
+    /// Counter name → total.
+    pub counters: BTreeMap<String, u64>,
+    /// Gauge name → last value.
+    pub gauges: BTreeMap<String, f64>,
+}
+
+pub(crate) struct StageState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limiter: MemoryLimiter,
+    pub(super) stderr: MemoryOutputPipe,
+    stage: Arc<str>,
+    metrics: Arc<Mutex<GuestMetrics>>,
+}
+
+impl StageState {
+    pub(super) fn new(
+        stage: Arc<str>,
+        memory_cap: usize,
+        grants: &Grants,
+        metrics: Arc<Mutex<GuestMetrics>>,
+    ) -> Result<Self, String> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let mut builder = WasiCtx::builder();
+        builder.stderr(stderr.clone());
+        if !grants.clock {
+            builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
+        }
+        for dir in &grants.read_dirs {
+            let guest = dir.to_string_lossy().into_owned();
+            builder
+                .preopened_dir(dir, &guest, FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot grant directory {}: {e:#}", dir.display()))?;
+        }
+        Ok(Self {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { cap: memory_cap, refused: None },
+            stderr,
+            stage,
+            metrics,
+        })
+    }
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for StageState {}
+
+impl host::Host for StageState {
+    fn log(&mut self, level: host::Level, message: String) {
+        let stage = &*self.stage;
+        match level {
+            host::Level::Trace => tracing::trace!(stage, "{message}"),
+            host::Level::Debug => tracing::debug!(stage, "{message}"),
+            host::Level::Info => tracing::info!(stage, "{message}"),
+            host::Level::Warn => tracing::warn!(stage, "{message}"),
+            host::Level::Error => tracing::error!(stage, "{message}"),
+        }
+    }
+
+    fn counter_add(&mut self, name: String, delta: u64) {
+        let mut m = self.metrics.lock().expect("metrics lock");
+        *m.counters.entry(name).or_default() += delta;
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64) {
+        self.metrics.lock().expect("metrics lock").gauges.insert(name, value);
+    }
+}
+
+/// Caps a stage's linear memory, remembering a refusal so the resulting trap can be
+/// reported as a memory failure rather than a generic one.
+pub(super) struct MemoryLimiter {
+    cap: usize,
+    pub(super) refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.refused = Some(desired);
+            wasmtime::bail!("linear memory of {desired} bytes exceeds the stage's cap of {} bytes", self.cap);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        16
+    }
+
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
+/// The clock of a stage that was not granted one: always the Unix epoch.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}

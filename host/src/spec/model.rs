@@ -1,0 +1,250 @@
+//! The pipeline file's shape, as serde reads it. Every struct refuses unknown keys;
+//! every optional key documents its default and unit.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::{Grants, StageLimits};
+use crate::units::ByteSize;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// The pipeline's name: unique per host, used in lineage and the store.
+    pub name: String,
+    /// Free text for people reading `weir pipeline history`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Run-wide settings.
+    #[serde(default)]
+    pub settings: Settings,
+    /// Where data comes from (`[[source]]`).
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceSpec>,
+    /// What is done to it (`[[stage]]`).
+    #[serde(default, rename = "stage")]
+    pub stages: Vec<StageSpec>,
+    /// Where it goes (`[[sink]]`).
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<SinkSpec>,
+    /// The directory relative paths resolve against: the file's directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl PipelineSpec {
+    /// `path` resolved against the pipeline file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+    }
+}
+
+/// Run-wide settings (`[settings]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Batches a channel between two nodes holds before the sender waits.
+    /// Default: 8 ([`default_channel_batches`]).
+    #[serde(default = "default_channel_batches")]
+    pub channel_batches: NonZeroUsize,
+    /// Bytes (Arrow memory) a channel holds before the sender waits. A single batch
+    /// larger than this still passes, alone. Default: 64 MiB ([`default_channel_bytes`]).
+    #[serde(default = "default_channel_bytes")]
+    pub channel_bytes: ByteSize,
+    /// Rows per batch that sources produce unless they say otherwise.
+    /// Default: 4096 ([`default_batch_rows`]).
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: NonZeroUsize,
+}
+
+/// Default batches per channel: 8.
+pub fn default_channel_batches() -> NonZeroUsize {
+    NonZeroUsize::new(8).expect("non-zero")
+}
+
+/// Default bytes per channel: 64 MiB.
+pub fn default_channel_bytes() -> ByteSize {
+    ByteSize::mib(64)
+}
+
+/// Default rows per source batch: 4096.
+pub fn default_batch_rows() -> NonZeroUsize {
+    NonZeroUsize::new(4096).expect("non-zero")
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            channel_batches: default_channel_batches(),
+            channel_bytes: default_channel_bytes(),
+            batch_rows: default_batch_rows(),
+        }
+    }
+}
+
+/// One source (`[[source]]`): a name and exactly one kind table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Unique among all nodes.
+    pub name: String,
+    /// A JSON-lines file (`[source.jsonl]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonl: Option<JsonlSourceSpec>,
+}
+
+/// A JSON-lines file source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSourceSpec {
+    /// The file, relative to the pipeline file.
+    pub path: PathBuf,
+    /// The columns to read, in order. Keys of a record not listed are ignored.
+    pub schema: Vec<FieldSpec>,
+    /// Rows per batch. Default: the pipeline's `settings.batch_rows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_rows: Option<NonZeroUsize>,
+    /// Where corrupt lines go (JSON lines: line number, reason, text). Default: the
+    /// run's dead-letter file in the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<PathBuf>,
+}
+
+/// One column a source reads, and what makes a record corrupt.
+///
+/// A record is corrupt when a `required` field is missing or null, when a value has
+/// the wrong JSON type (`"123"` or `123.0` for an integer), or when a number is
+/// outside `[min, max]`. The first failing field, in schema order, is the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// The JSON key and column name.
+    pub name: String,
+    /// The column type.
+    #[serde(rename = "type")]
+    pub data_type: FieldType,
+    /// A record without this field (or with null) is corrupt. Default: false.
+    #[serde(default)]
+    pub required: bool,
+    /// Smallest allowed numeric value, inclusive. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest allowed numeric value, inclusive. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// Column types a pipeline file can name; each maps to one Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// Arrow `Boolean`; JSON `true`/`false`.
+    #[serde(alias = "bool")]
+    Boolean,
+    /// Arrow `Int32`; a JSON integer in range.
+    Int32,
+    /// Arrow `Int64`; a JSON integer.
+    Int64,
+    /// Arrow `Float32`; any JSON number.
+    Float32,
+    /// Arrow `Float64`; any JSON number.
+    Float64,
+    /// Arrow `Utf8`; a JSON string.
+    #[serde(alias = "string")]
+    Utf8,
+    /// Arrow `Timestamp(Millisecond)`; a JSON integer of epoch milliseconds.
+    TimestampMs,
+}
+
+impl FieldType {
+    /// The Arrow type this maps to.
+    pub fn arrow(self) -> arrow::datatypes::DataType {
+        use arrow::datatypes::{DataType, TimeUnit};
+        match self {
+            Self::Boolean => DataType::Boolean,
+            Self::Int32 => DataType::Int32,
+            Self::Int64 => DataType::Int64,
+            Self::Float32 => DataType::Float32,
+            Self::Float64 => DataType::Float64,
+            Self::Utf8 => DataType::Utf8,
+            Self::TimestampMs => DataType::Timestamp(TimeUnit::Millisecond, None),
+        }
+    }
+}
+
+/// One stage (`[[stage]]`): a name, its inputs and exactly one kind table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Unique among all nodes.
+    pub name: String,
+    /// The single upstream node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Several upstream nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    /// A WebAssembly featurizer (`[stage.wasm]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmStageSpec>,
+}
+
+/// A WebAssembly featurizer stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmStageSpec {
+    /// A component file (`.wasm`), relative to the pipeline file. Exactly one of
+    /// `component` and `crate` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<PathBuf>,
+    /// A stage crate to build with `cargo build --target wasm32-wasip2` first.
+    #[serde(default, rename = "crate", skip_serializing_if = "Option::is_none")]
+    pub krate: Option<PathBuf>,
+    /// Parameters handed to the stage's `init` as JSON. Default: `{}`.
+    #[serde(default = "empty_params")]
+    pub params: serde_json::Value,
+    /// Per-call limits; every key has a default.
+    #[serde(default)]
+    pub limits: StageLimits,
+    /// Capabilities; all denied by default.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+fn empty_params() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// One sink (`[[sink]]`): a name, its inputs and exactly one kind table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Unique among all nodes.
+    pub name: String,
+    /// The single upstream node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Several upstream nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    /// A JSON-lines file (`[sink.jsonl]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonl: Option<JsonlSinkSpec>,
+}
+
+/// A JSON-lines file sink: one JSON object per row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkSpec {
+    /// The file, relative to the pipeline file; replaced on each run.
+    pub path: PathBuf,
+    /// Round floats to this many decimal places. Default: none (shortest exact form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_decimals: Option<u8>,
+    /// Columns to write, in order. Default: all, in batch order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
