@@ -11,7 +11,9 @@
 //! | [`sandbox`] | engine, limits, component cache, stage instances |
 //! | [`spec`] | pipeline files, validation |
 //! | [`exec`] | scheduler, channels, backpressure, run summary |
+//! | [`ops`] | built-in operators: map, filter, batch, sample, split |
 //! | [`connectors`] | sources and sinks |
+//! | [`store`] | components, pipeline versions, lineage (sled) |
 //! | [`units`] | byte sizes and durations in pipeline files |
 //!
 //! Running a pipeline from Rust:
@@ -22,7 +24,7 @@
 //! use weir::sandbox::{Sandbox, SandboxConfig};
 //! use weir::spec::PipelineSpec;
 //!
-//! let env = RunEnv { sandbox: Sandbox::new(SandboxConfig::default())?, data_dir: ".weir".into() };
+//! let env = RunEnv { sandbox: Sandbox::new(SandboxConfig::default())?, data_dir: ".weir".into(), store: None };
 //! let spec = PipelineSpec::from_file("examples/quickstart/pipeline.toml".as_ref())?;
 //! let plan = Plan::build(spec, &env)?;
 //! let summary = weir::exec::run(plan, &env, &RunOptions::default()).await?;
@@ -35,6 +37,8 @@
 pub mod batch;
 pub mod connectors;
 pub mod exec;
+pub mod ops;
 pub mod sandbox;
 pub mod spec;
+pub mod store;
 pub mod units;

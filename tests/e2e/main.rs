@@ -1,6 +1,10 @@
 //! End-to-end tests: real components built for `wasm32-wasip2`, real pipelines.
 //! One binary, a module per area.
 
+mod backpressure;
+mod clickstream;
 mod executor;
+mod ops;
 mod quickstart;
 mod sandbox;
+mod swap;

@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: building the real stage components
 //! once per test process, one sandbox for all tests, and running pipelines.
 
+pub mod clicks;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -37,7 +39,7 @@ pub fn sandbox() -> Sandbox {
 
 /// A run environment with its data directory in `dir`.
 pub fn env(dir: &Path) -> RunEnv {
-    RunEnv { sandbox: sandbox(), data_dir: dir.join("data") }
+    RunEnv { sandbox: sandbox(), data_dir: dir.join("data"), store: None }
 }
 
 /// Parses, plans and runs a pipeline given as TOML text whose relative paths

@@ -94,6 +94,16 @@ pub enum BatchError {
     /// Two columns share a name.
     #[error("column `{0}` appears twice")]
     DuplicateColumn(String),
+    /// A float is NaN or infinite and the JSON rule says to fail.
+    #[error("column `{column}` row {row} is {value}, which JSON cannot represent (non_finite = \"error\")")]
+    NonFinite {
+        /// The column's name.
+        column: String,
+        /// The row within the batch.
+        row: usize,
+        /// The value.
+        value: f64,
+    },
     /// Arrow refused to assemble the batch.
     #[error("could not assemble the batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

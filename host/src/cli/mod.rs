@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 the run or check failed, 2 the command line was wrong.
 
+mod component_cmd;
+mod pipeline_cmd;
 mod stage_cmd;
 
 use std::path::PathBuf;
@@ -43,6 +45,17 @@ enum Command {
     /// Write and build stages.
     #[command(subcommand)]
     Stage(stage_cmd::StageCommand),
+    /// Push and list components in the store.
+    #[command(subcommand)]
+    Component(component_cmd::ComponentCommand),
+    /// Pipeline versions: apply, history, diff, rollback.
+    #[command(subcommand)]
+    Pipeline(pipeline_cmd::PipelineCommand),
+    /// Which code and which input made a run's output.
+    Lineage {
+        /// The run id (printed in the run summary).
+        run: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -74,6 +87,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Stage(cmd) => stage_cmd::dispatch(cmd, &data_dir),
+        Command::Component(cmd) => component_cmd::dispatch(cmd, &data_dir),
+        Command::Pipeline(cmd) => pipeline_cmd::dispatch(cmd, &data_dir),
+        Command::Lineage { run } => pipeline_cmd::lineage(&run, &data_dir),
     }
 }
 
@@ -83,10 +99,14 @@ fn sandbox(data_dir: &std::path::Path) -> anyhow::Result<Sandbox> {
 
 fn run(pipeline: &std::path::Path, data_dir: PathBuf, progress: bool) -> anyhow::Result<()> {
     let spec = PipelineSpec::from_file(pipeline)?;
-    let env = RunEnv { sandbox: sandbox(&data_dir)?, data_dir };
+    let env = RunEnv { sandbox: sandbox(&data_dir)?, store: Some(weir::store::Store::open(&data_dir)?), data_dir };
     let plan = Plan::build(spec, &env)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let summary = runtime.block_on(exec::run(plan, &env, &RunOptions { progress }))?;
+    let control = exec::RunControl::new();
+    let summary = runtime.block_on(exec::run_with(plan, &env, &RunOptions { progress }, control.clone()))?;
+    if let Some(store) = &env.store {
+        store.append_lineage(&summary.run_id, &control.lineage_log())?;
+    }
     print!("{summary}");
     Ok(())
 }

@@ -135,8 +135,7 @@ impl Featurizer for Scale {
 
     fn process(&mut self, input: Batch) -> Result<Batch, StageError> {
         let p = &self.0;
-        let scaled: Vec<Option<f64>> =
-            input.f64s_lossy(&p.input)?.map(|v| v.map(|x| x * p.factor + p.offset)).collect();
+        let scaled = input.f64s_lossy(&p.input)?.map(|v| v.map(|x| x * p.factor + p.offset));
         input.with_column(Column::f64_opt(&p.output, scaled))
     }
 }

@@ -42,7 +42,7 @@ impl JsonlSink {
             tmp,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             columns: spec.columns.clone(),
-            options: JsonOptions { float_decimals: spec.float_decimals },
+            options: JsonOptions { float_decimals: spec.float_decimals, ..JsonOptions::default() },
         })
     }
 

@@ -3,8 +3,14 @@
 //! Built-in connectors implement [`crate::exec::Source`] and [`crate::exec::Sink`];
 //! the spec's kind table (`[source.jsonl]`, `[sink.jsonl]`) picks one.
 
+pub mod http;
 mod jsonl_sink;
 mod jsonl_source;
+pub mod vectors;
+mod sequence;
 
 pub use jsonl_sink::JsonlSink;
 pub use jsonl_source::{JsonlSource, parse_lines};
+pub use http::{HttpSink, HttpSinkSpec};
+pub use vectors::{VectorsSink, VectorsSinkSpec};
+pub use sequence::{SequenceSource, SequenceSourceSpec, default_sequence_column};

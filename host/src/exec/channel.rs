@@ -68,11 +68,16 @@ impl Sender {
             .unwrap_or(u32::MAX)
             .clamp(1, self.capacity_kib);
         let permit = self.budget.clone().acquire_many_owned(kib).await.map_err(|_| Closed)?;
-        self.tx.send(Message { batch, _permit: permit }).await.map_err(|_| Closed)?;
+        // Count the message before it is visible to the receiver, which uncounts it.
         let d = &self.depth;
         let now = d.batches.fetch_add(1, Ordering::Relaxed) + 1;
-        d.max_batches.fetch_max(now, Ordering::Relaxed);
         let now_kib = d.kib.fetch_add(kib as usize, Ordering::Relaxed) + kib as usize;
+        if self.tx.send(Message { batch, _permit: permit }).await.is_err() {
+            d.batches.fetch_sub(1, Ordering::Relaxed);
+            d.kib.fetch_sub(kib as usize, Ordering::Relaxed);
+            return Err(Closed);
+        }
+        d.max_batches.fetch_max(now, Ordering::Relaxed);
         d.max_kib.fetch_max(now_kib, Ordering::Relaxed);
         Ok(started.elapsed())
     }

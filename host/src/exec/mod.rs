@@ -17,7 +17,10 @@
 //! error names the node, and sinks do not rename their partial output into place.
 
 pub mod channel;
+pub mod control;
 mod dead_letter;
+pub mod memory;
+pub mod lineage;
 mod node;
 mod plan;
 mod summary;
@@ -38,6 +41,7 @@ pub use node::{DeadLetter, Emitter, NodeError, Operator, Sink, Source};
 pub use plan::{NodeImpl, Plan, PlanError, RunEnv};
 pub use summary::{NodeStats, RunSummary};
 pub use wasm::WasmOperator;
+pub use control::{RunControl, StageChange, SwapApplied, SwapError};
 
 use crate::spec::NodeKind;
 
@@ -106,6 +110,20 @@ impl RunShared {
 /// # Errors
 /// [`RunError`], naming the node at fault.
 pub async fn run(plan: Plan, env: &RunEnv, options: &RunOptions) -> Result<RunSummary, RunError> {
+    run_with(plan, env, options, RunControl::new()).await
+}
+
+/// As [`run`], with a handle to stop the run or swap its stages while it runs
+/// (see [`control`]).
+///
+/// # Errors
+/// [`RunError`], naming the node at fault.
+pub async fn run_with(
+    plan: Plan,
+    env: &RunEnv,
+    options: &RunOptions,
+    control: RunControl,
+) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let Plan { spec, dag, nodes, .. } = plan;
     let run_id = format!(
@@ -151,16 +169,23 @@ pub async fn run(plan: Plan, env: &RunEnv, options: &RunOptions) -> Result<RunSu
         let shared = shared.clone();
         let rx = receivers[pos].take();
         let id = match imp {
-            NodeImpl::Source(src) => tasks.spawn(run_source(src, outs, stats, shared)).id(),
-            NodeImpl::Operator(op) => {
-                tasks.spawn(run_operator(op, rx.expect("stages have inputs"), outs, stats, shared)).id()
+            NodeImpl::Source(src) => {
+                let stamp = SourceStamp { pipeline: spec.name.clone(), control: control.clone() };
+                tasks.spawn(run_source(src, outs, stats, shared, stamp)).id()
             }
-            NodeImpl::Sink(sink) => tasks.spawn(run_sink(sink, rx.expect("sinks have inputs"), stats)).id(),
+            NodeImpl::Operator(op) => {
+                let swaps = control.register(&node.name);
+                tasks.spawn(run_operator(op, rx.expect("stages have inputs"), outs, stats, shared, swaps)).id()
+            }
+            NodeImpl::Sink(sink) => {
+                tasks.spawn(run_sink(sink, rx.expect("sinks have inputs"), stats, control.clone())).id()
+            }
         };
         names.insert(id, node.name.clone());
     }
     // Only the tasks hold senders now, so channels close when their writers end.
     drop(senders);
+    control.mark_started();
 
     let progress = (options.progress && std::io::stderr().is_terminal())
         .then(|| tokio::spawn(report_progress(shared.clone(), started)));
@@ -185,6 +210,7 @@ pub async fn run(plan: Plan, env: &RunEnv, options: &RunOptions) -> Result<RunSu
             }
         }
     }
+    control.clear();
     if let Some(p) = progress {
         p.abort();
         eprint!("\r\x1b[2K");
@@ -243,20 +269,28 @@ async fn run_source(
     outs: Vec<channel::Sender>,
     mut stats: NodeStats,
     shared: Arc<RunShared>,
+    stamp: SourceStamp,
 ) -> Result<NodeStats, RunError> {
     let name = stats.name.clone();
+    let stop = stamp.control.stop_signal();
     loop {
+        if *stop.borrow() {
+            return Ok(stats);
+        }
         let started = Instant::now();
-        let (back, result, emitted) = tokio::task::spawn_blocking(move || {
+        let (back, result, mut emitted, span) = tokio::task::spawn_blocking(move || {
             let mut out = Emitter::default();
+            let from = source.position();
             let r = source.next_batch(&mut out);
-            (source, r, out)
+            let span = (from, source.position());
+            (source, r, out, span)
         })
         .await
         .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
         source = back;
         stats.busy += started.elapsed();
         let more = result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        emitted.batches = stamp.stamp(&name, span, emitted.batches);
         shared.keep(&name, &emitted.dead_letters)?;
         merge(&mut stats, emitted.counters);
         let rows: usize = emitted.batches.iter().map(RecordBatch::num_rows).sum();
@@ -273,11 +307,23 @@ async fn run_operator(
     outs: Vec<channel::Sender>,
     mut stats: NodeStats,
     shared: Arc<RunShared>,
+    mut swaps: control::SwapReceiver,
 ) -> Result<NodeStats, RunError> {
     let name = stats.name.clone();
+    // When a lingering operator's oldest buffered row has waited long enough (see
+    // `Operator::linger`): its `flush` is then called instead of waiting on.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
-        let input = rx.recv().await;
-        let finishing = input.is_none();
+        let (input, flush) = match linger_until {
+            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                Ok(input) => (input, false),
+                Err(_) => (None, true),
+            },
+            None => (rx.recv().await, false),
+        };
+        // Swaps queued while waiting apply now: between the last batch and this one.
+        let pending: Vec<control::SwapRequest> = std::iter::from_fn(|| swaps.try_recv().ok()).collect();
+        let finishing = input.is_none() && !flush;
         if let Some(b) = &input {
             stats.batches_in += 1;
             stats.rows_in += b.num_rows() as u64;
@@ -285,8 +331,12 @@ async fn run_operator(
         let started = Instant::now();
         let (back, result, emitted) = tokio::task::spawn_blocking(move || {
             let mut out = Emitter::default();
+            for request in pending {
+                op.swap(request);
+            }
             let r = match input {
                 Some(batch) => op.process(batch, &mut out),
+                None if flush => op.flush(&mut out),
                 None => op.finish(&mut out),
             };
             (op, r, out)
@@ -294,11 +344,20 @@ async fn run_operator(
         .await
         .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
         op = back;
+        linger_until = match op.linger() {
+            Some(wait) if op.buffered_rows() > 0 => {
+                Some(linger_until.unwrap_or_else(|| tokio::time::Instant::now() + wait))
+            }
+            _ => None,
+        };
         stats.busy += started.elapsed();
         result.map_err(|source| RunError::Node { node: name.clone(), source })?;
         shared.keep(&name, &emitted.dead_letters)?;
         merge(&mut stats, emitted.counters);
         let alive = fan_out(emitted.batches, &outs, &mut stats).await;
+        if finishing && alive {
+            drain_operator(&mut op, &outs, &mut stats, &shared).await?;
+        }
         if finishing || !alive {
             let (b, bytes) = rx.max_depth();
             stats.max_queue_batches = b;
@@ -308,10 +367,51 @@ async fn run_operator(
     }
 }
 
+/// After `finish`: calls [`Operator::drain`] until it has no more, sending each
+/// piece downstream (under backpressure) before asking for the next.
+async fn drain_operator(
+    op: &mut Box<dyn Operator>,
+    outs: &[channel::Sender],
+    stats: &mut NodeStats,
+    shared: &RunShared,
+) -> Result<(), RunError> {
+    let name = stats.name.clone();
+    let mut taken = std::mem::replace(op, Box::new(Drained));
+    loop {
+        let started = Instant::now();
+        let (back, result, emitted) = tokio::task::spawn_blocking(move || {
+            let mut out = Emitter::default();
+            let r = taken.drain(&mut out);
+            (taken, r, out)
+        })
+        .await
+        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        taken = back;
+        stats.busy += started.elapsed();
+        let more = result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        shared.keep(&name, &emitted.dead_letters)?;
+        merge(stats, emitted.counters);
+        if !fan_out(emitted.batches, outs, stats).await || !more {
+            *op = taken;
+            return Ok(());
+        }
+    }
+}
+
+/// Stands in for an operator while it is drained on the blocking pool.
+struct Drained;
+
+impl Operator for Drained {
+    fn process(&mut self, _: RecordBatch, _: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
 async fn run_sink(
     sink: Box<dyn Sink>,
     mut rx: channel::Receiver,
     mut stats: NodeStats,
+    control: RunControl,
 ) -> Result<NodeStats, RunError> {
     let name = stats.name.clone();
     let mut sink = Some(sink);
@@ -324,9 +424,13 @@ async fn run_sink(
             stats.batches_in += 1;
             stats.rows_in += b.num_rows() as u64;
         }
+        let (control, name_) = (control.clone(), name.clone());
         let (back, result) = tokio::task::spawn_blocking(move || {
             let r = match &input {
-                Some(batch) => s.write(batch).map(|()| batch.num_rows()),
+                Some(batch) => s.write(batch).map(|()| {
+                    control.log_written(&name_, batch);
+                    batch.num_rows()
+                }),
                 None => s.close().map(|()| 0),
             };
             (s, r)
@@ -346,6 +450,29 @@ async fn run_sink(
             stats.max_queue_bytes = bytes;
             return Ok(stats);
         }
+    }
+}
+
+/// What a source task stamps on the batches it reads (see [`lineage`]).
+struct SourceStamp {
+    pipeline: String,
+    control: RunControl,
+}
+
+impl SourceStamp {
+    fn stamp(
+        &self,
+        source: &str,
+        (from, to): (Option<String>, Option<String>),
+        batches: Vec<RecordBatch>,
+    ) -> Vec<RecordBatch> {
+        let lineage = lineage::Lineage {
+            pipeline: self.pipeline.clone(),
+            version: self.control.version(),
+            sources: vec![lineage::SourceSpan { source: source.to_owned(), from, to }],
+            stages: Vec::new(),
+        };
+        batches.into_iter().map(|b| lineage.stamp(b)).collect()
     }
 }
 

@@ -107,6 +107,47 @@ pub trait Operator: Send + 'static {
     fn finish(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
         Ok(())
     }
+
+    /// Called after [`Operator::finish`], again and again until it returns `false`:
+    /// an operator whose final output is larger than memory (an external sort's
+    /// merge) emits it a piece per call, so it flows downstream under backpressure
+    /// instead of piling up. Default: `false` (`finish` emitted everything).
+    ///
+    /// # Errors
+    /// As [`Operator::process`].
+    fn drain(&mut self, _out: &mut Emitter) -> Result<bool, NodeError> {
+        Ok(false)
+    }
+
+    /// How long buffered rows may wait for more input before [`Operator::flush`]
+    /// is called. The executor starts the clock when a call leaves
+    /// [`Operator::buffered_rows`] above zero and stops it when it is back at zero,
+    /// so the operator itself never reads a clock. Default: `None` (no timer).
+    fn linger(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Rows held back, waiting for more input. Default: 0 (nothing is held).
+    fn buffered_rows(&self) -> usize {
+        0
+    }
+
+    /// Emits what is buffered because it has waited [`Operator::linger`].
+    /// Default: nothing to emit.
+    ///
+    /// # Errors
+    /// As [`Operator::process`].
+    fn flush(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Applies a change requested while the pipeline runs (see
+    /// [`crate::exec::control`]); called between batches, never during one. The
+    /// operator answers `request.reply` once the outcome is known. Default: the
+    /// operator cannot be swapped, and says so.
+    fn swap(&mut self, request: super::control::SwapRequest) {
+        request.reply.send(Err(super::control::SwapError::Refused("this stage cannot be swapped".to_owned())));
+    }
 }
 
 /// A sink: writes batches somewhere durable.

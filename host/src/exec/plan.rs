@@ -18,6 +18,9 @@ pub struct RunEnv {
     pub sandbox: Sandbox,
     /// The data directory (dead letters, artifacts, store).
     pub data_dir: PathBuf,
+    /// The component store: stages may name components in it (`bucketize@3`,
+    /// `sha256:…`). `None`: only files and crates.
+    pub store: Option<crate::store::Store>,
 }
 
 /// Why a pipeline could not be prepared.
@@ -84,19 +87,37 @@ impl Plan {
     /// # Errors
     /// See [`PlanError`]; every variant names the node.
     pub fn build(spec: PipelineSpec, env: &RunEnv) -> Result<Self, PlanError> {
+        let mut spec = spec;
+        spec.inline_uses()?;
         let dag = spec.validate()?;
         let mut nodes = Vec::with_capacity(dag.nodes.len());
         let mut digests = Vec::new();
+        let memory = super::memory::RunMemory::for_run(&spec.settings, &env.data_dir)
+            .map_err(|e| PlanError::Open { node: spec.name.clone(), message: format!("spill directory: {e}") })?;
         for node in &dag.nodes {
             let built = match node.kind {
                 NodeKind::Source => {
                     let s = &spec.sources[node.index];
+                    if let Some(q) = &s.sequence {
+                        let src = crate::connectors::SequenceSource::new(q, spec.settings.batch_rows);
+                        nodes.push(NodeImpl::Source(memory.watched(Box::new(src))));
+                        continue;
+                    }
                     let j = s.jsonl.as_ref().expect("validated: one kind");
                     let src = JsonlSource::open(&spec, s, j).map_err(|e| PlanError::Open {
                         node: s.name.clone(),
                         message: e.to_string(),
                     })?;
-                    NodeImpl::Source(Box::new(src))
+                    NodeImpl::Source(memory.watched(Box::new(src)))
+                }
+                NodeKind::Stage if crate::ops::stateful::is_stateful(&spec.stages[node.index]) => {
+                    let s = &spec.stages[node.index];
+                    NodeImpl::Operator(crate::ops::stateful::build(s, &memory, spec.settings.batch_rows.get()))
+                }
+                NodeKind::Stage if crate::ops::is_builtin(&spec.stages[node.index]) => {
+                    let s = &spec.stages[node.index];
+                    let op = crate::ops::build(&format!("stage[{}]", node.index), s)?.expect("built-in");
+                    NodeImpl::Operator(op)
                 }
                 NodeKind::Stage => {
                     let s = &spec.stages[node.index];
@@ -107,10 +128,21 @@ impl Plan {
                             .map_err(|source| PlanError::Build { node: s.name.clone(), source })?,
                         (None, None) => unreachable!("validated: component or crate"),
                     };
-                    let component = env
-                        .sandbox
-                        .load_file(&path)
-                        .map_err(|source| PlanError::Load { node: s.name.clone(), source })?;
+                    let loaded = match w.component.as_deref().and_then(std::path::Path::to_str) {
+                        Some(r) if crate::store::is_reference(r) => {
+                            let store = env.store.as_ref().ok_or_else(|| PlanError::Open {
+                                node: s.name.clone(),
+                                message: format!("component `{r}` names the store, but this run has none"),
+                            })?;
+                            let bytes = store
+                                .resolve(r)
+                                .and_then(|d| store.component_bytes(&d))
+                                .map_err(|e| PlanError::Open { node: s.name.clone(), message: e.to_string() })?;
+                            env.sandbox.load(&bytes)
+                        }
+                        _ => env.sandbox.load_file(&path),
+                    };
+                    let component = loaded.map_err(|source| PlanError::Load { node: s.name.clone(), source })?;
                     let params = w.params.to_string();
                     let stage = FeaturizerStage::new(
                         &env.sandbox,
@@ -122,6 +154,19 @@ impl Plan {
                     )?;
                     digests.push((s.name.clone(), component.digest().to_owned()));
                     NodeImpl::Operator(Box::new(WasmOperator::new(stage)))
+                }
+                NodeKind::Sink if spec.sinks[node.index].vectors.is_some() => {
+                    let s = &spec.sinks[node.index];
+                    let v = s.vectors.as_ref().expect("checked");
+                    let sink = crate::connectors::VectorsSink::create(&spec, v)
+                        .map_err(|e| PlanError::Open { node: s.name.clone(), message: e.to_string() })?;
+                    NodeImpl::Sink(Box::new(sink))
+                }
+                NodeKind::Sink if spec.sinks[node.index].http.is_some() => {
+                    let s = &spec.sinks[node.index];
+                    let h = s.http.as_ref().expect("checked");
+                    let sink = crate::connectors::HttpSink::new(&format!("sink[{}].http", node.index), h)?;
+                    NodeImpl::Sink(Box::new(sink))
                 }
                 NodeKind::Sink => {
                     let s = &spec.sinks[node.index];

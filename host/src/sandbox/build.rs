@@ -45,6 +45,9 @@ pub fn build_stage(dir: &Path) -> Result<PathBuf, BuildError> {
     if !manifest.is_file() {
         return Err(BuildError::NotACrate(dir.display().to_string()));
     }
+    // cargo runs inside `dir`, so every path handed to it must be absolute.
+    let dir = &std::fs::canonicalize(dir).map_err(BuildError::Spawn)?;
+    let manifest = dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(dir)
@@ -62,7 +65,6 @@ pub fn build_stage(dir: &Path) -> Result<PathBuf, BuildError> {
     if !output.status.success() {
         return Err(BuildError::Failed { dir: dir.display().to_string() });
     }
-    let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
     let mut found = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };

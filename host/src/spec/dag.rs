@@ -104,6 +104,9 @@ impl PipelineSpec {
         if self.name.trim().is_empty() {
             return Err(SpecError::invalid("name", "is empty"));
         }
+        if !self.uses.is_empty() {
+            return Err(SpecError::invalid("use", "sub-pipelines are not inlined yet (see `PipelineSpec::inline_uses`)"));
+        }
         if self.sources.is_empty() {
             return Err(SpecError::invalid("source", "the pipeline has no [[source]]"));
         }
@@ -115,7 +118,12 @@ impl PipelineSpec {
         let mut nodes: Vec<(String, String, NodeKind, usize, Vec<String>)> = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
             let key = format!("source[{i}]");
-            exactly_one(&key, &[("jsonl", s.jsonl.is_some())])?;
+            exactly_one(&key, &[("jsonl", s.jsonl.is_some()), ("sequence", s.sequence.is_some())])?;
+            if let Some(q) = &s.sequence
+                && q.rate.is_some_and(|r| !(r.is_finite() && r > 0.0))
+            {
+                return Err(SpecError::invalid(format!("{key}.sequence.rate"), "must be a positive number of records per second"));
+            }
             if let Some(j) = &s.jsonl {
                 if j.schema.is_empty() {
                     return Err(SpecError::invalid(format!("{key}.jsonl.schema"), "is empty; list the columns to read"));
@@ -134,7 +142,30 @@ impl PipelineSpec {
         }
         for (i, s) in self.stages.iter().enumerate() {
             let key = format!("stage[{i}]");
-            exactly_one(&key, &[("wasm", s.wasm.is_some())])?;
+            exactly_one(
+                &key,
+                &[
+                    ("wasm", s.wasm.is_some()),
+                    ("map", s.map.is_some()),
+                    ("filter", s.filter.is_some()),
+                    ("batch", s.batch.is_some()),
+                    ("sample", s.sample.is_some()),
+                    ("split", s.split.is_some()),
+                    ("sort", s.sort.is_some()),
+                    ("group", s.group.is_some()),
+                    ("session", s.session.is_some()),
+                ],
+            )?;
+            if let Some(c) = &s.sort {
+                super::stateful::validate_sort(&key, c)?;
+            }
+            if let Some(c) = &s.group {
+                super::stateful::validate_group(&key, c)?;
+            }
+            if let Some(c) = &s.session {
+                super::stateful::validate_session(&key, c)?;
+            }
+            crate::ops::check(&key, s)?;
             if let Some(w) = &s.wasm {
                 match (&w.component, &w.krate) {
                     (Some(_), None) | (None, Some(_)) => {}
@@ -157,7 +188,13 @@ impl PipelineSpec {
         }
         for (i, s) in self.sinks.iter().enumerate() {
             let key = format!("sink[{i}]");
-            exactly_one(&key, &[("jsonl", s.jsonl.is_some())])?;
+            exactly_one(
+                &key,
+                &[("jsonl", s.jsonl.is_some()), ("vectors", s.vectors.is_some()), ("http", s.http.is_some())],
+            )?;
+            if let Some(h) = &s.http {
+                crate::connectors::HttpSink::new(&format!("{key}.http"), h)?;
+            }
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
             nodes.push((key, s.name.clone(), NodeKind::Sink, i, inputs));
         }

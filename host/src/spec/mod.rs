@@ -31,13 +31,17 @@
 //! that exist, no cycles, exactly one kind per node, and returns the DAG in
 //! topological order. Nothing runs until both pass.
 
+mod compose;
 mod dag;
 mod error;
 mod model;
+mod stateful;
 
+pub use compose::UseSpec;
 pub use dag::{Dag, NodeKind, NodeRef};
 pub use error::SpecError;
 pub use model::*;
+pub use stateful::*;
 
 use std::path::Path;
 
@@ -78,6 +82,7 @@ impl PipelineSpec {
             .map_err(|e| SpecError::Io { path: path.display().to_string(), message: e.to_string() })?;
         let mut spec = Self::from_toml(&text, &path.display().to_string())?;
         spec.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        spec.inline_uses()?;
         Ok(spec)
     }
 }

@@ -21,6 +21,10 @@ pub struct PipelineSpec {
     /// Run-wide settings.
     #[serde(default)]
     pub settings: Settings,
+    /// Sub-pipelines inlined into this one (`[[use]]`); empty once read with
+    /// [`PipelineSpec::from_file`] or planned (see [`crate::spec::UseSpec`]).
+    #[serde(default, rename = "use", skip_serializing_if = "Vec::is_empty")]
+    pub uses: Vec<super::UseSpec>,
     /// Where data comes from (`[[source]]`).
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceSpec>,
@@ -58,6 +62,26 @@ pub struct Settings {
     /// Default: 4096 ([`default_batch_rows`]).
     #[serde(default = "default_batch_rows")]
     pub batch_rows: NonZeroUsize,
+    /// The run's memory budget: what stateful operators (sort, group, session) may
+    /// hold at once. Over it, sort and group spill to disk; session windows fail
+    /// naming the operator. Default: 256 MiB ([`default_memory`]).
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// When the node's available memory falls under this, sources pause until it
+    /// recovers (the run summary counts `memory_paused_ms`). `0` disables the
+    /// watch. Default: 64 MiB ([`default_memory_floor`]).
+    #[serde(default = "default_memory_floor")]
+    pub memory_floor: ByteSize,
+}
+
+/// Default run memory budget: 256 MiB.
+pub fn default_memory() -> ByteSize {
+    ByteSize::mib(256)
+}
+
+/// Default available-memory floor: 64 MiB.
+pub fn default_memory_floor() -> ByteSize {
+    ByteSize::mib(64)
 }
 
 /// Default batches per channel: 8.
@@ -81,6 +105,8 @@ impl Default for Settings {
             channel_batches: default_channel_batches(),
             channel_bytes: default_channel_bytes(),
             batch_rows: default_batch_rows(),
+            memory: default_memory(),
+            memory_floor: default_memory_floor(),
         }
     }
 }
@@ -94,6 +120,9 @@ pub struct SourceSpec {
     /// A JSON-lines file (`[source.jsonl]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonl: Option<JsonlSourceSpec>,
+    /// A generator of numbered records (`[source.sequence]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<crate::connectors::SequenceSourceSpec>,
 }
 
 /// A JSON-lines file source.
@@ -190,14 +219,40 @@ pub struct StageSpec {
     /// A WebAssembly featurizer (`[stage.wasm]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm: Option<WasmStageSpec>,
+    /// Per-record feature transforms (`[stage.map]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<crate::ops::MapSpec>,
+    /// Keep rows matching predicates (`[stage.filter]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<crate::ops::FilterSpec>,
+    /// Regroup into batches of bounded rows and bytes (`[stage.batch]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::ops::BatchSpec>,
+    /// Stratified, seeded sampling (`[stage.sample]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<crate::ops::SampleSpec>,
+    /// Train/validation/test assignment by key hash (`[stage.split]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<crate::ops::SplitSpec>,
+    /// A stable sort, external past the memory budget (`[stage.sort]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<super::SortSpec>,
+    /// Hash aggregation by key (`[stage.group]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<super::GroupSpec>,
+    /// Session windows per key on event time (`[stage.session]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<super::SessionSpec>,
 }
 
 /// A WebAssembly featurizer stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WasmStageSpec {
-    /// A component file (`.wasm`), relative to the pipeline file. Exactly one of
-    /// `component` and `crate` is set.
+    /// A component file (`.wasm`), relative to the pipeline file, or a component
+    /// in the store: `name@version`, `name` (its latest version) or
+    /// `sha256:<hex>`. A value ending in `.wasm`/`.wat` or containing `/` is a
+    /// file. Exactly one of `component` and `crate` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub component: Option<PathBuf>,
     /// A stage crate to build with `cargo build --target wasm32-wasip2` first.
@@ -233,6 +288,12 @@ pub struct SinkSpec {
     /// A JSON-lines file (`[sink.jsonl]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonl: Option<JsonlSinkSpec>,
+    /// Feature vectors as a JSON-lines file (`[sink.vectors]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<crate::connectors::VectorsSinkSpec>,
+    /// Feature vectors POSTed to a model server (`[sink.http]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<crate::connectors::HttpSinkSpec>,
 }
 
 /// A JSON-lines file sink: one JSON object per row.

@@ -1,0 +1,164 @@
+//! `weir pipeline apply|history|diff|rollback`: immutable pipeline versions in the
+//! store, and `weir lineage <run>`: where a run's output came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use weir::spec::PipelineSpec;
+use weir::store::{self, Store};
+
+#[derive(Subcommand)]
+pub enum PipelineCommand {
+    /// Store a new immutable version of a pipeline (every stage's component
+    /// pinned by digest) and make it active.
+    Apply {
+        /// The pipeline file (TOML).
+        file: PathBuf,
+        /// Tags, `key=value` (repeatable), e.g. `--tag model=ctr@7`.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Why this change.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List the versions of a pipeline with tags, author and comment.
+    History {
+        /// The pipeline's name.
+        name: String,
+    },
+    /// Show what changed between two versions.
+    Diff {
+        /// The pipeline's name.
+        name: String,
+        /// The older version.
+        v1: u64,
+        /// The newer version.
+        v2: u64,
+    },
+    /// Make an earlier version active again.
+    Rollback {
+        /// The pipeline's name.
+        name: String,
+        /// The version to activate.
+        #[arg(long)]
+        to: u64,
+    },
+}
+
+pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
+    let store = Store::open(data_dir)?;
+    match cmd {
+        PipelineCommand::Apply {
+            file,
+            tags,
+            comment,
+        } => {
+            let spec = PipelineSpec::from_file(&file)?;
+            let mut tag_map = BTreeMap::new();
+            for t in tags {
+                let Some((k, v)) = t.split_once('=') else {
+                    bail!("--tag `{t}`: expected key=value")
+                };
+                tag_map.insert(k.to_owned(), v.to_owned());
+            }
+            let (pinned, stages) = store::pin(&spec, &store, &super::sandbox(data_dir)?)?;
+            let author = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+            let v = store.add_version(pinned, stages, tag_map, &author, comment)?;
+            println!("{} version {} is active", v.pipeline, v.version);
+            for s in &v.stages {
+                println!(
+                    "  stage {:<20} sha256:{} params {}",
+                    s.stage,
+                    &s.digest[..12],
+                    s.params
+                );
+            }
+            Ok(())
+        }
+        PipelineCommand::History { name } => {
+            let active = store.active(&name)?;
+            for v in store.history(&name)? {
+                let mark = if Some(v.version) == active { "*" } else { " " };
+                let tags: Vec<String> = v.tags.iter().map(|(k, x)| format!("{k}={x}")).collect();
+                println!(
+                    "{mark} v{:<4} {} by {:<10} [{}] {}",
+                    v.version,
+                    v.created_ms,
+                    v.author,
+                    tags.join(" "),
+                    v.comment.as_deref().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        PipelineCommand::Diff { name, v1, v2 } => {
+            let (a, b) = (store.version(&name, v1)?, store.version(&name, v2)?);
+            let lines = store::diff(&a, &b);
+            if lines.is_empty() {
+                println!("v{v1} and v{v2} are the same");
+            }
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(())
+        }
+        PipelineCommand::Rollback { name, to } => {
+            store
+                .activate(&name, to)
+                .with_context(|| format!("rolling back {name}"))?;
+            println!("{name} version {to} is active");
+            Ok(())
+        }
+    }
+}
+
+/// `weir lineage <run>`: the run's output rows by sink, with the pipeline
+/// version, each stage's digest and parameters hash, and the source positions.
+pub fn lineage(run: &str, data_dir: &Path) -> anyhow::Result<()> {
+    let records = Store::open(data_dir)?.lineage(run)?;
+    if records.is_empty() {
+        bail!("no lineage recorded for run `{run}`");
+    }
+    for r in records {
+        let l = &r.lineage;
+        let version = l.version.map_or("file".to_owned(), |v| format!("v{v}"));
+        let sources: Vec<String> = l
+            .sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}[{}..{}]",
+                    s.source,
+                    s.from.as_deref().unwrap_or("start"),
+                    s.to.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        let stages: Vec<String> = l
+            .stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}=sha256:{}/params:{}",
+                    s.stage,
+                    &s.digest[..12],
+                    &s.params_hash[..8]
+                )
+            })
+            .collect();
+        println!(
+            "{} rows {}..{}: {} {} · {} · {}",
+            r.sink,
+            r.first_row,
+            r.first_row + r.rows,
+            l.pipeline,
+            version,
+            stages.join(" "),
+            sources.join(" ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! `[sink.http]`: feature vectors POSTed to a model server, one request per batch.
+//!
+//! ```toml
+//! [sink.http]
+//! url = "http://127.0.0.1:8501/v1/models/ctr:predict"
+//! protocol = "tf_serving"      # or "kserve"
+//! columns = ["user_bucket", "price_bucket", "age"]   # default: all, in batch order
+//! instance = "object"          # tf_serving: "object" (default) or "vector"
+//! tensor = "features"          # kserve: one [rows, columns] tensor of that name (default: one input per column)
+//! timeout = "10s"              # per request, default 10s
+//! retries = 3                  # transient failures retried, default 3
+//! backoff = "100ms"            # first retry delay, doubled each time, default 100ms
+//! non_finite = "null"          # as [sink.vectors]
+//! timestamps = "epoch_ms"      # as [sink.vectors]
+//! ```
+//!
+//! Request bodies, built as `serde_json` values:
+//!
+//! - TensorFlow Serving (REST `predict`, row format):
+//!   `{"instances": [{"age": 0.5, "user_bucket": 17}, …]}`, or with
+//!   `instance = "vector"`, `{"instances": [[0.5, 17], …]}`.
+//! - KServe v2 (Open Inference Protocol): one input per column,
+//!   `{"inputs": [{"name": "age", "shape": [2], "datatype": "FP64", "data": [0.5, 0.7]}, …]}`;
+//!   with `tensor`, one input `{"name": "features", "shape": [2, 3], "datatype": "FP64",
+//!   "data": [row-major values]}` (columns must be numeric; INT64 if all are
+//!   integers, FP32 if all Float32, else FP64). Datatypes per column: Boolean →
+//!   BOOL, Int32 → INT32, Int64 → INT64, Float32 → FP32, Float64 → FP64, Utf8 →
+//!   BYTES, timestamps → INT64 (epoch ms) or BYTES (RFC 3339).
+//!
+//! A 2xx answer is success. Connection errors, timeouts, 429 and 5xx are
+//! transient: retried up to `retries` times with exponential backoff, then the run
+//! fails naming the URL and the last status. Any other status fails at once with
+//! the start of the response body, since repeating a request the server called
+//! malformed cannot help. Sinks run on the blocking pool, so the client is a
+//! small blocking one (`ureq`, without TLS).
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::batch::json::{
+    JsonOptions, NonFinite, Timestamps, columns_as_values, rows_as_arrays, rows_as_objects,
+};
+use crate::exec::{NodeError, Sink};
+use crate::spec::SpecError;
+use crate::units::Millis;
+
+/// An HTTP feature sink's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkSpec {
+    /// The endpoint, `http://host:port/path`.
+    pub url: String,
+    /// The request shape.
+    pub protocol: Protocol,
+    /// Columns to send, in order. Default: all, in batch order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// TF Serving only: rows as objects or as arrays. Default: `object`.
+    #[serde(default)]
+    pub instance: Instance,
+    /// KServe only: send one `[rows, columns]` tensor of this name instead of one
+    /// input per column. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
+    /// Time allowed per request. Default: 10 s ([`default_timeout`]).
+    #[serde(default = "default_timeout")]
+    pub timeout: Millis,
+    /// Retries of a transient failure. Default: 3 ([`default_retries`]).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Delay before the first retry, doubled for each next one. Default: 100 ms
+    /// ([`default_backoff`]).
+    #[serde(default = "default_backoff")]
+    pub backoff: Millis,
+    /// Round floats to this many decimal places. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_decimals: Option<u8>,
+    /// What NaN and ±infinity become. Default: `null`.
+    #[serde(default)]
+    pub non_finite: NonFinite,
+    /// How timestamps are written. Default: `epoch_ms`.
+    #[serde(default)]
+    pub timestamps: Timestamps,
+}
+
+/// The model server's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TensorFlow Serving's REST `predict`: `{"instances": [...]}`.
+    TfServing,
+    /// KServe v2 / Open Inference Protocol: `{"inputs": [...]}`.
+    Kserve,
+}
+
+/// How a TF Serving instance is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Instance {
+    /// `{"name": value, ...}` (named inputs).
+    #[default]
+    Object,
+    /// `[value, ...]` in `columns` order (one input tensor).
+    Vector,
+}
+
+/// Default request timeout: 10 s.
+pub fn default_timeout() -> Millis {
+    Millis(Duration::from_secs(10))
+}
+
+/// Default retries of a transient failure: 3.
+pub fn default_retries() -> u32 {
+    3
+}
+
+/// Default first retry delay: 100 ms.
+pub fn default_backoff() -> Millis {
+    Millis(Duration::from_millis(100))
+}
+
+/// POSTs each batch to a model server.
+pub struct HttpSink {
+    spec: HttpSinkSpec,
+    agent: ureq::Agent,
+}
+
+impl HttpSink {
+    /// Checks the configuration (`key` is its key path, e.g. `sink[0].http`).
+    /// Nothing is sent until the first batch.
+    ///
+    /// # Errors
+    /// [`SpecError::Invalid`] for a URL that is not `http://…`, options of the
+    /// other protocol, or a zero timeout.
+    pub fn new(key: &str, spec: &HttpSinkSpec) -> Result<Self, SpecError> {
+        if !spec.url.starts_with("http://") || spec.url.len() <= "http://".len() {
+            return Err(SpecError::invalid(
+                format!("{key}.url"),
+                format!(
+                    "`{}` is not an http:// URL (https needs a TLS-enabled build)",
+                    spec.url
+                ),
+            ));
+        }
+        if spec.protocol == Protocol::TfServing && spec.tensor.is_some() {
+            return Err(SpecError::invalid(
+                format!("{key}.tensor"),
+                "applies to protocol = \"kserve\" only",
+            ));
+        }
+        if spec.protocol == Protocol::Kserve && spec.instance != Instance::Object {
+            return Err(SpecError::invalid(
+                format!("{key}.instance"),
+                "applies to protocol = \"tf_serving\" only",
+            ));
+        }
+        if spec.timeout.0.is_zero() {
+            return Err(SpecError::invalid(
+                format!("{key}.timeout"),
+                "must be greater than 0",
+            ));
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(spec.timeout.0))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Self {
+            spec: spec.clone(),
+            agent,
+        })
+    }
+
+    fn options(&self) -> JsonOptions {
+        JsonOptions {
+            float_decimals: self.spec.float_decimals,
+            non_finite: self.spec.non_finite,
+            timestamps: self.spec.timestamps,
+        }
+    }
+
+    /// The request body for `batch`.
+    ///
+    /// # Errors
+    /// [`NodeError::Data`] for a missing column, an unsupported type, a
+    /// non-numeric column in a KServe tensor, or NaN under `non_finite = "error"`.
+    pub fn body(&self, batch: &RecordBatch) -> Result<Value, NodeError> {
+        let data = |e: crate::batch::BatchError| NodeError::Data(e.to_string());
+        let columns = self.spec.columns.as_deref();
+        let options = self.options();
+        Ok(match (self.spec.protocol, &self.spec.tensor) {
+            (Protocol::TfServing, _) => match self.spec.instance {
+                Instance::Object => {
+                    json!({ "instances": rows_as_objects(batch, columns, options).map_err(data)? })
+                }
+                Instance::Vector => {
+                    json!({ "instances": rows_as_arrays(batch, columns, options).map_err(data)?.1 })
+                }
+            },
+            (Protocol::Kserve, None) => {
+                let inputs: Vec<Value> = columns_as_values(batch, columns, options)
+                    .map_err(data)?
+                    .into_iter()
+                    .map(|(name, t, values)| {
+                        json!({ "name": name, "shape": [values.len()], "datatype": kserve_type(&t, options), "data": values })
+                    })
+                    .collect();
+                json!({ "inputs": inputs })
+            }
+            (Protocol::Kserve, Some(tensor)) => {
+                let cols = columns_as_values(batch, columns, options).map_err(data)?;
+                for (name, t, _) in &cols {
+                    if !t.is_numeric() {
+                        return Err(NodeError::Data(format!(
+                            "column `{name}` is {t}; a KServe tensor takes numeric columns only"
+                        )));
+                    }
+                }
+                let datatype = match cols
+                    .iter()
+                    .map(|(_, t, _)| t)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    ts if ts.iter().all(|t| t.is_integer()) => "INT64",
+                    ts if ts.iter().all(|t| **t == DataType::Float32) => "FP32",
+                    _ => "FP64",
+                };
+                let (rows, width) = (batch.num_rows(), cols.len());
+                let data: Vec<&Value> = (0..rows)
+                    .flat_map(|r| cols.iter().map(move |(_, _, v)| &v[r]))
+                    .collect();
+                json!({ "inputs": [{ "name": tensor, "shape": [rows, width], "datatype": datatype, "data": data }] })
+            }
+        })
+    }
+
+    fn post(&self, body: &[u8]) -> Result<(), NodeError> {
+        let url = &self.spec.url;
+        let mut delay = self.spec.backoff.0;
+        let mut attempt = 0;
+        loop {
+            let failure = match self
+                .agent
+                .post(url)
+                .header("content-type", "application/json")
+                .send(body)
+            {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    if (200..300).contains(&status) {
+                        return Ok(());
+                    }
+                    let text = resp.body_mut().read_to_string().unwrap_or_default();
+                    let text: String = text.chars().take(200).collect();
+                    let message = format!("POST {url}: HTTP {status}: {text}");
+                    if status != 429 && status < 500 {
+                        return Err(NodeError::Data(message));
+                    }
+                    message
+                }
+                Err(e) => format!("POST {url}: {e}"),
+            };
+            if attempt >= self.spec.retries {
+                let tries = NonZeroU32::new(attempt + 1).expect("at least one");
+                return Err(NodeError::Data(format!(
+                    "{failure} (after {tries} attempts)"
+                )));
+            }
+            tracing::warn!(url = %url, attempt, delay_ms = delay.as_millis() as u64, "transient failure, retrying: {failure}");
+            std::thread::sleep(delay);
+            delay = delay.saturating_mul(2);
+            attempt += 1;
+        }
+    }
+}
+
+fn kserve_type(t: &DataType, options: JsonOptions) -> &'static str {
+    match t {
+        DataType::Boolean => "BOOL",
+        DataType::Int32 => "INT32",
+        DataType::Int64 => "INT64",
+        DataType::Float32 => "FP32",
+        DataType::Float64 => "FP64",
+        DataType::Timestamp(..) if options.timestamps == Timestamps::EpochMs => "INT64",
+        _ => "BYTES",
+    }
+}
+
+impl Sink for HttpSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let body =
+            serde_json::to_vec(&self.body(batch)?).map_err(|e| NodeError::Data(e.to_string()))?;
+        self.post(&body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let bad = |t: &str| match toml::from_str::<HttpSinkSpec>(t) {
+            Ok(s) => HttpSink::new("sink[0].http", &s).err().unwrap().to_string(),
+            Err(e) => e.message().to_owned(),
+        };
+        assert_eq!(
+            bad("url = \"https://x\"\nprotocol = \"kserve\""),
+            "`sink[0].http.url`: `https://x` is not an http:// URL (https needs a TLS-enabled build)"
+        );
+        assert_eq!(
+            bad("url = \"http://x\"\nprotocol = \"tf_serving\"\ntensor = \"t\""),
+            "`sink[0].http.tensor`: applies to protocol = \"kserve\" only"
+        );
+        assert_eq!(
+            bad("url = \"http://x\"\nprotocol = \"torchserve\""),
+            "unknown variant `torchserve`, expected `tf_serving` or `kserve`"
+        );
+        assert_eq!(
+            bad("url = \"http://x\"\nprotocol = \"kserve\"\nretries = -1"),
+            "invalid value: integer `-1`, expected u32"
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! `session`: session windows per key on event time.
+//!
+//! ```text
+//!   batch ─► late check ─► pending (ts ≥ release point) ─► released in (key, ts) order
+//!              │                                               │
+//!              └─► dead letter `late`        open session per key ─► closed ─► one row
+//! ```
+//!
+//! The watermark trails the largest event time seen by `out_of_orderness`; an
+//! event may arrive up to `allowed_lateness` behind the watermark. The *release
+//! point* is `max_ts − out_of_orderness − allowed_lateness`: no event that still
+//! counts can be earlier, so rows before it are final. They are released in
+//! (key, event time, arrival) order into each key's open session, which makes the
+//! result independent of arrival order within the bound and of batch boundaries. A
+//! row that arrives behind the release point is *late*: it becomes a dead letter
+//! with reason `late` (its row as JSON), never silently dropped; the run summary
+//! counts it under `dead_letter:late`. A row with a null event time is a dead
+//! letter `time:null`.
+//!
+//! A session grows while the next event of its key is at most `gap` after its last
+//! one (a gap exactly equal to `gap` stays in the session) and, with `max_length`,
+//! while `last − first ≤ max_length`; otherwise the session closes and a new one
+//! starts. A session also closes when the release point passes `last + gap`: no
+//! event that still counts can join it. Each session is emitted exactly once, when
+//! closed, as one row: the key columns, `session_start`, `session_end` and the
+//! aggregates ([`super::aggregate`], `first`/`last` in event-time order). Rows
+//! closed by one batch are ordered by key and start. When the input ends, every
+//! pending row is released and every open session closed.
+//!
+//! State (pending rows, open sessions' accumulators and keys) reserves from the
+//! run's memory pool. Window state cannot spill: when the pool refuses, the run
+//! fails with the refusal, which names this operator; raise `settings.memory`, or
+//! lower `out_of_orderness`/`allowed_lateness` (which bound the pending rows).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+
+use super::aggregate::Aggregates;
+use crate::batch::json::{JsonOptions, rows_as_objects};
+use crate::exec::memory::{Reservation, RunMemory};
+use crate::exec::{DeadLetter, Emitter, NodeError, Operator};
+use crate::spec::SessionSpec;
+
+struct Open {
+    slot: usize,
+    start: i64,
+    end: i64,
+    seq: u64,
+}
+
+struct Closed {
+    key: Box<[u8]>,
+    slot: usize,
+    start: i64,
+    end: i64,
+}
+
+/// The running session-window operator.
+pub struct SessionOperator {
+    name: String,
+    spec: SessionSpec,
+    gap: i64,
+    max_length: Option<i64>,
+    behind: i64,
+    reservation: Reservation,
+    init: Option<Init>,
+    /// The largest event time seen.
+    max_ts: Option<i64>,
+    pending: Vec<RecordBatch>,
+    pending_min: Option<i64>,
+    open: HashMap<Box<[u8]>, Open>,
+    by_seq: HashMap<u64, Box<[u8]>>,
+    /// (last event time, session seq), smallest first; stale entries are skipped.
+    expiry: BinaryHeap<Reverse<(i64, u64)>>,
+    next_seq: u64,
+    free_slots: Vec<usize>,
+    closed: Vec<Closed>,
+    rows_seen: u64,
+}
+
+struct Init {
+    input: SchemaRef,
+    output: SchemaRef,
+    time_col: usize,
+    time_type: DataType,
+    key_cols: Vec<usize>,
+    keys: RowConverter,
+    order: RowConverter,
+    aggs: Aggregates,
+}
+
+fn ms(d: crate::units::Millis) -> i64 {
+    i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl SessionOperator {
+    /// A session operator named `name`.
+    pub fn new(name: &str, spec: SessionSpec, memory: &RunMemory) -> Self {
+        let consumer = format!("session `{name}`");
+        Self {
+            reservation: memory.pool.reservation(&consumer),
+            name: consumer,
+            gap: ms(spec.gap),
+            max_length: spec.max_length.map(ms),
+            behind: ms(spec.out_of_orderness).saturating_add(ms(spec.allowed_lateness)),
+            spec,
+            init: None,
+            max_ts: None,
+            pending: Vec::new(),
+            pending_min: None,
+            open: HashMap::new(),
+            by_seq: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            next_seq: 0,
+            free_slots: Vec::new(),
+            closed: Vec::new(),
+            rows_seen: 0,
+        }
+    }
+
+    fn init(&mut self, schema: &SchemaRef) -> Result<(), NodeError> {
+        let find = |c: &str, what: &str| {
+            schema.index_of(c).map_err(|_| {
+                NodeError::Data(format!(
+                    "{}: {what} `{c}` is not a column of the input",
+                    self.name
+                ))
+            })
+        };
+        let time_col = find(&self.spec.time, "time column")?;
+        let time_type = schema.field(time_col).data_type().clone();
+        if !matches!(
+            time_type,
+            DataType::Int64 | DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _)
+        ) {
+            return Err(NodeError::Data(format!(
+                "{}: time column `{}` must be int64 epoch milliseconds or timestamp_ms, not {time_type}",
+                self.name, self.spec.time
+            )));
+        }
+        let key_cols = self
+            .spec
+            .key
+            .iter()
+            .map(|k| find(k, "key column"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_fields: Vec<SortField> = key_cols
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        let mut order_fields = key_fields.clone();
+        order_fields.push(SortField::new(DataType::Int64));
+        let aggs = Aggregates::new(&self.spec.aggregates, schema)?;
+        let mut fields: Vec<Field> = key_cols
+            .iter()
+            .map(|&i| schema.field(i).clone().with_nullable(true))
+            .collect();
+        fields.push(Field::new(
+            &self.spec.start_column,
+            time_type.clone(),
+            false,
+        ));
+        fields.push(Field::new(&self.spec.end_column, time_type.clone(), false));
+        fields.extend(aggs.fields());
+        self.init = Some(Init {
+            input: schema.clone(),
+            output: Arc::new(Schema::new(fields)),
+            time_col,
+            time_type,
+            key_cols,
+            keys: RowConverter::new(key_fields)?,
+            order: RowConverter::new(order_fields)?,
+            aggs,
+        });
+        Ok(())
+    }
+
+    fn release_point(&self) -> Option<i64> {
+        self.max_ts.map(|m| m.saturating_sub(self.behind))
+    }
+
+    /// Moves rows with event time before `point` (all rows if `None`) from pending
+    /// into sessions, then closes the sessions `point` has passed.
+    fn release(&mut self, point: Option<i64>, out: &mut Emitter) -> Result<(), NodeError> {
+        let due = match (point, self.pending_min) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(p), Some(m)) => m < p,
+        };
+        if due {
+            let init = self.init.as_ref().expect("initialised");
+            let all = concat_batches(&init.input, &self.pending)?;
+            self.pending.clear();
+            self.pending_min = None;
+            let ts = time_of(&all, init.time_col)?;
+            let (ready, keep) = match point {
+                None => (all, None),
+                Some(p) => {
+                    let mask =
+                        BooleanArray::from_iter(ts.iter().map(|t| Some(t.is_some_and(|t| t < p))));
+                    let ready = filter_record_batch(&all, &mask)?;
+                    let keep = filter_record_batch(&all, &arrow::compute::not(&mask)?)?;
+                    (ready, Some(keep))
+                }
+            };
+            if let Some(keep) = keep.filter(|k| k.num_rows() > 0) {
+                self.pending_min = time_of(&keep, init.time_col)?.iter().flatten().min();
+                self.pending.push(keep);
+            }
+            self.assign(&ready)?;
+        }
+        self.close_passed(point, out)
+    }
+
+    /// Feeds final rows into their keys' sessions in (key, time, arrival) order.
+    fn assign(&mut self, ready: &RecordBatch) -> Result<(), NodeError> {
+        if ready.num_rows() == 0 {
+            return Ok(());
+        }
+        let init = self.init.as_mut().expect("initialised");
+        let ts = time_of(ready, init.time_col)?;
+        let key_arrays: Vec<ArrayRef> = init
+            .key_cols
+            .iter()
+            .map(|&i| ready.column(i).clone())
+            .collect();
+        let keys = init.keys.convert_columns(&key_arrays)?;
+        let mut order_arrays = key_arrays;
+        order_arrays.push(Arc::new(ts.clone()));
+        let order_rows = init.order.convert_columns(&order_arrays)?;
+        let mut order: Vec<usize> = (0..ready.num_rows()).collect();
+        order.sort_by(|&a, &b| order_rows.row(a).cmp(&order_rows.row(b)));
+        let mut slots = Vec::with_capacity(order.len());
+        let mut closed = Vec::new();
+        for &r in &order {
+            let t = ts.value(r);
+            let key = keys.row(r);
+            let joins = match self.open.get(key.as_ref()) {
+                Some(o) => {
+                    t - o.end <= self.gap && self.max_length.is_none_or(|m| t - o.start <= m)
+                }
+                None => false,
+            };
+            if joins {
+                let o = self.open.get_mut(key.as_ref()).expect("present");
+                if t > o.end {
+                    o.end = t;
+                    self.expiry.push(Reverse((t, o.seq)));
+                }
+                slots.push(o.slot);
+                continue;
+            }
+            if let Some((k, o)) = self.open.remove_entry(key.as_ref()) {
+                self.by_seq.remove(&o.seq);
+                closed.push(Closed {
+                    key: k,
+                    slot: o.slot,
+                    start: o.start,
+                    end: o.end,
+                });
+            }
+            let slot = match self.free_slots.pop() {
+                Some(s) => s,
+                None => {
+                    let s = init.aggs.slots();
+                    init.aggs.ensure_slots(s + 1);
+                    s
+                }
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let k: Box<[u8]> = key.as_ref().into();
+            self.by_seq.insert(seq, k.clone());
+            self.open.insert(
+                k,
+                Open {
+                    slot,
+                    start: t,
+                    end: t,
+                    seq,
+                },
+            );
+            self.expiry.push(Reverse((t, seq)));
+            slots.push(slot);
+        }
+        // A session closed by a new one of its key has all its rows here (they
+        // come first in the order); its slot is freed only after the update.
+        init.aggs.update(ready, &order, &slots)?;
+        self.closed.extend(closed);
+        Ok(())
+    }
+
+    /// Closes the sessions `point` has passed (all, if `None`) and emits every
+    /// closed session as one batch ordered by key and start.
+    fn close_passed(&mut self, point: Option<i64>, out: &mut Emitter) -> Result<(), NodeError> {
+        match point {
+            Some(p) => {
+                while let Some(&Reverse((end, seq))) = self.expiry.peek() {
+                    if p.saturating_sub(end) <= self.gap {
+                        break;
+                    }
+                    self.expiry.pop();
+                    let Some(key) = self.by_seq.get(&seq) else {
+                        continue;
+                    };
+                    if self.open.get(key).is_none_or(|o| o.end != end) {
+                        continue;
+                    }
+                    let key = self.by_seq.remove(&seq).expect("present");
+                    let o = self.open.remove(&key).expect("present");
+                    self.closed.push(Closed {
+                        key,
+                        slot: o.slot,
+                        start: o.start,
+                        end: o.end,
+                    });
+                }
+            }
+            None => {
+                self.expiry.clear();
+                self.by_seq.clear();
+                for (key, o) in self.open.drain() {
+                    self.closed.push(Closed {
+                        key,
+                        slot: o.slot,
+                        start: o.start,
+                        end: o.end,
+                    });
+                }
+            }
+        }
+        if self.closed.is_empty() {
+            return Ok(());
+        }
+        let mut closed = std::mem::take(&mut self.closed);
+        closed.sort_by(|a, b| a.key.cmp(&b.key).then(a.start.cmp(&b.start)));
+        let init = self.init.as_mut().expect("initialised");
+        let parser = init.keys.parser();
+        let mut columns = init
+            .keys
+            .convert_rows(closed.iter().map(|c| parser.parse(&c.key)))?;
+        let start: ArrayRef =
+            Arc::new(Int64Array::from_iter_values(closed.iter().map(|c| c.start)));
+        let end: ArrayRef = Arc::new(Int64Array::from_iter_values(closed.iter().map(|c| c.end)));
+        columns.push(cast(&start, &init.time_type)?);
+        columns.push(cast(&end, &init.time_type)?);
+        let slots: Vec<usize> = closed.iter().map(|c| c.slot).collect();
+        columns.extend(init.aggs.emit(&slots)?);
+        for &s in &slots {
+            init.aggs.reset(s);
+        }
+        self.free_slots.extend(slots);
+        out.count("sessions", closed.len() as u64);
+        out.push(RecordBatch::try_new(init.output.clone(), columns)?);
+        Ok(())
+    }
+
+    fn reserve(&mut self) -> Result<(), NodeError> {
+        let init = self.init.as_ref().expect("initialised");
+        let pending: usize = self
+            .pending
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        let keys: usize = self.open.keys().map(|k| 2 * k.len() + 96).sum();
+        let want = pending + init.aggs.bytes() + keys + self.expiry.len() * 16;
+        self.reservation
+            .try_resize(want)
+            .map_err(|e| NodeError::Data(e.to_string()))
+    }
+}
+
+/// The event-time column as epoch milliseconds.
+fn time_of(batch: &RecordBatch, col: usize) -> Result<Int64Array, NodeError> {
+    Ok(cast(batch.column(col), &DataType::Int64)?
+        .as_primitive()
+        .clone())
+}
+
+impl Operator for SessionOperator {
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.init.is_none() {
+            self.init(&batch.schema())?;
+        }
+        let init = self.init.as_ref().expect("initialised");
+        let ts = time_of(&batch, init.time_col)?;
+        let mut keep = Vec::with_capacity(ts.len());
+        let mut late = Vec::new();
+        let mut nulls = Vec::new();
+        for (i, t) in ts.iter().enumerate() {
+            match t {
+                None => {
+                    nulls.push(i);
+                    keep.push(false);
+                }
+                Some(t) => {
+                    let is_late = self
+                        .max_ts
+                        .is_some_and(|m| t < m.saturating_sub(self.behind));
+                    if is_late {
+                        late.push((i, t, self.max_ts.unwrap_or_default()));
+                    } else {
+                        self.max_ts = Some(self.max_ts.map_or(t, |m| m.max(t)));
+                    }
+                    keep.push(!is_late);
+                }
+            }
+        }
+        if !late.is_empty() || !nulls.is_empty() {
+            let rows = rows_as_objects(&batch, None, JsonOptions::default())
+                .map_err(|e| NodeError::Data(format!("{}: {e}", self.name)))?;
+            let ooo = ms(self.spec.out_of_orderness);
+            for (i, t, max) in late {
+                out.dead_letter(DeadLetter {
+                    reason: "late".into(),
+                    detail: format!(
+                        "event time {t} is more than the allowed lateness {} ms behind the watermark {}",
+                        ms(self.spec.allowed_lateness),
+                        max - ooo
+                    ),
+                    position: format!("row {}", self.rows_seen + i as u64),
+                    record: serde_json::Value::Object(rows[i].clone()).to_string(),
+                });
+            }
+            for i in nulls {
+                out.dead_letter(DeadLetter {
+                    reason: "time:null".into(),
+                    detail: format!("event time `{}` is null", self.spec.time),
+                    position: format!("row {}", self.rows_seen + i as u64),
+                    record: serde_json::Value::Object(rows[i].clone()).to_string(),
+                });
+            }
+        }
+        self.rows_seen += batch.num_rows() as u64;
+        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        if kept.num_rows() > 0 {
+            let min = time_of(&kept, init.time_col)?.iter().flatten().min();
+            self.pending_min = match (self.pending_min, min) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.pending.push(kept);
+        }
+        self.release(self.release_point(), out)?;
+        self.reserve()
+    }
+
+    fn finish(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
+        if self.init.is_none() {
+            return Ok(());
+        }
+        self.release(None, out)?;
+        self.reservation.free();
+        Ok(())
+    }
+}
