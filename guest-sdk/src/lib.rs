@@ -64,7 +64,7 @@
 //! # Roles
 //!
 //! A component plays one role, chosen by a Cargo feature: `featurizer` (the default:
-//! [`Featurizer`], [`export_featurizer!`]) or `connector` (a source plugin:
+//! `Featurizer`, `export_featurizer!`) or `connector` (a source plugin:
 //! `Connector`, `export_connector!`), with `default-features = false`. The two
 //! cannot be combined in one build; within one Cargo workspace, feature unification
 //! would combine them, so keep featurizers and connectors in separate workspaces.
@@ -82,7 +82,7 @@
 //!
 //! # Testing a stage
 //!
-//! [`Featurizer`] is plain Rust: build a [`Batch`] from literal columns and call
+//! `Featurizer` is plain Rust: build a [`Batch`] from literal columns and call
 //! `init` and `process` natively in `cargo test`. Off wasm, [`log`] writes to stderr
 //! and [`metrics`] does nothing.
 

@@ -3,7 +3,8 @@
 //!
 //! - `roundtrip/noop_1024`: a 1024-row batch of (f64, i64, utf8) into a stage that
 //!   returns its input, and back: Arrow → WIT → guest → WIT → Arrow.
-//! - `bucketize/{wasm,native}_1024`: the `bucketize` stage against the same binary
+//! - `bucketize/{wasm,wasm_projected,native}_1024`: the `bucketize` stage (sent the
+//!   whole batch, or only the `price` column it reads) against the same binary
 //!   search written natively over the Arrow column, side by side.
 //!
 //! Components are built from `stages/bucketize` and `tests/fixtures/noop` with
@@ -74,9 +75,14 @@ fn benches(c: &mut Criterion) {
     let native_out = native_bucketize(&input);
     assert_eq!(wasm_out.column_by_name("price_bucket").unwrap().as_ref(), &native_out as &dyn Array);
 
+    let mut projected = stage(&sandbox, "stages/bucketize", params);
+    projected.set_projection(Some(vec!["price".to_owned()]));
+    assert_eq!(projected.process(&input).unwrap(), wasm_out);
+
     let mut g = c.benchmark_group("bucketize");
     g.throughput(Throughput::Elements(ROWS as u64));
     g.bench_function("wasm_1024", |b| b.iter(|| bucketize.process(&input).unwrap()));
+    g.bench_function("wasm_projected_1024", |b| b.iter(|| projected.process(&input).unwrap()));
     g.bench_function("native_1024", |b| b.iter(|| native_bucketize(&input)));
     g.finish();
 }

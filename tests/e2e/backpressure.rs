@@ -23,7 +23,9 @@ impl Operator for Slow {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_stage_slows_the_source_to_its_rate_with_bounded_queues() {
     let dir = tempfile::tempdir().unwrap();
-    let lines: Vec<String> = (0..20_000).map(|i| format!(r#"{{"k":{i},"s":"some text to make rows wider"}}"#)).collect();
+    let lines: Vec<String> = (0..20_000)
+        .map(|i| format!(r#"{{"k":{i},"s":"some text to make rows wider"}}"#))
+        .collect();
     std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
     let text = r#"
 name = "backpressure"
@@ -51,9 +53,16 @@ path = "out.jsonl"
     spec.base_dir = dir.path().to_path_buf();
     let env = env(dir.path());
     let mut plan = Plan::build(spec, &env).unwrap();
-    let slow = plan.dag.nodes.iter().position(|n| n.name == "slow").unwrap();
+    let slow = plan
+        .dag
+        .nodes
+        .iter()
+        .position(|n| n.name == "slow")
+        .unwrap();
     plan.nodes[slow] = NodeImpl::Operator(Box::new(Slow(Duration::from_millis(5))));
-    let summary = weir::exec::run(plan, &env, &RunOptions::default()).await.unwrap();
+    let summary = weir::exec::run(plan, &env, &RunOptions::default())
+        .await
+        .unwrap();
 
     let source = summary.node("fast").unwrap();
     let stage = summary.node("slow").unwrap();
@@ -63,12 +72,24 @@ path = "out.jsonl"
     assert!(stage.max_queue_bytes.0 <= 1 << 20);
     // The source spent most of the run waiting for room …
     let wall = summary.wall.as_secs_f64();
-    assert!(source.blocked.as_secs_f64() > 0.6 * wall, "blocked {:?} of {wall}s", source.blocked);
+    assert!(
+        source.blocked.as_secs_f64() > 0.6 * wall,
+        "blocked {:?} of {wall}s",
+        source.blocked
+    );
     // … so it read at the stage's pace, not its own.
     let stage_rate = stage.rows_in as f64 / stage.busy.as_secs_f64();
     let source_rate = source.rows_out as f64 / wall;
     let source_alone = source.rows_out as f64 / source.busy.as_secs_f64();
-    assert!(source_rate <= 1.1 * stage_rate, "source {source_rate:.0}/s, stage {stage_rate:.0}/s");
-    assert!(source_alone > 3.0 * stage_rate, "the source alone is much faster: {source_alone:.0}/s");
-    println!("source alone {source_alone:.0} rows/s; stage {stage_rate:.0} rows/s; source in the run {source_rate:.0} rows/s");
+    assert!(
+        source_rate <= 1.1 * stage_rate,
+        "source {source_rate:.0}/s, stage {stage_rate:.0}/s"
+    );
+    assert!(
+        source_alone > 3.0 * stage_rate,
+        "the source alone is much faster: {source_alone:.0}/s"
+    );
+    println!(
+        "source alone {source_alone:.0} rows/s; stage {stage_rate:.0} rows/s; source in the run {source_rate:.0} rows/s"
+    );
 }

@@ -20,7 +20,11 @@ fn read(path: &Path) -> Vec<Value> {
 async fn run_example(file: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("small.jsonl");
-    generate(ClickConfig::small(), &mut std::fs::File::create(&data).unwrap()).unwrap();
+    generate(
+        ClickConfig::small(),
+        &mut std::fs::File::create(&data).unwrap(),
+    )
+    .unwrap();
     let example = repo_root().join("examples/clickstream");
     let mut spec = PipelineSpec::from_file(&example.join(file)).unwrap();
     let source = spec.sources[0].jsonl.as_mut().unwrap();
@@ -44,7 +48,11 @@ async fn run_example(file: &str) {
     }
     // Corrupt lines are counted by reason and kept in the rejects file.
     let events = summary.node("events").unwrap();
-    let counters: Vec<(&str, u64)> = events.counters.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let counters: Vec<(&str, u64)> = events
+        .counters
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
     assert_eq!(
         counters,
         vec![
@@ -56,7 +64,11 @@ async fn run_example(file: &str) {
         "{file}"
     );
     assert_eq!(read(&dir.path().join("rejects.jsonl")).len(), 185);
-    assert_eq!(summary.node("sessions").unwrap().dead_letters(), 0, "nothing is late");
+    assert_eq!(
+        summary.node("sessions").unwrap().dead_letters(),
+        0,
+        "nothing is late"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,4 +7,5 @@ mod executor;
 mod ops;
 mod quickstart;
 mod sandbox;
+mod shadow;
 mod swap;

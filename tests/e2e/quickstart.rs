@@ -95,3 +95,36 @@ async fn quickstart_writes_exactly_the_expected_features() {
     assert_eq!(letters[0]["record"], r#"{"user_id":"u3","ts":1700000123456,"event":"vi"#);
     assert_eq!(letters[0]["node"], "events");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projected_stages_give_the_same_features() {
+    let example = repo_root().join("examples/quickstart");
+    let run = |columns: Option<[&'static str; 2]>| {
+        let example = example.clone();
+        async move {
+            let dir = tempfile::tempdir().unwrap();
+            let mut spec = PipelineSpec::from_file(&example.join("pipeline.toml")).unwrap();
+            let out = dir.path().join("features.jsonl");
+            spec.sinks[0].jsonl.as_mut().unwrap().path = out.clone();
+            if let Some(cols) = columns {
+                for (stage, col) in spec.stages.iter_mut().zip(cols) {
+                    stage.wasm.as_mut().unwrap().columns = Some(vec![col.to_owned()]);
+                }
+            }
+            run_spec(spec, dir.path()).await.unwrap();
+            std::fs::read_to_string(out).unwrap()
+        }
+    };
+    let whole = run(None).await;
+    let projected = run(Some(["price", "user_id"])).await;
+    assert_eq!(whole.lines().count(), 240);
+    assert_eq!(projected, whole);
+
+    // A projected column the batch lacks is named.
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = PipelineSpec::from_file(&example.join("pipeline.toml")).unwrap();
+    spec.sinks[0].jsonl.as_mut().unwrap().path = dir.path().join("f.jsonl");
+    spec.stages[0].wasm.as_mut().unwrap().columns = Some(vec!["prize".to_owned()]);
+    let err = run_spec(spec, dir.path()).await.unwrap_err().to_string();
+    assert_eq!(err, "node `price_bucket` failed: stage `price_bucket`: input batch: the batch has no column `prize`");
+}

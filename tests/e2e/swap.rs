@@ -54,7 +54,7 @@ fn tag_params(tag: i64) -> String {
 
 /// The same component with a custom section appended: new bytes, a new digest,
 /// the same behaviour; it stands for "new code" of the stage.
-fn new_code(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn new_code(bytes: &[u8]) -> Vec<u8> {
     let name = b"weir-test-revision";
     let payload = b"2";
     let mut section = vec![name.len() as u8];

@@ -27,12 +27,24 @@ pub struct ClickConfig {
 impl ClickConfig {
     /// The small set: 20,000 events, 500 users, one day.
     pub fn small() -> Self {
-        Self { events: 20_000, users: 500, items: 2_000, span_ms: 86_400_000, seed: 42 }
+        Self {
+            events: 20_000,
+            users: 500,
+            items: 2_000,
+            span_ms: 86_400_000,
+            seed: 42,
+        }
     }
 
     /// The large set: 2,000,000 events, 50,000 users, seven days.
     pub fn large() -> Self {
-        Self { events: 2_000_000, users: 50_000, items: 100_000, span_ms: 7 * 86_400_000, seed: 42 }
+        Self {
+            events: 2_000_000,
+            users: 50_000,
+            items: 100_000,
+            span_ms: 7 * 86_400_000,
+            seed: 42,
+        }
     }
 }
 
@@ -128,13 +140,21 @@ pub fn generate(config: ClickConfig, out: &mut impl Write) -> std::io::Result<()
             Some(c) => format!("{}.{:02}", c / 100, c % 100),
         };
         let label = e.label.map_or("null".to_owned(), |l| l.to_string());
-        let user = if corrupt == 1 { String::new() } else { format!("\"user_id\":\"u{}\",", e.user) };
+        let user = if corrupt == 1 {
+            String::new()
+        } else {
+            format!("\"user_id\":\"u{}\",", e.user)
+        };
         let ts = match corrupt {
             3 if e.ts % 2 == 0 => format!("\"{}\"", e.ts),
             3 => format!("{}.0", e.ts),
             _ => e.ts.to_string(),
         };
-        let price = if corrupt == 2 && e.price_cents.is_none() { "-1.5".to_owned() } else { price };
+        let price = if corrupt == 2 && e.price_cents.is_none() {
+            "-1.5".to_owned()
+        } else {
+            price
+        };
         let _ = write!(
             line,
             "{{{user}\"ts\":{ts},\"event\":\"{}\",\"item_id\":\"i{}\",\"price\":{price},\"dwell_ms\":{},\"label\":{label}}}",
@@ -156,14 +176,20 @@ mod tests {
 
     #[test]
     fn the_generator_is_deterministic_and_corrupts_about_one_percent() {
-        let config = ClickConfig { events: 4000, ..ClickConfig::small() };
+        let config = ClickConfig {
+            events: 4000,
+            ..ClickConfig::small()
+        };
         let (mut a, mut b) = (Vec::new(), Vec::new());
         generate(config, &mut a).unwrap();
         generate(config, &mut b).unwrap();
         assert_eq!(a, b);
         let text = String::from_utf8(a).unwrap();
         assert_eq!(text.lines().count(), 4000);
-        let bad = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err()).count();
+        let bad = text
+            .lines()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+            .count();
         assert!((5..=20).contains(&bad), "{bad} truncated lines");
     }
 }

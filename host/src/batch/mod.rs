@@ -91,6 +91,14 @@ pub enum BatchError {
     /// A column that was asked for is not in the batch.
     #[error("the batch has no column `{0}`")]
     MissingColumn(String),
+    /// A stage working on a projection changed the row count.
+    #[error("the stage returned {found} rows for {expected}; a stage given `columns` must keep every row")]
+    RowCount {
+        /// Rows sent.
+        expected: usize,
+        /// Rows returned.
+        found: usize,
+    },
     /// Two columns share a name.
     #[error("column `{0}` appears twice")]
     DuplicateColumn(String),
@@ -281,6 +289,48 @@ fn bitmap_from_wit(
         });
     }
     Ok(BooleanBuffer::new(Buffer::from_vec(bytes), 0, rows))
+}
+
+/// The columns of `batch` named in `columns`, in that order.
+///
+/// # Errors
+/// [`BatchError::MissingColumn`] naming the first column the batch lacks.
+pub fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch, BatchError> {
+    let schema = batch.schema();
+    let indices = columns
+        .iter()
+        .map(|c| schema.index_of(c).map_err(|_| BatchError::MissingColumn(c.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(batch.project(&indices)?)
+}
+
+/// `base` with the columns of `update` merged in: a column of `update` replaces the
+/// same-named column of `base` in place, or is appended.
+///
+/// # Errors
+/// [`BatchError::RowCount`] when the two batches differ in rows.
+pub fn merge_columns(base: &RecordBatch, update: RecordBatch) -> Result<RecordBatch, BatchError> {
+    if update.num_rows() != base.num_rows() {
+        return Err(BatchError::RowCount { expected: base.num_rows(), found: update.num_rows() });
+    }
+    let mut fields: Vec<Field> = base.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut arrays: Vec<ArrayRef> = base.columns().to_vec();
+    let update_schema = update.schema();
+    for (field, array) in update_schema.fields().iter().zip(update.columns()) {
+        match fields.iter().position(|f| f.name() == field.name()) {
+            Some(i) => {
+                fields[i] = field.as_ref().clone();
+                arrays[i] = array.clone();
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                arrays.push(array.clone());
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new_with_metadata(fields, base.schema().metadata().clone()));
+    let options = RecordBatchOptions::new().with_row_count(Some(base.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
 }
 
 /// Bytes a WIT batch occupies when it crosses: what the per-call crossing cap counts.

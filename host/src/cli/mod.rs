@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the run or check failed, 2 the command line was wrong.
 
 mod component_cmd;
+mod live_cmd;
 mod pipeline_cmd;
 mod stage_cmd;
 
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use weir::exec::{self, Plan, RunEnv, RunOptions};
+use weir::exec;
 use weir::sandbox::{Sandbox, SandboxConfig};
 use weir::spec::PipelineSpec;
 
@@ -29,13 +30,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline to the end and print a summary.
+    /// Run a pipeline to the end (or until stopped: Ctrl-C, `weir pipeline stop`)
+    /// and print a summary. While it runs, `weir pipeline swap|status|stop` reach it.
     Run {
-        /// The pipeline file (TOML).
+        /// The pipeline file (TOML), or the name of a pipeline applied to the store
+        /// (its active version runs).
         pipeline: PathBuf,
         /// Do not show the progress line.
         #[arg(long)]
         quiet: bool,
+        /// Apply edits of the pipeline file to the running pipeline (stage
+        /// components and parameters; other changes are refused and logged).
+        #[arg(long)]
+        watch: bool,
     },
     /// Check a pipeline file and print its DAG, without running anything.
     Validate {
@@ -51,9 +58,10 @@ enum Command {
     /// Pipeline versions: apply, history, diff, rollback.
     #[command(subcommand)]
     Pipeline(pipeline_cmd::PipelineCommand),
-    /// Which code and which input made a run's output.
+    /// Which code and which input made a run's output, or one output record.
     Lineage {
-        /// The run id (printed in the run summary).
+        /// A run id (printed in the run summary), or `<output.jsonl>:<line>` for a
+        /// `[sink.jsonl]` written with `lineage = true`.
         run: String,
     },
 }
@@ -78,7 +86,7 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(exec::default_data_dir);
     match cli.command {
-        Command::Run { pipeline, quiet } => run(&pipeline, data_dir, !quiet),
+        Command::Run { pipeline, quiet, watch } => live_cmd::run(&pipeline, data_dir, !quiet, watch),
         Command::Validate { pipeline } => {
             let spec = PipelineSpec::from_file(&pipeline)?;
             let dag = spec.validate()?;
@@ -89,24 +97,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(cmd) => stage_cmd::dispatch(cmd, &data_dir),
         Command::Component(cmd) => component_cmd::dispatch(cmd, &data_dir),
         Command::Pipeline(cmd) => pipeline_cmd::dispatch(cmd, &data_dir),
-        Command::Lineage { run } => pipeline_cmd::lineage(&run, &data_dir),
+        Command::Lineage { run } => match run.rsplit_once(':') {
+            Some((file, line)) if std::path::Path::new(file).is_file() => {
+                let line = line.parse().with_context(|| format!("`{run}`: the line after `:` is a number"))?;
+                live_cmd::lineage_of_line(std::path::Path::new(file), line)
+            }
+            _ => pipeline_cmd::lineage(&run, &data_dir),
+        },
     }
 }
 
 fn sandbox(data_dir: &std::path::Path) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(SandboxConfig { artifact_dir: Some(data_dir.join("artifacts")), ..Default::default() })?)
-}
-
-fn run(pipeline: &std::path::Path, data_dir: PathBuf, progress: bool) -> anyhow::Result<()> {
-    let spec = PipelineSpec::from_file(pipeline)?;
-    let env = RunEnv { sandbox: sandbox(&data_dir)?, store: Some(weir::store::Store::open(&data_dir)?), data_dir };
-    let plan = Plan::build(spec, &env)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    let control = exec::RunControl::new();
-    let summary = runtime.block_on(exec::run_with(plan, &env, &RunOptions { progress }, control.clone()))?;
-    if let Some(store) = &env.store {
-        store.append_lineage(&summary.run_id, &control.lineage_log())?;
-    }
-    print!("{summary}");
-    Ok(())
 }

@@ -38,6 +38,36 @@ pub enum PipelineCommand {
         /// The newer version.
         v2: u64,
     },
+    /// Swap a stage of the running pipeline (`weir run`) between two batches: new
+    /// parameters, a new component, or a stored version's.
+    #[command(group(clap::ArgGroup::new("change").required(true).args(["params", "component", "to_version"])))]
+    Swap {
+        /// The pipeline's name.
+        name: String,
+        /// The stage (required with --params and --component; with --to-version,
+        /// only that stage changes, else the whole version is applied).
+        #[arg(long)]
+        stage: Option<String>,
+        /// New parameters (JSON), `init`ed on a fresh instance.
+        #[arg(long)]
+        params: Option<String>,
+        /// A new component: `name@3`, `sha256:…` or a `.wasm` file.
+        #[arg(long)]
+        component: Option<String>,
+        /// A stored version of the pipeline to switch to.
+        #[arg(long)]
+        to_version: Option<u64>,
+    },
+    /// Show what the running pipeline runs: version, stage digests, parameters.
+    Status {
+        /// The pipeline's name.
+        name: String,
+    },
+    /// Stop the running pipeline; what was read goes through to the sinks.
+    Stop {
+        /// The pipeline's name.
+        name: String,
+    },
     /// Make an earlier version active again.
     Rollback {
         /// The pipeline's name.
@@ -49,6 +79,15 @@ pub enum PipelineCommand {
 }
 
 pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
+    // These talk to the running pipeline, not to the store.
+    let cmd = match cmd {
+        PipelineCommand::Swap { name, stage, params, component, to_version } => {
+            return super::live_cmd::swap(data_dir, &name, stage, params, component, to_version);
+        }
+        PipelineCommand::Status { name } => return super::live_cmd::status(data_dir, &name),
+        PipelineCommand::Stop { name } => return super::live_cmd::stop(data_dir, &name),
+        other => other,
+    };
     let store = Store::open(data_dir)?;
     match cmd {
         PipelineCommand::Apply {
@@ -104,6 +143,9 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
                 println!("{l}");
             }
             Ok(())
+        }
+        PipelineCommand::Swap { .. } | PipelineCommand::Status { .. } | PipelineCommand::Stop { .. } => {
+            unreachable!("handled above")
         }
         PipelineCommand::Rollback { name, to } => {
             store

@@ -8,19 +8,35 @@
 //! applies, in the order: invalid JSON, then the schema's fields in order. Blank
 //! lines are skipped. Nothing is dropped silently.
 //!
-//! [`parse_lines`] is a pure function over a chunk of lines, so chunks can be
-//! parsed in parallel.
+//! Parsing is the costly part of reading, so it runs on several threads:
+//!
+//! ```text
+//!   file ──read blocks──► buffer ──cut at newlines every `batch_rows` lines──► pieces
+//!                                                                              │
+//!        thread 0: pieces 0..k   thread 1: pieces k..2k   ...   (parse_lines) ◄┘
+//!                                                                              │
+//!   batches and dead letters, in file order, exact line numbers ◄──────────────┘
+//! ```
+//!
+//! [`parse_lines`] is a pure function over a chunk of whole lines; [`parse_pieces`]
+//! cuts a buffer into chunks of `batch_rows` lines and parses them on scoped
+//! threads. Each call of [`JsonlSource::next_batch`] hands `threads × 2` chunks to
+//! them, so the bytes held at once stay near `threads × 2 × batch_rows` lines (a few
+//! MiB), and the output is the same batches, in the same order, with the same dead
+//! letters and line numbers as one thread would give: a batch is always the
+//! `batch_rows` lines (corrupt ones included) that one thread would have read.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, Int64Builder,
-    RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -28,84 +44,244 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use crate::exec::{DeadLetter, Emitter, NodeError, Source};
 use crate::spec::{FieldSpec, FieldType, JsonlSourceSpec, PipelineSpec, SourceSpec};
 
-/// Reads a JSON-lines file in batches of `batch_rows` lines.
+/// Bytes asked of the file per read: large enough that system calls do not show
+/// in a profile, small next to the chunks a call parses.
+const READ_BYTES: usize = 1 << 20;
+
+/// Chunks of `batch_rows` lines each parsing thread gets per call: two, so a
+/// thread that drew short or simple lines does not leave the other waiting long,
+/// while the buffer stays a few MiB.
+const CHUNKS_PER_THREAD: usize = 2;
+
+/// Most parsing threads a source uses, whatever the machine has: past a few, the
+/// downstream stages, not parsing, bound a run.
+const MAX_THREADS: usize = 8;
+
+/// Reads a JSON-lines file in batches of `batch_rows` lines, parsing on several
+/// threads (see the module docs).
 pub struct JsonlSource {
     path: PathBuf,
     display: String,
-    reader: BufReader<File>,
+    file: File,
     fields: Arc<[FieldSpec]>,
     schema: SchemaRef,
     batch_rows: usize,
+    threads: NonZeroUsize,
+    read_bytes: usize,
+    /// Lines handed out so far (the 1-based number of the last one).
     line_no: u64,
-    chunk: Vec<u8>,
+    /// Bytes read but not yet parsed: whole lines, then perhaps part of one.
+    buf: Vec<u8>,
+    /// Newlines in `buf`.
+    buf_lines: usize,
+    eof: bool,
 }
 
 impl JsonlSource {
-    /// Opens the file named by the spec.
+    /// Opens the file named by the spec. Parsing uses as many threads as the
+    /// machine has cores, at most 8.
     ///
     /// # Errors
     /// The file cannot be opened.
-    pub fn open(pipeline: &PipelineSpec, source: &SourceSpec, spec: &JsonlSourceSpec) -> std::io::Result<Self> {
+    pub fn open(
+        pipeline: &PipelineSpec,
+        source: &SourceSpec,
+        spec: &JsonlSourceSpec,
+    ) -> std::io::Result<Self> {
         let _ = source;
         let path = pipeline.resolve(&spec.path);
-        let file = File::open(&path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let fields: Arc<[FieldSpec]> = spec.schema.clone().into();
-        Ok(Self {
-            display: spec.path.display().to_string(),
+        let file = File::open(&path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let batch_rows = spec.batch_rows.unwrap_or(pipeline.settings.batch_rows);
+        Ok(Self::from_file(
+            file,
             path,
-            reader: BufReader::with_capacity(1 << 20, file),
+            spec.path.display().to_string(),
+            spec.schema.clone().into(),
+            batch_rows,
+        ))
+    }
+
+    fn from_file(
+        file: File,
+        path: PathBuf,
+        display: String,
+        fields: Arc<[FieldSpec]>,
+        batch_rows: NonZeroUsize,
+    ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        Self {
+            display,
+            path,
+            file,
             schema: schema_of(&fields),
             fields,
-            batch_rows: spec.batch_rows.unwrap_or(pipeline.settings.batch_rows).get(),
+            batch_rows: batch_rows.get(),
+            threads: NonZeroUsize::new(cores.min(MAX_THREADS)).unwrap_or(NonZeroUsize::MIN),
+            read_bytes: READ_BYTES,
             line_no: 0,
-            chunk: Vec::new(),
-        })
+            buf: Vec::new(),
+            buf_lines: 0,
+            eof: false,
+        }
     }
 
     /// The Arrow schema of the batches it produces.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
+
+    /// Uses `threads` parsing threads instead of one per core.
+    pub fn with_threads(mut self, threads: NonZeroUsize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Reads until `buf` holds `lines` whole lines or the file ends.
+    fn fill(&mut self, lines: usize) -> Result<(), NodeError> {
+        while !self.eof && self.buf_lines < lines {
+            let start = self.buf.len();
+            self.buf.resize(start + self.read_bytes, 0);
+            let n = loop {
+                match self.file.read(&mut self.buf[start..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        self.buf.truncate(start);
+                        return Err(NodeError::Io {
+                            path: self.path.display().to_string(),
+                            source,
+                        });
+                    }
+                }
+            };
+            self.buf.truncate(start + n);
+            self.eof = n == 0;
+            self.buf_lines += newlines(&self.buf[start..]);
+        }
+        Ok(())
+    }
 }
 
 /// The Arrow schema for a list of fields (all nullable).
 pub fn schema_of(fields: &[FieldSpec]) -> SchemaRef {
     Arc::new(Schema::new(
-        fields.iter().map(|f| Field::new(&f.name, f.data_type.arrow(), !f.required)).collect::<Vec<_>>(),
+        fields
+            .iter()
+            .map(|f| Field::new(&f.name, f.data_type.arrow(), !f.required))
+            .collect::<Vec<_>>(),
     ))
 }
 
 impl Source for JsonlSource {
     fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
-        self.chunk.clear();
-        let first_line = self.line_no + 1;
-        let mut lines = 0;
-        let mut eof = false;
-        while lines < self.batch_rows {
-            let n = self.reader.read_until(b'\n', &mut self.chunk).map_err(|source| NodeError::Io {
-                path: self.path.display().to_string(),
-                source,
-            })?;
-            if n == 0 {
-                eof = true;
-                break;
-            }
-            lines += 1;
-        }
+        let want = self.batch_rows * self.threads.get() * CHUNKS_PER_THREAD;
+        self.fill(want)?;
+        // Whole chunks of `batch_rows` lines; at the end of the file, the rest too
+        // (a last line without a newline included).
+        let whole = self.buf_lines.min(want) / self.batch_rows * self.batch_rows;
+        let (take, newlines_taken, lines) = if self.eof && self.buf_lines <= want {
+            let partial = usize::from(self.buf.last().is_some_and(|&b| b != b'\n'));
+            (self.buf.len(), self.buf_lines, self.buf_lines + partial)
+        } else {
+            (nth_line_end(&self.buf, whole), whole, whole)
+        };
+        let parsed = parse_pieces(
+            &self.buf[..take],
+            self.line_no + 1,
+            self.batch_rows,
+            self.threads,
+            &self.display,
+            &self.fields,
+            &self.schema,
+        )?;
+        self.buf.drain(..take);
+        self.buf_lines -= newlines_taken;
         self.line_no += lines as u64;
-        if lines > 0 {
-            let (batch, letters) = parse_lines(&self.chunk, first_line, &self.display, &self.fields, &self.schema)?;
+        for (batch, letters) in parsed {
             for letter in letters {
                 out.dead_letter(letter);
             }
             out.push(batch);
         }
-        Ok(!eof)
+        Ok(!(self.eof && self.buf.is_empty()))
     }
 
     fn position(&self) -> Option<String> {
         Some(format!("{}:{}", self.display, self.line_no))
     }
+}
+
+/// The byte offset just past the `n`th newline of `bytes` (`n` ≥ 1 and present),
+/// or 0 for `n` = 0.
+fn nth_line_end(bytes: &[u8], n: usize) -> usize {
+    match n.checked_sub(1) {
+        None => 0,
+        Some(k) => memchr::memchr_iter(b'\n', bytes)
+            .nth(k)
+            .map_or(bytes.len(), |i| i + 1),
+    }
+}
+
+/// Cuts `chunk` (whole lines; the last may lack its newline) into pieces of
+/// `piece_lines` lines and parses them with [`parse_lines`] on up to `threads`
+/// scoped threads, each taking a contiguous run of pieces. `first_line` is the
+/// 1-based number of the chunk's first line in `file`.
+///
+/// The result is what parsing the pieces one after another on one thread gives:
+/// one batch per piece, in order, each with the dead letters of its lines (exact
+/// line numbers). Concatenated, the batches and dead letters equal those of
+/// `parse_lines` over the whole chunk.
+///
+/// # Errors
+/// Only an internal Arrow failure, which is a bug.
+pub fn parse_pieces(
+    chunk: &[u8],
+    first_line: u64,
+    piece_lines: usize,
+    threads: NonZeroUsize,
+    file: &str,
+    fields: &[FieldSpec],
+    schema: &SchemaRef,
+) -> Result<Vec<(RecordBatch, Vec<DeadLetter>)>, NodeError> {
+    let piece_lines = piece_lines.max(1);
+    let mut pieces: Vec<(&[u8], u64)> = Vec::new();
+    let (mut start, mut line) = (0, first_line);
+    for i in memchr::memchr_iter(b'\n', chunk)
+        .skip(piece_lines - 1)
+        .step_by(piece_lines)
+    {
+        pieces.push((&chunk[start..=i], line));
+        start = i + 1;
+        line += piece_lines as u64;
+    }
+    if start < chunk.len() {
+        pieces.push((&chunk[start..], line));
+    }
+    let parse = |run: &[(&[u8], u64)]| -> Result<Vec<_>, NodeError> {
+        run.iter()
+            .map(|&(text, line)| parse_lines(text, line, file, fields, schema))
+            .collect()
+    };
+    let threads = threads.get().min(pieces.len());
+    if threads <= 1 {
+        return parse(&pieces);
+    }
+    let per = pieces.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces
+            .chunks(per)
+            .map(|run| scope.spawn(move || parse(run)))
+            .collect();
+        let mut all = Vec::with_capacity(pieces.len());
+        for handle in handles {
+            match handle.join() {
+                Ok(parsed) => all.extend(parsed?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(all)
+    })
 }
 
 /// A value as it appeared in the JSON, before the schema judges it.
@@ -203,6 +379,37 @@ struct RecordSeed<'s, 'de> {
     cells: &'s mut Vec<Cell<'de>>,
 }
 
+/// Reads an object key as the index of the schema field it names (`None` for a
+/// key the schema does not list), without allocating: serde's `Cow<str>` would
+/// copy every key into a `String`.
+struct KeySeed<'s> {
+    fields: &'s [FieldSpec],
+}
+
+impl KeySeed<'_> {
+    fn find(&self, key: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f.name == key)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.find(v))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
 /// Marks a top-level value that parsed but was not an object.
 const NOT_AN_OBJECT: &str = "\u{0}not an object";
 
@@ -214,8 +421,10 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match self.fields.iter().position(|f| f.name == key) {
+        while let Some(field) = map.next_key_seed(KeySeed {
+            fields: self.fields,
+        })? {
+            match field {
                 Some(i) => self.cells[i] = map.next_value_seed(CellVisitor)?,
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -275,7 +484,9 @@ impl ColumnBuilder {
             FieldType::Float32 => Self::Float32(Float32Builder::with_capacity(rows)),
             FieldType::Float64 => Self::Float64(Float64Builder::with_capacity(rows)),
             FieldType::Utf8 => Self::Utf8(StringBuilder::with_capacity(rows, rows * 8)),
-            FieldType::TimestampMs => Self::TimestampMs(TimestampMillisecondBuilder::with_capacity(rows)),
+            FieldType::TimestampMs => {
+                Self::TimestampMs(TimestampMillisecondBuilder::with_capacity(rows))
+            }
         }
     }
 
@@ -286,8 +497,12 @@ impl ColumnBuilder {
             (Self::Int32(b), Cell::Int(v)) => b.append_value(*v as i32),
             (Self::Int64(b), Cell::Int(v)) => b.append_value(*v),
             (Self::TimestampMs(b), Cell::Int(v)) => b.append_value(*v),
-            (Self::Float32(b), c) if c.as_f64().is_some() => b.append_value(c.as_f64().unwrap_or_default() as f32),
-            (Self::Float64(b), c) if c.as_f64().is_some() => b.append_value(c.as_f64().unwrap_or_default()),
+            (Self::Float32(b), c) if c.as_f64().is_some() => {
+                b.append_value(c.as_f64().unwrap_or_default() as f32)
+            }
+            (Self::Float64(b), c) if c.as_f64().is_some() => {
+                b.append_value(c.as_f64().unwrap_or_default())
+            }
             (Self::Utf8(b), Cell::Str(s)) => b.append_value(s),
             (this, _) => this.append_null(),
         }
@@ -336,8 +551,15 @@ fn judge(field: &FieldSpec, cell: &Cell<'_>) -> Option<(String, String)> {
     match cell {
         Cell::Missing | Cell::Null => {
             return field.required.then(|| {
-                let what = if *cell == Cell::Missing { "missing" } else { "null" };
-                (format!("{name}:missing"), format!("required field `{name}` is {what}"))
+                let what = if *cell == Cell::Missing {
+                    "missing"
+                } else {
+                    "null"
+                };
+                (
+                    format!("{name}:missing"),
+                    format!("required field `{name}` is {what}"),
+                )
             });
         }
         _ => {}
@@ -362,14 +584,23 @@ fn judge(field: &FieldSpec, cell: &Cell<'_>) -> Option<(String, String)> {
             Cell::BigInt(_) => "an integer out of range",
             other => other.json_type(),
         };
-        return Some((format!("{name}:type"), format!("`{name}` must be {wanted}, found {found}")));
+        return Some((
+            format!("{name}:type"),
+            format!("`{name}` must be {wanted}, found {found}"),
+        ));
     }
     if let Some(v) = cell.as_f64() {
         if let Some(min) = field.min.filter(|m| v < *m) {
-            return Some((format!("{name}:range"), format!("`{name}` = {v} is below the minimum {min}")));
+            return Some((
+                format!("{name}:range"),
+                format!("`{name}` = {v} is below the minimum {min}"),
+            ));
         }
         if let Some(max) = field.max.filter(|m| v > *m) {
-            return Some((format!("{name}:range"), format!("`{name}` = {v} is above the maximum {max}")));
+            return Some((
+                format!("{name}:range"),
+                format!("`{name}` = {v} is above the maximum {max}"),
+            ));
         }
     }
     None
@@ -387,8 +618,11 @@ pub fn parse_lines(
     fields: &[FieldSpec],
     schema: &SchemaRef,
 ) -> Result<(RecordBatch, Vec<DeadLetter>), NodeError> {
-    let estimate = memchr_count(chunk) + 1;
-    let mut builders: Vec<ColumnBuilder> = fields.iter().map(|f| ColumnBuilder::new(f.data_type, estimate)).collect();
+    let estimate = newlines(chunk) + 1;
+    let mut builders: Vec<ColumnBuilder> = fields
+        .iter()
+        .map(|f| ColumnBuilder::new(f.data_type, estimate))
+        .collect();
     let mut letters = Vec::new();
     let mut cells: Vec<Cell<'_>> = Vec::with_capacity(fields.len());
     for (i, raw) in chunk.split(|&b| b == b'\n').enumerate() {
@@ -406,13 +640,24 @@ pub fn parse_lines(
         cells.clear();
         cells.resize(fields.len(), Cell::Missing);
         let mut de = serde_json::Deserializer::from_slice(line);
-        let parsed = RecordSeed { fields, cells: &mut cells }.deserialize(&mut de).and_then(|()| de.end());
+        let parsed = RecordSeed {
+            fields,
+            cells: &mut cells,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
         if let Err(e) = parsed {
             let text = e.to_string();
             letters.push(if text.starts_with(NOT_AN_OBJECT) {
-                letter("not_an_object".into(), "the line is JSON but not an object".into())
+                letter(
+                    "not_an_object".into(),
+                    "the line is JSON but not an object".into(),
+                )
             } else {
-                letter("invalid_json".into(), format!("the line is not valid JSON: {text}"))
+                letter(
+                    "invalid_json".into(),
+                    format!("the line is not valid JSON: {text}"),
+                )
             });
             continue;
         }
@@ -431,15 +676,16 @@ pub fn parse_lines(
     Ok((batch, letters))
 }
 
-fn memchr_count(bytes: &[u8]) -> usize {
-    bytes.iter().filter(|&&b| b == b'\n').count()
+/// The number of newlines in `bytes`.
+fn newlines(bytes: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', bytes).count()
 }
-
 
 #[cfg(test)]
 mod tests {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int64Type;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -474,25 +720,34 @@ mod tests {
         assert!(letters.is_empty(), "{letters:?}");
         assert_eq!(b.num_rows(), 3);
         let users = b.column(0).as_string::<i32>();
-        assert_eq!(users.iter().collect::<Vec<_>>(), [Some("u1"), Some("u\"2"), Some("u3")]);
-        assert_eq!(b.column(1).as_primitive::<Int64Type>().values().to_vec(), [5, 6, 7]);
+        assert_eq!(
+            users.iter().collect::<Vec<_>>(),
+            [Some("u1"), Some("u\"2"), Some("u3")]
+        );
+        assert_eq!(
+            b.column(1).as_primitive::<Int64Type>().values().to_vec(),
+            [5, 6, 7]
+        );
         let price = b.column(2).as_primitive::<arrow::datatypes::Float64Type>();
-        assert_eq!(price.iter().collect::<Vec<_>>(), [Some(1.5), None, Some(3.0)]);
+        assert_eq!(
+            price.iter().collect::<Vec<_>>(),
+            [Some(1.5), None, Some(3.0)]
+        );
     }
 
     #[test]
     fn corrupt_lines_get_the_first_reason_in_schema_order() {
         let text = [
-            r#"{"user_id":"u1","ts":1,"pri"#,                  // truncated
-            r#"{"ts":"12","price":-1}"#,                      // missing user_id beats bad ts
-            r#"{"user_id":7,"ts":1}"#,                        // user_id not a string
-            r#"{"user_id":"u","ts":"123"}"#,                  // ts a string
-            r#"{"user_id":"u","ts":123.0}"#,                  // ts a float
-            r#"{"user_id":"u","ts":1,"price":-0.5}"#,         // negative price
-            r#"{"user_id":"u","ts":1,"price":NaN}"#,          // not strict JSON
-            r#"[1,2]"#,                                       // not an object
-            r#"{"user_id":null,"ts":1}"#,                     // null required
-            r#"{"user_id":"ok","ts":9,"price":0}"#,           // fine
+            r#"{"user_id":"u1","ts":1,"pri"#,         // truncated
+            r#"{"ts":"12","price":-1}"#,              // missing user_id beats bad ts
+            r#"{"user_id":7,"ts":1}"#,                // user_id not a string
+            r#"{"user_id":"u","ts":"123"}"#,          // ts a string
+            r#"{"user_id":"u","ts":123.0}"#,          // ts a float
+            r#"{"user_id":"u","ts":1,"price":-0.5}"#, // negative price
+            r#"{"user_id":"u","ts":1,"price":NaN}"#,  // not strict JSON
+            r#"[1,2]"#,                               // not an object
+            r#"{"user_id":null,"ts":1}"#,             // null required
+            r#"{"user_id":"ok","ts":9,"price":0}"#,   // fine
         ]
         .join("\n");
         let (b, letters) = parse(&text);
@@ -525,5 +780,87 @@ mod tests {
         assert_eq!(b.num_rows(), 0);
         assert!(letters.is_empty());
         assert_eq!(b.column(0).len(), 0);
+    }
+
+    /// Lines of every kind the parser must tell apart, for the property test.
+    fn any_line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (0u32..50, -5i64..1_000, proptest::option::of(0.0f64..600.0)).prop_map(|(u, ts, p)| {
+                let price = p.map_or("null".to_owned(), |p| p.to_string());
+                format!(r#"{{"user_id":"u{u}","ts":{ts},"price":{price}}}"#)
+            }),
+            1 => (0u32..50).prop_map(|u| format!(r#"{{"user_id":"u{u}","ts":"12"}}"#)),
+            1 => Just(r#"{"ts":3,"price":1}"#.to_owned()),
+            1 => Just(r#"{"user_id":"u","ts":1,"price":-2.5}"#.to_owned()),
+            1 => (1usize..30).prop_map(|n| r#"{"user_id":"u1","ts":17,"price":2.5}"#[..n].to_owned()),
+            1 => Just(String::new()),
+            1 => Just("[1,2]".to_owned()),
+            1 => Just("  ".to_owned()),
+        ]
+    }
+
+    fn text_of(lines: &[String], crlf: bool, final_newline: bool) -> String {
+        let mut text = lines.join(if crlf { "\r\n" } else { "\n" });
+        if final_newline && !lines.is_empty() {
+            text.push('\n');
+        }
+        text
+    }
+
+    fn concat(batches: &[RecordBatch]) -> RecordBatch {
+        let fields = fields();
+        arrow::compute::concat_batches(&schema_of(&fields), batches).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        /// Chunked parsing on several threads gives, concatenated, the batches and
+        /// dead letters (same line numbers) of parsing the text in one chunk; the
+        /// source reading the same file in tiny reads does too.
+        #[test]
+        fn parallel_chunks_equal_one_chunk(
+            lines in proptest::collection::vec(any_line(), 0..120),
+            piece_lines in 1usize..25,
+            threads in 1usize..5,
+            read_bytes in 1usize..300,
+            crlf in any::<bool>(),
+            final_newline in any::<bool>(),
+        ) {
+            let text = text_of(&lines, crlf, final_newline);
+            let fields = fields();
+            let schema = schema_of(&fields);
+            let (whole, whole_letters) = parse_lines(text.as_bytes(), 1, "e.jsonl", &fields, &schema).unwrap();
+            let threads = NonZeroUsize::new(threads).unwrap();
+
+            let pieces = parse_pieces(text.as_bytes(), 1, piece_lines, threads, "e.jsonl", &fields, &schema).unwrap();
+            let batches: Vec<RecordBatch> = pieces.iter().map(|(b, _)| b.clone()).collect();
+            let letters: Vec<DeadLetter> = pieces.into_iter().flat_map(|(_, l)| l).collect();
+            prop_assert_eq!(&concat(&batches), &whole);
+            prop_assert_eq!(&letters, &whole_letters);
+
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+            let mut source = JsonlSource::from_file(
+                File::open(file.path()).unwrap(),
+                file.path().to_path_buf(),
+                "e.jsonl".into(),
+                fields.clone().into(),
+                NonZeroUsize::new(piece_lines).unwrap(),
+            )
+            .with_threads(threads);
+            source.read_bytes = read_bytes;
+            let mut out = Emitter::default();
+            let mut calls = 0;
+            while source.next_batch(&mut out).unwrap() {
+                calls += 1;
+                prop_assert!(calls <= text.len() + 1, "the source does not end");
+            }
+            prop_assert!(out.batches.iter().all(|b| b.num_rows() <= piece_lines));
+            prop_assert_eq!(&concat(&out.batches), &whole);
+            prop_assert_eq!(&out.dead_letters, &whole_letters);
+            let total = text.split('\n').count() - usize::from(text.is_empty() || text.ends_with('\n'));
+            prop_assert_eq!(source.position(), Some(format!("e.jsonl:{total}")));
+        }
     }
 }

@@ -23,9 +23,7 @@ struct Message {
 
 #[derive(Default)]
 struct Depth {
-    batches: AtomicUsize,
     max_batches: AtomicUsize,
-    kib: AtomicUsize,
     max_kib: AtomicUsize,
 }
 
@@ -68,17 +66,12 @@ impl Sender {
             .unwrap_or(u32::MAX)
             .clamp(1, self.capacity_kib);
         let permit = self.budget.clone().acquire_many_owned(kib).await.map_err(|_| Closed)?;
-        // Count the message before it is visible to the receiver, which uncounts it.
-        let d = &self.depth;
-        let now = d.batches.fetch_add(1, Ordering::Relaxed) + 1;
-        let now_kib = d.kib.fetch_add(kib as usize, Ordering::Relaxed) + kib as usize;
-        if self.tx.send(Message { batch, _permit: permit }).await.is_err() {
-            d.batches.fetch_sub(1, Ordering::Relaxed);
-            d.kib.fetch_sub(kib as usize, Ordering::Relaxed);
-            return Err(Closed);
-        }
-        d.max_batches.fetch_max(now, Ordering::Relaxed);
-        d.max_kib.fetch_max(now_kib, Ordering::Relaxed);
+        self.tx.send(Message { batch, _permit: permit }).await.map_err(|_| Closed)?;
+        // Depth from the channel's own accounting, which never exceeds its bounds.
+        let batches = self.tx.max_capacity() - self.tx.capacity();
+        let kib = (self.capacity_kib as usize).saturating_sub(self.budget.available_permits());
+        self.depth.max_batches.fetch_max(batches, Ordering::Relaxed);
+        self.depth.max_kib.fetch_max(kib, Ordering::Relaxed);
         Ok(started.elapsed())
     }
 }
@@ -87,9 +80,6 @@ impl Receiver {
     /// The next batch, or `None` when every sender is gone and the channel is empty.
     pub async fn recv(&mut self) -> Option<RecordBatch> {
         let msg = self.rx.recv().await?;
-        let kib = msg._permit.num_permits();
-        self.depth.batches.fetch_sub(1, Ordering::Relaxed);
-        self.depth.kib.fetch_sub(kib, Ordering::Relaxed);
         Some(msg.batch)
     }
 

@@ -6,7 +6,7 @@
 //!   stage  ── appends {stage, digest, params_hash}   (the version that processed it)
 //!     │
 //!   sink   ── the run's lineage log records (sink, first row, rows, lineage);
-//!             the JSON-lines sink also writes it to `<path>.lineage.jsonl`
+//!             a JSON-lines sink with `lineage = true` also writes it to `<path>.lineage.jsonl`
 //! ```
 //!
 //! Lineage travels inside the batch, as JSON in the Arrow schema metadata under
@@ -79,7 +79,10 @@ impl Lineage {
             batch.schema_ref().fields().clone(),
             metadata,
         ));
-        batch.with_schema(schema).expect("same fields")
+        // Not `with_schema`: it refuses a changed metadata value.
+        let (_, columns, rows) = batch.into_parts();
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+        RecordBatch::try_new_with_options(schema, columns, &options).expect("same fields, same columns")
     }
 }
 

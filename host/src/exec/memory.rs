@@ -88,7 +88,11 @@ impl MemoryPool {
 
     /// A new, empty reservation for `consumer` (named in refusals and metrics).
     pub fn reservation(&self, consumer: impl Into<String>) -> Reservation {
-        Reservation { pool: self.clone(), consumer: consumer.into(), size: 0 }
+        Reservation {
+            pool: self.clone(),
+            consumer: consumer.into(),
+            size: 0,
+        }
     }
 
     /// Bytes currently reserved.
@@ -121,7 +125,10 @@ impl MemoryPool {
                     limit: ByteSize(p.limit as u64),
                 });
             }
-            match p.used.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed) {
+            match p
+                .used
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
                 Ok(_) => break,
                 Err(actual) => cur = actual,
             }
@@ -227,7 +234,9 @@ impl SpillDir {
     /// The directory cannot be created.
     pub fn new(parent: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(parent)?;
-        let dir = tempfile::Builder::new().prefix("weir-spill-").tempdir_in(parent)?;
+        let dir = tempfile::Builder::new()
+            .prefix("weir-spill-")
+            .tempdir_in(parent)?;
         Ok(Self(Arc::new(SpillInner {
             dir,
             next: AtomicU64::new(0),
@@ -244,7 +253,10 @@ impl SpillDir {
     /// A fresh file name for `consumer` (`sort-3.arrow`); the caller creates it.
     pub fn new_file(&self, consumer: &str) -> PathBuf {
         let n = self.0.next.fetch_add(1, Ordering::Relaxed);
-        let safe: String = consumer.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let safe: String = consumer
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
         self.0.files.fetch_add(1, Ordering::Relaxed);
         self.path().join(format!("{safe}-{n}.arrow"))
     }
@@ -291,13 +303,18 @@ impl MemoryWatch {
                 let available = system.available_memory();
                 Mutex::new((system, Instant::now(), available))
             });
-        Self(Arc::new(WatchInner { floor: floor.0, system }))
+        Self(Arc::new(WatchInner {
+            floor: floor.0,
+            system,
+        }))
     }
 
     /// The node's available memory, refreshed at most every 100 ms (`u64::MAX`
     /// when unknown).
     pub fn available(&self) -> ByteSize {
-        let Some(system) = &self.0.system else { return ByteSize(u64::MAX) };
+        let Some(system) = &self.0.system else {
+            return ByteSize(u64::MAX);
+        };
         let mut guard = system.lock().unwrap_or_else(|e| e.into_inner());
         let (system, at, available) = &mut *guard;
         if at.elapsed() >= WATCH_REFRESH {
@@ -316,6 +333,9 @@ impl MemoryWatch {
     /// Blocks (the caller is on the blocking pool) while memory is low; returns how
     /// long it waited.
     pub fn wait_while_low(&self) -> Duration {
+        if !self.is_low() {
+            return Duration::ZERO;
+        }
         let started = Instant::now();
         let mut warned = false;
         while self.is_low() {
@@ -361,7 +381,10 @@ impl RunMemory {
 
     /// `source`, pausing before each read while the node's memory is low.
     pub fn watched(&self, source: Box<dyn Source>) -> Box<dyn Source> {
-        Box::new(Watched { inner: source, watch: self.watch.clone() })
+        Box::new(Watched {
+            inner: source,
+            watch: self.watch.clone(),
+        })
     }
 }
 
@@ -375,7 +398,7 @@ impl Source for Watched {
     fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
         let waited = self.watch.wait_while_low();
         if !waited.is_zero() {
-            out.count("memory_paused_ms", waited.as_millis() as u64);
+            out.count("memory_paused_ms", (waited.as_millis() as u64).max(1));
         }
         self.inner.next_batch(out)
     }
@@ -448,7 +471,13 @@ mod tests {
         let spill = SpillDir::new(parent.path()).unwrap();
         let file = spill.new_file("sort `by ts`");
         std::fs::write(&file, b"x").unwrap();
-        assert!(file.file_name().unwrap().to_str().unwrap().starts_with("sort__by_ts_-0"));
+        assert!(
+            file.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("sort__by_ts_-0")
+        );
         let path = spill.path().to_path_buf();
         let clone = spill.clone();
         drop(spill);

@@ -21,8 +21,12 @@ pub mod control;
 mod dead_letter;
 pub mod memory;
 pub mod lineage;
+pub mod live;
 mod node;
 mod plan;
+pub mod shadow;
+pub mod socket;
+pub mod watch;
 mod summary;
 mod wasm;
 

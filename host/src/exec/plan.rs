@@ -144,7 +144,7 @@ impl Plan {
                     };
                     let component = loaded.map_err(|source| PlanError::Load { node: s.name.clone(), source })?;
                     let params = w.params.to_string();
-                    let stage = FeaturizerStage::new(
+                    let mut stage = FeaturizerStage::new(
                         &env.sandbox,
                         &component,
                         &s.name,
@@ -152,8 +152,10 @@ impl Plan {
                         w.limits,
                         w.grants.clone(),
                     )?;
+                    stage.set_projection(w.columns.clone());
                     digests.push((s.name.clone(), component.digest().to_owned()));
-                    NodeImpl::Operator(Box::new(WasmOperator::new(stage)))
+                    let shadow = super::shadow::build(&spec, env, s, &component)?;
+                    NodeImpl::Operator(Box::new(WasmOperator::new(stage).with_shadow(shadow)))
                 }
                 NodeKind::Sink if spec.sinks[node.index].vectors.is_some() => {
                     let s = &spec.sinks[node.index];

@@ -22,6 +22,7 @@ pub struct WasmOperator {
     lineage: StageLineage,
     probation: Option<Probation>,
     batches: u64,
+    shadow: Option<super::shadow::Shadow>,
 }
 
 /// A swap applied but not yet confirmed by a successful batch.
@@ -44,7 +45,14 @@ impl WasmOperator {
             lineage,
             probation: None,
             batches: 0,
+            shadow: None,
         }
+    }
+
+    /// Runs `shadow`'s candidate beside this stage (see [`super::shadow`]).
+    pub fn with_shadow(mut self, shadow: Option<super::shadow::Shadow>) -> Self {
+        self.shadow = shadow;
+        self
     }
 
     /// The stage inside.
@@ -97,7 +105,9 @@ impl Operator for WasmOperator {
         }
         let index = self.batches;
         self.batches += 1;
+        let started = std::time::Instant::now();
         let mut output = self.call(&batch, out);
+        let active_time = started.elapsed();
         if let Some(probation) = self.probation.take() {
             match output {
                 Ok(_) => probation.reply.send(Ok(self.applied(Some(index)))),
@@ -121,7 +131,16 @@ impl Operator for WasmOperator {
         let output = output?;
         let mut lineage = Lineage::of(&batch).unwrap_or_default();
         lineage.stages.push(self.lineage.clone());
+        let verdict = self.shadow.as_mut().map(|s| s.observe(&batch, &output, active_time, out));
         out.push(lineage.stamp(output));
+        match verdict {
+            Some(super::shadow::Verdict::Promote) => {
+                self.stage = self.shadow.take().expect("observed").into_candidate();
+                self.lineage = lineage_of(&self.stage);
+            }
+            Some(super::shadow::Verdict::Drop) => self.shadow = None,
+            Some(super::shadow::Verdict::Keep) | None => {}
+        }
         Ok(())
     }
 
@@ -158,7 +177,10 @@ impl Operator for WasmOperator {
                     ))));
                     return;
                 }
-                Previous::Stage(Box::new(std::mem::replace(&mut self.stage, *new)))
+                let mut new = *new;
+                // The projection belongs to the pipeline's wiring, not to the code.
+                new.set_projection(self.stage.projection().map(<[String]>::to_vec));
+                Previous::Stage(Box::new(std::mem::replace(&mut self.stage, new)))
             }
         };
         tracing::info!(stage = %self.stage.name(), digest = %self.stage.digest(), "swap applied; on probation until its first batch");

@@ -9,7 +9,8 @@
 //! sessions. [`Aggregates::bytes`] estimates what the state holds, for the
 //! memory budget.
 
-use std::collections::HashSet;
+/// Distinct-value sets use a fast seeded hasher: hashing is per row.
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -271,9 +272,9 @@ impl Aggregates {
                     }
                 }
                 State::Distinct(sets) => match sets {
-                    Sets::I(v) => v.resize_with(n, HashSet::new),
-                    Sets::F(v) => v.resize_with(n, HashSet::new),
-                    Sets::S(v) => v.resize_with(n, HashSet::new),
+                    Sets::I(v) => v.resize_with(n, HashSet::default),
+                    Sets::F(v) => v.resize_with(n, HashSet::default),
+                    Sets::S(v) => v.resize_with(n, HashSet::default),
                 },
                 State::List(lists) => match lists {
                     Lists::I(v) => v.resize_with(n, Vec::new),
@@ -554,9 +555,9 @@ impl Aggregates {
                     }
                 }
                 State::Distinct(sets) => match sets {
-                    Sets::I(v) => v[slot] = HashSet::new(),
-                    Sets::F(v) => v[slot] = HashSet::new(),
-                    Sets::S(v) => v[slot] = HashSet::new(),
+                    Sets::I(v) => v[slot] = HashSet::default(),
+                    Sets::F(v) => v[slot] = HashSet::default(),
+                    Sets::S(v) => v[slot] = HashSet::default(),
                 },
                 State::List(lists) => match lists {
                     Lists::I(v) => v[slot] = Vec::new(),

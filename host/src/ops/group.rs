@@ -13,7 +13,8 @@
 //! must fit the budget; if it does not, the run fails with the refusal, which
 //! names this operator (raise `partitions` or `settings.memory`).
 
-use std::collections::HashMap;
+/// Group keys are hashed per row: a fast seeded hasher.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
@@ -105,7 +106,7 @@ impl GroupOperator {
         let schema = self.input.as_ref().expect("initialised");
         let converter = self.converter()?;
         let mut aggs = Aggregates::new(&self.spec.aggregates, schema)?;
-        let mut slot_of: HashMap<Box<[u8]>, usize> = HashMap::new();
+        let mut slot_of: HashMap<Box<[u8]>, usize> = HashMap::default();
         let mut keys = converter.empty_rows(0, 0);
         for batch in batches {
             let cols: Vec<ArrayRef> = self
@@ -241,9 +242,14 @@ impl Operator for GroupOperator {
             // layout); read-back batches share one buffer per message, which
             // `get_array_memory_size` would count once per column.
             let bytes = std::fs::metadata(&path)
-                .map_err(|source| NodeError::Io { path: path.display().to_string(), source })?
+                .map_err(|source| NodeError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?
                 .len() as usize;
-            self.reservation.try_grow(bytes).map_err(|e| NodeError::Data(e.to_string()))?;
+            self.reservation
+                .try_grow(bytes)
+                .map_err(|e| NodeError::Data(e.to_string()))?;
             let batches = read_run(&path)?;
             let result = self.aggregate(&batches)?;
             drop(batches);

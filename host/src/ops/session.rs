@@ -33,7 +33,10 @@
 //! lower `out_of_orderness`/`allowed_lateness` (which bound the pending rows).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+/// Hash maps keyed by session keys use a fast seeded hasher: hashing is per row.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
@@ -76,7 +79,9 @@ pub struct SessionOperator {
     pending_min: Option<i64>,
     open: HashMap<Box<[u8]>, Open>,
     by_seq: HashMap<u64, Box<[u8]>>,
-    /// (last event time, session seq), smallest first; stale entries are skipped.
+    /// (last event time, session seq), smallest first. An entry may hold an older
+    /// last event time than its session (it is re-queued when reached), so there
+    /// is one entry per open session, not one per event.
     expiry: BinaryHeap<Reverse<(i64, u64)>>,
     next_seq: u64,
     free_slots: Vec<usize>,
@@ -91,7 +96,6 @@ struct Init {
     time_type: DataType,
     key_cols: Vec<usize>,
     keys: RowConverter,
-    order: RowConverter,
     aggs: Aggregates,
 }
 
@@ -114,8 +118,8 @@ impl SessionOperator {
             max_ts: None,
             pending: Vec::new(),
             pending_min: None,
-            open: HashMap::new(),
-            by_seq: HashMap::new(),
+            open: HashMap::default(),
+            by_seq: HashMap::default(),
             expiry: BinaryHeap::new(),
             next_seq: 0,
             free_slots: Vec::new(),
@@ -154,8 +158,6 @@ impl SessionOperator {
             .iter()
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect();
-        let mut order_fields = key_fields.clone();
-        order_fields.push(SortField::new(DataType::Int64));
         let aggs = Aggregates::new(&self.spec.aggregates, schema)?;
         let mut fields: Vec<Field> = key_cols
             .iter()
@@ -175,7 +177,6 @@ impl SessionOperator {
             time_type,
             key_cols,
             keys: RowConverter::new(key_fields)?,
-            order: RowConverter::new(order_fields)?,
             aggs,
         });
         Ok(())
@@ -218,7 +219,8 @@ impl SessionOperator {
         self.close_passed(point, out)
     }
 
-    /// Feeds final rows into their keys' sessions in (key, time, arrival) order.
+    /// Feeds final rows into their keys' sessions, each key's in (time, arrival)
+    /// order.
     fn assign(&mut self, ready: &RecordBatch) -> Result<(), NodeError> {
         if ready.num_rows() == 0 {
             return Ok(());
@@ -231,63 +233,71 @@ impl SessionOperator {
             .map(|&i| ready.column(i).clone())
             .collect();
         let keys = init.keys.convert_columns(&key_arrays)?;
-        let mut order_arrays = key_arrays;
-        order_arrays.push(Arc::new(ts.clone()));
-        let order_rows = init.order.convert_columns(&order_arrays)?;
-        let mut order: Vec<usize> = (0..ready.num_rows()).collect();
-        order.sort_by(|&a, &b| order_rows.row(a).cmp(&order_rows.row(b)));
-        let mut slots = Vec::with_capacity(order.len());
+        // A dense id per distinct key of the batch: ordering then compares
+        // integers, and each key's open session is looked up once per batch, not
+        // once per row. Keys come in first-seen order; within a key, rows are in
+        // (time, arrival) order, which is all the sessions depend on (closed rows
+        // are ordered by key when emitted).
+        let n = ready.num_rows();
+        let mut ids: HashMap<&[u8], u32> = HashMap::default();
+        let key_of: Vec<u32> = (0..n)
+            .map(|r| {
+                let next = ids.len() as u32;
+                *ids.entry(keys.row(r).data()).or_insert(next)
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_unstable_by_key(|&r| (key_of[r], ts.value(r), r));
+        let mut slots = Vec::with_capacity(n);
         let mut closed = Vec::new();
-        for &r in &order {
-            let t = ts.value(r);
-            let key = keys.row(r);
-            let joins = match self.open.get(key.as_ref()) {
-                Some(o) => {
+        for run in order.chunk_by(|&a, &b| key_of[a] == key_of[b]) {
+            let key = keys.row(run[0]);
+            let (key, mut cur) = match self.open.remove_entry(key.data()) {
+                Some((k, o)) => (k, Some(o)),
+                None => (Box::<[u8]>::from(key.data()), None),
+            };
+            for &r in run {
+                let t = ts.value(r);
+                if let Some(o) = cur.as_mut().filter(|o| {
                     t - o.end <= self.gap && self.max_length.is_none_or(|m| t - o.start <= m)
+                }) {
+                    // The expiry entry keeps the older end; `close_passed` re-queues it.
+                    o.end = o.end.max(t);
+                    slots.push(o.slot);
+                    continue;
                 }
-                None => false,
-            };
-            if joins {
-                let o = self.open.get_mut(key.as_ref()).expect("present");
-                if t > o.end {
-                    o.end = t;
-                    self.expiry.push(Reverse((t, o.seq)));
+                if let Some(o) = cur.take() {
+                    self.by_seq.remove(&o.seq);
+                    closed.push(Closed {
+                        key: key.clone(),
+                        slot: o.slot,
+                        start: o.start,
+                        end: o.end,
+                    });
                 }
-                slots.push(o.slot);
-                continue;
-            }
-            if let Some((k, o)) = self.open.remove_entry(key.as_ref()) {
-                self.by_seq.remove(&o.seq);
-                closed.push(Closed {
-                    key: k,
-                    slot: o.slot,
-                    start: o.start,
-                    end: o.end,
-                });
-            }
-            let slot = match self.free_slots.pop() {
-                Some(s) => s,
-                None => {
-                    let s = init.aggs.slots();
-                    init.aggs.ensure_slots(s + 1);
-                    s
-                }
-            };
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let k: Box<[u8]> = key.as_ref().into();
-            self.by_seq.insert(seq, k.clone());
-            self.open.insert(
-                k,
-                Open {
+                let slot = match self.free_slots.pop() {
+                    Some(s) => s,
+                    None => {
+                        let s = init.aggs.slots();
+                        init.aggs.ensure_slots(s + 1);
+                        s
+                    }
+                };
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.by_seq.insert(seq, key.clone());
+                self.expiry.push(Reverse((t, seq)));
+                cur = Some(Open {
                     slot,
                     start: t,
                     end: t,
                     seq,
-                },
-            );
-            self.expiry.push(Reverse((t, seq)));
-            slots.push(slot);
+                });
+                slots.push(slot);
+            }
+            if let Some(o) = cur {
+                self.open.insert(key, o);
+            }
         }
         // A session closed by a new one of its key has all its rows here (they
         // come first in the order); its slot is freed only after the update.
@@ -309,8 +319,13 @@ impl SessionOperator {
                     let Some(key) = self.by_seq.get(&seq) else {
                         continue;
                     };
-                    if self.open.get(key).is_none_or(|o| o.end != end) {
-                        continue;
+                    match self.open.get(key) {
+                        None => continue,
+                        Some(o) if o.end != end => {
+                            self.expiry.push(Reverse((o.end, seq)));
+                            continue;
+                        }
+                        Some(_) => {}
                     }
                     let key = self.by_seq.remove(&seq).expect("present");
                     let o = self.open.remove(&key).expect("present");

@@ -416,7 +416,13 @@ fn late_events_beyond_the_bound_become_dead_letters_and_allowed_lateness_admits_
     // Watermark 10000 − 2000 = 8000: ts 7000 and 7999 are late, 8500 is not (and
     // is more than the 1 s gap before 10000: a session of its own).
     let (got, out) = sessions(session(json!({"out_of_orderness": 2000})), input());
-    assert_eq!(got, json!([row("a", 8500, 8500, 1, 4, 4), row("a", 10_000, 10_000, 1, 1, 1)]));
+    assert_eq!(
+        got,
+        json!([
+            row("a", 8500, 8500, 1, 4, 4),
+            row("a", 10_000, 10_000, 1, 1, 1)
+        ])
+    );
     let reasons: Vec<(&str, &str, &str)> = out
         .dead_letters
         .iter()
@@ -439,7 +445,13 @@ fn late_events_beyond_the_bound_become_dead_letters_and_allowed_lateness_admits_
         session(json!({"out_of_orderness": 2000, "allowed_lateness": 500})),
         input(),
     );
-    assert_eq!(got, json!([row("a", 7999, 8500, 2, 3, 4), row("a", 10_000, 10_000, 1, 1, 1)]));
+    assert_eq!(
+        got,
+        json!([
+            row("a", 7999, 8500, 2, 3, 4),
+            row("a", 10_000, 10_000, 1, 1, 1)
+        ])
+    );
     assert_eq!(out.dead_letters.len(), 1);
 }
 

@@ -96,7 +96,7 @@ struct Inner {
 pub enum World {
     /// `weir:stage/featurizer`: `init` and `process`.
     Featurizer,
-    /// `weir:stage/connector`: `open` and `next-batch`.
+    /// `weir:stage/connector`: `open-source` and `next-batch`.
     Connector,
 }
 
@@ -234,7 +234,7 @@ impl Sandbox {
         let has = |name: &str| exports.iter().any(|(n, is_func)| n == name && *is_func);
         let world = if has("process") || has("init") {
             World::Featurizer
-        } else if has("next-batch") || has("open") {
+        } else if has("next-batch") || has("open-source") {
             World::Connector
         } else {
             let found: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
@@ -242,7 +242,7 @@ impl Sandbox {
                 digest,
                 world: "featurizer or connector",
                 message: format!(
-                    "it exports [{}]; a featurizer exports `init` and `process`, a connector `open` and `next-batch`",
+                    "it exports [{}]; a featurizer exports `init` and `process`, a connector `open-source` and `next-batch`",
                     found.join(", ")
                 ),
             });

@@ -52,6 +52,7 @@ pub struct FeaturizerStage {
     live: Option<Live>,
     stats: StageStats,
     metrics: Arc<Mutex<GuestMetrics>>,
+    projection: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for FeaturizerStage {
@@ -96,6 +97,7 @@ impl FeaturizerStage {
             live: None,
             stats: StageStats::default(),
             metrics: Arc::default(),
+            projection: None,
         };
         stage.ensure_live()?;
         Ok(stage)
@@ -131,6 +133,21 @@ impl FeaturizerStage {
         self.metrics.lock().expect("metrics lock").clone()
     }
 
+    /// Sends only `columns` into the stage (`None`: every column) and merges what
+    /// it returns back into the full batch: returned columns replace same-named
+    /// ones or are appended, and the stage must keep the row count.
+    ///
+    /// Crossing costs per byte, and strings cost the most: a featurizer reading one
+    /// numeric column of a wide batch should not pay for the rest.
+    pub fn set_projection(&mut self, columns: Option<Vec<String>>) {
+        self.projection = columns;
+    }
+
+    /// The columns sent into the stage, if restricted.
+    pub fn projection(&self) -> Option<&[String]> {
+        self.projection.as_deref()
+    }
+
     /// Processes one batch.
     ///
     /// # Errors
@@ -139,11 +156,16 @@ impl FeaturizerStage {
     /// or [`StageFailure::Crossing`] when a batch cannot cross.
     pub fn process(&mut self, input: &RecordBatch) -> Result<RecordBatch, StageFailure> {
         let started = Instant::now();
-        let wit = batch::to_wit(input).map_err(|source| StageFailure::Batch {
-            stage: self.name.to_string(),
-            direction: "input",
-            source,
-        })?;
+        let input_error = |source| StageFailure::Batch { stage: self.name.to_string(), direction: "input", source };
+        let projected;
+        let sent = match &self.projection {
+            Some(columns) => {
+                projected = batch::project(input, columns).map_err(input_error)?;
+                &projected
+            }
+            None => input,
+        };
+        let wit = batch::to_wit(sent).map_err(input_error)?;
         let size = batch::wit_size(&wit);
         if size > self.limits.max_crossing.as_usize() {
             return Err(StageFailure::Crossing {
@@ -161,11 +183,16 @@ impl FeaturizerStage {
         self.stats.fuel_used += self.limits.fuel.saturating_sub(fuel_left);
         self.stats.calls += 1;
         let outcome = match result {
-            Ok(Ok(out)) => batch::from_wit(out).map_err(|source| StageFailure::Batch {
-                stage: self.name.to_string(),
-                direction: "output",
-                source,
-            }),
+            Ok(Ok(out)) => batch::from_wit(out)
+                .and_then(|out| match self.projection {
+                    Some(_) => batch::merge_columns(input, out),
+                    None => Ok(out),
+                })
+                .map_err(|source| StageFailure::Batch {
+                    stage: self.name.to_string(),
+                    direction: "output",
+                    source,
+                }),
             Ok(Err(e)) => Err(StageFailure::Guest {
                 stage: self.name.to_string(),
                 row: e.row,

@@ -261,12 +261,20 @@ pub struct WasmStageSpec {
     /// Parameters handed to the stage's `init` as JSON. Default: `{}`.
     #[serde(default = "empty_params")]
     pub params: serde_json::Value,
+    /// Send only these columns into the stage and merge what it returns back into
+    /// the full batch (it must then keep every row). Default: send every column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
     /// Per-call limits; every key has a default.
     #[serde(default)]
     pub limits: StageLimits,
     /// Capabilities; all denied by default.
     #[serde(default)]
     pub grants: Grants,
+    /// A candidate version run beside this one on the same batches, its output
+    /// compared and discarded (`[stage.wasm.shadow]`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::exec::shadow::ShadowSpec>,
 }
 
 fn empty_params() -> serde_json::Value {
@@ -308,4 +316,10 @@ pub struct JsonlSinkSpec {
     /// Columns to write, in order. Default: all, in batch order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub columns: Option<Vec<String>>,
+    /// Also write `<path>.lineage.jsonl`: per written batch, its lines in the
+    /// output and its lineage (pipeline version, stage digests and parameter
+    /// hashes, source positions), so `weir lineage <path>:<line>` answers from the
+    /// output alone. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage: bool,
 }

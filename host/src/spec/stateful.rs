@@ -157,7 +157,10 @@ pub fn default_end_column() -> String {
 /// Checks what serde cannot in a `[stage.sort]`; `key` is the node's key path.
 pub(crate) fn validate_sort(key: &str, s: &SortSpec) -> Result<(), SpecError> {
     if s.by.is_empty() {
-        return Err(SpecError::invalid(format!("{key}.sort.by"), "needs at least one key"));
+        return Err(SpecError::invalid(
+            format!("{key}.sort.by"),
+            "needs at least one key",
+        ));
     }
     Ok(())
 }
@@ -165,7 +168,10 @@ pub(crate) fn validate_sort(key: &str, s: &SortSpec) -> Result<(), SpecError> {
 /// Checks a `[stage.group]`.
 pub(crate) fn validate_group(key: &str, g: &GroupSpec) -> Result<(), SpecError> {
     if g.by.is_empty() {
-        return Err(SpecError::invalid(format!("{key}.group.by"), "needs at least one key column"));
+        return Err(SpecError::invalid(
+            format!("{key}.group.by"),
+            "needs at least one key column",
+        ));
     }
     validate_aggregates(&format!("{key}.group"), &g.aggregates)
 }
@@ -173,13 +179,22 @@ pub(crate) fn validate_group(key: &str, g: &GroupSpec) -> Result<(), SpecError> 
 /// Checks a `[stage.session]`.
 pub(crate) fn validate_session(key: &str, s: &SessionSpec) -> Result<(), SpecError> {
     if s.key.is_empty() {
-        return Err(SpecError::invalid(format!("{key}.session.key"), "needs at least one key column"));
+        return Err(SpecError::invalid(
+            format!("{key}.session.key"),
+            "needs at least one key column",
+        ));
     }
     if s.gap.0.is_zero() {
-        return Err(SpecError::invalid(format!("{key}.session.gap"), "must be greater than 0"));
+        return Err(SpecError::invalid(
+            format!("{key}.session.gap"),
+            "must be greater than 0",
+        ));
     }
     if s.max_length.is_some_and(|m| m.0.is_zero()) {
-        return Err(SpecError::invalid(format!("{key}.session.max_length"), "must be greater than 0"));
+        return Err(SpecError::invalid(
+            format!("{key}.session.max_length"),
+            "must be greater than 0",
+        ));
     }
     validate_aggregates(&format!("{key}.session"), &s.aggregates)
 }
@@ -192,7 +207,9 @@ fn validate_aggregates(key: &str, aggs: &[AggregateSpec]) -> Result<(), SpecErro
                 format!("`{:?}` needs a column", a.op).to_lowercase(),
             ));
         }
-        if a.default.is_some() && !matches!(a.op, AggOp::Sum | AggOp::Mean | AggOp::Min | AggOp::Max) {
+        if a.default.is_some()
+            && !matches!(a.op, AggOp::Sum | AggOp::Mean | AggOp::Min | AggOp::Max)
+        {
             return Err(SpecError::invalid(
                 format!("{key}.aggregates[{i}].default"),
                 "only `sum`, `mean`, `min` and `max` take a default",

@@ -1,0 +1,255 @@
+//! `weir run` with its control socket and file watcher, and `weir pipeline
+//! swap|stop|status`, which talk to a running pipeline through that socket.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use weir::exec::live::LiveRun;
+use weir::exec::socket::{self, Request, Response};
+use weir::exec::{self, Plan, RunEnv, RunOptions};
+use weir::spec::PipelineSpec;
+use weir::store::Store;
+
+/// How long `weir pipeline swap` waits for the run's answer: a swap is answered
+/// after the new version's first batch, and a crate may have to build first.
+const SWAP_PATIENCE: Duration = Duration::from_secs(300);
+
+/// `weir run <file | stored pipeline name> [--watch]`.
+pub fn run(pipeline: &Path, data_dir: PathBuf, progress: bool, watch: bool) -> anyhow::Result<()> {
+    let store = Store::open(&data_dir)?;
+    // A file if there is one; otherwise the active stored version of that name.
+    let (spec, version) = if pipeline.exists() {
+        (PipelineSpec::from_file(pipeline)?, None)
+    } else {
+        let name = pipeline.to_str().unwrap_or_default();
+        let Some(active) = store.active(name)? else {
+            bail!(
+                "{} is neither a pipeline file nor a pipeline applied to the store",
+                pipeline.display()
+            );
+        };
+        if watch {
+            bail!("--watch needs a pipeline file; `{name}` is a stored pipeline");
+        }
+        (store.version(name, active)?.runnable_spec(), Some(active))
+    };
+    let env = RunEnv {
+        sandbox: super::sandbox(&data_dir)?,
+        store: Some(store),
+        data_dir,
+    };
+    let plan = Plan::build(spec, &env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    let control = exec::RunControl::new();
+    control.set_version(version);
+    let live = Arc::new(tokio::sync::Mutex::new(LiveRun::new(
+        &plan,
+        env.clone(),
+        control.clone(),
+    )));
+    let path = socket::socket_path(&env.data_dir, &plan.spec.name);
+    let summary = runtime.block_on(async {
+        // Dropped when this block ends, however it ends: the socket file goes too.
+        let _socket = match socket::serve(path, live.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no control socket for this run");
+                None
+            }
+        };
+        let watcher = watch.then(|| {
+            exec::watch::watch(
+                pipeline.to_path_buf(),
+                live.clone(),
+                exec::watch::DEFAULT_WATCH_INTERVAL,
+            )
+        });
+        let interrupt = tokio::spawn({
+            let control = control.clone();
+            async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\nstopping: the batches already read go through to the sinks");
+                    control.stop();
+                }
+            }
+        });
+        let result = exec::run_with(plan, &env, &RunOptions { progress }, control.clone()).await;
+        interrupt.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
+        result
+    })?;
+    if let Some(store) = &env.store {
+        store.append_lineage(&summary.run_id, &control.lineage_log())?;
+    }
+    print!("{summary}");
+    Ok(())
+}
+
+fn ask(
+    data_dir: &Path,
+    pipeline: &str,
+    request: &Request,
+    patience: Duration,
+) -> anyhow::Result<Response> {
+    let path = socket::socket_path(data_dir, pipeline);
+    Ok(socket::request(&path, request, patience)?)
+}
+
+/// `weir pipeline swap <name> --stage S (--params JSON | --component REF | --to-version V)`.
+pub fn swap(
+    data_dir: &Path,
+    pipeline: &str,
+    stage: Option<String>,
+    params: Option<String>,
+    component: Option<String>,
+    version: Option<u64>,
+) -> anyhow::Result<()> {
+    let params = params
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(&p)
+                .with_context(|| format!("--params `{p}` is not JSON"))
+        })
+        .transpose()?;
+    // A file is named for the running process, which may have another directory.
+    let component = component
+        .map(|c| {
+            if weir::store::is_reference(&c) {
+                Ok(c)
+            } else {
+                std::fs::canonicalize(&c)
+                    .map(|p| p.display().to_string())
+                    .with_context(|| format!("--component {c}"))
+            }
+        })
+        .transpose()?;
+    let response = ask(
+        data_dir,
+        pipeline,
+        &Request::Swap {
+            stage,
+            params,
+            component,
+            version,
+        },
+        SWAP_PATIENCE,
+    )?;
+    if let Some(e) = &response.error {
+        bail!("{e}");
+    }
+    for c in &response.changes {
+        if c.applied {
+            let from = c
+                .first_batch
+                .map_or("at the end of the stream".to_owned(), |b| {
+                    format!("from batch {b}")
+                });
+            println!(
+                "stage {}: applied {from}: sha256:{} params {}",
+                c.stage,
+                short(&c.digest),
+                c.params
+            );
+        } else {
+            println!(
+                "stage {}: refused: {} (still running sha256:{} params {})",
+                c.stage,
+                c.reason.as_deref().unwrap_or("?"),
+                short(&c.digest),
+                c.params
+            );
+        }
+    }
+    if response.changes.is_empty() {
+        println!("nothing to change: the running pipeline already matches");
+    }
+    if !response.ok {
+        bail!("not every change was applied");
+    }
+    Ok(())
+}
+
+/// `weir pipeline stop <name>`.
+pub fn stop(data_dir: &Path, pipeline: &str) -> anyhow::Result<()> {
+    ask(data_dir, pipeline, &Request::Stop, Duration::from_secs(10))?;
+    println!("{pipeline} is stopping: the batches already read go through to the sinks");
+    Ok(())
+}
+
+/// `weir pipeline status <name>`.
+pub fn status(data_dir: &Path, pipeline: &str) -> anyhow::Result<()> {
+    let response = ask(
+        data_dir,
+        pipeline,
+        &Request::Status,
+        Duration::from_secs(10),
+    )?;
+    let status = response.status.context("the run sent no status")?;
+    let version = status
+        .version
+        .map_or("from a file".to_owned(), |v| format!("version {v}"));
+    println!("{} running ({version})", status.pipeline);
+    for s in status.stages {
+        println!(
+            "  stage {:<20} sha256:{} params {}",
+            s.stage,
+            short(&s.digest),
+            s.params
+        );
+    }
+    Ok(())
+}
+
+/// `weir lineage <file>:<line>`: the lineage of one output record, from the
+/// output's side file.
+pub fn lineage_of_line(output: &Path, line: u64) -> anyhow::Result<()> {
+    let side = weir::connectors::lineage_path(output);
+    let entry = weir::connectors::lineage_of_line(output, line)
+        .with_context(|| {
+            format!(
+                "reading {} (written by a `[sink.jsonl]` with `lineage = true`)",
+                side.display()
+            )
+        })?
+        .with_context(|| format!("{} records no line {line}", side.display()))?;
+    let l = &entry.lineage;
+    let version = l
+        .version
+        .map_or("run from a file".to_owned(), |v| format!("version {v}"));
+    println!(
+        "{}:{line}: pipeline {} {version}",
+        output.display(),
+        l.pipeline
+    );
+    for s in &l.stages {
+        println!(
+            "  stage {} sha256:{} params sha256:{}",
+            s.stage, s.digest, s.params_hash
+        );
+    }
+    for s in &l.sources {
+        println!(
+            "  source {} positions {}..{}",
+            s.source,
+            s.from.as_deref().unwrap_or("start"),
+            s.to.as_deref().unwrap_or("?")
+        );
+    }
+    println!(
+        "  batch: output lines {}..{}",
+        entry.first_line,
+        entry.first_line + entry.lines - 1
+    );
+    Ok(())
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
