@@ -22,29 +22,53 @@ const ROWS: usize = 1024;
 const BOUNDARIES: [f64; 5] = [0.0, 10.0, 50.0, 100.0, 500.0];
 
 fn batch() -> RecordBatch {
-    let price: Float64Array =
-        (0..ROWS).map(|i| if i % 17 == 0 { None } else { Some((i * 37 % 1000) as f64 * 0.7) }).collect();
+    let price: Float64Array = (0..ROWS)
+        .map(|i| {
+            if i % 17 == 0 {
+                None
+            } else {
+                Some((i * 37 % 1000) as f64 * 0.7)
+            }
+        })
+        .collect();
     let dwell: Int64Array = (0..ROWS).map(|i| Some((i * 131 % 60_000) as i64)).collect();
-    let user: StringArray = (0..ROWS).map(|i| Some(format!("u{}", i * 7919 % 50_000))).collect();
+    let user: StringArray = (0..ROWS)
+        .map(|i| Some(format!("u{}", i * 7919 % 50_000)))
+        .collect();
     let schema = Schema::new(vec![
         Field::new("price", DataType::Float64, true),
         Field::new("dwell_ms", DataType::Int64, true),
         Field::new("user_id", DataType::Utf8, true),
     ]);
-    RecordBatch::try_new(Arc::new(schema), vec![Arc::new(price), Arc::new(dwell), Arc::new(user)]).unwrap()
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![Arc::new(price), Arc::new(dwell), Arc::new(user)],
+    )
+    .unwrap()
 }
 
 fn stage(sandbox: &Sandbox, dir: &str, params: &str) -> FeaturizerStage {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = build_stage(&root.join(dir)).expect("stage builds");
     let loaded = sandbox.load_file(&wasm).expect("stage loads");
-    FeaturizerStage::new(sandbox, &loaded, dir, params, StageLimits::default(), Default::default())
-        .expect("stage starts")
+    FeaturizerStage::new(
+        sandbox,
+        &loaded,
+        dir,
+        params,
+        StageLimits::default(),
+        Default::default(),
+    )
+    .expect("stage starts")
 }
 
 /// The bucketize logic natively: the same `partition_point` over the boundaries.
 fn native_bucketize(batch: &RecordBatch) -> Int32Array {
-    let price = batch.column(0).as_any().downcast_ref::<Float64Array>().unwrap();
+    let price = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
     let values = price.values();
     (0..price.len())
         .map(|i| {
@@ -69,11 +93,15 @@ fn benches(c: &mut Criterion) {
     g.bench_function("noop_1024", |b| b.iter(|| noop.process(&input).unwrap()));
     g.finish();
 
-    let params = r#"{"input":"price","boundaries":[0,10,50,100,500],"output":"price_bucket","fallback":-1}"#;
+    let params =
+        r#"{"input":"price","boundaries":[0,10,50,100,500],"output":"price_bucket","fallback":-1}"#;
     let mut bucketize = stage(&sandbox, "stages/bucketize", params);
     let wasm_out = bucketize.process(&input).unwrap();
     let native_out = native_bucketize(&input);
-    assert_eq!(wasm_out.column_by_name("price_bucket").unwrap().as_ref(), &native_out as &dyn Array);
+    assert_eq!(
+        wasm_out.column_by_name("price_bucket").unwrap().as_ref(),
+        &native_out as &dyn Array
+    );
 
     let mut projected = stage(&sandbox, "stages/bucketize", params);
     projected.set_projection(Some(vec!["price".to_owned()]));
@@ -81,8 +109,12 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("bucketize");
     g.throughput(Throughput::Elements(ROWS as u64));
-    g.bench_function("wasm_1024", |b| b.iter(|| bucketize.process(&input).unwrap()));
-    g.bench_function("wasm_projected_1024", |b| b.iter(|| projected.process(&input).unwrap()));
+    g.bench_function("wasm_1024", |b| {
+        b.iter(|| bucketize.process(&input).unwrap())
+    });
+    g.bench_function("wasm_projected_1024", |b| {
+        b.iter(|| projected.process(&input).unwrap())
+    });
     g.bench_function("native_1024", |b| b.iter(|| native_bucketize(&input)));
     g.finish();
 }

@@ -32,7 +32,9 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let value: f64 = num
             .parse()
@@ -102,7 +104,9 @@ impl FromStr for Millis {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let value: f64 = num
             .parse()
@@ -114,7 +118,9 @@ impl FromStr for Millis {
             "h" => value * 3600e3,
             "d" => value * 86_400e3,
             other => {
-                return Err(format!("`{s}`: unknown duration unit `{other}` (use ms, s, m, h or d)"));
+                return Err(format!(
+                    "`{s}`: unknown duration unit `{other}` (use ms, s, m, h or d)"
+                ));
             }
         };
         Ok(Self(Duration::from_micros((ms * 1e3).round() as u64)))
@@ -124,7 +130,11 @@ impl FromStr for Millis {
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms >= 1000 && ms % 1000 == 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+        if ms >= 1000 && ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
     }
 }
 
@@ -166,10 +176,21 @@ mod tests {
 
     #[test]
     fn durations_parse_units() {
-        assert_eq!("250ms".parse::<Millis>().unwrap().0, Duration::from_millis(250));
+        assert_eq!(
+            "250ms".parse::<Millis>().unwrap().0,
+            Duration::from_millis(250)
+        );
         assert_eq!("2s".parse::<Millis>().unwrap().0, Duration::from_secs(2));
-        assert_eq!("30m".parse::<Millis>().unwrap().0, Duration::from_secs(1800));
-        assert!("2 fortnights".parse::<Millis>().unwrap_err().contains("fortnights"));
+        assert_eq!(
+            "30m".parse::<Millis>().unwrap().0,
+            Duration::from_secs(1800)
+        );
+        assert!(
+            "2 fortnights"
+                .parse::<Millis>()
+                .unwrap_err()
+                .contains("fortnights")
+        );
         assert_eq!(Millis(Duration::from_secs(3)).to_string(), "3s");
     }
 }

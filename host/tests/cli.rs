@@ -4,7 +4,11 @@ use std::path::Path;
 use std::process::Command;
 
 fn weir(args: &[&str], cwd: &Path) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir")).args(args).current_dir(cwd).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -37,7 +41,10 @@ fn validate_names_the_bad_key() {
     std::fs::write(&file, "name = \"x\"\n[[source]]\nname = \"s\"\n[source.jsonl]\npath = \"a\"\nschema = []\nbatch_rowz = 3\n").unwrap();
     let (ok, _, err) = weir(&["validate", file.to_str().unwrap()], dir.path());
     assert!(!ok);
-    assert!(err.contains("line 7 column 1: `source[0].jsonl.batch_rowz`: unknown field `batch_rowz`"), "{err}");
+    assert!(
+        err.contains("line 7 column 1: `source[0].jsonl.batch_rowz`: unknown field `batch_rowz`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -52,7 +59,11 @@ fn a_new_stage_builds_and_runs_in_a_pipeline() {
     assert!(out.contains("world:   featurizer"), "{out}");
     assert!(out.contains("digest:  sha256:"), "{out}");
 
-    std::fs::write(dir.path().join("in.jsonl"), "{\"price\": 2.5}\n{\"price\": null}\n{\"price\": 4}\n").unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"price\": 2.5}\n{\"price\": null}\n{\"price\": 4}\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("p.toml"),
         r#"

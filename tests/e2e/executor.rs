@@ -4,7 +4,11 @@ use serde_json::Value;
 use weir_e2e::run_toml;
 
 fn read_jsonl(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,11 +48,17 @@ input = "a"
 path = "only_a.jsonl"
 "#;
     let summary = run_toml(text, dir.path()).await.unwrap();
-    let mut all: Vec<i64> = read_jsonl(&dir.path().join("all.jsonl")).iter().map(|v| v["k"].as_i64().unwrap()).collect();
+    let mut all: Vec<i64> = read_jsonl(&dir.path().join("all.jsonl"))
+        .iter()
+        .map(|v| v["k"].as_i64().unwrap())
+        .collect();
     all.sort_unstable();
     assert_eq!(all, (0..1500).collect::<Vec<_>>());
     // A single input keeps its order.
-    let only_a: Vec<i64> = read_jsonl(&dir.path().join("only_a.jsonl")).iter().map(|v| v["k"].as_i64().unwrap()).collect();
+    let only_a: Vec<i64> = read_jsonl(&dir.path().join("only_a.jsonl"))
+        .iter()
+        .map(|v| v["k"].as_i64().unwrap())
+        .collect();
     assert_eq!(only_a, (0..1000).collect::<Vec<_>>());
 
     assert_eq!(summary.node("a").unwrap().rows_out, 1000);
@@ -63,7 +73,10 @@ path = "only_a.jsonl"
     assert_eq!(rejects[0]["record"], "not json");
     assert!(summary.dead_letter_file.is_none());
     let rendered = summary.to_string();
-    assert!(rendered.contains("1500 records in, 1 corrupt"), "{rendered}");
+    assert!(
+        rendered.contains("1500 records in, 1 corrupt"),
+        "{rendered}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

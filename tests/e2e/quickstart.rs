@@ -34,7 +34,10 @@ fn expected_features(events: &str) -> (Vec<Value>, usize) {
         let price = v["price"].as_f64();
         let bucket = match price {
             None => -1,
-            Some(p) => bounds.iter().rposition(|b| p >= *b).map_or(-1, |i| i as i64),
+            Some(p) => bounds
+                .iter()
+                .rposition(|b| p >= *b)
+                .map_or(-1, |i| i as i64),
         };
         let user = v["user_id"].as_str().unwrap();
         rows.push(json!({
@@ -70,7 +73,12 @@ async fn quickstart_writes_exactly_the_expected_features() {
     assert_eq!(written.len(), 240);
     assert_eq!(written, expected);
     // Column order is the sink's `columns` order.
-    let first_line = std::fs::read_to_string(&out).unwrap().lines().next().unwrap().to_owned();
+    let first_line = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
     assert!(first_line.starts_with(r#"{"user_id":"u12","ts":1700000042545,"event":"view","price":3.95,"price_bucket":0,"user_bucket":"#), "{first_line}");
 
     assert_eq!(summary.records_in(), 240);
@@ -88,11 +96,23 @@ async fn quickstart_writes_exactly_the_expected_features() {
 
     // The corrupt lines are kept, with their reasons, in the run's dead-letter file.
     let letters = std::fs::read_to_string(summary.dead_letter_file.as_ref().unwrap()).unwrap();
-    let letters: Vec<Value> = letters.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap()).collect();
-    assert_eq!(reasons, ["invalid_json", "user_id:missing", "ts:type", "price:range"]);
+    let letters: Vec<Value> = letters
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<&str> = letters
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["invalid_json", "user_id:missing", "ts:type", "price:range"]
+    );
     assert_eq!(letters[0]["position"], "events.jsonl:18");
-    assert_eq!(letters[0]["record"], r#"{"user_id":"u3","ts":1700000123456,"event":"vi"#);
+    assert_eq!(
+        letters[0]["record"],
+        r#"{"user_id":"u3","ts":1700000123456,"event":"vi"#
+    );
     assert_eq!(letters[0]["node"], "events");
 }
 
@@ -126,5 +146,8 @@ async fn projected_stages_give_the_same_features() {
     spec.sinks[0].jsonl.as_mut().unwrap().path = dir.path().join("f.jsonl");
     spec.stages[0].wasm.as_mut().unwrap().columns = Some(vec!["prize".to_owned()]);
     let err = run_spec(spec, dir.path()).await.unwrap_err().to_string();
-    assert_eq!(err, "node `price_bucket` failed: stage `price_bucket`: input batch: the batch has no column `prize`");
+    assert_eq!(
+        err,
+        "node `price_bucket` failed: stage `price_bucket`: input batch: the batch has no column `prize`"
+    );
 }

@@ -11,8 +11,9 @@ use weir_e2e::{component, run_toml, sandbox, toml_path};
 const HOSTILE: &str = "tests/fixtures/hostile";
 
 fn write_events(dir: &Path, rows: usize) {
-    let lines: Vec<String> =
-        (0..rows).map(|i| format!(r#"{{"n":{i},"s":"row-{i}","x":{}.5}}"#, i)).collect();
+    let lines: Vec<String> = (0..rows)
+        .map(|i| format!(r#"{{"n":{i},"s":"row-{i}","x":{}.5}}"#, i))
+        .collect();
     std::fs::write(dir.join("events.jsonl"), lines.join("\n") + "\n").unwrap();
 }
 
@@ -49,9 +50,18 @@ path = "out.jsonl"
 async fn run_hostile(mode: &str, limits: &str) -> RunError {
     let dir = tempfile::tempdir().unwrap();
     write_events(dir.path(), 10);
-    let text = pipeline(&component(HOSTILE), &format!("{{ mode = \"{mode}\" }}"), limits);
-    let err = run_toml(&text, dir.path()).await.expect_err("the hostile stage must fail the run");
-    assert!(!dir.path().join("out.jsonl").exists(), "a failed run must not publish output");
+    let text = pipeline(
+        &component(HOSTILE),
+        &format!("{{ mode = \"{mode}\" }}"),
+        limits,
+    );
+    let err = run_toml(&text, dir.path())
+        .await
+        .expect_err("the hostile stage must fail the run");
+    assert!(
+        !dir.path().join("out.jsonl").exists(),
+        "a failed run must not publish output"
+    );
     err
 }
 
@@ -60,16 +70,24 @@ async fn host_still_works() {
     let dir = tempfile::tempdir().unwrap();
     write_events(dir.path(), 10);
     let text = pipeline(&component(HOSTILE), "{ mode = \"passthrough\" }", "{}");
-    let summary = run_toml(&text, dir.path()).await.expect("a well-behaved stage runs");
+    let summary = run_toml(&text, dir.path())
+        .await
+        .expect("a well-behaved stage runs");
     assert_eq!(summary.node("out").unwrap().rows_out, 10);
     let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     assert_eq!(out.lines().count(), 10);
-    assert_eq!(out.lines().next().unwrap(), r#"{"n":0,"s":"row-0","x":0.5}"#);
+    assert_eq!(
+        out.lines().next().unwrap(),
+        r#"{"n":0,"s":"row-0","x":0.5}"#
+    );
 }
 
 fn stage_failure(err: &RunError) -> &StageFailure {
     match err {
-        RunError::Node { node, source: weir::exec::NodeError::Stage(f) } => {
+        RunError::Node {
+            node,
+            source: weir::exec::NodeError::Stage(f),
+        } => {
             assert_eq!(node, "hostile");
             f
         }
@@ -80,35 +98,70 @@ fn stage_failure(err: &RunError) -> &StageFailure {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_infinite_loop_is_stopped_by_fuel() {
     let err = run_hostile("spin", "{ fuel = 5_000_000, deadline = \"60s\" }").await;
-    assert!(matches!(stage_failure(&err), StageFailure::OutOfFuel { budget: 5_000_000, .. }), "{err}");
-    assert_eq!(err.to_string(), "node `hostile` failed: stage `hostile` ran out of fuel (budget 5000000 per call)");
+    assert!(
+        matches!(
+            stage_failure(&err),
+            StageFailure::OutOfFuel {
+                budget: 5_000_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` ran out of fuel (budget 5000000 per call)"
+    );
     host_still_works().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_infinite_loop_is_stopped_by_the_deadline() {
     let started = Instant::now();
-    let err = run_hostile("spin", "{ fuel = 9_000_000_000_000_000_000, deadline = \"200ms\" }").await;
-    assert!(matches!(stage_failure(&err), StageFailure::Deadline { .. }), "{err}");
-    assert_eq!(err.to_string(), "node `hostile` failed: stage `hostile` exceeded its deadline of 200ms");
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    let err = run_hostile(
+        "spin",
+        "{ fuel = 9_000_000_000_000_000_000, deadline = \"200ms\" }",
+    )
+    .await;
+    assert!(
+        matches!(stage_failure(&err), StageFailure::Deadline { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` exceeded its deadline of 200ms"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     host_still_works().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_bomb_is_stopped_at_the_cap() {
     let err = run_hostile("bomb", "{ memory = \"32MiB\" }").await;
-    let StageFailure::Memory { cap, requested, .. } = stage_failure(&err) else { panic!("{err}") };
+    let StageFailure::Memory { cap, requested, .. } = stage_failure(&err) else {
+        panic!("{err}")
+    };
     assert_eq!(cap.0, 32 << 20);
     assert!(requested.0 > 32 << 20);
-    assert!(err.to_string().contains("stage `hostile` exceeded its memory cap of 32MiB"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("stage `hostile` exceeded its memory cap of 32MiB"),
+        "{err}"
+    );
     host_still_works().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_is_a_trap_with_the_stage_name_and_message() {
     let err = run_hostile("panic", "{}").await;
-    assert!(matches!(stage_failure(&err), StageFailure::Trap { .. }), "{err}");
+    assert!(
+        matches!(stage_failure(&err), StageFailure::Trap { .. }),
+        "{err}"
+    );
     let text = err.to_string();
     assert!(text.contains("stage `hostile` trapped"), "{text}");
     assert!(text.contains("hostile stage panicked on purpose"), "{text}");
@@ -118,15 +171,37 @@ async fn a_panic_is_a_trap_with_the_stage_name_and_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_guest_error_names_the_row() {
     let err = run_hostile("error", "{}").await;
-    assert!(matches!(stage_failure(&err), StageFailure::Guest { row: Some(3), transient: false, .. }), "{err}");
-    assert_eq!(err.to_string(), "node `hostile` failed: stage `hostile` failed at row 3: row 3 is rotten");
+    assert!(
+        matches!(
+            stage_failure(&err),
+            StageFailure::Guest {
+                row: Some(3),
+                transient: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` failed at row 3: row 3 is rotten"
+    );
     host_still_works().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_output_over_the_crossing_cap_is_refused() {
     let err = run_hostile("huge_output", "{ max_crossing = \"1MiB\" }").await;
-    assert!(matches!(stage_failure(&err), StageFailure::Crossing { direction: "output", .. }), "{err}");
+    assert!(
+        matches!(
+            stage_failure(&err),
+            StageFailure::Crossing {
+                direction: "output",
+                ..
+            }
+        ),
+        "{err}"
+    );
     host_still_works().await;
 }
 
@@ -136,8 +211,17 @@ async fn refused_parameters_fail_before_any_data_moves() {
     write_events(dir.path(), 10);
     let text = pipeline(&component(HOSTILE), "{ mode = \"fail_init\" }", "{}");
     let err = run_toml(&text, dir.path()).await.unwrap_err();
-    assert!(matches!(err, RunError::Plan(PlanError::Start(StageFailure::Init { .. }))), "{err}");
-    assert_eq!(err.to_string(), "stage `hostile` refused its parameters: refusing to start: fail_init mode");
+    assert!(
+        matches!(
+            err,
+            RunError::Plan(PlanError::Start(StageFailure::Init { .. }))
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "stage `hostile` refused its parameters: refusing to start: fail_init mode"
+    );
     host_still_works().await;
 }
 
@@ -146,14 +230,28 @@ async fn an_import_that_was_not_granted_is_rejected_at_load() {
     let dir = tempfile::tempdir().unwrap();
     write_events(dir.path(), 10);
     let wat = dir.path().join("sneaky.wat");
-    std::fs::write(&wat, r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#).unwrap();
-    let err = run_toml(&pipeline(&wat, "{}", "{}"), dir.path()).await.unwrap_err();
-    let RunError::Plan(PlanError::Load { node, source: LoadError::ImportNotGranted { import, .. } }) = &err else {
+    std::fs::write(
+        &wat,
+        r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#,
+    )
+    .unwrap();
+    let err = run_toml(&pipeline(&wat, "{}", "{}"), dir.path())
+        .await
+        .unwrap_err();
+    let RunError::Plan(PlanError::Load {
+        node,
+        source: LoadError::ImportNotGranted { import, .. },
+    }) = &err
+    else {
         panic!("expected an import refusal, got {err}");
     };
     assert_eq!(node, "hostile");
     assert_eq!(import, "wasi:sockets/tcp@0.2.0");
-    assert!(err.to_string().contains("imports `wasi:sockets/tcp@0.2.0`, which is not granted to stages"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("imports `wasi:sockets/tcp@0.2.0`, which is not granted to stages"),
+        "{err}"
+    );
     host_still_works().await;
 }
 
@@ -164,10 +262,17 @@ async fn a_component_of_another_world_is_rejected_at_load() {
     std::fs::write(&wat, "(component)").unwrap();
     let err = sandbox().load_file(&wat).unwrap_err();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
-    assert!(err.to_string().contains("a featurizer exports `init` and `process`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("a featurizer exports `init` and `process`"),
+        "{err}"
+    );
 
     std::fs::write(&wat, "not wasm at all").unwrap();
-    assert!(matches!(sandbox().load_file(&wat).unwrap_err(), LoadError::Invalid { .. }));
+    assert!(matches!(
+        sandbox().load_file(&wat).unwrap_err(),
+        LoadError::Invalid { .. }
+    ));
     host_still_works().await;
 }
 
@@ -180,14 +285,31 @@ fn a_trap_poisons_only_that_instance() {
 
     let sandbox = sandbox();
     let loaded = sandbox.load_file(&component(HOSTILE)).unwrap();
-    let limits = StageLimits { fuel: 2_000_000, ..StageLimits::default() };
-    let mut stage =
-        FeaturizerStage::new(&sandbox, &loaded, "flaky", r#"{"mode":"spin"}"#, limits, Default::default()).unwrap();
+    let limits = StageLimits {
+        fuel: 2_000_000,
+        ..StageLimits::default()
+    };
+    let mut stage = FeaturizerStage::new(
+        &sandbox,
+        &loaded,
+        "flaky",
+        r#"{"mode":"spin"}"#,
+        limits,
+        Default::default(),
+    )
+    .unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-    let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
 
-    assert!(matches!(stage.process(&batch), Err(StageFailure::OutOfFuel { .. })));
-    assert!(matches!(stage.process(&batch), Err(StageFailure::OutOfFuel { .. })));
+    assert!(matches!(
+        stage.process(&batch),
+        Err(StageFailure::OutOfFuel { .. })
+    ));
+    assert!(matches!(
+        stage.process(&batch),
+        Err(StageFailure::OutOfFuel { .. })
+    ));
     // Each call after a trap ran on a fresh instance.
     assert_eq!(stage.stats().instantiations, 2);
     assert_eq!(stage.stats().traps, 2);
@@ -195,7 +317,10 @@ fn a_trap_poisons_only_that_instance() {
     stage.reconfigure(r#"{"mode":"passthrough"}"#).unwrap();
     assert_eq!(stage.process(&batch).unwrap(), batch);
     // Refused parameters leave the stage as it was.
-    assert!(matches!(stage.reconfigure(r#"{"mode":"fail_init"}"#), Err(StageFailure::Init { .. })));
+    assert!(matches!(
+        stage.reconfigure(r#"{"mode":"fail_init"}"#),
+        Err(StageFailure::Init { .. })
+    ));
     assert_eq!(stage.params(), r#"{"mode":"passthrough"}"#);
     assert_eq!(stage.process(&batch).unwrap(), batch);
 }

@@ -13,7 +13,10 @@ use weir::spec::PipelineSpec;
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Builds the stage crate at `relative` (from the repo root) for `wasm32-wasip2`,
@@ -34,12 +37,18 @@ pub fn component(relative: &str) -> PathBuf {
 /// One sandbox per test process, as one host would have.
 pub fn sandbox() -> Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig::default()).expect("sandbox")).clone()
+    SANDBOX
+        .get_or_init(|| Sandbox::new(SandboxConfig::default()).expect("sandbox"))
+        .clone()
 }
 
 /// A run environment with its data directory in `dir`.
 pub fn env(dir: &Path) -> RunEnv {
-    RunEnv { sandbox: sandbox(), data_dir: dir.join("data"), store: None }
+    RunEnv {
+        sandbox: sandbox(),
+        data_dir: dir.join("data"),
+        store: None,
+    }
 }
 
 /// Parses, plans and runs a pipeline given as TOML text whose relative paths

@@ -27,8 +27,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
-    RecordBatch, RecordBatchOptions, StringArray, TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    RecordBatchOptions, StringArray, TimestampMillisecondArray,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
@@ -92,7 +92,9 @@ pub enum BatchError {
     #[error("the batch has no column `{0}`")]
     MissingColumn(String),
     /// A stage working on a projection changed the row count.
-    #[error("the stage returned {found} rows for {expected}; a stage given `columns` must keep every row")]
+    #[error(
+        "the stage returned {found} rows for {expected}; a stage given `columns` must keep every row"
+    )]
     RowCount {
         /// Rows sent.
         expected: usize,
@@ -103,7 +105,9 @@ pub enum BatchError {
     #[error("column `{0}` appears twice")]
     DuplicateColumn(String),
     /// A float is NaN or infinite and the JSON rule says to fail.
-    #[error("column `{column}` row {row} is {value}, which JSON cannot represent (non_finite = \"error\")")]
+    #[error(
+        "column `{column}` row {row} is {value}, which JSON cannot represent (non_finite = \"error\")"
+    )]
     NonFinite {
         /// The column's name.
         column: String,
@@ -138,7 +142,10 @@ pub fn to_wit(batch: &RecordBatch) -> Result<WitBatch, BatchError> {
 fn column_to_wit(name: &str, array: &ArrayRef) -> Result<WitColumn, BatchError> {
     let values = match array.data_type() {
         DataType::Boolean => {
-            let a = array.as_any().downcast_ref::<BooleanArray>().expect("type checked");
+            let a = array
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .expect("type checked");
             ColumnValues::Boolean(bitmap_bytes(a.values()))
         }
         DataType::Int32 => ColumnValues::Int32(primitive::<Int32Array>(array).values().to_vec()),
@@ -150,10 +157,15 @@ fn column_to_wit(name: &str, array: &ArrayRef) -> Result<WitColumn, BatchError> 
             ColumnValues::Float64(primitive::<Float64Array>(array).values().to_vec())
         }
         DataType::Timestamp(TimeUnit::Millisecond, _) => ColumnValues::TimestampMs(
-            primitive::<TimestampMillisecondArray>(array).values().to_vec(),
+            primitive::<TimestampMillisecondArray>(array)
+                .values()
+                .to_vec(),
         ),
         DataType::Utf8 => {
-            let a = array.as_any().downcast_ref::<StringArray>().expect("type checked");
+            let a = array
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("type checked");
             let offsets = a.value_offsets();
             let (first, last) = (offsets[0], offsets[offsets.len() - 1]);
             let offsets = if first == 0 {
@@ -172,7 +184,11 @@ fn column_to_wit(name: &str, array: &ArrayRef) -> Result<WitColumn, BatchError> 
         }
     };
     let validity = array.logical_nulls().map(|n| bitmap_bytes(n.inner()));
-    Ok(WitColumn { name: name.to_owned(), values, validity })
+    Ok(WitColumn {
+        name: name.to_owned(),
+        values,
+        validity,
+    })
 }
 
 fn primitive<A: 'static>(array: &ArrayRef) -> &A {
@@ -225,7 +241,11 @@ fn column_from_wit(
         if found == rows {
             Ok(())
         } else {
-            Err(BatchError::Length { column: name.to_owned(), expected: rows, found })
+            Err(BatchError::Length {
+                column: name.to_owned(),
+                expected: rows,
+                found,
+            })
         }
     };
     let array: ArrayRef = match values {
@@ -261,7 +281,10 @@ fn column_from_wit(
                     reason: format!("{} offsets for {rows} rows (need rows + 1)", offsets.len()),
                 });
             }
-            let utf8_err = |reason: String| BatchError::Utf8 { column: name.to_owned(), reason };
+            let utf8_err = |reason: String| BatchError::Utf8 {
+                column: name.to_owned(),
+                reason,
+            };
             let offsets = OffsetBuffer::<i32>::new(ScalarBuffer::from(offsets));
             Arc::new(
                 StringArray::try_new(offsets, Buffer::from_vec(data), nulls)
@@ -299,7 +322,11 @@ pub fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch, B
     let schema = batch.schema();
     let indices = columns
         .iter()
-        .map(|c| schema.index_of(c).map_err(|_| BatchError::MissingColumn(c.clone())))
+        .map(|c| {
+            schema
+                .index_of(c)
+                .map_err(|_| BatchError::MissingColumn(c.clone()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(batch.project(&indices)?)
 }
@@ -311,9 +338,17 @@ pub fn project(batch: &RecordBatch, columns: &[String]) -> Result<RecordBatch, B
 /// [`BatchError::RowCount`] when the two batches differ in rows.
 pub fn merge_columns(base: &RecordBatch, update: RecordBatch) -> Result<RecordBatch, BatchError> {
     if update.num_rows() != base.num_rows() {
-        return Err(BatchError::RowCount { expected: base.num_rows(), found: update.num_rows() });
+        return Err(BatchError::RowCount {
+            expected: base.num_rows(),
+            found: update.num_rows(),
+        });
     }
-    let mut fields: Vec<Field> = base.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = base
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     let mut arrays: Vec<ArrayRef> = base.columns().to_vec();
     let update_schema = update.schema();
     for (field, array) in update_schema.fields().iter().zip(update.columns()) {
@@ -328,7 +363,10 @@ pub fn merge_columns(base: &RecordBatch, update: RecordBatch) -> Result<RecordBa
             }
         }
     }
-    let schema = Arc::new(Schema::new_with_metadata(fields, base.schema().metadata().clone()));
+    let schema = Arc::new(Schema::new_with_metadata(
+        fields,
+        base.schema().metadata().clone(),
+    ));
     let options = RecordBatchOptions::new().with_row_count(Some(base.num_rows()));
     Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)
 }

@@ -10,21 +10,52 @@ use proptest::prelude::*;
 use super::*;
 
 fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
-    let fields: Vec<Field> =
-        columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns.into_iter().map(|(_, a)| a).collect()).unwrap()
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+        .collect();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap()
 }
 
 #[test]
 fn every_supported_type_round_trips_with_nulls() {
     let b = batch(vec![
-        ("b", Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)]))),
-        ("i32", Arc::new(Int32Array::from(vec![Some(1), Some(-2), None]))),
-        ("i64", Arc::new(Int64Array::from(vec![None, Some(i64::MAX), Some(i64::MIN)]))),
-        ("f32", Arc::new(Float32Array::from(vec![Some(1.5), None, Some(f32::NAN)]))),
-        ("f64", Arc::new(Float64Array::from(vec![Some(0.1), Some(-0.0), None]))),
-        ("s", Arc::new(StringArray::from(vec![Some("héllo"), None, Some("")]))),
-        ("ts", Arc::new(TimestampMillisecondArray::from(vec![Some(1_700_000_000_000), None, Some(0)]))),
+        (
+            "b",
+            Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])),
+        ),
+        (
+            "i32",
+            Arc::new(Int32Array::from(vec![Some(1), Some(-2), None])),
+        ),
+        (
+            "i64",
+            Arc::new(Int64Array::from(vec![None, Some(i64::MAX), Some(i64::MIN)])),
+        ),
+        (
+            "f32",
+            Arc::new(Float32Array::from(vec![Some(1.5), None, Some(f32::NAN)])),
+        ),
+        (
+            "f64",
+            Arc::new(Float64Array::from(vec![Some(0.1), Some(-0.0), None])),
+        ),
+        (
+            "s",
+            Arc::new(StringArray::from(vec![Some("héllo"), None, Some("")])),
+        ),
+        (
+            "ts",
+            Arc::new(TimestampMillisecondArray::from(vec![
+                Some(1_700_000_000_000),
+                None,
+                Some(0),
+            ])),
+        ),
     ]);
     let back = from_wit(to_wit(&b).unwrap()).unwrap();
     assert_eq!(back.num_rows(), 3);
@@ -37,8 +68,18 @@ fn every_supported_type_round_trips_with_nulls() {
 
 #[test]
 fn sliced_arrays_cross_with_their_own_offsets() {
-    let s: ArrayRef = Arc::new(StringArray::from(vec![Some("aa"), None, Some("bbb"), Some("c")]));
-    let f: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.0), None, Some(3.0), Some(4.0)]));
+    let s: ArrayRef = Arc::new(StringArray::from(vec![
+        Some("aa"),
+        None,
+        Some("bbb"),
+        Some("c"),
+    ]));
+    let f: ArrayRef = Arc::new(Float64Array::from(vec![
+        Some(1.0),
+        None,
+        Some(3.0),
+        Some(4.0),
+    ]));
     let b = batch(vec![("s", s), ("f", f)]).slice(1, 3);
     let wit = to_wit(&b).unwrap();
     match &wit.columns[0].values {
@@ -50,32 +91,62 @@ fn sliced_arrays_cross_with_their_own_offsets() {
     }
     assert_eq!(wit.columns[0].validity, Some(vec![0b110]));
     let back = from_wit(wit).unwrap();
-    assert_eq!(format!("{:?}", back.column(0)), format!("{:?}", b.column(0)));
-    assert_eq!(format!("{:?}", back.column(1)), format!("{:?}", b.column(1)));
+    assert_eq!(
+        format!("{:?}", back.column(0)),
+        format!("{:?}", b.column(0))
+    );
+    assert_eq!(
+        format!("{:?}", back.column(1)),
+        format!("{:?}", b.column(1))
+    );
 }
 
 #[test]
 fn unsupported_types_are_named() {
-    let b = batch(vec![("d", Arc::new(arrow::array::Date32Array::from(vec![1])) as ArrayRef)]);
+    let b = batch(vec![(
+        "d",
+        Arc::new(arrow::array::Date32Array::from(vec![1])) as ArrayRef,
+    )]);
     let err = to_wit(&b).unwrap_err().to_string();
     assert!(err.contains("column `d` has type Date32"), "{err}");
 }
 
 #[test]
 fn malformed_guest_batches_are_refused() {
-    let col = |values| WitColumn { name: "x".into(), values, validity: None };
-    let short = WitBatch { num_rows: 3, columns: vec![col(ColumnValues::Float64(vec![1.0]))] };
-    assert_eq!(from_wit(short).unwrap_err().to_string(), "column `x` has 1 values but the batch has 3 rows");
+    let col = |values| WitColumn {
+        name: "x".into(),
+        values,
+        validity: None,
+    };
+    let short = WitBatch {
+        num_rows: 3,
+        columns: vec![col(ColumnValues::Float64(vec![1.0]))],
+    };
+    assert_eq!(
+        from_wit(short).unwrap_err().to_string(),
+        "column `x` has 1 values but the batch has 3 rows"
+    );
 
     let bad_utf8 = WitBatch {
         num_rows: 1,
-        columns: vec![col(ColumnValues::Utf8(Utf8Values { offsets: vec![0, 2], data: vec![0xff, 0xfe] }))],
+        columns: vec![col(ColumnValues::Utf8(Utf8Values {
+            offsets: vec![0, 2],
+            data: vec![0xff, 0xfe],
+        }))],
     };
-    assert!(from_wit(bad_utf8).unwrap_err().to_string().contains("column `x`"));
+    assert!(
+        from_wit(bad_utf8)
+            .unwrap_err()
+            .to_string()
+            .contains("column `x`")
+    );
 
     let bad_offsets = WitBatch {
         num_rows: 1,
-        columns: vec![col(ColumnValues::Utf8(Utf8Values { offsets: vec![0, 9], data: vec![b'a'] }))],
+        columns: vec![col(ColumnValues::Utf8(Utf8Values {
+            offsets: vec![0, 9],
+            data: vec![b'a'],
+        }))],
     };
     assert!(from_wit(bad_offsets).is_err());
 
@@ -87,13 +158,24 @@ fn malformed_guest_batches_are_refused() {
             validity: Some(vec![0xff]),
         }],
     };
-    assert!(from_wit(short_bitmap).unwrap_err().to_string().contains("validity bitmap has 1 bytes, 2 needed"));
+    assert!(
+        from_wit(short_bitmap)
+            .unwrap_err()
+            .to_string()
+            .contains("validity bitmap has 1 bytes, 2 needed")
+    );
 
     let dup = WitBatch {
         num_rows: 1,
-        columns: vec![col(ColumnValues::Int32(vec![1])), col(ColumnValues::Int32(vec![2]))],
+        columns: vec![
+            col(ColumnValues::Int32(vec![1])),
+            col(ColumnValues::Int32(vec![2])),
+        ],
     };
-    assert_eq!(from_wit(dup).unwrap_err().to_string(), "column `x` appears twice");
+    assert_eq!(
+        from_wit(dup).unwrap_err().to_string(),
+        "column `x` appears twice"
+    );
 }
 
 fn arb_column(rows: usize) -> impl Strategy<Value = ArrayRef> {
@@ -106,8 +188,11 @@ fn arb_column(rows: usize) -> impl Strategy<Value = ArrayRef> {
             .prop_map(|v| Arc::new(Int64Array::from(v)) as ArrayRef),
         prop::collection::vec(proptest::option::of(-1e6f32..1e6), rows)
             .prop_map(|v| Arc::new(Float32Array::from(v)) as ArrayRef),
-        prop::collection::vec(proptest::option::of(any::<f64>().prop_filter("no NaN", |f| !f.is_nan())), rows)
-            .prop_map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
+        prop::collection::vec(
+            proptest::option::of(any::<f64>().prop_filter("no NaN", |f| !f.is_nan())),
+            rows
+        )
+        .prop_map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
         prop::collection::vec(proptest::option::of(".{0,12}"), rows)
             .prop_map(|v| Arc::new(StringArray::from(v)) as ArrayRef),
         prop::collection::vec(proptest::option::of(any::<i64>()), rows)
@@ -119,12 +204,20 @@ fn arb_batch() -> impl Strategy<Value = RecordBatch> {
     (0usize..70, 1usize..6)
         .prop_flat_map(|(rows, cols)| (prop::collection::vec(arb_column(rows), cols), 0..=rows))
         .prop_map(|(columns, cut)| {
-            let named: Vec<(String, ArrayRef)> =
-                columns.into_iter().enumerate().map(|(i, a)| (format!("c{i}"), a)).collect();
-            let fields: Vec<Field> =
-                named.iter().map(|(n, a)| Field::new(n, a.data_type().clone(), true)).collect();
-            let b = RecordBatch::try_new(Arc::new(Schema::new(fields)), named.into_iter().map(|(_, a)| a).collect())
-                .unwrap();
+            let named: Vec<(String, ArrayRef)> = columns
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| (format!("c{i}"), a))
+                .collect();
+            let fields: Vec<Field> = named
+                .iter()
+                .map(|(n, a)| Field::new(n, a.data_type().clone(), true))
+                .collect();
+            let b = RecordBatch::try_new(
+                Arc::new(Schema::new(fields)),
+                named.into_iter().map(|(_, a)| a).collect(),
+            )
+            .unwrap();
             // Also exercise arrays that start mid-buffer.
             b.slice(cut / 2, b.num_rows() - cut / 2)
         })

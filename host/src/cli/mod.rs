@@ -69,7 +69,8 @@ enum Command {
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -86,7 +87,11 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(exec::default_data_dir);
     match cli.command {
-        Command::Run { pipeline, quiet, watch } => live_cmd::run(&pipeline, data_dir, !quiet, watch),
+        Command::Run {
+            pipeline,
+            quiet,
+            watch,
+        } => live_cmd::run(&pipeline, data_dir, !quiet, watch),
         Command::Validate { pipeline } => {
             let spec = PipelineSpec::from_file(&pipeline)?;
             let dag = spec.validate()?;
@@ -99,7 +104,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Pipeline(cmd) => pipeline_cmd::dispatch(cmd, &data_dir),
         Command::Lineage { run } => match run.rsplit_once(':') {
             Some((file, line)) if std::path::Path::new(file).is_file() => {
-                let line = line.parse().with_context(|| format!("`{run}`: the line after `:` is a number"))?;
+                let line = line
+                    .parse()
+                    .with_context(|| format!("`{run}`: the line after `:` is a number"))?;
                 live_cmd::lineage_of_line(std::path::Path::new(file), line)
             }
             _ => pipeline_cmd::lineage(&run, &data_dir),
@@ -108,5 +115,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn sandbox(data_dir: &std::path::Path) -> anyhow::Result<Sandbox> {
-    Ok(Sandbox::new(SandboxConfig { artifact_dir: Some(data_dir.join("artifacts")), ..Default::default() })?)
+    Ok(Sandbox::new(SandboxConfig {
+        artifact_dir: Some(data_dir.join("artifacts")),
+        ..Default::default()
+    })?)
 }

@@ -81,7 +81,13 @@ pub enum PipelineCommand {
 pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
     // These talk to the running pipeline, not to the store.
     let cmd = match cmd {
-        PipelineCommand::Swap { name, stage, params, component, to_version } => {
+        PipelineCommand::Swap {
+            name,
+            stage,
+            params,
+            component,
+            to_version,
+        } => {
             return super::live_cmd::swap(data_dir, &name, stage, params, component, to_version);
         }
         PipelineCommand::Status { name } => return super::live_cmd::status(data_dir, &name),
@@ -144,7 +150,9 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PipelineCommand::Swap { .. } | PipelineCommand::Status { .. } | PipelineCommand::Stop { .. } => {
+        PipelineCommand::Swap { .. }
+        | PipelineCommand::Status { .. }
+        | PipelineCommand::Stop { .. } => {
             unreachable!("handled above")
         }
         PipelineCommand::Rollback { name, to } => {

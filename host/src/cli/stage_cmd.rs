@@ -31,7 +31,8 @@ pub fn dispatch(cmd: StageCommand, data_dir: &Path) -> anyhow::Result<()> {
     match cmd {
         StageCommand::New { name, dir, sdk } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let sdk = sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"));
+            let sdk =
+                sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"));
             scaffold(&name, &dir, &sdk)?;
             println!("created stage `{name}` in {}", dir.display());
             println!("build it with: weir stage build {}", dir.display());
@@ -52,16 +53,30 @@ pub fn dispatch(cmd: StageCommand, data_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn scaffold(name: &str, dir: &Path, sdk: &Path) -> anyhow::Result<()> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         bail!("`{name}` is not a valid crate name: use letters, digits, `-` and `_`");
     }
-    if dir.exists() && dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+    if dir.exists()
+        && dir
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         bail!("{} already exists and is not empty", dir.display());
     }
     let sdk = std::fs::canonicalize(sdk)
         .with_context(|| format!("the guest SDK is not at {}; pass --sdk", sdk.display()))?;
     let files = [
-        ("Cargo.toml", CARGO_TOML.replace("{name}", name).replace("{sdk}", &sdk.display().to_string())),
+        (
+            "Cargo.toml",
+            CARGO_TOML
+                .replace("{name}", name)
+                .replace("{sdk}", &sdk.display().to_string()),
+        ),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
         ("src/lib.rs", LIB_RS.to_owned()),
         ("README.md", README.replace("{name}", name)),

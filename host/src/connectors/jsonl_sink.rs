@@ -70,7 +70,10 @@ pub fn lineage_of_line(output: &Path, line: u64) -> std::io::Result<Option<Linea
     let text = std::fs::read_to_string(&side)?;
     for (i, l) in text.lines().enumerate() {
         let entry: LineageLine = serde_json::from_str(l).map_err(|e| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}:{}: {e}", side.display(), i + 1))
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}:{}: {e}", side.display(), i + 1),
+            )
         })?;
         if (entry.first_line..entry.first_line + entry.lines).contains(&line) {
             return Ok(Some(entry));
@@ -101,7 +104,11 @@ impl JsonlSink {
             let side = lineage_path(&path);
             let side_tmp = tmp_beside(&side);
             let out = Some(BufWriter::new(File::create(&side_tmp)?));
-            Some(SideFile { path: side, tmp: side_tmp, out })
+            Some(SideFile {
+                path: side,
+                tmp: side_tmp,
+                out,
+            })
         } else {
             None
         };
@@ -110,7 +117,10 @@ impl JsonlSink {
             tmp,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             columns: spec.columns.clone(),
-            options: JsonOptions { float_decimals: spec.float_decimals, ..JsonOptions::default() },
+            options: JsonOptions {
+                float_decimals: spec.float_decimals,
+                ..JsonOptions::default()
+            },
             lineage,
             lines: 0,
             text: Vec::new(),
@@ -118,7 +128,10 @@ impl JsonlSink {
     }
 
     fn io(&self, source: std::io::Error) -> NodeError {
-        NodeError::Io { path: self.path.display().to_string(), source }
+        NodeError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 }
 
@@ -142,7 +155,10 @@ impl Sink for JsonlSink {
             let written = serde_json::to_writer(&mut *out, &entry)
                 .map_err(std::io::Error::from)
                 .and_then(|()| out.write_all(b"\n"));
-            written.map_err(|source| NodeError::Io { path: side.path.display().to_string(), source })?;
+            written.map_err(|source| NodeError::Io {
+                path: side.path.display().to_string(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -151,12 +167,17 @@ impl Sink for JsonlSink {
         if let Some(side) = self.lineage.as_mut()
             && let Some(out) = side.out.take()
         {
-            let io = |source| NodeError::Io { path: side.path.display().to_string(), source };
+            let io = |source| NodeError::Io {
+                path: side.path.display().to_string(),
+                source,
+            };
             let file = out.into_inner().map_err(|e| io(e.into_error()))?;
             file.sync_all().map_err(io)?;
             std::fs::rename(&side.tmp, &side.path).map_err(io)?;
         }
-        let Some(out) = self.out.take() else { return Ok(()) };
+        let Some(out) = self.out.take() else {
+            return Ok(());
+        };
         let file = out.into_inner().map_err(|e| self.io(e.into_error()))?;
         file.sync_all().map_err(|e| self.io(e))?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))

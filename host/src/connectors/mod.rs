@@ -6,11 +6,11 @@
 pub mod http;
 mod jsonl_sink;
 mod jsonl_source;
-pub mod vectors;
 mod sequence;
+pub mod vectors;
 
+pub use http::{HttpSink, HttpSinkSpec};
 pub use jsonl_sink::{JsonlSink, LineageLine, lineage_of_line, lineage_path};
 pub use jsonl_source::{JsonlSource, parse_lines, parse_pieces};
-pub use http::{HttpSink, HttpSinkSpec};
-pub use vectors::{VectorsSink, VectorsSinkSpec};
 pub use sequence::{SequenceSource, SequenceSourceSpec, default_sequence_column};
+pub use vectors::{VectorsSink, VectorsSinkSpec};

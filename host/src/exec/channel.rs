@@ -49,10 +49,20 @@ pub struct Closed;
 /// A channel holding at most `batches` batches and about `bytes` of Arrow memory.
 pub fn bounded(batches: std::num::NonZeroUsize, bytes: ByteSize) -> (Sender, Receiver) {
     let (tx, rx) = mpsc::channel(batches.get());
-    let capacity_kib = u32::try_from(bytes.0.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+    let capacity_kib = u32::try_from(bytes.0.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .max(1);
     let depth = Arc::new(Depth::default());
     let budget = Arc::new(Semaphore::new(capacity_kib as usize));
-    (Sender { tx, budget, capacity_kib, depth: depth.clone() }, Receiver { rx, depth })
+    (
+        Sender {
+            tx,
+            budget,
+            capacity_kib,
+            depth: depth.clone(),
+        },
+        Receiver { rx, depth },
+    )
 }
 
 impl Sender {
@@ -65,8 +75,19 @@ impl Sender {
         let kib = u32::try_from(batch.get_array_memory_size().div_ceil(1024))
             .unwrap_or(u32::MAX)
             .clamp(1, self.capacity_kib);
-        let permit = self.budget.clone().acquire_many_owned(kib).await.map_err(|_| Closed)?;
-        self.tx.send(Message { batch, _permit: permit }).await.map_err(|_| Closed)?;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send(Message {
+                batch,
+                _permit: permit,
+            })
+            .await
+            .map_err(|_| Closed)?;
         // Depth from the channel's own accounting, which never exceeds its bounds.
         let batches = self.tx.max_capacity() - self.tx.capacity();
         let kib = (self.capacity_kib as usize).saturating_sub(self.budget.available_permits());

@@ -35,7 +35,12 @@ pub struct DeadLetterFile {
 impl DeadLetterFile {
     /// A file at `path`, created (with its directory) on the first letter.
     pub fn new(path: PathBuf, pipeline: &str, run: &str) -> Self {
-        Self { path, pipeline: pipeline.to_owned(), run: run.to_owned(), out: Mutex::new(None) }
+        Self {
+            path,
+            pipeline: pipeline.to_owned(),
+            run: run.to_owned(),
+            out: Mutex::new(None),
+        }
     }
 
     /// The file's path.
@@ -56,12 +61,20 @@ impl DeadLetterFile {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             *guard = Some(BufWriter::new(file));
         }
         let out = guard.as_mut().expect("opened above");
         for letter in letters {
-            let line = Line { pipeline: &self.pipeline, run: &self.run, node, letter };
+            let line = Line {
+                pipeline: &self.pipeline,
+                run: &self.run,
+                node,
+                letter,
+            };
             serde_json::to_writer(&mut *out, &line)?;
             out.write_all(b"\n")?;
         }

@@ -82,7 +82,8 @@ impl Lineage {
         // Not `with_schema`: it refuses a changed metadata value.
         let (_, columns, rows) = batch.into_parts();
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
-        RecordBatch::try_new_with_options(schema, columns, &options).expect("same fields, same columns")
+        RecordBatch::try_new_with_options(schema, columns, &options)
+            .expect("same fields, same columns")
     }
 }
 

@@ -19,16 +19,16 @@
 pub mod channel;
 pub mod control;
 mod dead_letter;
-pub mod memory;
 pub mod lineage;
 pub mod live;
+pub mod memory;
 mod node;
 mod plan;
 pub mod shadow;
 pub mod socket;
-pub mod watch;
 mod summary;
 mod wasm;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -40,12 +40,12 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use tokio::task::JoinSet;
 
+pub use control::{RunControl, StageChange, SwapApplied, SwapError};
 pub use dead_letter::DeadLetterFile;
 pub use node::{DeadLetter, Emitter, NodeError, Operator, Sink, Source};
 pub use plan::{NodeImpl, Plan, PlanError, RunEnv};
 pub use summary::{NodeStats, RunSummary};
 pub use wasm::WasmOperator;
-pub use control::{RunControl, StageChange, SwapApplied, SwapError};
 
 use crate::spec::NodeKind;
 
@@ -93,6 +93,9 @@ struct RunShared {
     letters: DeadLetterFile,
     own_letters: HashMap<String, DeadLetterFile>,
     records_read: AtomicU64,
+    /// Set by a failing node before it drops its output channels, so a sink that
+    /// sees its input end because of the failure does not publish partial output.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl RunShared {
@@ -102,10 +105,11 @@ impl RunShared {
 
     fn keep(&self, node: &str, letters: &[crate::exec::DeadLetter]) -> Result<(), RunError> {
         let file = self.letters_for(node);
-        file.append(node, letters).map_err(|source| RunError::DeadLetters {
-            path: file.path().display().to_string(),
-            source,
-        })
+        file.append(node, letters)
+            .map_err(|source| RunError::DeadLetters {
+                path: file.path().display().to_string(),
+                source,
+            })
     }
 }
 
@@ -129,24 +133,37 @@ pub async fn run_with(
     control: RunControl,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let Plan { spec, dag, nodes, .. } = plan;
+    let Plan {
+        spec, dag, nodes, ..
+    } = plan;
     let run_id = format!(
         "run-{}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
     );
-    let letters_path = env.data_dir.join("dead-letters").join(&spec.name).join(format!("{run_id}.jsonl"));
+    let letters_path = env
+        .data_dir
+        .join("dead-letters")
+        .join(&spec.name)
+        .join(format!("{run_id}.jsonl"));
     let own_letters = spec
         .sources
         .iter()
         .filter_map(|s| {
             let path = s.jsonl.as_ref()?.rejects.as_ref()?;
-            Some((s.name.clone(), DeadLetterFile::new(spec.resolve(path), &spec.name, &run_id)))
+            Some((
+                s.name.clone(),
+                DeadLetterFile::new(spec.resolve(path), &spec.name, &run_id),
+            ))
         })
         .collect();
     let shared = Arc::new(RunShared {
         letters: DeadLetterFile::new(letters_path, &spec.name, &run_id),
         own_letters,
         records_read: AtomicU64::new(0),
+        failed: std::sync::atomic::AtomicBool::new(false),
     });
 
     // One channel in front of every node that has inputs.
@@ -157,7 +174,8 @@ pub async fn run_with(
             senders.push(None);
             receivers.push(None);
         } else {
-            let (tx, rx) = channel::bounded(spec.settings.channel_batches, spec.settings.channel_bytes);
+            let (tx, rx) =
+                channel::bounded(spec.settings.channel_batches, spec.settings.channel_bytes);
             senders.push(Some(tx));
             receivers.push(Some(rx));
         }
@@ -167,23 +185,44 @@ pub async fn run_with(
     let mut names = HashMap::new();
     for (pos, imp) in nodes.into_iter().enumerate() {
         let node = &dag.nodes[pos];
-        let outs: Vec<channel::Sender> =
-            node.outputs.iter().map(|&o| senders[o].clone().expect("readers have channels")).collect();
+        let outs: Vec<channel::Sender> = node
+            .outputs
+            .iter()
+            .map(|&o| senders[o].clone().expect("readers have channels"))
+            .collect();
         let stats = NodeStats::new(&node.name, node.kind);
         let shared = shared.clone();
         let rx = receivers[pos].take();
         let id = match imp {
             NodeImpl::Source(src) => {
-                let stamp = SourceStamp { pipeline: spec.name.clone(), control: control.clone() };
-                tasks.spawn(run_source(src, outs, stats, shared, stamp)).id()
+                let stamp = SourceStamp {
+                    pipeline: spec.name.clone(),
+                    control: control.clone(),
+                };
+                tasks
+                    .spawn(fail_before_closing(shared.clone(), outs, |outs| {
+                        run_source(src, outs, stats, shared, stamp)
+                    }))
+                    .id()
             }
             NodeImpl::Operator(op) => {
                 let swaps = control.register(&node.name);
-                tasks.spawn(run_operator(op, rx.expect("stages have inputs"), outs, stats, shared, swaps)).id()
+                let rx = rx.expect("stages have inputs");
+                tasks
+                    .spawn(fail_before_closing(shared.clone(), outs, |outs| {
+                        run_operator(op, rx, outs, stats, shared, swaps)
+                    }))
+                    .id()
             }
-            NodeImpl::Sink(sink) => {
-                tasks.spawn(run_sink(sink, rx.expect("sinks have inputs"), stats, control.clone())).id()
-            }
+            NodeImpl::Sink(sink) => tasks
+                .spawn(run_sink(
+                    sink,
+                    rx.expect("sinks have inputs"),
+                    stats,
+                    control.clone(),
+                    shared,
+                ))
+                .id(),
         };
         names.insert(id, node.name.clone());
     }
@@ -220,15 +259,33 @@ pub async fn run_with(
         eprint!("\r\x1b[2K");
     }
     for file in std::iter::once(&shared.letters).chain(shared.own_letters.values()) {
-        file.flush().map_err(|source| RunError::DeadLetters { path: file.path().display().to_string(), source })?;
+        file.flush().map_err(|source| RunError::DeadLetters {
+            path: file.path().display().to_string(),
+            source,
+        })?;
     }
     if let Some(e) = failure {
         return Err(e);
     }
-    let order: HashMap<&str, usize> = dag.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+    let order: HashMap<&str, usize> = dag
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
     stats.sort_by_key(|s| order[s.name.as_str()]);
-    let dead_letter_file = shared.letters.path().exists().then(|| shared.letters.path().to_path_buf());
-    Ok(RunSummary { pipeline: spec.name.clone(), run_id, nodes: stats, wall: started.elapsed(), dead_letter_file })
+    let dead_letter_file = shared
+        .letters
+        .path()
+        .exists()
+        .then(|| shared.letters.path().to_path_buf());
+    Ok(RunSummary {
+        pipeline: spec.name.clone(),
+        run_id,
+        nodes: stats,
+        wall: started.elapsed(),
+        dead_letter_file,
+    })
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -240,7 +297,11 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Sends each batch to every output. Returns false when all outputs are gone.
-async fn fan_out(batches: Vec<RecordBatch>, outs: &[channel::Sender], stats: &mut NodeStats) -> bool {
+async fn fan_out(
+    batches: Vec<RecordBatch>,
+    outs: &[channel::Sender],
+    stats: &mut NodeStats,
+) -> bool {
     let mut alive = !outs.is_empty();
     for batch in batches {
         if batch.num_rows() == 0 {
@@ -268,9 +329,40 @@ fn merge(into: &mut NodeStats, counters: std::collections::BTreeMap<String, u64>
     }
 }
 
-async fn run_source(
-    mut source: Box<dyn Source>,
+/// Runs a node that writes to `outs`, marking the run failed *before* the output
+/// channels close when the node fails: readers then know the end of their input
+/// is not the end of the data.
+async fn fail_before_closing<F, Fut>(
+    shared: Arc<RunShared>,
     outs: Vec<channel::Sender>,
+    node: F,
+) -> Result<NodeStats, RunError>
+where
+    F: FnOnce(Vec<channel::Sender>) -> Fut,
+    Fut: std::future::Future<Output = (Result<NodeStats, RunError>, Vec<channel::Sender>)>,
+{
+    let (result, outs) = node(outs).await;
+    if result.is_err() {
+        shared.failed.store(true, Ordering::SeqCst);
+    }
+    drop(outs);
+    result
+}
+
+async fn run_source(
+    source: Box<dyn Source>,
+    outs: Vec<channel::Sender>,
+    stats: NodeStats,
+    shared: Arc<RunShared>,
+    stamp: SourceStamp,
+) -> (Result<NodeStats, RunError>, Vec<channel::Sender>) {
+    let result = source_loop(source, &outs, stats, shared, stamp).await;
+    (result, outs)
+}
+
+async fn source_loop(
+    mut source: Box<dyn Source>,
+    outs: &Vec<channel::Sender>,
     mut stats: NodeStats,
     shared: Arc<RunShared>,
     stamp: SourceStamp,
@@ -290,15 +382,23 @@ async fn run_source(
             (source, r, out, span)
         })
         .await
-        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        .map_err(|e| RunError::Panic {
+            node: name.clone(),
+            message: panic_message(e.into_panic()),
+        })?;
         source = back;
         stats.busy += started.elapsed();
-        let more = result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        let more = result.map_err(|source| RunError::Node {
+            node: name.clone(),
+            source,
+        })?;
         emitted.batches = stamp.stamp(&name, span, emitted.batches);
         shared.keep(&name, &emitted.dead_letters)?;
         merge(&mut stats, emitted.counters);
         let rows: usize = emitted.batches.iter().map(RecordBatch::num_rows).sum();
-        shared.records_read.fetch_add(rows as u64, Ordering::Relaxed);
+        shared
+            .records_read
+            .fetch_add(rows as u64, Ordering::Relaxed);
         if !fan_out(emitted.batches, &outs, &mut stats).await || !more {
             return Ok(stats);
         }
@@ -306,9 +406,21 @@ async fn run_source(
 }
 
 async fn run_operator(
+    op: Box<dyn Operator>,
+    rx: channel::Receiver,
+    outs: Vec<channel::Sender>,
+    stats: NodeStats,
+    shared: Arc<RunShared>,
+    swaps: control::SwapReceiver,
+) -> (Result<NodeStats, RunError>, Vec<channel::Sender>) {
+    let result = operator_loop(op, rx, &outs, stats, shared, swaps).await;
+    (result, outs)
+}
+
+async fn operator_loop(
     mut op: Box<dyn Operator>,
     mut rx: channel::Receiver,
-    outs: Vec<channel::Sender>,
+    outs: &Vec<channel::Sender>,
     mut stats: NodeStats,
     shared: Arc<RunShared>,
     mut swaps: control::SwapReceiver,
@@ -326,7 +438,8 @@ async fn run_operator(
             None => (rx.recv().await, false),
         };
         // Swaps queued while waiting apply now: between the last batch and this one.
-        let pending: Vec<control::SwapRequest> = std::iter::from_fn(|| swaps.try_recv().ok()).collect();
+        let pending: Vec<control::SwapRequest> =
+            std::iter::from_fn(|| swaps.try_recv().ok()).collect();
         let finishing = input.is_none() && !flush;
         if let Some(b) = &input {
             stats.batches_in += 1;
@@ -346,7 +459,10 @@ async fn run_operator(
             (op, r, out)
         })
         .await
-        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        .map_err(|e| RunError::Panic {
+            node: name.clone(),
+            message: panic_message(e.into_panic()),
+        })?;
         op = back;
         linger_until = match op.linger() {
             Some(wait) if op.buffered_rows() > 0 => {
@@ -355,7 +471,10 @@ async fn run_operator(
             _ => None,
         };
         stats.busy += started.elapsed();
-        result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        result.map_err(|source| RunError::Node {
+            node: name.clone(),
+            source,
+        })?;
         shared.keep(&name, &emitted.dead_letters)?;
         merge(&mut stats, emitted.counters);
         let alive = fan_out(emitted.batches, &outs, &mut stats).await;
@@ -389,10 +508,16 @@ async fn drain_operator(
             (taken, r, out)
         })
         .await
-        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        .map_err(|e| RunError::Panic {
+            node: name.clone(),
+            message: panic_message(e.into_panic()),
+        })?;
         taken = back;
         stats.busy += started.elapsed();
-        let more = result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        let more = result.map_err(|source| RunError::Node {
+            node: name.clone(),
+            source,
+        })?;
         shared.keep(&name, &emitted.dead_letters)?;
         merge(stats, emitted.counters);
         if !fan_out(emitted.batches, outs, stats).await || !more {
@@ -416,11 +541,17 @@ async fn run_sink(
     mut rx: channel::Receiver,
     mut stats: NodeStats,
     control: RunControl,
+    shared: Arc<RunShared>,
 ) -> Result<NodeStats, RunError> {
     let name = stats.name.clone();
     let mut sink = Some(sink);
     loop {
         let input = rx.recv().await;
+        if input.is_none() && shared.failed.load(Ordering::SeqCst) {
+            // The input ended because a node failed: dropping the sink unpublished
+            // leaves the previous output as it was.
+            return Ok(stats);
+        }
         let mut s = sink.take().expect("sink is back after each call");
         let started = Instant::now();
         let closing = input.is_none();
@@ -440,10 +571,16 @@ async fn run_sink(
             (s, r)
         })
         .await
-        .map_err(|e| RunError::Panic { node: name.clone(), message: panic_message(e.into_panic()) })?;
+        .map_err(|e| RunError::Panic {
+            node: name.clone(),
+            message: panic_message(e.into_panic()),
+        })?;
         sink = Some(back);
         stats.busy += started.elapsed();
-        let rows = result.map_err(|source| RunError::Node { node: name.clone(), source })?;
+        let rows = result.map_err(|source| RunError::Node {
+            node: name.clone(),
+            source,
+        })?;
         if rows > 0 {
             stats.batches_out += 1;
             stats.rows_out += rows as u64;
@@ -473,7 +610,11 @@ impl SourceStamp {
         let lineage = lineage::Lineage {
             pipeline: self.pipeline.clone(),
             version: self.control.version(),
-            sources: vec![lineage::SourceSpan { source: source.to_owned(), from, to }],
+            sources: vec![lineage::SourceSpan {
+                source: source.to_owned(),
+                from,
+                to,
+            }],
             stages: Vec::new(),
         };
         batches.into_iter().map(|b| lineage.stamp(b)).collect()
@@ -486,7 +627,10 @@ async fn report_progress(shared: Arc<RunShared>, started: Instant) {
         tick.tick().await;
         let read = shared.records_read.load(Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
-        eprint!("\r\x1b[2K  {read} records read · {:.0} records/s · {secs:.1}s", read as f64 / secs.max(1e-9));
+        eprint!(
+            "\r\x1b[2K  {read} records read · {:.0} records/s · {secs:.1}s",
+            read as f64 / secs.max(1e-9)
+        );
     }
 }
 

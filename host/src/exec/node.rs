@@ -63,7 +63,10 @@ impl Emitter {
 
     /// Keeps a record that could not be used in the dead-letter store.
     pub fn dead_letter(&mut self, letter: DeadLetter) {
-        *self.counters.entry(format!("dead_letter:{}", letter.reason)).or_default() += 1;
+        *self
+            .counters
+            .entry(format!("dead_letter:{}", letter.reason))
+            .or_default() += 1;
         self.dead_letters.push(letter);
     }
 
@@ -146,7 +149,9 @@ pub trait Operator: Send + 'static {
     /// operator answers `request.reply` once the outcome is known. Default: the
     /// operator cannot be swapped, and says so.
     fn swap(&mut self, request: super::control::SwapRequest) {
-        request.reply.send(Err(super::control::SwapError::Refused("this stage cannot be swapped".to_owned())));
+        request.reply.send(Err(super::control::SwapError::Refused(
+            "this stage cannot be swapped".to_owned(),
+        )));
     }
 }
 

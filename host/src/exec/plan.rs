@@ -92,14 +92,20 @@ impl Plan {
         let dag = spec.validate()?;
         let mut nodes = Vec::with_capacity(dag.nodes.len());
         let mut digests = Vec::new();
-        let memory = super::memory::RunMemory::for_run(&spec.settings, &env.data_dir)
-            .map_err(|e| PlanError::Open { node: spec.name.clone(), message: format!("spill directory: {e}") })?;
+        let memory =
+            super::memory::RunMemory::for_run(&spec.settings, &env.data_dir).map_err(|e| {
+                PlanError::Open {
+                    node: spec.name.clone(),
+                    message: format!("spill directory: {e}"),
+                }
+            })?;
         for node in &dag.nodes {
             let built = match node.kind {
                 NodeKind::Source => {
                     let s = &spec.sources[node.index];
                     if let Some(q) = &s.sequence {
-                        let src = crate::connectors::SequenceSource::new(q, spec.settings.batch_rows);
+                        let src =
+                            crate::connectors::SequenceSource::new(q, spec.settings.batch_rows);
                         nodes.push(NodeImpl::Source(memory.watched(Box::new(src))));
                         continue;
                     }
@@ -112,11 +118,16 @@ impl Plan {
                 }
                 NodeKind::Stage if crate::ops::stateful::is_stateful(&spec.stages[node.index]) => {
                     let s = &spec.stages[node.index];
-                    NodeImpl::Operator(crate::ops::stateful::build(s, &memory, spec.settings.batch_rows.get()))
+                    NodeImpl::Operator(crate::ops::stateful::build(
+                        s,
+                        &memory,
+                        spec.settings.batch_rows.get(),
+                    ))
                 }
                 NodeKind::Stage if crate::ops::is_builtin(&spec.stages[node.index]) => {
                     let s = &spec.stages[node.index];
-                    let op = crate::ops::build(&format!("stage[{}]", node.index), s)?.expect("built-in");
+                    let op =
+                        crate::ops::build(&format!("stage[{}]", node.index), s)?.expect("built-in");
                     NodeImpl::Operator(op)
                 }
                 NodeKind::Stage => {
@@ -124,25 +135,37 @@ impl Plan {
                     let w = s.wasm.as_ref().expect("validated: one kind");
                     let path = match (&w.component, &w.krate) {
                         (Some(file), _) => spec.resolve(file),
-                        (None, Some(dir)) => build_stage(&spec.resolve(dir))
-                            .map_err(|source| PlanError::Build { node: s.name.clone(), source })?,
+                        (None, Some(dir)) => {
+                            build_stage(&spec.resolve(dir)).map_err(|source| PlanError::Build {
+                                node: s.name.clone(),
+                                source,
+                            })?
+                        }
                         (None, None) => unreachable!("validated: component or crate"),
                     };
                     let loaded = match w.component.as_deref().and_then(std::path::Path::to_str) {
                         Some(r) if crate::store::is_reference(r) => {
                             let store = env.store.as_ref().ok_or_else(|| PlanError::Open {
                                 node: s.name.clone(),
-                                message: format!("component `{r}` names the store, but this run has none"),
+                                message: format!(
+                                    "component `{r}` names the store, but this run has none"
+                                ),
                             })?;
                             let bytes = store
                                 .resolve(r)
                                 .and_then(|d| store.component_bytes(&d))
-                                .map_err(|e| PlanError::Open { node: s.name.clone(), message: e.to_string() })?;
+                                .map_err(|e| PlanError::Open {
+                                    node: s.name.clone(),
+                                    message: e.to_string(),
+                                })?;
                             env.sandbox.load(&bytes)
                         }
                         _ => env.sandbox.load_file(&path),
                     };
-                    let component = loaded.map_err(|source| PlanError::Load { node: s.name.clone(), source })?;
+                    let component = loaded.map_err(|source| PlanError::Load {
+                        node: s.name.clone(),
+                        source,
+                    })?;
                     let params = w.params.to_string();
                     let mut stage = FeaturizerStage::new(
                         &env.sandbox,
@@ -160,14 +183,19 @@ impl Plan {
                 NodeKind::Sink if spec.sinks[node.index].vectors.is_some() => {
                     let s = &spec.sinks[node.index];
                     let v = s.vectors.as_ref().expect("checked");
-                    let sink = crate::connectors::VectorsSink::create(&spec, v)
-                        .map_err(|e| PlanError::Open { node: s.name.clone(), message: e.to_string() })?;
+                    let sink = crate::connectors::VectorsSink::create(&spec, v).map_err(|e| {
+                        PlanError::Open {
+                            node: s.name.clone(),
+                            message: e.to_string(),
+                        }
+                    })?;
                     NodeImpl::Sink(Box::new(sink))
                 }
                 NodeKind::Sink if spec.sinks[node.index].http.is_some() => {
                     let s = &spec.sinks[node.index];
                     let h = s.http.as_ref().expect("checked");
-                    let sink = crate::connectors::HttpSink::new(&format!("sink[{}].http", node.index), h)?;
+                    let sink =
+                        crate::connectors::HttpSink::new(&format!("sink[{}].http", node.index), h)?;
                     NodeImpl::Sink(Box::new(sink))
                 }
                 NodeKind::Sink => {
@@ -182,6 +210,11 @@ impl Plan {
             };
             nodes.push(built);
         }
-        Ok(Self { spec, dag, nodes, digests })
+        Ok(Self {
+            spec,
+            dag,
+            nodes,
+            digests,
+        })
     }
 }

@@ -56,7 +56,11 @@ impl NodeStats {
 
     /// Dead letters this node produced, in total.
     pub fn dead_letters(&self) -> u64 {
-        self.counters.iter().filter(|(k, _)| k.starts_with("dead_letter:")).map(|(_, v)| v).sum()
+        self.counters
+            .iter()
+            .filter(|(k, _)| k.starts_with("dead_letter:"))
+            .map(|(_, v)| v)
+            .sum()
     }
 }
 
@@ -83,12 +87,20 @@ impl RunSummary {
 
     /// Records read by all sources (good ones; corrupt ones are dead letters).
     pub fn records_in(&self) -> u64 {
-        self.nodes.iter().filter(|n| n.kind == NodeKind::Source).map(|n| n.rows_out).sum()
+        self.nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Source)
+            .map(|n| n.rows_out)
+            .sum()
     }
 
     /// Corrupt records across all sources.
     pub fn corrupt(&self) -> u64 {
-        self.nodes.iter().filter(|n| n.kind == NodeKind::Source).map(NodeStats::dead_letters).sum()
+        self.nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Source)
+            .map(NodeStats::dead_letters)
+            .sum()
     }
 
     /// Records per second over the wall time, counting every record read (good or
@@ -112,7 +124,11 @@ impl fmt::Display for RunSummary {
                 NodeKind::Stage => "stage",
                 NodeKind::Sink => "sink",
             };
-            let rows_in = if n.kind == NodeKind::Source { "-".to_owned() } else { n.rows_in.to_string() };
+            let rows_in = if n.kind == NodeKind::Source {
+                "-".to_owned()
+            } else {
+                n.rows_in.to_string()
+            };
             writeln!(
                 f,
                 "  {:<20} {:>6} {:>12} {:>12} {:>9.3}s {:>9.3}s {:>6}",

@@ -131,7 +131,10 @@ impl Operator for WasmOperator {
         let output = output?;
         let mut lineage = Lineage::of(&batch).unwrap_or_default();
         lineage.stages.push(self.lineage.clone());
-        let verdict = self.shadow.as_mut().map(|s| s.observe(&batch, &output, active_time, out));
+        let verdict = self
+            .shadow
+            .as_mut()
+            .map(|s| s.observe(&batch, &output, active_time, out));
         out.push(lineage.stamp(output));
         match verdict {
             Some(super::shadow::Verdict::Promote) => {

@@ -23,10 +23,10 @@ pub mod connector {
     });
 }
 
+pub use connector::{Connector, ConnectorPre};
 pub use featurizer::weir::stage::host::{Host as HostImports, Level};
 pub use featurizer::weir::stage::types::{
     Batch as WitBatch, Column as WitColumn, ColumnValues, SourceBatch as WitSourceBatch,
     StageError as WitStageError, Utf8Values,
 };
 pub use featurizer::{Featurizer, FeaturizerPre};
-pub use connector::{Connector, ConnectorPre};

@@ -52,7 +52,11 @@ pub fn build_stage(dir: &Path) -> Result<PathBuf, BuildError> {
     let output = Command::new(cargo)
         .current_dir(dir)
         .args(["build", "--release", "--target", STAGE_TARGET])
-        .args(["--message-format", "json-render-diagnostics", "--manifest-path"])
+        .args([
+            "--message-format",
+            "json-render-diagnostics",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         // A stage build inside a test or a build script must not inherit the outer
         // build's target-specific settings.
@@ -63,11 +67,15 @@ pub fn build_stage(dir: &Path) -> Result<PathBuf, BuildError> {
         .output()
         .map_err(BuildError::Spawn)?;
     if !output.status.success() {
-        return Err(BuildError::Failed { dir: dir.display().to_string() });
+        return Err(BuildError::Failed {
+            dir: dir.display().to_string(),
+        });
     }
     let mut found = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if msg["reason"] != "compiler-artifact" {
             continue;
         }

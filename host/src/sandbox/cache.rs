@@ -31,12 +31,19 @@ impl ArtifactCache {
     pub(super) fn new(engine: &Engine, dir: Option<PathBuf>) -> Result<Self, LoadError> {
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir).map_err(|e| {
-                LoadError::Setup(format!("cannot create artifact cache {}: {e}", dir.display()))
+                LoadError::Setup(format!(
+                    "cannot create artifact cache {}: {e}",
+                    dir.display()
+                ))
             })?;
         }
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Self { dir, compat: format!("{:016x}", hasher.finish()), compiled: Mutex::default() })
+        Ok(Self {
+            dir,
+            compat: format!("{:016x}", hasher.finish()),
+            compiled: Mutex::default(),
+        })
     }
 
     /// The compiled component for `bytes`, whose sha256 is `digest`.
@@ -50,7 +57,10 @@ impl ArtifactCache {
             return Ok(c.clone());
         }
         let component = self.load_or_compile(engine, digest, bytes)?;
-        self.compiled.lock().expect("cache lock").insert(digest.to_owned(), component.clone());
+        self.compiled
+            .lock()
+            .expect("cache lock")
+            .insert(digest.to_owned(), component.clone());
         Ok(component)
     }
 
@@ -74,7 +84,9 @@ impl ArtifactCache {
             // directory this host owns; wasmtime still checks its header.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding unreadable artifact"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding unreadable artifact")
+                }
             }
         }
         let component = Component::new(engine, bytes).map_err(invalid)?;
@@ -82,7 +94,8 @@ impl ArtifactCache {
             Ok(artifact) => {
                 // Write then rename, so a concurrent reader never maps half a file.
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                let written = std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path));
+                let written =
+                    std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path));
                 if let Err(e) = written {
                     tracing::warn!(path = %path.display(), error = %e, "could not cache artifact");
                 }

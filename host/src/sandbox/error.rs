@@ -155,13 +155,22 @@ impl StageFailure {
                 | Self::Deadline { .. }
                 | Self::Memory { .. }
                 | Self::Trap { .. }
-                | Self::Crossing { direction: "output", .. }
+                | Self::Crossing {
+                    direction: "output",
+                    ..
+                }
         )
     }
 
     /// True when retrying the same input may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Guest { transient: true, .. })
+        matches!(
+            self,
+            Self::Guest {
+                transient: true,
+                ..
+            }
+        )
     }
 
     /// The input row at fault, when the stage named one.

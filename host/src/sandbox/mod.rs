@@ -180,7 +180,14 @@ impl Sandbox {
         Featurizer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup)?;
         let cache = ArtifactCache::new(&engine, config.artifact_dir)?;
         let epoch_tick = config.engine.epoch_tick;
-        Ok(Self { inner: Arc::new(Inner { engine, epoch_tick, linker, cache }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                epoch_tick,
+                linker,
+                cache,
+            }),
+        })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -197,8 +204,10 @@ impl Sandbox {
     /// # Errors
     /// See [`Sandbox::load`]; also [`LoadError::Read`].
     pub fn load_file(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         self.load(&bytes)
     }
 
@@ -217,8 +226,13 @@ impl Sandbox {
         let component = self.inner.cache.get_or_compile(engine, &digest, bytes)?;
         let ty = component.component_type();
 
-        let imports: Vec<String> = ty.imports(engine).map(|(name, _)| name.to_owned()).collect();
-        if let Some(bad) = imports.iter().find(|i| !GRANTED_IMPORTS.iter().any(|g| i.starts_with(g)))
+        let imports: Vec<String> = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if let Some(bad) = imports
+            .iter()
+            .find(|i| !GRANTED_IMPORTS.iter().any(|g| i.starts_with(g)))
         {
             return Err(LoadError::ImportNotGranted {
                 digest,
@@ -229,7 +243,12 @@ impl Sandbox {
 
         let exports: Vec<(String, bool)> = ty
             .exports(engine)
-            .map(|(name, item)| (name.to_owned(), matches!(item.ty, ComponentItem::ComponentFunc(_))))
+            .map(|(name, item)| {
+                (
+                    name.to_owned(),
+                    matches!(item.ty, ComponentItem::ComponentFunc(_)),
+                )
+            })
             .collect();
         let has = |name: &str| exports.iter().any(|(n, is_func)| n == name && *is_func);
         let world = if has("process") || has("init") {
@@ -248,20 +267,34 @@ impl Sandbox {
             });
         };
 
-        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
-            LoadError::WrongWorld { digest: digest.clone(), world: world.name(), message: format!("{e:#}") }
-        })?;
-        let loaded = LoadedComponent { digest, world, size: bytes.len(), imports, pre };
+        let pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::WrongWorld {
+                    digest: digest.clone(),
+                    world: world.name(),
+                    message: format!("{e:#}"),
+                })?;
+        let loaded = LoadedComponent {
+            digest,
+            world,
+            size: bytes.len(),
+            imports,
+            pre,
+        };
         // Type-check the exports against the contract now, not at the first call.
         match world {
             World::Featurizer => {
                 loaded.featurizer_pre()?;
             }
             World::Connector => {
-                bindings::ConnectorPre::new(loaded.pre.clone()).map_err(|e| LoadError::WrongWorld {
-                    digest: loaded.digest.clone(),
-                    world: "connector",
-                    message: format!("{e:#}"),
+                bindings::ConnectorPre::new(loaded.pre.clone()).map_err(|e| {
+                    LoadError::WrongWorld {
+                        digest: loaded.digest.clone(),
+                        world: "connector",
+                        message: format!("{e:#}"),
+                    }
                 })?;
             }
         }

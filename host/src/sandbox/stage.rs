@@ -82,10 +82,12 @@ impl FeaturizerStage {
         limits: StageLimits,
         grants: Grants,
     ) -> Result<Self, StageFailure> {
-        let pre = component.featurizer_pre().map_err(|e: LoadError| StageFailure::Instantiate {
-            stage: name.to_owned(),
-            message: e.to_string(),
-        })?;
+        let pre = component
+            .featurizer_pre()
+            .map_err(|e: LoadError| StageFailure::Instantiate {
+                stage: name.to_owned(),
+                message: e.to_string(),
+            })?;
         let mut stage = Self {
             name: Arc::from(name),
             sandbox: sandbox.clone(),
@@ -156,7 +158,11 @@ impl FeaturizerStage {
     /// or [`StageFailure::Crossing`] when a batch cannot cross.
     pub fn process(&mut self, input: &RecordBatch) -> Result<RecordBatch, StageFailure> {
         let started = Instant::now();
-        let input_error = |source| StageFailure::Batch { stage: self.name.to_string(), direction: "input", source };
+        let input_error = |source| StageFailure::Batch {
+            stage: self.name.to_string(),
+            direction: "input",
+            source,
+        };
         let projected;
         let sent = match &self.projection {
             Some(columns) => {
@@ -232,7 +238,10 @@ impl FeaturizerStage {
             &self.grants,
             self.metrics.clone(),
         )
-        .map_err(|message| StageFailure::Instantiate { stage: self.name.to_string(), message })?;
+        .map_err(|message| StageFailure::Instantiate {
+            stage: self.name.to_string(),
+            message,
+        })?;
         let mut store = Store::new(self.sandbox.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(self.limits.max_crossing.as_usize());
@@ -244,7 +253,10 @@ impl FeaturizerStage {
         };
         match bindings.call_init(&mut store, params) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
-            Ok(Err(message)) => Err(StageFailure::Init { stage: self.name.to_string(), message }),
+            Ok(Err(message)) => Err(StageFailure::Init {
+                stage: self.name.to_string(),
+                message,
+            }),
             Err(e) => Err(classify(&self.name, &self.limits, &mut store, e)),
         }
     }
@@ -260,9 +272,15 @@ impl FeaturizerStage {
 
 /// Refuels the store and sets its deadline, before every call.
 fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox) {
-    store.set_fuel(limits.fuel).expect("fuel is enabled on the engine");
+    store
+        .set_fuel(limits.fuel)
+        .expect("fuel is enabled on the engine");
     let tick = sandbox.epoch_tick();
-    let ticks = limits.deadline.0.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64;
+    let ticks = limits
+        .deadline
+        .0
+        .as_nanos()
+        .div_ceil(tick.as_nanos().max(1)) as u64;
     store.set_epoch_deadline(ticks.max(1) + 1);
 }
 
@@ -275,11 +293,25 @@ fn classify(
 ) -> StageFailure {
     let stage = stage.to_owned();
     if let Some(requested) = store.data().limiter.refused {
-        return StageFailure::Memory { stage, cap: limits.memory, requested: ByteSize(requested as u64) };
+        return StageFailure::Memory {
+            stage,
+            cap: limits.memory,
+            requested: ByteSize(requested as u64),
+        };
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => return StageFailure::OutOfFuel { stage, budget: limits.fuel },
-        Some(Trap::Interrupt) => return StageFailure::Deadline { stage, deadline: limits.deadline },
+        Some(Trap::OutOfFuel) => {
+            return StageFailure::OutOfFuel {
+                stage,
+                budget: limits.fuel,
+            };
+        }
+        Some(Trap::Interrupt) => {
+            return StageFailure::Deadline {
+                stage,
+                deadline: limits.deadline,
+            };
+        }
         _ => {}
     }
     let text = format!("{error:#}");
@@ -300,6 +332,10 @@ fn classify(
         .collect::<Vec<_>>()
         .join(" ");
     let first_line = text.lines().next().unwrap_or_default().to_owned();
-    let message = if panic.is_empty() { first_line } else { format!("{first_line}; {}", panic.trim()) };
+    let message = if panic.is_empty() {
+        first_line
+    } else {
+        format!("{first_line}; {}", panic.trim())
+    };
     StageFailure::Trap { stage, message }
 }

@@ -57,7 +57,10 @@ impl StageState {
         Ok(Self {
             wasi: builder.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap: memory_cap, refused: None },
+            limiter: MemoryLimiter {
+                cap: memory_cap,
+                refused: None,
+            },
             stderr,
             stage,
             metrics,
@@ -67,7 +70,10 @@ impl StageState {
 
 impl WasiView for StageState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -91,7 +97,11 @@ impl host::Host for StageState {
     }
 
     fn gauge_set(&mut self, name: String, value: f64) {
-        self.metrics.lock().expect("metrics lock").gauges.insert(name, value);
+        self.metrics
+            .lock()
+            .expect("metrics lock")
+            .gauges
+            .insert(name, value);
     }
 }
 
@@ -111,7 +121,10 @@ impl ResourceLimiter for MemoryLimiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.cap {
             self.refused = Some(desired);
-            wasmtime::bail!("linear memory of {desired} bytes exceeds the stage's cap of {} bytes", self.cap);
+            wasmtime::bail!(
+                "linear memory of {desired} bytes exceeds the stage's cap of {} bytes",
+                self.cap
+            );
         }
         Ok(true)
     }

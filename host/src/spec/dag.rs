@@ -54,11 +54,19 @@ impl Dag {
                 NodeKind::Stage => "stage",
                 NodeKind::Sink => "sink",
             };
-            let inputs: Vec<&str> = node.inputs.iter().map(|&i| self.nodes[i].name.as_str()).collect();
+            let inputs: Vec<&str> = node
+                .inputs
+                .iter()
+                .map(|&i| self.nodes[i].name.as_str())
+                .collect();
             if inputs.is_empty() {
                 out.push_str(&format!("{kind:>6} {}\n", node.name));
             } else {
-                out.push_str(&format!("{kind:>6} {} <- {}\n", node.name, inputs.join(", ")));
+                out.push_str(&format!(
+                    "{kind:>6} {} <- {}\n",
+                    node.name,
+                    inputs.join(", ")
+                ));
             }
         }
         out
@@ -73,22 +81,42 @@ fn inputs_of(
     match (input, inputs) {
         (Some(one), None) => Ok(vec![one.clone()]),
         (None, Some(many)) if !many.is_empty() => Ok(many.clone()),
-        (None, Some(_)) => Err(SpecError::invalid(format!("{key}.inputs"), "is empty; name at least one upstream node")),
-        (Some(_), Some(_)) => Err(SpecError::invalid(key, "set either `input` or `inputs`, not both")),
-        (None, None) => Err(SpecError::invalid(key, "has no `input`; name the node it reads from")),
+        (None, Some(_)) => Err(SpecError::invalid(
+            format!("{key}.inputs"),
+            "is empty; name at least one upstream node",
+        )),
+        (Some(_), Some(_)) => Err(SpecError::invalid(
+            key,
+            "set either `input` or `inputs`, not both",
+        )),
+        (None, None) => Err(SpecError::invalid(
+            key,
+            "has no `input`; name the node it reads from",
+        )),
     }
 }
 
 /// Exactly one of the named kind tables must be present.
 pub(crate) fn exactly_one(key: &str, present: &[(&str, bool)]) -> Result<(), SpecError> {
-    let set: Vec<&str> = present.iter().filter(|(_, p)| *p).map(|(n, _)| *n).collect();
+    let set: Vec<&str> = present
+        .iter()
+        .filter(|(_, p)| *p)
+        .map(|(n, _)| *n)
+        .collect();
     let all: Vec<String> = present.iter().map(|(n, _)| format!("`{n}`")).collect();
     match set.len() {
         1 => Ok(()),
-        0 => Err(SpecError::invalid(key, format!("needs one kind table: one of {}", all.join(", ")))),
+        0 => Err(SpecError::invalid(
+            key,
+            format!("needs one kind table: one of {}", all.join(", ")),
+        )),
         _ => Err(SpecError::invalid(
             key,
-            format!("has {} kind tables ({}); keep exactly one", set.len(), set.join(", ")),
+            format!(
+                "has {} kind tables ({}); keep exactly one",
+                set.len(),
+                set.join(", ")
+            ),
         )),
     }
 }
@@ -105,10 +133,16 @@ impl PipelineSpec {
             return Err(SpecError::invalid("name", "is empty"));
         }
         if !self.uses.is_empty() {
-            return Err(SpecError::invalid("use", "sub-pipelines are not inlined yet (see `PipelineSpec::inline_uses`)"));
+            return Err(SpecError::invalid(
+                "use",
+                "sub-pipelines are not inlined yet (see `PipelineSpec::inline_uses`)",
+            ));
         }
         if self.sources.is_empty() {
-            return Err(SpecError::invalid("source", "the pipeline has no [[source]]"));
+            return Err(SpecError::invalid(
+                "source",
+                "the pipeline has no [[source]]",
+            ));
         }
         if self.sinks.is_empty() {
             return Err(SpecError::invalid("sink", "the pipeline has no [[sink]]"));
@@ -118,15 +152,27 @@ impl PipelineSpec {
         let mut nodes: Vec<(String, String, NodeKind, usize, Vec<String>)> = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
             let key = format!("source[{i}]");
-            exactly_one(&key, &[("jsonl", s.jsonl.is_some()), ("sequence", s.sequence.is_some())])?;
+            exactly_one(
+                &key,
+                &[
+                    ("jsonl", s.jsonl.is_some()),
+                    ("sequence", s.sequence.is_some()),
+                ],
+            )?;
             if let Some(q) = &s.sequence
                 && q.rate.is_some_and(|r| !(r.is_finite() && r > 0.0))
             {
-                return Err(SpecError::invalid(format!("{key}.sequence.rate"), "must be a positive number of records per second"));
+                return Err(SpecError::invalid(
+                    format!("{key}.sequence.rate"),
+                    "must be a positive number of records per second",
+                ));
             }
             if let Some(j) = &s.jsonl {
                 if j.schema.is_empty() {
-                    return Err(SpecError::invalid(format!("{key}.jsonl.schema"), "is empty; list the columns to read"));
+                    return Err(SpecError::invalid(
+                        format!("{key}.jsonl.schema"),
+                        "is empty; list the columns to read",
+                    ));
                 }
                 let mut seen = std::collections::HashSet::new();
                 for (f, field) in j.schema.iter().enumerate() {
@@ -177,10 +223,16 @@ impl PipelineSpec {
                     }
                 }
                 if w.limits.fuel == 0 {
-                    return Err(SpecError::invalid(format!("{key}.wasm.limits.fuel"), "must be greater than 0"));
+                    return Err(SpecError::invalid(
+                        format!("{key}.wasm.limits.fuel"),
+                        "must be greater than 0",
+                    ));
                 }
                 if w.limits.deadline.0.is_zero() {
-                    return Err(SpecError::invalid(format!("{key}.wasm.limits.deadline"), "must be greater than 0"));
+                    return Err(SpecError::invalid(
+                        format!("{key}.wasm.limits.deadline"),
+                        "must be greater than 0",
+                    ));
                 }
             }
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
@@ -190,7 +242,11 @@ impl PipelineSpec {
             let key = format!("sink[{i}]");
             exactly_one(
                 &key,
-                &[("jsonl", s.jsonl.is_some()), ("vectors", s.vectors.is_some()), ("http", s.http.is_some())],
+                &[
+                    ("jsonl", s.jsonl.is_some()),
+                    ("vectors", s.vectors.is_some()),
+                    ("http", s.http.is_some()),
+                ],
             )?;
             if let Some(h) = &s.http {
                 crate::connectors::HttpSink::new(&format!("{key}.http"), h)?;
@@ -216,18 +272,31 @@ impl PipelineSpec {
         let mut edges: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
         for (n, (key, _, _, _, inputs)) in nodes.iter().enumerate() {
             for (j, input) in inputs.iter().enumerate() {
-                let ikey = if inputs.len() == 1 { format!("{key}.input") } else { format!("{key}.inputs[{j}]") };
+                let ikey = if inputs.len() == 1 {
+                    format!("{key}.input")
+                } else {
+                    format!("{key}.inputs[{j}]")
+                };
                 let Some(&from) = by_name.get(input.as_str()) else {
                     let hint = closest(input, by_name.keys().copied())
                         .map(|c| format!(" (did you mean `{c}`?)"))
                         .unwrap_or_default();
-                    return Err(SpecError::invalid(ikey, format!("no node is named `{input}`{hint}")));
+                    return Err(SpecError::invalid(
+                        ikey,
+                        format!("no node is named `{input}`{hint}"),
+                    ));
                 };
                 if nodes[from].2 == NodeKind::Sink {
-                    return Err(SpecError::invalid(ikey, format!("`{input}` is a sink; sinks produce nothing to read")));
+                    return Err(SpecError::invalid(
+                        ikey,
+                        format!("`{input}` is a sink; sinks produce nothing to read"),
+                    ));
                 }
                 if edges[n].contains(&from) {
-                    return Err(SpecError::invalid(ikey, format!("`{input}` is listed twice")));
+                    return Err(SpecError::invalid(
+                        ikey,
+                        format!("`{input}` is listed twice"),
+                    ));
                 }
                 edges[n].push(from);
             }
@@ -236,7 +305,9 @@ impl PipelineSpec {
             if *kind != NodeKind::Sink && !edges.iter().any(|e| e.contains(&n)) {
                 return Err(SpecError::invalid(
                     key.clone(),
-                    format!("nothing reads from `{name}`; connect it to a stage or sink, or remove it"),
+                    format!(
+                        "nothing reads from `{name}`; connect it to a stage or sink, or remove it"
+                    ),
                 ));
             }
         }
@@ -250,8 +321,9 @@ impl PipelineSpec {
                 // What is left is the cycles and what reads from them; peel off the
                 // readers (nodes nothing left reads from) to name only the cycle.
                 let mut stuck: Vec<usize> = (0..nodes.len()).filter(|&n| !placed[n]).collect();
-                while let Some(pos) =
-                    stuck.iter().position(|&n| !stuck.iter().any(|&m| edges[m].contains(&n)))
+                while let Some(pos) = stuck
+                    .iter()
+                    .position(|&n| !stuck.iter().any(|&m| edges[m].contains(&n)))
                 {
                     stuck.remove(pos);
                 }
@@ -270,7 +342,8 @@ impl PipelineSpec {
                 }
             }
         }
-        let position: HashMap<usize, usize> = order.iter().enumerate().map(|(pos, &n)| (n, pos)).collect();
+        let position: HashMap<usize, usize> =
+            order.iter().enumerate().map(|(pos, &n)| (n, pos)).collect();
         let mut out: Vec<NodeRef> = order
             .iter()
             .map(|&n| NodeRef {

@@ -35,7 +35,10 @@ pub enum SpecError {
 
 impl SpecError {
     pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid { key: key.into(), message: message.into() }
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     pub(super) fn from_toml(origin: &str, text: &str, path: &str, e: &toml::de::Error) -> Self {
@@ -49,7 +52,11 @@ impl SpecError {
             None => "at top level".to_owned(),
         };
         // serde_path_to_error reports `.` for the root.
-        let key = if path == "." { String::new() } else { path.to_owned() };
+        let key = if path == "." {
+            String::new()
+        } else {
+            path.to_owned()
+        };
         Self::Parse {
             origin: origin.to_owned(),
             key,
@@ -60,7 +67,10 @@ impl SpecError {
 }
 
 /// The closest of `candidates` to `name`, for "did you mean" hints.
-pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))

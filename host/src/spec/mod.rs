@@ -51,7 +51,8 @@ impl PipelineSpec {
     /// # Errors
     /// [`SpecError`] naming the key path, line and column of the first problem.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, SpecError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| SpecError::from_toml(origin, text, "", &e))?;
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| SpecError::from_toml(origin, text, "", &e))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             SpecError::from_toml(origin, text, &path, e.inner())
@@ -78,8 +79,10 @@ impl PipelineSpec {
     /// # Errors
     /// [`SpecError::Io`] or a parse error.
     pub fn from_file(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SpecError::Io { path: path.display().to_string(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let mut spec = Self::from_toml(&text, &path.display().to_string())?;
         spec.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         spec.inline_uses()?;

@@ -42,7 +42,11 @@ pub struct PipelineSpec {
 impl PipelineSpec {
     /// `path` resolved against the pipeline file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
     }
 }
 

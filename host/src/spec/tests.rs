@@ -40,13 +40,19 @@ fn a_good_file_parses_with_defaults_and_validates_in_order() {
     let w = spec.stages[0].wasm.as_ref().unwrap();
     assert_eq!(w.limits.fuel, 1000);
     assert_eq!(w.limits.memory, crate::units::ByteSize::mib(16));
-    assert_eq!(w.limits.max_crossing, crate::sandbox::default_max_crossing());
+    assert_eq!(
+        w.limits.max_crossing,
+        crate::sandbox::default_max_crossing()
+    );
     assert_eq!(w.params["boundaries"], serde_json::json!([0, 10]));
     assert!(!w.grants.clock);
     let dag = spec.validate().unwrap();
     let names: Vec<&str> = dag.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["events", "bucket", "out"]);
-    assert_eq!(dag.render(), "source events\n stage bucket <- events\n  sink out <- bucket\n");
+    assert_eq!(
+        dag.render(),
+        "source events\n stage bucket <- events\n  sink out <- bucket\n"
+    );
 }
 
 #[test]
@@ -73,14 +79,25 @@ fn a_wrong_type_is_named() {
 #[test]
 fn a_dangling_input_suggests_the_closest_name() {
     let e = err(&GOOD.replace("input = \"events\"", "input = \"evnts\""));
-    assert_eq!(e, "`stage[0].input`: no node is named `evnts` (did you mean `events`?)");
+    assert_eq!(
+        e,
+        "`stage[0].input`: no node is named `evnts` (did you mean `events`?)"
+    );
 }
 
 #[test]
 fn duplicate_names_and_kinds_are_refused() {
-    let e = err(&GOOD.replace("name = \"bucket\"", "name = \"events\"").replace("input = \"bucket\"", "input = \"events\""));
-    assert_eq!(e, "`stage[0].name`: `events` is already the name of source[0]");
-    let e = err(&GOOD.replace("component = \"bucketize.wasm\"", "component = \"a.wasm\"\ncrate = \"b\""));
+    let e = err(&GOOD
+        .replace("name = \"bucket\"", "name = \"events\"")
+        .replace("input = \"bucket\"", "input = \"events\""));
+    assert_eq!(
+        e,
+        "`stage[0].name`: `events` is already the name of source[0]"
+    );
+    let e = err(&GOOD.replace(
+        "component = \"bucketize.wasm\"",
+        "component = \"a.wasm\"\ncrate = \"b\"",
+    ));
     assert!(e.contains("set exactly one of `component`"), "{e}");
     let e = err(&GOOD.replace("[stage.wasm]", "[stage.other]"));
     assert!(e.contains("unknown field `other`"), "{e}");
@@ -111,9 +128,15 @@ input = "b"
 [sink.jsonl]
 path = "o"
 "#;
-    assert_eq!(err(cyc), "`stage[0]`: the pipeline has a cycle through a → b");
+    assert_eq!(
+        err(cyc),
+        "`stage[0]`: the pipeline has a cycle through a → b"
+    );
     let orphan = GOOD.replace("input = \"bucket\"", "input = \"events\"");
-    assert_eq!(err(&orphan), "`stage[0]`: nothing reads from `bucket`; connect it to a stage or sink, or remove it");
+    assert_eq!(
+        err(&orphan),
+        "`stage[0]`: nothing reads from `bucket`; connect it to a stage or sink, or remove it"
+    );
     let no_sink = GOOD.split("[[sink]]").next().unwrap().to_owned();
     assert_eq!(err(&no_sink), "`sink`: the pipeline has no [[sink]]");
 }
@@ -130,6 +153,8 @@ fn json_specs_parse_like_toml() {
     let json = serde_json::to_string(&toml_spec).unwrap();
     let back = PipelineSpec::from_json(&json, "api").unwrap();
     assert_eq!(back, toml_spec);
-    let e = PipelineSpec::from_json(r#"{"name": "x", "sorce": []}"#, "api").unwrap_err().to_string();
+    let e = PipelineSpec::from_json(r#"{"name": "x", "sorce": []}"#, "api")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown field `sorce`"), "{e}");
 }
