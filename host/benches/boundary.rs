@@ -62,7 +62,7 @@ fn stage(sandbox: &Sandbox, dir: &str, params: &str) -> FeaturizerStage {
     .expect("stage starts")
 }
 
-/// The bucketize logic natively: the same `partition_point` over the boundaries.
+/// The bucketize logic natively: the same branch-free count over the boundaries.
 fn native_bucketize(batch: &RecordBatch) -> Int32Array {
     let price = batch
         .column(0)
@@ -73,10 +73,11 @@ fn native_bucketize(batch: &RecordBatch) -> Int32Array {
     (0..price.len())
         .map(|i| {
             let v = values[i];
-            let bucket = if price.is_null(i) || v.is_nan() || v < BOUNDARIES[0] {
+            let k = BOUNDARIES.iter().map(|&b| i32::from(b <= v)).sum::<i32>();
+            let bucket = if price.is_null(i) || k == 0 {
                 -1
             } else {
-                BOUNDARIES.partition_point(|b| *b <= v) as i32 - 1
+                k - 1
             };
             Some(bucket)
         })

@@ -60,12 +60,22 @@ impl Boundaries {
     /// The bucket of `v`, or `fallback` when `v` is below the first boundary or NaN
     /// (NaN compares false with every boundary, so it lands below them all).
     #[inline]
+    /// The bucket of `v`: how many boundaries are at or below it, minus one.
+    ///
+    /// A branch-free count rather than a binary search: with the handful of
+    /// boundaries features use, comparing against all of them costs less than the
+    /// search's unpredictable branches, and the loop over rows vectorizes. NaN
+    /// compares false everywhere, so it lands in `fallback` like a value below the
+    /// first boundary. Past 32 boundaries the binary search wins again.
+    #[inline]
     fn bucket(&self, v: f64, fallback: i32) -> i32 {
-        match self.0.partition_point(|&b| b <= v) {
-            0 => fallback,
+        let k = if self.0.len() <= 32 {
+            self.0.iter().map(|&b| i32::from(b <= v)).sum::<i32>()
+        } else {
             // At most `self.0.len()`, which `new` keeps within i32.
-            k => (k - 1) as i32,
-        }
+            self.0.partition_point(|&b| b <= v) as i32
+        };
+        if k == 0 { fallback } else { k - 1 }
     }
 }
 
