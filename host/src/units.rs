@@ -11,6 +11,39 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Splits `"1.5GiB"` into `(1.5, "GiB")`; `what` and `hint` name the quantity in
+/// the error.
+fn number_and_unit<'a>(s: &'a str, what: &str, hint: &str) -> Result<(f64, &'a str), String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a {what} (try {hint})"))?;
+    Ok((value, unit.trim()))
+}
+
+/// Deserializes a quantity written as an integer (in its base unit, mapped by
+/// `from_int`) or as a string with a unit (parsed by `FromStr`).
+fn int_or_text<'de, D, T>(d: D, from_int: impl FnOnce(u64) -> T) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(from_int(n)),
+        Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
 /// A size in bytes, written `"64MiB"`, `"1.5GiB"`, `"512KB"` or as an integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
@@ -31,15 +64,8 @@ impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size (try \"64MiB\" or a number of bytes)"))?;
-        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let (value, unit) = number_and_unit(s, "size", "\"64MiB\" or a number of bytes")?;
+        let scale: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1000,
             "mb" => 1000 * 1000,
@@ -76,16 +102,7 @@ impl fmt::Display for ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Self(n)),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        int_or_text(d, Self)
     }
 }
 
@@ -103,15 +120,8 @@ impl FromStr for Millis {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration (try \"250ms\", \"2s\" or \"5m\")"))?;
-        let ms = match unit.trim() {
+        let (value, unit) = number_and_unit(s, "duration", "\"250ms\", \"2s\" or \"5m\"")?;
+        let ms = match unit {
             "" | "ms" => value,
             "s" => value * 1e3,
             "m" | "min" => value * 60e3,
@@ -140,16 +150,7 @@ impl fmt::Display for Millis {
 
 impl<'de> Deserialize<'de> for Millis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(Self(Duration::from_millis(n))),
-            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-        }
+        int_or_text(d, |n| Self(Duration::from_millis(n)))
     }
 }
 

@@ -42,7 +42,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::exec::{DeadLetter, Emitter, NodeError, Source};
-use crate::spec::{FieldSpec, FieldType, JsonlSourceSpec, PipelineSpec, SourceSpec};
+use crate::spec::{FieldSpec, FieldType, JsonlSourceSpec, PipelineSpec};
 
 /// Bytes asked of the file per read: large enough that system calls do not show
 /// in a profile, small next to the chunks a call parses.
@@ -83,12 +83,7 @@ impl JsonlSource {
     ///
     /// # Errors
     /// The file cannot be opened.
-    pub fn open(
-        pipeline: &PipelineSpec,
-        source: &SourceSpec,
-        spec: &JsonlSourceSpec,
-    ) -> std::io::Result<Self> {
-        let _ = source;
+    pub fn open(pipeline: &PipelineSpec, spec: &JsonlSourceSpec) -> std::io::Result<Self> {
         let path = pipeline.resolve(&spec.path);
         let file = File::open(&path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;

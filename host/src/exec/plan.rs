@@ -110,7 +110,7 @@ impl Plan {
                         continue;
                     }
                     let j = s.jsonl.as_ref().expect("validated: one kind");
-                    let src = JsonlSource::open(&spec, s, j).map_err(|e| PlanError::Open {
+                    let src = JsonlSource::open(&spec, j).map_err(|e| PlanError::Open {
                         node: s.name.clone(),
                         message: e.to_string(),
                     })?;
