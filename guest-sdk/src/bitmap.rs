@@ -25,6 +25,24 @@ pub(crate) fn count_zeros(bits: &[u8], len: usize) -> usize {
     len - ones - tail_ones
 }
 
+/// Calls `f` with the index of every clear bit among the first `len`, in order.
+///
+/// A byte at a time: a fully valid byte (the common case) costs one comparison.
+#[inline]
+pub(crate) fn for_each_zero(bits: &[u8], len: usize, mut f: impl FnMut(usize)) {
+    for (byte_index, &byte) in bits.iter().enumerate().take(bytes_for(len)) {
+        let mut zeros = !byte;
+        while zeros != 0 {
+            let i = byte_index * 8 + zeros.trailing_zeros() as usize;
+            if i >= len {
+                return;
+            }
+            f(i);
+            zeros &= zeros - 1;
+        }
+    }
+}
+
 /// Packs bits one at a time.
 #[derive(Debug, Default)]
 pub(crate) struct Builder {
@@ -90,6 +108,13 @@ mod tests {
         assert!(get(&bytes, 9));
         assert_eq!(count_zeros(&bytes, 10), 7);
         assert_eq!(count_zeros(&bytes, 8), 6);
+        let mut zeros = Vec::new();
+        for_each_zero(&bytes, 10, |i| zeros.push(i));
+        assert_eq!(zeros, [1, 2, 4, 5, 6, 7, 8]);
+        zeros.clear();
+        // Bits past `len` are ignored, set or not.
+        for_each_zero(&[0b0000_0001, 0], 9, |i| zeros.push(i));
+        assert_eq!(zeros, [1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     #[test]

@@ -104,6 +104,7 @@ extern crate self as weir_guest;
 
 mod batch;
 mod bitmap;
+pub mod bucket;
 mod cell;
 mod column;
 mod error;

@@ -319,3 +319,46 @@ fn stage_error_display() {
         "row 7: x (transient)"
     );
 }
+
+#[test]
+fn map_and_map_or_agree_with_iter_for_every_null_pattern() {
+    // Lengths around the 8-row bitmap bytes, and null patterns from none to all.
+    for len in [0usize, 1, 7, 8, 9, 16, 17, 100] {
+        for every in [0usize, 1, 2, 3, 8] {
+            let values: Vec<Option<i64>> = (0..len)
+                .map(|i| {
+                    let null = every == 1 || (every > 1 && i % every == 0);
+                    (!null).then_some(i as i64 * 3 - 7)
+                })
+                .collect();
+            let column = Column::i64_opt("n", values.iter().copied());
+            let view = column.i64s().unwrap();
+            let want: Vec<Option<i64>> = view.iter().map(|v| v.map(|x| x + 1)).collect();
+            let mut calls = 0;
+            let got = view.map(|v| {
+                calls += 1;
+                v.map(|x| x + 1)
+            });
+            assert_eq!(got, want, "len {len}, every {every}");
+            assert_eq!(calls, len, "map calls f once per row");
+            let or = view.map_or(i64::MIN, |x| x + 1);
+            let want_or: Vec<i64> = want.iter().map(|v| v.unwrap_or(i64::MIN)).collect();
+            assert_eq!(or, want_or, "len {len}, every {every}");
+            let lossy = column.f64s_lossy().unwrap();
+            let got: Vec<Option<f64>> = lossy.map(|v| v);
+            assert_eq!(
+                got,
+                values
+                    .iter()
+                    .map(|v| v.map(|x| x as f64))
+                    .collect::<Vec<_>>()
+            );
+            let or = lossy.map_or(0.5, |x| x * 2.0);
+            let want: Vec<f64> = values
+                .iter()
+                .map(|v| v.map_or(0.5, |x| x as f64 * 2.0))
+                .collect();
+            assert_eq!(or, want);
+        }
+    }
+}

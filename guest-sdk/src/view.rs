@@ -78,6 +78,12 @@ impl<'a, T: Copy> PrimitiveView<'a, T> {
             .map_or(0, |v| bitmap::count_zeros(v, self.values.len()))
     }
 
+    /// The validity bitmap (least significant bit first; a clear bit is a null row),
+    /// or `None` when no row is null.
+    pub fn validity(&self) -> Option<&'a [u8]> {
+        self.validity
+    }
+
     /// Every row's slot, nulls included: a null row's slot holds an unspecified value
     /// (usually zero). The fast path for arithmetic that is harmless on garbage.
     pub fn values(&self) -> &'a [T] {
@@ -92,6 +98,78 @@ impl<'a, T: Copy> PrimitiveView<'a, T> {
             .enumerate()
             .map(move |(i, v)| (!is_null(validity, i)).then_some(*v))
     }
+
+    /// Applies `f` to every row's value (`None` for a null row) and collects the
+    /// results, in row order. `f` may keep state (count, remember); it is called
+    /// exactly once per row.
+    ///
+    /// A column without nulls runs as a plain loop over the slice; with nulls, the
+    /// validity is read a byte (eight rows) at a time.
+    pub fn map<U>(&self, f: impl FnMut(Option<T>) -> U) -> Vec<U> {
+        map_with_validity(self.values, self.validity, |x| x, f)
+    }
+
+    /// Applies `f` to every valid row's value and puts `null` in the null rows: the
+    /// vectorizable form of [`map`](Self::map).
+    ///
+    /// `f` runs over the whole slice, null slots included (their results are then
+    /// overwritten), so the loop has no branch on validity and the compiler can turn
+    /// it into SIMD. That is why `f` is a `Fn`: it must be cheap and harmless on any
+    /// value, because a null row's slot holds an unspecified one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use weir_guest::{Batch, Column};
+    ///
+    /// let batch = Batch::new(vec![Column::i64_opt("dwell_ms", [Some(10), None, Some(0)])])?;
+    /// let capped = batch.i64s("dwell_ms")?.map_or(-1, |v| v.min(5));
+    /// assert_eq!(capped, [5, -1, 0]);
+    /// # Ok::<(), weir_guest::StageError>(())
+    /// ```
+    pub fn map_or<U: Copy>(&self, null: U, f: impl Fn(T) -> U) -> Vec<U> {
+        map_or_with_validity(self.values, self.validity, null, |x| x, f)
+    }
+}
+
+/// `map` over a slice and its validity, with `cast` applied to each value first.
+#[inline]
+fn map_with_validity<T: Copy, V, U>(
+    values: &[T],
+    validity: Option<&[u8]>,
+    cast: impl Fn(T) -> V,
+    mut f: impl FnMut(Option<V>) -> U,
+) -> Vec<U> {
+    let Some(bits) = validity else {
+        return values.iter().map(|&x| f(Some(cast(x)))).collect();
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for (chunk, &byte) in values.chunks(8).zip(bits) {
+        if byte == u8::MAX {
+            out.extend(chunk.iter().map(|&x| f(Some(cast(x)))));
+        } else {
+            for (j, &x) in chunk.iter().enumerate() {
+                out.push(f((byte >> j & 1 != 0).then(|| cast(x))));
+            }
+        }
+    }
+    out
+}
+
+/// `map_or` over a slice and its validity, with `cast` applied to each value first.
+#[inline]
+fn map_or_with_validity<T: Copy, V, U: Copy>(
+    values: &[T],
+    validity: Option<&[u8]>,
+    null: U,
+    cast: impl Fn(T) -> V,
+    f: impl Fn(V) -> U,
+) -> Vec<U> {
+    let mut out: Vec<U> = values.iter().map(|&x| f(cast(x))).collect();
+    if let Some(bits) = validity {
+        bitmap::for_each_zero(bits, out.len(), |i| out[i] = null);
+    }
+    out
 }
 
 /// A view of a boolean column. The values are bit-packed, so there is no slice of
@@ -344,8 +422,29 @@ impl<'a> NumericView<'a> {
 
     /// Applies `f` to every row's value (`None` for a null row) and collects the
     /// results, matching on the stored type once so each arm is a tight loop over the
-    /// native slice.
-    pub fn map<T>(&self, mut f: impl FnMut(Option<f64>) -> T) -> Vec<T> {
-        each_numeric!(self, v, cast => v.iter().map(|x| f(x.map(cast))).collect())
+    /// native slice. `f` is called exactly once per row, in row order.
+    pub fn map<T>(&self, f: impl FnMut(Option<f64>) -> T) -> Vec<T> {
+        each_numeric!(self, v, cast => map_with_validity(v.values, v.validity, cast, f))
+    }
+
+    /// Applies `f` to every valid row's value and puts `null` in the null rows: the
+    /// vectorizable form of [`map`](Self::map), matching on the stored type once.
+    ///
+    /// As with [`PrimitiveView::map_or`], `f` also runs on null slots (their results
+    /// are overwritten), so it must be cheap and harmless on any value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use weir_guest::{Batch, Column};
+    ///
+    /// let batch = Batch::new(vec![Column::i32_opt("qty", [Some(1), None, Some(3)])])?;
+    /// let halves = batch.f64s_lossy("qty")?.map_or(f64::NAN, |x| x / 2.0);
+    /// assert_eq!(halves[0], 0.5);
+    /// assert!(halves[1].is_nan());
+    /// # Ok::<(), weir_guest::StageError>(())
+    /// ```
+    pub fn map_or<T: Copy>(&self, null: T, f: impl Fn(f64) -> T) -> Vec<T> {
+        each_numeric!(self, v, cast => map_or_with_validity(v.values, v.validity, null, cast, &f))
     }
 }

@@ -5,7 +5,7 @@
 //!   returns its input, and back: Arrow → WIT → guest → WIT → Arrow.
 //! - `bucketize/{wasm,wasm_projected,native}_1024`: the `bucketize` stage (sent the
 //!   whole batch, or only the `price` column it reads) against the same binary
-//!   search written natively over the Arrow column, side by side.
+//!   column-at-a-time count written natively over the Arrow column, side by side.
 //!
 //! Components are built from `stages/bucketize` and `tests/fixtures/noop` with
 //! `cargo build --target wasm32-wasip2` on first use.
@@ -62,7 +62,9 @@ fn stage(sandbox: &Sandbox, dir: &str, params: &str) -> FeaturizerStage {
     .expect("stage starts")
 }
 
-/// The bucketize logic natively: the same branch-free count over the boundaries.
+/// The bucketize logic natively, as `weir_guest::bucket::Boundaries::bucket_column`
+/// runs it in the stage: one compare-and-add pass over the values per boundary, then
+/// counts to buckets, nulls to the fallback.
 fn native_bucketize(batch: &RecordBatch) -> Int32Array {
     let price = batch
         .column(0)
@@ -70,18 +72,29 @@ fn native_bucketize(batch: &RecordBatch) -> Int32Array {
         .downcast_ref::<Float64Array>()
         .unwrap();
     let values = price.values();
-    (0..price.len())
-        .map(|i| {
-            let v = values[i];
-            let k = BOUNDARIES.iter().map(|&b| i32::from(b <= v)).sum::<i32>();
-            let bucket = if price.is_null(i) || k == 0 {
-                -1
-            } else {
-                k - 1
-            };
-            Some(bucket)
-        })
-        .collect()
+    let mut counts = vec![0i32; values.len()];
+    for &b in &BOUNDARIES {
+        for (k, &v) in counts.iter_mut().zip(values.iter()) {
+            *k += i32::from(b <= v);
+        }
+    }
+    if let Some(nulls) = price.nulls() {
+        // A word of the validity at a time, as the SDK reads it a byte at a time.
+        for (w, word) in nulls.inner().bit_chunks().iter_padded().enumerate() {
+            let mut zeros = !word;
+            while zeros != 0 {
+                let i = w * 64 + zeros.trailing_zeros() as usize;
+                if i < counts.len() {
+                    counts[i] = 0;
+                }
+                zeros &= zeros - 1;
+            }
+        }
+    }
+    for k in &mut counts {
+        *k = if *k == 0 { -1 } else { *k - 1 };
+    }
+    Int32Array::from(counts)
 }
 
 fn benches(c: &mut Criterion) {

@@ -5,11 +5,13 @@
 //! `fallback` bucket. The output is an `int32` column without nulls, appended to the
 //! batch (or replacing a column of the same name); the input column is kept.
 //!
-//! The column is read once through a typed view and bucketed in one loop per stored
-//! type; each value costs one binary search over the boundaries.
+//! The column is read once through a typed view and bucketed a column at a time
+//! ([`weir_guest::bucket::Boundaries::bucket_column`]): one vectorized pass per
+//! boundary.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use weir_guest::bucket::Boundaries;
 use weir_guest::{Batch, Column, Featurizer, StageError};
 
 /// The stage's parameters, as JSON in the pipeline spec.
@@ -33,52 +35,6 @@ fn default_fallback() -> i32 {
     -1
 }
 
-/// Checked boundaries: non-empty, finite, strictly increasing, at most `i32::MAX`.
-#[derive(Debug)]
-struct Boundaries(Vec<f64>);
-
-impl Boundaries {
-    fn new(values: Vec<f64>) -> Result<Self, String> {
-        if values.is_empty() {
-            return Err("`boundaries` must not be empty".to_owned());
-        }
-        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-            return Err(format!("`boundaries` must be finite, found {v}"));
-        }
-        if let Some(w) = values.windows(2).find(|w| w[0] >= w[1]) {
-            return Err(format!(
-                "`boundaries` must be strictly increasing, found {} then {}",
-                w[0], w[1]
-            ));
-        }
-        if i32::try_from(values.len()).is_err() {
-            return Err("`boundaries` has more entries than an int32 bucket can index".to_owned());
-        }
-        Ok(Boundaries(values))
-    }
-
-    /// The bucket of `v`, or `fallback` when `v` is below the first boundary or NaN
-    /// (NaN compares false with every boundary, so it lands below them all).
-    #[inline]
-    /// The bucket of `v`: how many boundaries are at or below it, minus one.
-    ///
-    /// A branch-free count rather than a binary search: with the handful of
-    /// boundaries features use, comparing against all of them costs less than the
-    /// search's unpredictable branches, and the loop over rows vectorizes. NaN
-    /// compares false everywhere, so it lands in `fallback` like a value below the
-    /// first boundary. Past 32 boundaries the binary search wins again.
-    #[inline]
-    fn bucket(&self, v: f64, fallback: i32) -> i32 {
-        let k = if self.0.len() <= 32 {
-            self.0.iter().map(|&b| i32::from(b <= v)).sum::<i32>()
-        } else {
-            // At most `self.0.len()`, which `new` keeps within i32.
-            self.0.partition_point(|&b| b <= v) as i32
-        };
-        if k == 0 { fallback } else { k - 1 }
-    }
-}
-
 /// The running stage.
 #[derive(Debug)]
 struct Bucketize {
@@ -94,17 +50,14 @@ impl Featurizer for Bucketize {
         Ok(Bucketize {
             input: p.input,
             output: p.output,
-            boundaries: Boundaries::new(p.boundaries)?,
+            boundaries: Boundaries::new(p.boundaries).map_err(|e| format!("`boundaries` {e}"))?,
             fallback: p.fallback,
         })
     }
 
     fn process(&mut self, input: Batch) -> Result<Batch, StageError> {
         let values = input.f64s_lossy(&self.input)?;
-        let buckets = values.map(|v| match v {
-            Some(v) => self.boundaries.bucket(v, self.fallback),
-            None => self.fallback,
-        });
+        let buckets = self.boundaries.bucket_column(values, self.fallback).buckets;
         input.with_column(Column::i32(&self.output, buckets))
     }
 }

@@ -16,6 +16,7 @@
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use weir_guest::bucket::Boundaries;
 use weir_guest::{Batch, Column, Featurizer, StageError, metrics};
 
 /// The input column with the event's price (any numeric type, nullable).
@@ -51,43 +52,6 @@ fn default_fallback_bucket() -> i32 {
     -1
 }
 
-/// Checked boundaries: non-empty, finite, strictly increasing, at most `i32::MAX`.
-/// The same rule as the `bucketize` stage's.
-#[derive(Debug)]
-struct Boundaries(Vec<f64>);
-
-impl Boundaries {
-    fn new(values: Vec<f64>) -> Result<Self, String> {
-        if values.is_empty() {
-            return Err("`price_boundaries` must not be empty".to_owned());
-        }
-        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-            return Err(format!("`price_boundaries` must be finite, found {v}"));
-        }
-        if let Some(w) = values.windows(2).find(|w| w[0] >= w[1]) {
-            return Err(format!(
-                "`price_boundaries` must be strictly increasing, found {} then {}",
-                w[0], w[1]
-            ));
-        }
-        if i32::try_from(values.len()).is_err() {
-            return Err("`price_boundaries` has more entries than an int32 can index".to_owned());
-        }
-        Ok(Boundaries(values))
-    }
-
-    /// The bucket of `v`, or `None` below the first boundary or for NaN (which
-    /// compares false with every boundary).
-    #[inline]
-    fn bucket(&self, v: f64) -> Option<i32> {
-        match self.0.partition_point(|&b| b <= v) {
-            0 => None,
-            // At most `self.0.len()`, which `new` keeps within i32.
-            k => Some((k - 1) as i32),
-        }
-    }
-}
-
 /// The running stage.
 #[derive(Debug)]
 struct ClickstreamFeatures {
@@ -99,35 +63,29 @@ impl Featurizer for ClickstreamFeatures {
     fn init(params: &str) -> Result<Self, String> {
         let p: Params = parse_params(params)?;
         Ok(ClickstreamFeatures {
-            boundaries: Boundaries::new(p.price_boundaries)?,
+            boundaries: Boundaries::new(p.price_boundaries)
+                .map_err(|e| format!("`price_boundaries` {e}"))?,
             fallback: p.fallback_bucket,
         })
     }
 
     fn process(&mut self, input: Batch) -> Result<Batch, StageError> {
         let price = input.f64s_lossy(PRICE)?;
-        let mut fallbacks = 0u64;
-        let buckets = price.map(|p| match p.and_then(|p| self.boundaries.bucket(p)) {
-            Some(b) => b,
-            None => {
-                fallbacks += 1;
-                self.fallback
-            }
-        });
-        if fallbacks > 0 {
-            metrics::counter_add(FALLBACK_COUNTER, fallbacks);
+        let bucketed = self.boundaries.bucket_column(price, self.fallback);
+        if bucketed.fallbacks > 0 {
+            metrics::counter_add(FALLBACK_COUNTER, bucketed.fallbacks as u64);
         }
 
         let dwell = input.f64s_lossy(DWELL_MS)?;
         // Without nulls (the usual case) skip building a validity bitmap.
         let dwell_log = if dwell.null_count() == 0 {
-            Column::f64(DWELL_LOG, dwell.map(|d| d.map_or(f64::NAN, f64::ln_1p)))
+            Column::f64(DWELL_LOG, dwell.map_or(f64::NAN, f64::ln_1p))
         } else {
             Column::f64_opt(DWELL_LOG, dwell.map(|d| d.map(f64::ln_1p)))
         };
 
         input
-            .with_column(Column::i32(PRICE_BUCKET, buckets))?
+            .with_column(Column::i32(PRICE_BUCKET, bucketed.buckets))?
             .with_column(dwell_log)
     }
 }
