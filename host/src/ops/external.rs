@@ -83,11 +83,18 @@ pub(crate) fn write_run(
     Ok(path)
 }
 
+/// Opens a spill file to read it back a batch at a time.
+pub(crate) fn open_run(path: &std::path::Path) -> Result<StreamReader<BufReader<File>>, NodeError> {
+    let file = File::open(path).map_err(io(path))?;
+    Ok(StreamReader::try_new(
+        BufReader::with_capacity(1 << 16, file),
+        None,
+    )?)
+}
+
 /// Reads a spill file back whole (a group's partition).
 pub(crate) fn read_run(path: &std::path::Path) -> Result<Vec<RecordBatch>, NodeError> {
-    let file = File::open(path).map_err(io(path))?;
-    let reader = StreamReader::try_new(BufReader::with_capacity(1 << 16, file), None)?;
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    let batches = open_run(path)?.collect::<Result<Vec<_>, _>>()?;
     let _ = std::fs::remove_file(path);
     Ok(batches)
 }

@@ -9,9 +9,11 @@
 //! the key into `partitions` spill files, so all rows of a key land in one file in
 //! input order. At the end each partition is read back alone, aggregated, sorted
 //! and written as a sorted run; the runs are merged by key
-//! ([`super::external::Merger`]) and emitted a chunk at a time. A single partition
-//! must fit the budget; if it does not, the run fails with the refusal, which
-//! names this operator (raise `partitions` or `settings.memory`).
+//! ([`super::external::Merger`]) and emitted a chunk at a time. A partition that
+//! does not fit what the pool grants at that moment (other operators may hold part
+//! of the budget) is split again by a differently seeded hash, up to three times;
+//! only then does the run fail with the refusal, which names this operator (the
+//! rows of a few keys exceed the budget: raise `settings.memory`).
 
 /// Group keys are hashed per row: a fast seeded hasher.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
@@ -25,7 +27,7 @@ use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::Aggregates;
-use super::external::{Merger, read_run};
+use super::external::{self, Merger, read_run};
 use crate::exec::memory::{Reservation, RunMemory};
 use crate::exec::{Emitter, NodeError, Operator};
 use crate::spec::GroupSpec;
@@ -141,7 +143,9 @@ impl GroupOperator {
         )?)
     }
 
-    fn partition_of(&self, batch: &RecordBatch) -> Result<Vec<Vec<u32>>, NodeError> {
+    /// Row indices of `batch` per partition, by a hash of the key seeded with
+    /// `depth` (0 for the first split, 1, 2, … for re-splits of one partition).
+    fn partition_of(&self, batch: &RecordBatch, depth: u32) -> Result<Vec<Vec<u32>>, NodeError> {
         let converter = self.converter()?;
         let cols: Vec<ArrayRef> = self
             .key_cols
@@ -156,42 +160,138 @@ impl GroupOperator {
             std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
         for (i, row) in rows.iter().enumerate() {
             let mut h = state.build_hasher();
+            h.write_u32(depth);
             h.write(row.as_ref());
             parts[(h.finish() % n as u64) as usize].push(i as u32);
         }
         Ok(parts)
     }
 
-    fn write_partitioned(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
-        let parts = self.partition_of(batch)?;
+    /// Appends each row of `batch` to its partition's file.
+    fn write_split(
+        &self,
+        batch: &RecordBatch,
+        depth: u32,
+        writers: &mut [(std::path::PathBuf, Writer)],
+    ) -> Result<(), NodeError> {
+        let parts = self.partition_of(batch, depth)?;
         for (p, rows) in parts.into_iter().enumerate() {
             if rows.is_empty() {
                 continue;
             }
             let piece = take_record_batch(batch, &UInt32Array::from(rows))?;
-            self.partitions[p].1.write(&piece)?;
+            writers[p].1.write(&piece)?;
         }
         Ok(())
     }
 
-    fn start_spilling(&mut self) -> Result<(), NodeError> {
+    fn write_partitioned(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
+        let mut writers = std::mem::take(&mut self.partitions);
+        let written = self.write_split(batch, 0, &mut writers);
+        self.partitions = writers;
+        written
+    }
+
+    /// One new spill file per partition.
+    fn open_partitions(&self) -> Result<Vec<(std::path::PathBuf, Writer)>, NodeError> {
         let schema = self.input.clone().expect("initialised");
-        for _ in 0..self.spec.partitions.get() {
-            let path = self.memory.spill.new_file(&self.name);
-            let file = std::fs::File::create(&path).map_err(|source| NodeError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let w =
-                StreamWriter::try_new(std::io::BufWriter::with_capacity(1 << 16, file), &schema)?;
-            self.partitions.push((path, w));
-        }
+        (0..self.spec.partitions.get())
+            .map(|_| {
+                let path = self.memory.spill.new_file(&self.name);
+                let file = std::fs::File::create(&path).map_err(|source| NodeError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let w = StreamWriter::try_new(
+                    std::io::BufWriter::with_capacity(1 << 16, file),
+                    &schema,
+                )?;
+                Ok((path, w))
+            })
+            .collect()
+    }
+
+    fn start_spilling(&mut self) -> Result<(), NodeError> {
+        self.partitions = self.open_partitions()?;
         for batch in std::mem::take(&mut self.buffered) {
             self.write_partitioned(&batch)?;
         }
         self.reservation.free();
         Ok(())
     }
+
+    /// Aggregates one spilled partition into sorted runs, appended to `runs`.
+    ///
+    /// A partition that does not fit what the pool grants now (the budget, less
+    /// what other operators hold) is split again, a batch at a time, by a hash
+    /// seeded with the next depth, and each piece is aggregated in turn: grace hash
+    /// aggregation's recursion. After [`MAX_SPLIT_DEPTH`] splits the refusal stands:
+    /// by then the rows of a few keys alone exceed the budget.
+    fn aggregate_partition(
+        &mut self,
+        path: std::path::PathBuf,
+        depth: u32,
+        runs: &mut Vec<std::path::PathBuf>,
+        out: &mut Emitter,
+    ) -> Result<(), NodeError> {
+        // The file's size is the partition's Arrow size (IPC is the in-memory
+        // layout); read-back batches share one buffer per message, which
+        // `get_array_memory_size` would count once per column.
+        let bytes = file_len(&path)?;
+        if let Err(refused) = self.reservation.try_grow(bytes) {
+            if depth >= MAX_SPLIT_DEPTH {
+                let _ = std::fs::remove_file(&path);
+                return Err(NodeError::Data(format!(
+                    "{refused}; a partition of {bytes} bytes still does not fit after {depth} re-splits (the rows of a few keys exceed the budget)"
+                )));
+            }
+            out.count("partition_splits", 1);
+            let mut writers = self.open_partitions()?;
+            let reader = external::open_run(&path)?;
+            for batch in reader {
+                self.write_split(&batch?, depth + 1, &mut writers)?;
+            }
+            let _ = std::fs::remove_file(&path);
+            for (sub, mut w) in writers {
+                w.finish()?;
+                drop(w);
+                self.aggregate_partition(sub, depth + 1, runs, out)?;
+            }
+            return Ok(());
+        }
+        let batches = read_run(&path)?;
+        let result = self.aggregate(&batches)?;
+        drop(batches);
+        self.reservation.free();
+        if result.num_rows() == 0 {
+            return Ok(());
+        }
+        let chunks: Vec<RecordBatch> = (0..result.num_rows())
+            .step_by(external::SPILL_BATCH_ROWS)
+            .map(|o| result.slice(o, external::SPILL_BATCH_ROWS.min(result.num_rows() - o)))
+            .collect();
+        let output = self.output.clone().expect("initialised");
+        runs.push(external::write_run(
+            &self.memory.spill,
+            &self.name,
+            &output,
+            chunks.into_iter().map(Ok),
+        )?);
+        Ok(())
+    }
+}
+
+/// How many times one partition may be split again before a refusal fails the run.
+/// With 16 partitions, three re-splits divide a partition's keys 4096 ways.
+const MAX_SPLIT_DEPTH: u32 = 3;
+
+fn file_len(path: &std::path::Path) -> Result<usize, NodeError> {
+    Ok(std::fs::metadata(path)
+        .map_err(|source| NodeError::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+        .len() as usize)
 }
 
 impl Operator for GroupOperator {
@@ -218,7 +318,7 @@ impl Operator for GroupOperator {
         self.write_partitioned(&batch)
     }
 
-    fn finish(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+    fn finish(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
         if self.input.is_none() {
             return Ok(());
         }
@@ -238,37 +338,7 @@ impl Operator for GroupOperator {
         for (path, mut w) in std::mem::take(&mut self.partitions) {
             w.finish()?;
             drop(w);
-            // The file's size is the partition's Arrow size (IPC is the in-memory
-            // layout); read-back batches share one buffer per message, which
-            // `get_array_memory_size` would count once per column.
-            let bytes = std::fs::metadata(&path)
-                .map_err(|source| NodeError::Io {
-                    path: path.display().to_string(),
-                    source,
-                })?
-                .len() as usize;
-            self.reservation
-                .try_grow(bytes)
-                .map_err(|e| NodeError::Data(e.to_string()))?;
-            let batches = read_run(&path)?;
-            let result = self.aggregate(&batches)?;
-            drop(batches);
-            self.reservation.free();
-            let chunks: Vec<RecordBatch> = (0..result.num_rows())
-                .step_by(super::external::SPILL_BATCH_ROWS)
-                .map(|o| {
-                    result.slice(
-                        o,
-                        super::external::SPILL_BATCH_ROWS.min(result.num_rows() - o),
-                    )
-                })
-                .collect();
-            runs.push(super::external::write_run(
-                &self.memory.spill,
-                &self.name,
-                &output,
-                chunks.into_iter().map(Ok),
-            )?);
+            self.aggregate_partition(path, 0, &mut runs, out)?;
         }
         let fields = self
             .key_cols

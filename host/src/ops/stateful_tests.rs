@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use serde_json::{Value, json};
 
 use super::super::testutil::{arc, batch, rows};
@@ -290,6 +290,81 @@ fn group_ten_times_over_the_budget_spills_partitions_and_equals_the_in_memory_gr
     assert_eq!(rows(&got.batches), rows(&expected.batches));
     assert_eq!(spill_files(&spill_dir), 0);
     drop(spilling);
+    assert!(!spill_dir.exists());
+}
+
+#[test]
+fn a_partition_over_the_budget_is_split_again_and_the_result_is_unchanged() {
+    // Two partitions of a data set ten times the budget: each is five times too big
+    // to aggregate, so each is re-split (by a differently seeded hash) until the
+    // pieces fit, and other consumers holding part of the pool only add splits.
+    let input = wide_batches(40_000, 1000, 12);
+    let bytes: usize = input.iter().map(RecordBatch::get_array_memory_size).sum();
+    let budget = (bytes / 10) as u64;
+    let spec = GroupSpec {
+        by: vec!["user".into()],
+        aggregates: agg(json!([
+            {"name": "n", "op": "count"},
+            {"name": "sum_v", "op": "sum", "column": "v"},
+            {"name": "first_i", "op": "first", "column": "i"},
+            {"name": "last_i", "op": "last", "column": "i"}
+        ])),
+        partitions: std::num::NonZeroUsize::new(2).unwrap(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut in_memory = super::super::group::GroupOperator::new(
+        "g",
+        spec.clone(),
+        memory(1 << 32, dir.path()),
+        4096,
+    );
+    let expected = run_all(&mut in_memory, input.clone());
+
+    let mem = memory(budget, dir.path());
+    let spill_dir = mem.spill.path().to_path_buf();
+    let pool = mem.pool.clone();
+    let mut neighbour = pool.reservation("sort `upstream`");
+    neighbour.try_grow(budget as usize / 3).unwrap();
+    let mut spilling = super::super::group::GroupOperator::new("g", spec, mem, 4096);
+    let got = run_all(&mut spilling, input);
+    assert!(got.counters["partition_splits"] >= 2, "{:?}", got.counters);
+    assert!(pool.peak().0 <= budget);
+    assert_eq!(rows(&got.batches), rows(&expected.batches));
+    assert_eq!(spill_files(&spill_dir), 0);
+}
+
+#[test]
+fn a_single_key_over_the_budget_fails_naming_the_group() {
+    // Every row has the same key: no split can make its partition smaller.
+    let input: Vec<RecordBatch> = wide_batches(4_000, 1000, 13)
+        .into_iter()
+        .map(|b| {
+            let user: ArrayRef = Arc::new(StringArray::from(vec!["same"; b.num_rows()]));
+            let mut cols = b.columns().to_vec();
+            let i = b.schema().index_of("user").unwrap();
+            cols[i] = user;
+            RecordBatch::try_new(b.schema(), cols).unwrap()
+        })
+        .collect();
+    let bytes: usize = input.iter().map(RecordBatch::get_array_memory_size).sum();
+    let spec = GroupSpec {
+        by: vec!["user".into()],
+        aggregates: agg(json!([{"name": "n", "op": "count"}])),
+        partitions: std::num::NonZeroUsize::new(2).unwrap(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mem = memory((bytes / 4) as u64, dir.path());
+    let spill_dir = mem.spill.path().to_path_buf();
+    let mut op = super::super::group::GroupOperator::new("per_user", spec, mem, 4096);
+    let mut out = Emitter::default();
+    for b in input {
+        op.process(b, &mut out).unwrap();
+    }
+    let err = op.finish(&mut out).unwrap_err().to_string();
+    assert!(err.contains("group `per_user`"), "{err}");
+    assert!(err.contains("after 3 re-splits"), "{err}");
+    assert_eq!(out.counters["partition_splits"], 3);
+    drop(op);
     assert!(!spill_dir.exists());
 }
 
