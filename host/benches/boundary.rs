@@ -105,6 +105,13 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("roundtrip");
     g.throughput(Throughput::Elements(ROWS as u64));
     g.bench_function("noop_1024", |b| b.iter(|| noop.process(&input).unwrap()));
+    // What crossing costs for the one column `bucketize` reads, for comparison with
+    // `bucketize/wasm_projected_1024`: the rest of that figure is the guest's work.
+    let mut noop_price = stage(&sandbox, "tests/fixtures/noop", "{}");
+    noop_price.set_projection(Some(vec!["price".to_owned()]));
+    g.bench_function("noop_price_only_1024", |b| {
+        b.iter(|| noop_price.process(&input).unwrap())
+    });
     g.finish();
 
     let params =

@@ -40,7 +40,7 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
-use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::compute::{cast, filter_record_batch, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 
@@ -50,6 +50,10 @@ use crate::exec::memory::{Reservation, RunMemory};
 use crate::exec::{DeadLetter, Emitter, NodeError, Operator};
 use crate::spec::SessionSpec;
 
+/// A session key: the key columns in `arrow-row` encoding, shared between the open
+/// map, the expiry queue and the closed list without copying.
+type Key = Arc<[u8]>;
+
 struct Open {
     slot: usize,
     start: i64,
@@ -58,7 +62,7 @@ struct Open {
 }
 
 struct Closed {
-    key: Box<[u8]>,
+    key: Key,
     slot: usize,
     start: i64,
     end: i64,
@@ -77,12 +81,12 @@ pub struct SessionOperator {
     max_ts: Option<i64>,
     pending: Vec<RecordBatch>,
     pending_min: Option<i64>,
-    open: HashMap<Box<[u8]>, Open>,
-    by_seq: HashMap<u64, Box<[u8]>>,
-    /// (last event time, session seq), smallest first. An entry may hold an older
-    /// last event time than its session (it is re-queued when reached), so there
-    /// is one entry per open session, not one per event.
-    expiry: BinaryHeap<Reverse<(i64, u64)>>,
+    open: HashMap<Key, Open>,
+    /// (last event time, session seq, key), smallest first. An entry may hold an
+    /// older last event time than its session (it is re-queued when reached), so
+    /// there is one entry per open session, not one per event; an entry whose seq
+    /// is no longer its key's open session is stale and skipped.
+    expiry: BinaryHeap<Reverse<(i64, u64, Key)>>,
     next_seq: u64,
     free_slots: Vec<usize>,
     closed: Vec<Closed>,
@@ -90,7 +94,6 @@ pub struct SessionOperator {
 }
 
 struct Init {
-    input: SchemaRef,
     output: SchemaRef,
     time_col: usize,
     time_type: DataType,
@@ -119,7 +122,6 @@ impl SessionOperator {
             pending: Vec::new(),
             pending_min: None,
             open: HashMap::default(),
-            by_seq: HashMap::default(),
             expiry: BinaryHeap::new(),
             next_seq: 0,
             free_slots: Vec::new(),
@@ -171,7 +173,6 @@ impl SessionOperator {
         fields.push(Field::new(&self.spec.end_column, time_type.clone(), false));
         fields.extend(aggs.fields());
         self.init = Some(Init {
-            input: schema.clone(),
             output: Arc::new(Schema::new(fields)),
             time_col,
             time_type,
@@ -196,25 +197,16 @@ impl SessionOperator {
         };
         if due {
             let init = self.init.as_ref().expect("initialised");
-            let all = concat_batches(&init.input, &self.pending)?;
-            self.pending.clear();
+            let pending = std::mem::take(&mut self.pending);
             self.pending_min = None;
-            let ts = time_of(&all, init.time_col)?;
-            let (ready, keep) = match point {
-                None => (all, None),
-                Some(p) => {
-                    let mask =
-                        BooleanArray::from_iter(ts.iter().map(|t| Some(t.is_some_and(|t| t < p))));
-                    let ready = filter_record_batch(&all, &mask)?;
-                    let keep = filter_record_batch(&all, &arrow::compute::not(&mask)?)?;
-                    (ready, Some(keep))
-                }
-            };
-            if let Some(keep) = keep.filter(|k| k.num_rows() > 0) {
+            let (ready, keep) = split_at_point(&pending, init.time_col, point)?;
+            if let Some(keep) = keep {
                 self.pending_min = time_of(&keep, init.time_col)?.iter().flatten().min();
                 self.pending.push(keep);
             }
-            self.assign(&ready)?;
+            if let Some(ready) = ready {
+                self.assign(&ready)?;
+            }
         }
         self.close_passed(point, out)
     }
@@ -239,7 +231,7 @@ impl SessionOperator {
         // (time, arrival) order, which is all the sessions depend on (closed rows
         // are ordered by key when emitted).
         let n = ready.num_rows();
-        let mut ids: HashMap<&[u8], u32> = HashMap::default();
+        let mut ids: HashMap<&[u8], u32> = HashMap::with_capacity_and_hasher(n, Default::default());
         let key_of: Vec<u32> = (0..n)
             .map(|r| {
                 let next = ids.len() as u32;
@@ -254,7 +246,7 @@ impl SessionOperator {
             let key = keys.row(run[0]);
             let (key, mut cur) = match self.open.remove_entry(key.data()) {
                 Some((k, o)) => (k, Some(o)),
-                None => (Box::<[u8]>::from(key.data()), None),
+                None => (Key::from(key.data()), None),
             };
             for &r in run {
                 let t = ts.value(r);
@@ -267,7 +259,6 @@ impl SessionOperator {
                     continue;
                 }
                 if let Some(o) = cur.take() {
-                    self.by_seq.remove(&o.seq);
                     closed.push(Closed {
                         key: key.clone(),
                         slot: o.slot,
@@ -285,8 +276,7 @@ impl SessionOperator {
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.by_seq.insert(seq, key.clone());
-                self.expiry.push(Reverse((t, seq)));
+                self.expiry.push(Reverse((t, seq, key.clone())));
                 cur = Some(Open {
                     slot,
                     start: t,
@@ -311,23 +301,22 @@ impl SessionOperator {
     fn close_passed(&mut self, point: Option<i64>, out: &mut Emitter) -> Result<(), NodeError> {
         match point {
             Some(p) => {
-                while let Some(&Reverse((end, seq))) = self.expiry.peek() {
-                    if p.saturating_sub(end) <= self.gap {
+                while let Some(Reverse((end, _, _))) = self.expiry.peek() {
+                    if p.saturating_sub(*end) <= self.gap {
                         break;
                     }
-                    self.expiry.pop();
-                    let Some(key) = self.by_seq.get(&seq) else {
-                        continue;
-                    };
-                    match self.open.get(key) {
+                    let Reverse((end, seq, key)) = self.expiry.pop().expect("peeked");
+                    match self.open.get(&key) {
+                        // Stale: that session closed already (a later one may be open).
+                        Some(o) if o.seq != seq => continue,
                         None => continue,
+                        // Extended since queued: wait for its new end.
                         Some(o) if o.end != end => {
-                            self.expiry.push(Reverse((o.end, seq)));
+                            self.expiry.push(Reverse((o.end, seq, key)));
                             continue;
                         }
                         Some(_) => {}
                     }
-                    let key = self.by_seq.remove(&seq).expect("present");
                     let o = self.open.remove(&key).expect("present");
                     self.closed.push(Closed {
                         key,
@@ -339,7 +328,6 @@ impl SessionOperator {
             }
             None => {
                 self.expiry.clear();
-                self.by_seq.clear();
                 for (key, o) in self.open.drain() {
                     self.closed.push(Closed {
                         key,
@@ -389,6 +377,42 @@ impl SessionOperator {
             .try_resize(want)
             .map_err(|e| NodeError::Data(e.to_string()))
     }
+}
+
+/// Splits the pending batches into the rows before `point` (all rows if `None`) and
+/// the rest, copying each row at most once: a batch that is wholly on one side is
+/// passed on as it is, and rows from several batches are gathered in one pass.
+/// Both sides keep arrival order.
+fn split_at_point(
+    pending: &[RecordBatch],
+    time_col: usize,
+    point: Option<i64>,
+) -> Result<(Option<RecordBatch>, Option<RecordBatch>), NodeError> {
+    let mut ready: Vec<(usize, usize)> = Vec::new();
+    let mut keep: Vec<(usize, usize)> = Vec::new();
+    for (b, batch) in pending.iter().enumerate() {
+        let ts = time_of(batch, time_col)?;
+        for (r, t) in ts.values().iter().enumerate() {
+            // Pending rows have an event time: null ones became dead letters.
+            if point.is_none_or(|p| *t < p) {
+                ready.push((b, r));
+            } else {
+                keep.push((b, r));
+            }
+        }
+    }
+    let gather = |rows: &[(usize, usize)]| -> Result<Option<RecordBatch>, NodeError> {
+        let Some(&(first, _)) = rows.first() else {
+            return Ok(None);
+        };
+        let whole = pending[first].num_rows();
+        if rows.len() == whole && rows.iter().all(|&(b, _)| b == first) {
+            return Ok(Some(pending[first].clone()));
+        }
+        let refs: Vec<&RecordBatch> = pending.iter().collect();
+        Ok(Some(interleave_record_batch(&refs, rows)?))
+    };
+    Ok((gather(&ready)?, gather(&keep)?))
 }
 
 /// The event-time column as epoch milliseconds.
@@ -456,7 +480,11 @@ impl Operator for SessionOperator {
             }
         }
         self.rows_seen += batch.num_rows() as u64;
-        let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+        let kept = if keep.iter().all(|&k| k) {
+            batch
+        } else {
+            filter_record_batch(&batch, &BooleanArray::from(keep))?
+        };
         if kept.num_rows() > 0 {
             let min = time_of(&kept, init.time_col)?.iter().flatten().min();
             self.pending_min = match (self.pending_min, min) {
