@@ -216,8 +216,12 @@ mod simd {
     /// whole chunks; returns how many rows that covered.
     pub(super) fn add_counts(boundaries: &[f64], values: &[f64], counts: &mut [i32]) -> usize {
         let rows = values.len().min(counts.len()) / ROWS * ROWS;
-        for &b in boundaries {
-            let b = f64x2_splat(b);
+        // Two boundaries per pass: each value is loaded, and each count loaded and
+        // stored, half as often. A missing second boundary is NaN, which no value
+        // is at or above.
+        for pair in boundaries.chunks(2) {
+            let b0 = f64x2_splat(pair[0]);
+            let b1 = f64x2_splat(pair.get(1).copied().unwrap_or(f64::NAN));
             for (v, k) in values[..rows]
                 .chunks_exact(ROWS)
                 .zip(counts[..rows].chunks_exact_mut(ROWS))
@@ -228,12 +232,13 @@ mod simd {
                     let v = v.as_ptr().cast::<v128>();
                     let k = k.as_mut_ptr().cast::<v128>();
                     for q in 0..4 {
+                        let (lo, hi) = (v128_load(v.add(2 * q)), v128_load(v.add(2 * q + 1)));
                         // A comparison gives 0 or -1 per 64-bit lane; the low halves
                         // of two of them make four 32-bit lanes to subtract (+1).
-                        let lo = f64x2_le(b, v128_load(v.add(2 * q)));
-                        let hi = f64x2_le(b, v128_load(v.add(2 * q + 1)));
-                        let ones = i32x4_shuffle::<0, 2, 4, 6>(lo, hi);
-                        v128_store(k.add(q), i32x4_sub(v128_load(k.add(q)), ones));
+                        let ones0 = i32x4_shuffle::<0, 2, 4, 6>(f64x2_le(b0, lo), f64x2_le(b0, hi));
+                        let ones1 = i32x4_shuffle::<0, 2, 4, 6>(f64x2_le(b1, lo), f64x2_le(b1, hi));
+                        let k_q = v128_load(k.add(q));
+                        v128_store(k.add(q), i32x4_sub(i32x4_sub(k_q, ones0), ones1));
                     }
                 }
             }

@@ -31,7 +31,7 @@ use arrow::array::{
     RecordBatchOptions, StringArray, TimestampMillisecondArray,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 
 use crate::sandbox::bindings::{ColumnValues, Utf8Values, WitBatch, WitColumn};
 
@@ -132,6 +132,29 @@ pub fn to_wit(batch: &RecordBatch) -> Result<WitBatch, BatchError> {
         .iter()
         .zip(batch.columns())
         .map(|(field, array)| column_to_wit(field.name(), array))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(WitBatch {
+        num_rows: u32::try_from(batch.num_rows()).expect("batches hold fewer than 2^32 rows"),
+        columns,
+    })
+}
+
+/// Converts only the columns of `batch` named in `columns`, in that order: what a
+/// stage with a projection receives, without assembling a projected batch first.
+///
+/// # Errors
+/// [`BatchError::MissingColumn`] naming the first column the batch lacks;
+/// [`BatchError::UnsupportedType`] as for [`to_wit`].
+pub fn to_wit_projected(batch: &RecordBatch, columns: &[String]) -> Result<WitBatch, BatchError> {
+    let schema = batch.schema();
+    let columns = columns
+        .iter()
+        .map(|c| {
+            let i = schema
+                .index_of(c)
+                .map_err(|_| BatchError::MissingColumn(c.clone()))?;
+            column_to_wit(c, batch.column(i))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(WitBatch {
         num_rows: u32::try_from(batch.num_rows()).expect("batches hold fewer than 2^32 rows"),
@@ -343,29 +366,27 @@ pub fn merge_columns(base: &RecordBatch, update: RecordBatch) -> Result<RecordBa
             found: update.num_rows(),
         });
     }
-    let mut fields: Vec<Field> = base
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+    // Fields are shared (`Arc`), not cloned: a deep copy allocates a name and a
+    // metadata map per column on every batch.
+    let base_schema = base.schema();
+    let mut fields: Vec<FieldRef> = base_schema.fields().iter().cloned().collect();
     let mut arrays: Vec<ArrayRef> = base.columns().to_vec();
     let update_schema = update.schema();
     for (field, array) in update_schema.fields().iter().zip(update.columns()) {
         match fields.iter().position(|f| f.name() == field.name()) {
             Some(i) => {
-                fields[i] = field.as_ref().clone();
+                fields[i] = field.clone();
                 arrays[i] = array.clone();
             }
             None => {
-                fields.push(field.as_ref().clone());
+                fields.push(field.clone());
                 arrays.push(array.clone());
             }
         }
     }
     let schema = Arc::new(Schema::new_with_metadata(
         fields,
-        base.schema().metadata().clone(),
+        base_schema.metadata().clone(),
     ));
     let options = RecordBatchOptions::new().with_row_count(Some(base.num_rows()));
     Ok(RecordBatch::try_new_with_options(schema, arrays, &options)?)

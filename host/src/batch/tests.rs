@@ -236,3 +236,24 @@ proptest! {
         prop_assert!(back.schema().fields().iter().all(|f| f.data_type() != &DataType::Null));
     }
 }
+
+#[test]
+fn a_projection_converts_only_the_named_columns_in_their_order() {
+    let b = RecordBatch::try_from_iter(vec![
+        ("a", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+        ("b", Arc::new(StringArray::from(vec!["x", "y"])) as ArrayRef),
+        (
+            "c",
+            Arc::new(Float64Array::from(vec![0.5, 1.5])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let wit = to_wit_projected(&b, &["c".to_owned(), "a".to_owned()]).unwrap();
+    let back = from_wit(wit).unwrap();
+    let schema = back.schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, ["c", "a"]);
+    assert_eq!(back.columns(), b.project(&[2, 0]).unwrap().columns());
+    let err = to_wit_projected(&b, &["d".to_owned()]).unwrap_err();
+    assert_eq!(err.to_string(), "the batch has no column `d`");
+}

@@ -163,15 +163,11 @@ impl FeaturizerStage {
             direction: "input",
             source,
         };
-        let projected;
-        let sent = match &self.projection {
-            Some(columns) => {
-                projected = batch::project(input, columns).map_err(input_error)?;
-                &projected
-            }
-            None => input,
-        };
-        let wit = batch::to_wit(sent).map_err(input_error)?;
+        let wit = match &self.projection {
+            Some(columns) => batch::to_wit_projected(input, columns),
+            None => batch::to_wit(input),
+        }
+        .map_err(input_error)?;
         let size = batch::wit_size(&wit);
         if size > self.limits.max_crossing.as_usize() {
             return Err(StageFailure::Crossing {
