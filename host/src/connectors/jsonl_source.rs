@@ -78,8 +78,8 @@ pub struct JsonlSource {
 }
 
 impl JsonlSource {
-    /// Opens the file named by the spec. Parsing uses as many threads as the
-    /// machine has cores, at most 8.
+    /// Opens the file named by the spec. Parsing uses `threads` threads, by default
+    /// as many as the machine has cores, at most 8.
     ///
     /// # Errors
     /// The file cannot be opened.
@@ -88,13 +88,17 @@ impl JsonlSource {
         let file = File::open(&path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let batch_rows = spec.batch_rows.unwrap_or(pipeline.settings.batch_rows);
-        Ok(Self::from_file(
+        let source = Self::from_file(
             file,
             path,
             spec.path.display().to_string(),
             spec.schema.clone().into(),
             batch_rows,
-        ))
+        );
+        Ok(match spec.threads {
+            Some(threads) => source.with_threads(threads),
+            None => source,
+        })
     }
 
     fn from_file(

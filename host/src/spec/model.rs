@@ -144,6 +144,11 @@ pub struct JsonlSourceSpec {
     /// run's dead-letter file in the data directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejects: Option<PathBuf>,
+    /// Threads parsing lines. Default: one per core, at most 8. Fewer leaves cores to
+    /// a downstream operator that is the slower part of the run (the run summary's
+    /// `blocked` column says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<NonZeroUsize>,
 }
 
 /// One column a source reads, and what makes a record corrupt.

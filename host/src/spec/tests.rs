@@ -158,3 +158,23 @@ fn json_specs_parse_like_toml() {
         .to_string();
     assert!(e.contains("unknown field `sorce`"), "{e}");
 }
+
+#[test]
+fn source_threads_are_optional_and_zero_is_refused_by_key() {
+    let spec = PipelineSpec::from_toml(GOOD, "p.toml").unwrap();
+    assert_eq!(spec.sources[0].jsonl.as_ref().unwrap().threads, None);
+    let text = GOOD.replace(
+        "path = \"events.jsonl\"",
+        "path = \"events.jsonl\"\nthreads = 1",
+    );
+    let spec = PipelineSpec::from_toml(&text, "p.toml").unwrap();
+    assert_eq!(
+        spec.sources[0].jsonl.as_ref().unwrap().threads,
+        std::num::NonZeroUsize::new(1)
+    );
+    let e = err(&GOOD.replace(
+        "path = \"events.jsonl\"",
+        "path = \"events.jsonl\"\nthreads = 0",
+    ));
+    assert!(e.contains("`source[0].jsonl.threads`"), "{e}");
+}
