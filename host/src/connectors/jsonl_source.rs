@@ -642,7 +642,7 @@ pub fn parse_lines(
     let mut letters = Vec::new();
     let mut cells: Vec<Cell<'_>> = Vec::with_capacity(fields.len());
     let mut hints: Vec<Option<usize>> = Vec::with_capacity(fields.len());
-    for (i, raw) in chunk.split(|&b| b == b'\n').enumerate() {
+    for (i, raw) in lines_of(chunk).enumerate() {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -699,8 +699,41 @@ fn newlines(bytes: &[u8]) -> usize {
     memchr::memchr_iter(b'\n', bytes).count()
 }
 
+/// The lines of `chunk` as `split` on `\n` gives them (a last, possibly empty,
+/// piece after the final newline included), found with SIMD `memchr` rather than
+/// a byte-at-a-time scan.
+fn lines_of(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', chunk)
+        .map(Some)
+        .chain(std::iter::once(None))
+        .map(move |end| {
+            let end = end.unwrap_or(chunk.len());
+            let line = &chunk[start..end];
+            start = end + 1;
+            line
+        })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lines_of_splits_like_split_on_newline() {
+        for text in [
+            &b""[..],
+            b"\n",
+            b"a",
+            b"a\n",
+            b"a\nb",
+            b"\n\na\n\nbc\n",
+            b"x\r\ny",
+        ] {
+            let want: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+            let got: Vec<&[u8]> = super::lines_of(text).collect();
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(text));
+        }
+    }
+
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int64Type;
     use proptest::prelude::*;
