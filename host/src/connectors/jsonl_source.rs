@@ -394,11 +394,20 @@ struct KeySeed<'s> {
 
 impl KeySeed<'_> {
     fn find(&self, key: &str) -> Option<usize> {
-        if let Some(i) = self.hint.filter(|&i| self.fields[i].name == key) {
+        if let Some(i) = self.hint.filter(|&i| same_key(&self.fields[i].name, key)) {
             return Some(i);
         }
-        self.fields.iter().position(|f| f.name == key)
+        self.fields.iter().position(|f| same_key(&f.name, key))
     }
+}
+
+/// `a == b` for the short strings JSON keys are, inline: `==` on strings calls
+/// `memcmp`, whose call costs more than comparing a few bytes, and this runs for
+/// every key of every line.
+#[inline]
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 impl<'de> Visitor<'de> for KeySeed<'_> {
