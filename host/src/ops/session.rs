@@ -61,6 +61,12 @@ struct Open {
     seq: u64,
 }
 
+/// A key and its open session.
+struct KeyState {
+    key: Key,
+    open: Option<Open>,
+}
+
 struct Closed {
     key: Key,
     slot: usize,
@@ -81,12 +87,22 @@ pub struct SessionOperator {
     max_ts: Option<i64>,
     pending: Vec<RecordBatch>,
     pending_min: Option<i64>,
-    open: HashMap<Key, Open>,
-    /// (last event time, session seq, key), smallest first. An entry may hold an
-    /// older last event time than its session (it is re-queued when reached), so
-    /// there is one entry per open session, not one per event; an entry whose seq
-    /// is no longer its key's open session is stale and skipped.
-    expiry: BinaryHeap<Reverse<(i64, u64, Key)>>,
+    /// Each key with an open session, to its index in `states`: one hash lookup
+    /// per row finds a row's session state, and everything after is indexing.
+    index: HashMap<Key, u32>,
+    /// Per index: the key and its open session (`None` while the index is free).
+    states: Vec<KeyState>,
+    /// Indices of `states` to reuse.
+    free_states: Vec<u32>,
+    /// The bytes of the keys in `index`, for the memory reservation.
+    key_bytes: usize,
+    /// The key a freed state holds: shared, so freeing allocates nothing.
+    no_key: Key,
+    /// (last event time, session seq, state index), smallest first. An entry may
+    /// hold an older last event time than its session (it is re-queued when
+    /// reached), so there is one entry per open session, not one per event; an
+    /// entry whose seq is not its state's open session is stale and skipped.
+    expiry: BinaryHeap<Reverse<(i64, u64, u32)>>,
     next_seq: u64,
     free_slots: Vec<usize>,
     closed: Vec<Closed>,
@@ -121,7 +137,11 @@ impl SessionOperator {
             max_ts: None,
             pending: Vec::new(),
             pending_min: None,
-            open: HashMap::default(),
+            index: HashMap::default(),
+            states: Vec::new(),
+            free_states: Vec::new(),
+            key_bytes: 0,
+            no_key: Key::from(&[][..]),
             expiry: BinaryHeap::new(),
             next_seq: 0,
             free_slots: Vec::new(),
@@ -225,29 +245,48 @@ impl SessionOperator {
             .map(|&i| ready.column(i).clone())
             .collect();
         let keys = init.keys.convert_columns(&key_arrays)?;
-        // A dense id per distinct key of the batch: ordering then compares
-        // integers, and each key's open session is looked up once per batch, not
-        // once per row. Keys come in first-seen order; within a key, rows are in
-        // (time, arrival) order, which is all the sessions depend on (closed rows
-        // are ordered by key when emitted).
+        // Each row's key as the index of its state: ordering then compares
+        // integers, and each key's open session is found with one lookup per row.
+        // Within a key, rows are in (time, arrival) order, which is all the
+        // sessions depend on (closed rows are ordered by key when emitted).
         let n = ready.num_rows();
-        let mut ids: HashMap<&[u8], u32> = HashMap::with_capacity_and_hasher(n, Default::default());
-        let key_of: Vec<u32> = (0..n)
-            .map(|r| {
-                let next = ids.len() as u32;
-                *ids.entry(keys.row(r).data()).or_insert(next)
-            })
-            .collect();
+        let mut key_of: Vec<u32> = Vec::with_capacity(n);
+        for r in 0..n {
+            let key = keys.row(r).data();
+            let i = match self.index.get(key) {
+                Some(&i) => i,
+                None => {
+                    let key = Key::from(key);
+                    let state = KeyState {
+                        key: key.clone(),
+                        open: None,
+                    };
+                    let i = match self.free_states.pop() {
+                        Some(i) => {
+                            self.states[i as usize] = state;
+                            i
+                        }
+                        None => {
+                            self.states.push(state);
+                            u32::try_from(self.states.len() - 1)
+                                .expect("fewer than 2^32 open sessions")
+                        }
+                    };
+                    self.key_bytes += key.len();
+                    self.index.insert(key, i);
+                    i
+                }
+            };
+            key_of.push(i);
+        }
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_unstable_by_key(|&r| (key_of[r], ts.value(r), r));
         let mut slots = Vec::with_capacity(n);
         let mut closed = Vec::new();
         for run in order.chunk_by(|&a, &b| key_of[a] == key_of[b]) {
-            let key = keys.row(run[0]);
-            let (key, mut cur) = match self.open.remove_entry(key.data()) {
-                Some((k, o)) => (k, Some(o)),
-                None => (Key::from(key.data()), None),
-            };
+            let i = key_of[run[0]];
+            let state = &mut self.states[i as usize];
+            let mut cur = state.open.take();
             for &r in run {
                 let t = ts.value(r);
                 if let Some(o) = cur.as_mut().filter(|o| {
@@ -260,7 +299,7 @@ impl SessionOperator {
                 }
                 if let Some(o) = cur.take() {
                     closed.push(Closed {
-                        key: key.clone(),
+                        key: state.key.clone(),
                         slot: o.slot,
                         start: o.start,
                         end: o.end,
@@ -276,7 +315,7 @@ impl SessionOperator {
                 };
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.expiry.push(Reverse((t, seq, key.clone())));
+                self.expiry.push(Reverse((t, seq, i)));
                 cur = Some(Open {
                     slot,
                     start: t,
@@ -285,9 +324,7 @@ impl SessionOperator {
                 });
                 slots.push(slot);
             }
-            if let Some(o) = cur {
-                self.open.insert(key, o);
-            }
+            state.open = cur;
         }
         // A session closed by a new one of its key has all its rows here (they
         // come first in the order); its slot is freed only after the update.
@@ -305,19 +342,23 @@ impl SessionOperator {
                     if p.saturating_sub(*end) <= self.gap {
                         break;
                     }
-                    let Reverse((end, seq, key)) = self.expiry.pop().expect("peeked");
-                    match self.open.get(&key) {
-                        // Stale: that session closed already (a later one may be open).
-                        Some(o) if o.seq != seq => continue,
-                        None => continue,
+                    let Reverse((end, seq, i)) = self.expiry.pop().expect("peeked");
+                    let state = &mut self.states[i as usize];
+                    match &state.open {
                         // Extended since queued: wait for its new end.
-                        Some(o) if o.end != end => {
-                            self.expiry.push(Reverse((o.end, seq, key)));
+                        Some(o) if o.seq == seq && o.end != end => {
+                            self.expiry.push(Reverse((o.end, seq, i)));
                             continue;
                         }
-                        Some(_) => {}
+                        Some(o) if o.seq == seq => {}
+                        // Stale: that session closed already (another may be open).
+                        _ => continue,
                     }
-                    let o = self.open.remove(&key).expect("present");
+                    let o = state.open.take().expect("matched above");
+                    let key = std::mem::replace(&mut state.key, self.no_key.clone());
+                    self.index.remove(&key);
+                    self.key_bytes -= key.len();
+                    self.free_states.push(i);
                     self.closed.push(Closed {
                         key,
                         slot: o.slot,
@@ -328,14 +369,19 @@ impl SessionOperator {
             }
             None => {
                 self.expiry.clear();
-                for (key, o) in self.open.drain() {
-                    self.closed.push(Closed {
-                        key,
-                        slot: o.slot,
-                        start: o.start,
-                        end: o.end,
-                    });
+                for state in self.states.drain(..) {
+                    if let Some(o) = state.open {
+                        self.closed.push(Closed {
+                            key: state.key,
+                            slot: o.slot,
+                            start: o.start,
+                            end: o.end,
+                        });
+                    }
                 }
+                self.index.clear();
+                self.free_states.clear();
+                self.key_bytes = 0;
             }
         }
         if self.closed.is_empty() {
@@ -371,7 +417,7 @@ impl SessionOperator {
             .iter()
             .map(RecordBatch::get_array_memory_size)
             .sum();
-        let keys: usize = self.open.keys().map(|k| 2 * k.len() + 96).sum();
+        let keys = 2 * self.key_bytes + 96 * self.index.len();
         let want = pending + init.aggs.bytes() + keys + self.expiry.len() * 16;
         self.reservation
             .try_resize(want)
