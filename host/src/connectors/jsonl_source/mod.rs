@@ -1,8 +1,11 @@
 //! A JSON-lines file source with a declared schema.
 //!
-//! Each line is parsed straight into typed column builders through a serde
-//! visitor: no intermediate `serde_json::Value`, strings borrowed from the line
-//! when they have no escapes. A line that is not strict JSON, is not an object, or
+//! Each line is parsed straight into typed column builders: a line that is one
+//! flat object of plain values (strings without escapes, non-negative numbers
+//! without exponents, `true`, `false`, `null`) by a hand-written scanner
+//! ([`fast`]), any other through a serde visitor, so unusual values and every
+//! error are judged by `serde_json`. No intermediate `serde_json::Value`; strings
+//! are borrowed from the line when they have no escapes. A line that is not strict JSON, is not an object, or
 //! breaks its schema (a `required` field missing, a value of the wrong JSON type,
 //! a number outside `[min, max]`) becomes a dead letter with the first reason that
 //! applies, in the order: invalid JSON, then the schema's fields in order. Blank
@@ -42,6 +45,8 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::exec::{DeadLetter, Emitter, NodeError, Source};
+
+mod fast;
 use crate::spec::{FieldSpec, FieldType, JsonlSourceSpec, PipelineSpec};
 
 /// Bytes asked of the file per read: large enough that system calls do not show
@@ -666,14 +671,20 @@ pub fn parse_lines(
         };
         cells.clear();
         cells.resize(fields.len(), Cell::Missing);
-        let mut de = serde_json::Deserializer::from_slice(line);
-        let parsed = RecordSeed {
-            fields,
-            cells: &mut cells,
-            hints: &mut hints,
-        }
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
+        let parsed = if fast::record(line, fields, &mut cells, &mut hints) {
+            Ok(())
+        } else {
+            cells.clear();
+            cells.resize(fields.len(), Cell::Missing);
+            let mut de = serde_json::Deserializer::from_slice(line);
+            RecordSeed {
+                fields,
+                cells: &mut cells,
+                hints: &mut hints,
+            }
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
+        };
         if let Err(e) = parsed {
             let text = e.to_string();
             letters.push(if text.starts_with(NOT_AN_OBJECT) {
