@@ -252,12 +252,9 @@ fn group_collects_values_into_a_list() {
     assert_eq!(lists.value(0).len(), 1);
 }
 
-#[test]
-fn group_ten_times_over_the_budget_spills_partitions_and_equals_the_in_memory_group() {
-    let input = wide_batches(40_000, 1000, 11);
-    let bytes: usize = input.iter().map(RecordBatch::get_array_memory_size).sum();
-    let budget = (bytes / 10) as u64;
-    let spec = GroupSpec {
+/// A group of `wide_batches` by user with every kind of aggregate.
+fn wide_group(partitions: std::num::NonZeroUsize) -> GroupSpec {
+    GroupSpec {
         by: vec!["user".into()],
         aggregates: agg(json!([
             {"name": "n", "op": "count"},
@@ -267,16 +264,25 @@ fn group_ten_times_over_the_budget_spills_partitions_and_equals_the_in_memory_gr
             {"name": "last_i", "op": "last", "column": "i"},
             {"name": "distinct_k", "op": "count_distinct", "column": "k"}
         ])),
-        partitions: crate::spec::default_partitions(),
-    };
+        partitions,
+    }
+}
+
+/// `spec` over `input` with memory to spare: the reference result.
+fn group_in_memory(spec: &GroupSpec, input: &[RecordBatch], dir: &std::path::Path) -> Emitter {
+    let mut op =
+        super::super::group::GroupOperator::new("g", spec.clone(), memory(1 << 32, dir), 4096);
+    run_all(&mut op, input.to_vec())
+}
+
+#[test]
+fn group_ten_times_over_the_budget_spills_partitions_and_equals_the_in_memory_group() {
+    let input = wide_batches(40_000, 1000, 11);
+    let bytes: usize = input.iter().map(RecordBatch::get_array_memory_size).sum();
+    let budget = (bytes / 10) as u64;
+    let spec = wide_group(crate::spec::default_partitions());
     let dir = tempfile::tempdir().unwrap();
-    let mut in_memory = super::super::group::GroupOperator::new(
-        "g",
-        spec.clone(),
-        memory(1 << 32, dir.path()),
-        4096,
-    );
-    let expected = run_all(&mut in_memory, input.clone());
+    let expected = group_in_memory(&spec, &input, dir.path());
     assert!(!expected.counters.contains_key("spill_files"));
 
     let mem = memory(budget, dir.path());
@@ -301,24 +307,9 @@ fn a_partition_over_the_budget_is_split_again_and_the_result_is_unchanged() {
     let input = wide_batches(40_000, 1000, 12);
     let bytes: usize = input.iter().map(RecordBatch::get_array_memory_size).sum();
     let budget = (bytes / 10) as u64;
-    let spec = GroupSpec {
-        by: vec!["user".into()],
-        aggregates: agg(json!([
-            {"name": "n", "op": "count"},
-            {"name": "sum_v", "op": "sum", "column": "v"},
-            {"name": "first_i", "op": "first", "column": "i"},
-            {"name": "last_i", "op": "last", "column": "i"}
-        ])),
-        partitions: std::num::NonZeroUsize::new(2).unwrap(),
-    };
+    let spec = wide_group(std::num::NonZeroUsize::new(2).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let mut in_memory = super::super::group::GroupOperator::new(
-        "g",
-        spec.clone(),
-        memory(1 << 32, dir.path()),
-        4096,
-    );
-    let expected = run_all(&mut in_memory, input.clone());
+    let expected = group_in_memory(&spec, &input, dir.path());
 
     let mem = memory(budget, dir.path());
     let spill_dir = mem.spill.path().to_path_buf();

@@ -194,9 +194,8 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use serde::de::DeserializeSeed;
 
-    use super::super::RecordSeed;
+    use super::super::record_by_serde;
     use super::*;
     use crate::spec::FieldType;
 
@@ -216,17 +215,9 @@ mod tests {
     /// What the `serde_json` path makes of a line, or `None` if it rejects it.
     fn by_serde<'a>(line: &'a [u8], fields: &[FieldSpec]) -> Option<Vec<Cell<'a>>> {
         let mut cells = vec![Cell::Missing; fields.len()];
-        let mut hints = Vec::new();
-        let mut de = serde_json::Deserializer::from_slice(line);
-        RecordSeed {
-            fields,
-            cells: &mut cells,
-            hints: &mut hints,
-        }
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .ok()
-        .map(|()| cells)
+        record_by_serde(line, fields, &mut cells, &mut Vec::new())
+            .ok()
+            .map(|()| cells)
     }
 
     fn by_fast<'a>(line: &'a [u8], fields: &[FieldSpec]) -> Option<Vec<Cell<'a>>> {

@@ -637,6 +637,24 @@ fn judge(field: &FieldSpec, cell: &Cell<'_>) -> Option<(String, String)> {
     None
 }
 
+/// Fills `cells` from one line through `serde_json`: the path for every line the
+/// fast path declines, and the judge of what is valid.
+fn record_by_serde<'a>(
+    line: &'a [u8],
+    fields: &[FieldSpec],
+    cells: &mut Vec<Cell<'a>>,
+    hints: &mut Vec<Option<usize>>,
+) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    RecordSeed {
+        fields,
+        cells,
+        hints,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+}
+
 /// Parses a chunk of JSON lines into one batch plus the dead letters of its corrupt
 /// lines. `first_line` is the 1-based number of the chunk's first line in `file`.
 ///
@@ -676,14 +694,7 @@ pub fn parse_lines(
         } else {
             cells.clear();
             cells.resize(fields.len(), Cell::Missing);
-            let mut de = serde_json::Deserializer::from_slice(line);
-            RecordSeed {
-                fields,
-                cells: &mut cells,
-                hints: &mut hints,
-            }
-            .deserialize(&mut de)
-            .and_then(|()| de.end())
+            record_by_serde(line, fields, &mut cells, &mut hints)
         };
         if let Err(e) = parsed {
             let text = e.to_string();
