@@ -123,6 +123,8 @@ mod featurizer;
 pub mod hash;
 pub mod log;
 pub mod metrics;
+#[cfg(feature = "params")]
+pub mod params;
 
 pub use batch::{Batch, Row};
 pub use column::{Column, DataType};

@@ -99,9 +99,8 @@ edition = "2024"
 crate-type = ["cdylib"]
 
 [dependencies]
-weir-guest = { path = "{sdk}" }
+weir-guest = { path = "{sdk}", features = ["params"] }
 serde = { version = "1", features = ["derive"] }
-serde_json = "1"
 
 [profile.release]
 opt-level = 3
@@ -145,7 +144,8 @@ struct Scale(Params);
 
 impl Featurizer for Scale {
     fn init(params: &str) -> Result<Self, String> {
-        serde_json::from_str(params).map(Scale).map_err(|e| format!("bad params: {e}"))
+        // Errors name the key: "bad parameters: `factor`: invalid type: ...".
+        weir_guest::params::parse(params).map(Scale)
     }
 
     fn process(&mut self, input: Batch) -> Result<Batch, StageError> {

@@ -10,7 +10,6 @@
 //! boundary.
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use weir_guest::bucket::Boundaries;
 use weir_guest::{Batch, Column, Featurizer, StageError};
 
@@ -46,7 +45,7 @@ struct Bucketize {
 
 impl Featurizer for Bucketize {
     fn init(params: &str) -> Result<Self, String> {
-        let p: Params = parse_params(params)?;
+        let p: Params = weir_guest::params::parse(params)?;
         Ok(Bucketize {
             input: p.input,
             output: p.output,
@@ -63,20 +62,6 @@ impl Featurizer for Bucketize {
 }
 
 weir_guest::export_featurizer!(Bucketize);
-
-/// Parses JSON parameters; an error names the offending key (`boundaries[2]: …`,
-/// `unknown field `boundary``, `missing field `input``).
-fn parse_params<T: DeserializeOwned>(params: &str) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_str(params);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("bad parameters: {}", e.inner())
-        } else {
-            format!("bad parameters: `{path}`: {}", e.inner())
-        }
-    })
-}
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,6 @@
 //! a slice.
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use weir_guest::bucket::Boundaries;
 use weir_guest::{Batch, Column, Featurizer, StageError, metrics};
 
@@ -61,7 +60,7 @@ struct ClickstreamFeatures {
 
 impl Featurizer for ClickstreamFeatures {
     fn init(params: &str) -> Result<Self, String> {
-        let p: Params = parse_params(params)?;
+        let p: Params = weir_guest::params::parse(params)?;
         Ok(ClickstreamFeatures {
             boundaries: Boundaries::new(p.price_boundaries)
                 .map_err(|e| format!("`price_boundaries` {e}"))?,
@@ -91,19 +90,6 @@ impl Featurizer for ClickstreamFeatures {
 }
 
 weir_guest::export_featurizer!(ClickstreamFeatures);
-
-/// Parses JSON parameters; an error names the offending key.
-fn parse_params<T: DeserializeOwned>(params: &str) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_str(params);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("bad parameters: {}", e.inner())
-        } else {
-            format!("bad parameters: `{path}`: {}", e.inner())
-        }
-    })
-}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,6 @@
 use std::num::NonZeroU32;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use weir_guest::hash;
 use weir_guest::{Batch, Column, Featurizer, StageError};
 
@@ -33,7 +32,7 @@ struct HashBucket {
 
 impl Featurizer for HashBucket {
     fn init(params: &str) -> Result<Self, String> {
-        let p: Params = parse_params(params)?;
+        let p: Params = weir_guest::params::parse(params)?;
         if i32::try_from(p.buckets.get()).is_err() {
             return Err(format!(
                 "`buckets` must be at most {} (the output is int32), got {}",
@@ -60,19 +59,6 @@ impl Featurizer for HashBucket {
 }
 
 weir_guest::export_featurizer!(HashBucket);
-
-/// Parses JSON parameters; an error names the offending key.
-fn parse_params<T: DeserializeOwned>(params: &str) -> Result<T, String> {
-    let de = &mut serde_json::Deserializer::from_str(params);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            format!("bad parameters: {}", e.inner())
-        } else {
-            format!("bad parameters: `{path}`: {}", e.inner())
-        }
-    })
-}
 
 #[cfg(test)]
 mod tests {
