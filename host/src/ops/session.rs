@@ -50,8 +50,8 @@ use crate::exec::memory::{Reservation, RunMemory};
 use crate::exec::{DeadLetter, Emitter, NodeError, Operator};
 use crate::spec::SessionSpec;
 
-/// A session key: the key columns in `arrow-row` encoding, shared between the open
-/// map, the expiry queue and the closed list without copying.
+/// A session key: the key columns in `arrow-row` encoding, shared between the key
+/// index, the key states and the closed list without copying.
 type Key = Arc<[u8]>;
 
 struct Open {

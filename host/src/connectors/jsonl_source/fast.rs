@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use super::{Cell, FieldSpec, same_key};
+use super::{Cell, FieldSpec, KeySeed, remember_key};
 
 /// Powers of ten that are exact in an `f64`, as `serde_json` divides by them.
 const POW10: [f64; 23] = [
@@ -59,14 +59,8 @@ pub(super) fn record<'a>(
         let Some(value) = p.value() else {
             return false;
         };
-        let hint = hints.get(position).copied().flatten();
-        let field = hint
-            .filter(|&i| same_key(&fields[i].name, key))
-            .or_else(|| fields.iter().position(|f| same_key(&f.name, key)));
-        match hints.get_mut(position) {
-            Some(h) => *h = field,
-            None => hints.push(field),
-        }
+        let field = KeySeed::at(fields, hints, position).find(key);
+        remember_key(hints, position, field);
         position += 1;
         if let Some(i) = field {
             cells[i] = value;

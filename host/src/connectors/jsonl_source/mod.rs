@@ -398,12 +398,28 @@ struct KeySeed<'s> {
     hint: Option<usize>,
 }
 
-impl KeySeed<'_> {
+impl<'s> KeySeed<'s> {
+    /// The seed for the key at `position` of a line, hinted by the previous line.
+    fn at(fields: &'s [FieldSpec], hints: &[Option<usize>], position: usize) -> Self {
+        KeySeed {
+            fields,
+            hint: hints.get(position).copied().flatten(),
+        }
+    }
+
     fn find(&self, key: &str) -> Option<usize> {
         if let Some(i) = self.hint.filter(|&i| same_key(&self.fields[i].name, key)) {
             return Some(i);
         }
         self.fields.iter().position(|f| same_key(&f.name, key))
+    }
+}
+
+/// Records that the key at `position` named `field`, for the next line's hint.
+fn remember_key(hints: &mut Vec<Option<usize>>, position: usize, field: Option<usize>) {
+    match hints.get_mut(position) {
+        Some(h) => *h = field,
+        None => hints.push(field),
     }
 }
 
@@ -446,14 +462,8 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut position = 0;
-        while let Some(field) = map.next_key_seed(KeySeed {
-            fields: self.fields,
-            hint: self.hints.get(position).copied().flatten(),
-        })? {
-            match self.hints.get_mut(position) {
-                Some(h) => *h = field,
-                None => self.hints.push(field),
-            }
+        while let Some(field) = map.next_key_seed(KeySeed::at(self.fields, self.hints, position))? {
+            remember_key(self.hints, position, field);
             position += 1;
             match field {
                 Some(i) => self.cells[i] = map.next_value_seed(CellVisitor)?,
