@@ -5,22 +5,30 @@
 //! stages are WebAssembly components run in a sandbox with fuel, memory and
 //! wall-clock caps. Inside the host data moves as Arrow record batches.
 //!
+//! Modules, bottom to top; a module imports only modules below it (a test,
+//! `host/tests/layering.rs`, fails on an import cycle):
+//!
 //! | module | concern |
 //! | --- | --- |
+//! | [`units`] | byte sizes and durations in pipeline files |
+//! | [`node`] | the contract between nodes: traits, envelopes, faults, dead letters, lineage, checkpoints, the memory pool |
+//! | [`wit`] | the host's bindings to the WIT package, generated once |
 //! | [`batch`] | Arrow ⇄ WIT batch conversion, JSON rendering |
 //! | [`sandbox`] | engine, limits, component cache, stage instances |
-//! | [`spec`] | pipeline files, validation |
-//! | [`exec`] | scheduler, channels, backpressure, run summary |
-//! | [`ops`] | built-in operators: map, filter, batch, sample, split |
+//! | [`ops`] | built-in operators (map, filter, batch, sample, split, sort, group, session) and the WebAssembly operator |
 //! | [`connectors`] | sources and sinks |
-//! | [`store`] | components, pipeline versions, lineage (sled) |
-//! | [`units`] | byte sizes and durations in pipeline files |
+//! | [`spec`] | pipeline files: the shape, validation, sub-pipelines |
+//! | [`store`] | components, pipeline versions, lineage, checkpoints (sled) |
+//! | [`plan`] | the composition root: a spec becomes nodes |
+//! | [`exec`] | the scheduler: tasks, channels, backpressure, acknowledgements, checkpoints, the run summary |
+//! | [`live`] | a running pipeline's control: socket, file watch, swaps |
 //!
 //! Running a pipeline from Rust:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use weir::exec::{Plan, RunEnv, RunOptions};
+//! use weir::exec::RunOptions;
+//! use weir::plan::{Plan, RunEnv};
 //! use weir::sandbox::{Sandbox, SandboxConfig};
 //! use weir::spec::PipelineSpec;
 //!
@@ -37,8 +45,12 @@
 pub mod batch;
 pub mod connectors;
 pub mod exec;
+pub mod live;
+pub mod node;
 pub mod ops;
+pub mod plan;
 pub mod sandbox;
 pub mod spec;
 pub mod store;
 pub mod units;
+pub mod wit;

@@ -33,7 +33,7 @@ use arrow::array::{
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 
-use crate::sandbox::bindings::{ColumnValues, Utf8Values, WitBatch, WitColumn};
+use crate::wit::{ColumnValues, Utf8Values, WitBatch, WitColumn};
 
 pub mod json;
 #[cfg(test)]

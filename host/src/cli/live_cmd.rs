@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use weir::exec::live::LiveRun;
-use weir::exec::socket::{self, Request, Response};
-use weir::exec::{self, Plan, RunEnv, RunOptions};
+use weir::exec::{self, RunOptions};
+use weir::live::LiveRun;
+use weir::live::socket::{self, Request, Response};
+use weir::plan::{Plan, RunEnv};
 use weir::spec::PipelineSpec;
 use weir::store::Store;
 
@@ -17,8 +18,17 @@ use weir::store::Store;
 /// after the new version's first batch, and a crate may have to build first.
 const SWAP_PATIENCE: Duration = Duration::from_secs(300);
 
-/// `weir run <file | stored pipeline name> [--watch]`.
-pub fn run(pipeline: &Path, data_dir: PathBuf, progress: bool, watch: bool) -> anyhow::Result<()> {
+/// `weir run <file | stored pipeline name> [--watch] [--resume]`.
+///
+/// A stored pipeline keeps a checkpoint in the store as it runs; `--resume`
+/// continues from it (a run without `--resume` starts over and replaces it).
+pub fn run(
+    pipeline: &Path,
+    data_dir: PathBuf,
+    progress: bool,
+    watch: bool,
+    resume: bool,
+) -> anyhow::Result<()> {
     let store = Store::open(&data_dir)?;
     // A file if there is one; otherwise the active stored version of that name.
     let (spec, version) = if pipeline.exists() {
@@ -36,6 +46,12 @@ pub fn run(pipeline: &Path, data_dir: PathBuf, progress: bool, watch: bool) -> a
         }
         (store.version(name, active)?.runnable_spec(), Some(active))
     };
+    if resume && version.is_none() {
+        bail!(
+            "--resume continues a stored pipeline from its checkpoint; {} is a file (apply it with `weir pipeline apply` first)",
+            pipeline.display()
+        );
+    }
     let env = RunEnv {
         sandbox: super::sandbox(&data_dir)?,
         store: Some(store),
@@ -64,10 +80,10 @@ pub fn run(pipeline: &Path, data_dir: PathBuf, progress: bool, watch: bool) -> a
             }
         };
         let watcher = watch.then(|| {
-            exec::watch::watch(
+            weir::live::watch::watch(
                 pipeline.to_path_buf(),
                 live.clone(),
-                exec::watch::DEFAULT_WATCH_INTERVAL,
+                weir::live::watch::DEFAULT_WATCH_INTERVAL,
             )
         });
         let interrupt = tokio::spawn({
@@ -79,14 +95,24 @@ pub fn run(pipeline: &Path, data_dir: PathBuf, progress: bool, watch: bool) -> a
                 }
             }
         });
-        let result = exec::run_with(plan, &env, &RunOptions { progress }, control.clone()).await;
+        let checkpoints = version.and(env.store.clone()).map(|s| {
+            let s: Arc<dyn weir::node::CheckpointStore> = Arc::new(s);
+            s
+        });
+        let options = RunOptions {
+            progress,
+            checkpoints,
+            resume,
+        };
+        let result = exec::run_with(plan, &env, &options, control.clone()).await;
         interrupt.abort();
         if let Some(w) = watcher {
             w.abort();
         }
         result
     })?;
-    if let Some(store) = &env.store {
+    // A checkpointed run saved its lineage with its checkpoints.
+    if let (Some(store), None) = (&env.store, version) {
         store.append_lineage(&summary.run_id, &control.lineage_log())?;
     }
     print!("{summary}");

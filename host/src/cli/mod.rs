@@ -43,6 +43,10 @@ enum Command {
         /// components and parameters; other changes are refused and logged).
         #[arg(long)]
         watch: bool,
+        /// Continue a stored pipeline from its last checkpoint: sinks restore
+        /// their state, sources continue after their committed positions.
+        #[arg(long)]
+        resume: bool,
     },
     /// Check a pipeline file and print its DAG, without running anything.
     Validate {
@@ -91,12 +95,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             pipeline,
             quiet,
             watch,
-        } => live_cmd::run(&pipeline, data_dir, !quiet, watch),
+            resume,
+        } => live_cmd::run(&pipeline, data_dir, !quiet, watch, resume),
         Command::Validate { pipeline } => {
             let spec = PipelineSpec::from_file(&pipeline)?;
             let dag = spec.validate()?;
             println!("{} is valid: {} nodes", pipeline.display(), dag.nodes.len());
             print!("{}", dag.render());
+            // The output schemas need the nodes themselves (components loaded,
+            // files opened), as a run would prepare them.
+            let env = weir::plan::RunEnv {
+                sandbox: sandbox(&data_dir)?,
+                store: weir::store::Store::open(&data_dir).ok(),
+                data_dir: data_dir.clone(),
+            };
+            let plan = weir::plan::Plan::build(spec, &env)?;
+            println!("output schemas:");
+            for (node, schema) in plan.dag.nodes.iter().zip(&plan.schemas) {
+                match (node.kind, schema) {
+                    (weir::node::NodeKind::Sink, _) => {}
+                    (_, Some(s)) => println!("  {}: {}", node.name, weir::node::schema::render(s)),
+                    (_, None) => println!(
+                        "  {}: learned from its first batch (declare `outputs` to fix it here)",
+                        node.name
+                    ),
+                }
+            }
             Ok(())
         }
         Command::Stage(cmd) => stage_cmd::dispatch(cmd, &data_dir),

@@ -45,8 +45,8 @@ use serde_json::{Value, json};
 use crate::batch::json::{
     JsonOptions, NonFinite, Timestamps, columns_as_values, rows_as_arrays, rows_as_objects,
 };
-use crate::exec::{NodeError, Sink};
-use crate::spec::SpecError;
+use crate::node::config::SpecError;
+use crate::node::{Durability, Lineage, NodeError, Sink};
 use crate::units::Millis;
 
 /// An HTTP feature sink's configuration.
@@ -187,10 +187,10 @@ impl HttpSink {
     /// The request body for `batch`.
     ///
     /// # Errors
-    /// [`NodeError::Data`] for a missing column, an unsupported type, a
+    /// [`NodeError::Config`] for a missing column, an unsupported type, a
     /// non-numeric column in a KServe tensor, or NaN under `non_finite = "error"`.
     pub fn body(&self, batch: &RecordBatch) -> Result<Value, NodeError> {
-        let data = |e: crate::batch::BatchError| NodeError::Data(e.to_string());
+        let data = |e: crate::batch::BatchError| NodeError::config(e.to_string());
         let columns = self.spec.columns.as_deref();
         let options = self.options();
         Ok(match (self.spec.protocol, &self.spec.tensor) {
@@ -216,7 +216,7 @@ impl HttpSink {
                 let cols = columns_as_values(batch, columns, options).map_err(data)?;
                 for (name, t, _) in &cols {
                     if !t.is_numeric() {
-                        return Err(NodeError::Data(format!(
+                        return Err(NodeError::Config(format!(
                             "column `{name}` is {t}; a KServe tensor takes numeric columns only"
                         )));
                     }
@@ -260,17 +260,23 @@ impl HttpSink {
                     let text: String = text.chars().take(200).collect();
                     let message = format!("POST {url}: HTTP {status}: {text}");
                     if status != 429 && status < 500 {
-                        return Err(NodeError::Data(message));
+                        return Err(NodeError::Service {
+                            service: url.clone(),
+                            transient: false,
+                            message,
+                        });
                     }
                     message
                 }
                 Err(e) => format!("POST {url}: {e}"),
             };
             if attempt >= self.spec.retries {
-                let tries = NonZeroU32::new(attempt + 1).expect("at least one");
-                return Err(NodeError::Data(format!(
-                    "{failure} (after {tries} attempts)"
-                )));
+                let tries = NonZeroU32::new(attempt + 1).unwrap_or(NonZeroU32::MIN);
+                return Err(NodeError::Service {
+                    service: url.clone(),
+                    transient: true,
+                    message: format!("{failure} (after {tries} attempts)"),
+                });
             }
             tracing::warn!(url = %url, attempt, delay_ms = delay.as_millis() as u64, "transient failure, retrying: {failure}");
             std::thread::sleep(delay);
@@ -293,12 +299,17 @@ fn kserve_type(t: &DataType, options: JsonOptions) -> &'static str {
 }
 
 impl Sink for HttpSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
+    /// A write is durable once the model server answered 2xx.
+    fn durability(&self) -> Durability {
+        Durability::OnWrite
+    }
+
+    fn write(&mut self, batch: &RecordBatch, _lineage: &Lineage) -> Result<(), NodeError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let body =
-            serde_json::to_vec(&self.body(batch)?).map_err(|e| NodeError::Data(e.to_string()))?;
+            serde_json::to_vec(&self.body(batch)?).map_err(|e| NodeError::Bug(e.to_string()))?;
         self.post(&body)
     }
 }

@@ -1,8 +1,19 @@
 //! A JSON-lines file sink: one JSON object per row.
 //!
-//! Output goes to a temporary file beside the target and is renamed into place when
-//! the run closes the sink, after an `fsync`: readers see either the previous file
-//! or the complete new one, and a failed run leaves the previous file untouched.
+//! Output goes to an in-progress file beside the target
+//! (`<path>.weir-inprogress`) and is renamed into place when the run closes the
+//! sink, after an `fsync`: readers see either the previous file or the complete
+//! new one, and a failed run leaves the previous file untouched.
+//!
+//! The sink is durable at its flush points ([`Durability::OnFlush`]): the
+//! executor flushes it at checkpoint intervals; a flush syncs the in-progress
+//! file and returns its length and line count as the state a resumed run
+//! restores. Restoring truncates the in-progress file (or a copy of the published
+//! output, when the run being resumed had closed) to that length, dropping what
+//! was written after the last checkpoint, and appends from there: a resumed run
+//! re-reads its input from the checkpointed positions, so every record ends up in
+//! the output at least once, and records between the checkpoint's position and
+//! the sink's state appear twice.
 //!
 //! With `lineage = true` a side file `<path>.lineage.jsonl` gets one line per
 //! written batch, `{"first_line": 1, "lines": 50, "lineage": {...}}` (lines counted
@@ -16,16 +27,48 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 
+use serde::{Deserialize, Serialize};
+
 use crate::batch::json::{JsonOptions, write_object_lines};
-use crate::exec::lineage::Lineage;
-use crate::exec::{NodeError, Sink};
-use crate::spec::{JsonlSinkSpec, PipelineSpec};
+use crate::node::{Durability, Lineage, NodeError, Sink};
+
+/// A JSON-lines file sink: one JSON object per row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkSpec {
+    /// The file, relative to the pipeline file; replaced on each run.
+    pub path: PathBuf,
+    /// Round floats to this many decimal places. Default: none (shortest exact form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub float_decimals: Option<u8>,
+    /// Columns to write, in order. Default: all, in batch order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// Also write `<path>.lineage.jsonl`: per written batch, its lines in the
+    /// output and its lineage (pipeline version, stage digests and parameter
+    /// hashes, source positions), so `weir lineage <path>:<line>` answers from the
+    /// output alone. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage: bool,
+}
+
+/// What a flush made durable: the state a resumed run restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct FlushState {
+    bytes: u64,
+    lines: u64,
+    #[serde(default)]
+    side_bytes: u64,
+}
 
 /// Writes rows as JSON lines.
 pub struct JsonlSink {
     path: PathBuf,
     tmp: PathBuf,
     out: Option<BufWriter<File>>,
+    /// Bytes written to the in-progress file.
+    bytes: u64,
+    closed: bool,
     columns: Option<Vec<String>>,
     options: JsonOptions,
     lineage: Option<SideFile>,
@@ -39,6 +82,7 @@ struct SideFile {
     path: PathBuf,
     tmp: PathBuf,
     out: Option<BufWriter<File>>,
+    bytes: u64,
 }
 
 /// One line of a lineage side file: output lines `first_line ..
@@ -84,38 +128,61 @@ pub fn lineage_of_line(output: &Path, line: u64) -> std::io::Result<Option<Linea
 
 fn tmp_beside(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
+    tmp.push(".weir-inprogress");
     PathBuf::from(tmp)
 }
 
+/// Opens `tmp` to continue at `bytes`: the in-progress file if it holds that
+/// much, else a copy of the published `path`.
+fn reopen_at(tmp: &Path, path: &Path, bytes: u64) -> std::io::Result<BufWriter<File>> {
+    let long_enough = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() >= bytes);
+    if !long_enough(tmp) {
+        if !long_enough(path) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "neither {} nor {} holds the {bytes} bytes the checkpoint names",
+                    tmp.display(),
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::copy(path, tmp)?;
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(tmp)?;
+    file.set_len(bytes)?;
+    file.sync_all()?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(bytes))?;
+    Ok(out)
+}
+
 impl JsonlSink {
-    /// Creates the temporary output file (and its directory).
+    /// A sink writing to `path` (resolved), creating its directory. The
+    /// in-progress file is opened at the first write, or by [`Sink::restore`].
     ///
     /// # Errors
-    /// The directory or file cannot be created.
-    pub fn create(pipeline: &PipelineSpec, spec: &JsonlSinkSpec) -> std::io::Result<Self> {
-        let path = pipeline.resolve(&spec.path);
+    /// The directory cannot be created.
+    pub fn create(spec: &JsonlSinkSpec, path: PathBuf) -> std::io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
         let tmp = tmp_beside(&path);
-        let file = File::create(&tmp)?;
-        let lineage = if spec.lineage {
+        let lineage = spec.lineage.then(|| {
             let side = lineage_path(&path);
-            let side_tmp = tmp_beside(&side);
-            let out = Some(BufWriter::new(File::create(&side_tmp)?));
-            Some(SideFile {
+            SideFile {
+                tmp: tmp_beside(&side),
                 path: side,
-                tmp: side_tmp,
-                out,
-            })
-        } else {
-            None
-        };
+                out: None,
+                bytes: 0,
+            }
+        });
         Ok(Self {
             path,
             tmp,
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            bytes: 0,
+            closed: false,
+            out: None,
             columns: spec.columns.clone(),
             options: JsonOptions {
                 float_decimals: spec.float_decimals,
@@ -127,50 +194,110 @@ impl JsonlSink {
         })
     }
 
-    fn io(&self, source: std::io::Error) -> NodeError {
-        NodeError::Io {
-            path: self.path.display().to_string(),
-            source,
+    fn io(&self, error: std::io::Error) -> NodeError {
+        NodeError::io(self.path.display(), error)
+    }
+
+    /// Opens fresh in-progress files unless a restore opened them.
+    fn ensure_open(&mut self) -> Result<(), NodeError> {
+        if self.out.is_none() {
+            let file = File::create(&self.tmp).map_err(|e| self.io(e))?;
+            self.out = Some(BufWriter::with_capacity(1 << 20, file));
         }
+        if let Some(side) = self.lineage.as_mut()
+            && side.out.is_none()
+        {
+            let file = File::create(&side.tmp).map_err(|e| NodeError::io(side.path.display(), e))?;
+            side.out = Some(BufWriter::new(file));
+        }
+        Ok(())
     }
 }
 
 impl Sink for JsonlSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
+    fn write(&mut self, batch: &RecordBatch, lineage: &Lineage) -> Result<(), NodeError> {
+        self.ensure_open()?;
         self.text.clear();
         write_object_lines(batch, self.columns.as_deref(), self.options, &mut self.text)
-            .map_err(|e| NodeError::Data(format!("{}: {e}", self.path.display())))?;
-        let out = self.out.as_mut().expect("written before close");
+            .map_err(|e| NodeError::config(format!("{}: {e}", self.path.display())))?;
+        let Some(out) = self.out.as_mut() else {
+            return Err(NodeError::Bug("write after close".into()));
+        };
         let result = out.write_all(&self.text);
         result.map_err(|e| self.io(e))?;
+        self.bytes += self.text.len() as u64;
         let first_line = self.lines + 1;
         self.lines += batch.num_rows() as u64;
-        if let Some(side) = self.lineage.as_mut() {
+        if let Some(side) = self.lineage.as_mut()
+            && let Some(out) = side.out.as_mut()
+        {
             let entry = LineageLine {
                 first_line,
                 lines: batch.num_rows() as u64,
-                lineage: Lineage::of(batch).unwrap_or_default(),
+                lineage: lineage.clone(),
             };
-            let out = side.out.as_mut().expect("written before close");
-            let written = serde_json::to_writer(&mut *out, &entry)
-                .map_err(std::io::Error::from)
-                .and_then(|()| out.write_all(b"\n"));
-            written.map_err(|source| NodeError::Io {
-                path: side.path.display().to_string(),
-                source,
-            })?;
+            let mut line = serde_json::to_vec(&entry).map_err(|e| NodeError::Bug(e.to_string()))?;
+            line.push(b'\n');
+            out.write_all(&line)
+                .map_err(|e| NodeError::io(side.path.display(), e))?;
+            side.bytes += line.len() as u64;
         }
         Ok(())
     }
 
-    fn close(&mut self) -> Result<(), NodeError> {
+    fn durability(&self) -> Durability {
+        Durability::OnFlush
+    }
+
+    fn flush(&mut self) -> Result<Option<String>, NodeError> {
+        self.ensure_open()?;
+        if let Some(out) = self.out.as_mut() {
+            let synced = out.flush().and_then(|()| out.get_ref().sync_data());
+            synced.map_err(|e| self.io(e))?;
+        }
+        if let Some(side) = self.lineage.as_mut()
+            && let Some(out) = side.out.as_mut()
+        {
+            out.flush()
+                .and_then(|()| out.get_ref().sync_data())
+                .map_err(|e| NodeError::io(side.path.display(), e))?;
+        }
+        let state = FlushState {
+            bytes: self.bytes,
+            lines: self.lines,
+            side_bytes: self.lineage.as_ref().map_or(0, |s| s.bytes),
+        };
+        serde_json::to_string(&state)
+            .map(Some)
+            .map_err(|e| NodeError::Bug(e.to_string()))
+    }
+
+    fn restore(&mut self, state: &str) -> Result<(), NodeError> {
+        let state: FlushState = serde_json::from_str(state).map_err(|e| {
+            NodeError::config(format!(
+                "{}: the checkpoint's sink state `{state}` does not parse: {e}",
+                self.path.display()
+            ))
+        })?;
+        let out = reopen_at(&self.tmp, &self.path, state.bytes).map_err(|e| self.io(e))?;
+        self.out = Some(out);
+        self.bytes = state.bytes;
+        self.lines = state.lines;
+        if let Some(side) = self.lineage.as_mut() {
+            let out = reopen_at(&side.tmp, &side.path, state.side_bytes)
+                .map_err(|e| NodeError::io(side.path.display(), e))?;
+            side.out = Some(out);
+            side.bytes = state.side_bytes;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, _complete: bool) -> Result<(), NodeError> {
+        self.ensure_open()?;
         if let Some(side) = self.lineage.as_mut()
             && let Some(out) = side.out.take()
         {
-            let io = |source| NodeError::Io {
-                path: side.path.display().to_string(),
-                source,
-            };
+            let io = |e| NodeError::io(side.path.display(), e);
             let file = out.into_inner().map_err(|e| io(e.into_error()))?;
             file.sync_all().map_err(io)?;
             std::fs::rename(&side.tmp, &side.path).map_err(io)?;
@@ -180,18 +307,8 @@ impl Sink for JsonlSink {
         };
         let file = out.into_inner().map_err(|e| self.io(e.into_error()))?;
         file.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))
-    }
-}
-
-impl Drop for JsonlSink {
-    fn drop(&mut self) {
-        // Not closed: the run failed. Leave the previous output as it was.
-        if self.out.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-        if let Some(side) = self.lineage.as_ref().filter(|s| s.out.is_some()) {
-            let _ = std::fs::remove_file(&side.tmp);
-        }
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
+        self.closed = true;
+        Ok(())
     }
 }

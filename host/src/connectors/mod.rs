@@ -1,6 +1,7 @@
 //! Sources and sinks, one file each.
 //!
-//! Built-in connectors implement [`crate::exec::Source`] and [`crate::exec::Sink`];
+//! Built-in connectors implement [`crate::node::Source`] and [`crate::node::Sink`]
+//! (network ones the async traits beside them);
 //! the spec's kind table (`[source.jsonl]`, `[sink.jsonl]`) picks one.
 
 pub mod http;
@@ -10,7 +11,7 @@ mod sequence;
 pub mod vectors;
 
 pub use http::{HttpSink, HttpSinkSpec};
-pub use jsonl_sink::{JsonlSink, LineageLine, lineage_of_line, lineage_path};
-pub use jsonl_source::{JsonlSource, parse_lines, parse_pieces};
+pub use jsonl_sink::{JsonlSink, JsonlSinkSpec, LineageLine, lineage_of_line, lineage_path};
+pub use jsonl_source::{JsonlSource, JsonlSourceSpec, parse_lines, parse_pieces, schema_of};
 pub use sequence::{SequenceSource, SequenceSourceSpec, default_sequence_column};
 pub use vectors::{VectorsSink, VectorsSinkSpec};

@@ -15,7 +15,7 @@ use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::exec::{Emitter, NodeError, Source};
+use crate::node::{Emitter, NodeError, Source};
 
 /// A generator of numbered records (`[source.sequence]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +78,10 @@ impl SequenceSource {
 }
 
 impl Source for SequenceSource {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
     fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
         let end = self.end.unwrap_or(i64::MAX);
         let rows = (end - self.next).clamp(0, self.batch_rows as i64);
@@ -95,12 +99,16 @@ impl Source for SequenceSource {
         let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(values)])?;
         self.next += rows;
         self.batches += 1;
-        out.push(batch);
+        out.push_at(batch, Some(self.next.to_string()));
         Ok(self.next < end)
     }
 
-    fn position(&self) -> Option<String> {
-        Some(self.next.to_string())
+    /// The position is the next number to produce.
+    fn seek(&mut self, position: &str) -> Result<(), NodeError> {
+        self.next = position.parse().map_err(|_| {
+            NodeError::config(format!("`{position}` is not a sequence position (an integer)"))
+        })?;
+        Ok(())
     }
 }
 
@@ -126,7 +134,10 @@ mod tests {
             }
         }
         assert_eq!(seen, vec![vec![5, 6], vec![7, 8], vec![9]]);
-        assert_eq!(src.position().as_deref(), Some("10"));
+        src.seek("8").unwrap();
+        let mut out = Emitter::default();
+        src.next_batch(&mut out).unwrap();
+        assert_eq!(out.positions, vec![Some("10".to_owned())]);
     }
 
     #[test]

@@ -30,8 +30,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::json::{JsonOptions, NonFinite, Timestamps, rows_as_arrays, rows_as_objects};
-use crate::exec::{NodeError, Sink};
-use crate::spec::PipelineSpec;
+use crate::node::{Lineage, NodeError, Sink};
 
 /// A feature-vector file sink's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +97,7 @@ impl VectorsSink {
     ///
     /// # Errors
     /// The directory or file cannot be created.
-    pub fn create(pipeline: &PipelineSpec, spec: &VectorsSinkSpec) -> std::io::Result<Self> {
-        let path = pipeline.resolve(&spec.path);
+    pub fn create(spec: &VectorsSinkSpec, path: PathBuf) -> std::io::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -115,17 +113,14 @@ impl VectorsSink {
         })
     }
 
-    fn io(&self, source: std::io::Error) -> NodeError {
-        NodeError::Io {
-            path: self.path.display().to_string(),
-            source,
-        }
+    fn io(&self, error: std::io::Error) -> NodeError {
+        NodeError::io(self.path.display(), error)
     }
 }
 
 impl Sink for VectorsSink {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
-        let data = |e| NodeError::Data(format!("{}: {e}", self.path.display()));
+    fn write(&mut self, batch: &RecordBatch, _lineage: &Lineage) -> Result<(), NodeError> {
+        let data = |e| NodeError::config(format!("{}: {e}", self.path.display()));
         let options = self.spec.options();
         let columns = self.spec.columns.as_deref();
         let mut text = Vec::new();
@@ -157,7 +152,7 @@ impl Sink for VectorsSink {
         r.map_err(|e| self.io(e))
     }
 
-    fn close(&mut self) -> Result<(), NodeError> {
+    fn close(&mut self, _complete: bool) -> Result<(), NodeError> {
         let Some(out) = self.out.take() else {
             return Ok(());
         };
@@ -206,7 +201,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec: VectorsSinkSpec =
             toml::from_str(&format!("path = \"v.jsonl\"\n{spec_toml}")).unwrap();
-        let pipeline = PipelineSpec::from_toml("name = \"p\"", "p.toml").map(|mut p| {
+        let pipeline = crate::spec::PipelineSpec::from_toml("name = \"p\"", "p.toml").map(|mut p| {
             p.base_dir = dir.path().to_path_buf();
             p
         });

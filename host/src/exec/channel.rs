@@ -6,23 +6,32 @@
 //! a slow reader makes the writer wait, and the writer's writer, up to the source:
 //! that is backpressure. A batch larger than the whole bound is admitted alone
 //! rather than deadlocking. Time spent waiting is measured for the run summary.
+//!
+//! What a channel carries is an [`Envelope`]: the batch with its lineage and
+//! delivery tokens. The depth reported for the run summary is counted apart from
+//! the semaphore and the queue that enforce the bound (an increment when a
+//! message is queued, a decrement when it is taken), so a test that reads it
+//! checks the bound rather than restating it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
+use crate::node::Envelope;
 use crate::units::ByteSize;
 
 struct Message {
-    batch: RecordBatch,
+    envelope: Envelope,
+    kib: usize,
     _permit: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
 struct Depth {
+    queued: AtomicUsize,
+    queued_kib: AtomicUsize,
     max_batches: AtomicUsize,
     max_kib: AtomicUsize,
 }
@@ -66,13 +75,15 @@ pub fn bounded(batches: std::num::NonZeroUsize, bytes: ByteSize) -> (Sender, Rec
 }
 
 impl Sender {
-    /// Sends a batch, waiting while the channel is full. Returns how long it waited.
+    /// Sends an envelope, waiting while the channel is full. Returns how long it
+    /// waited.
     ///
     /// # Errors
     /// [`Closed`] when the receiver is gone.
-    pub async fn send(&self, batch: RecordBatch) -> Result<Duration, Closed> {
+    pub async fn send(&self, envelope: Envelope) -> Result<Duration, Closed> {
         let started = Instant::now();
-        let kib = u32::try_from(batch.get_array_memory_size().div_ceil(1024))
+        let real_kib = envelope.batch.get_array_memory_size().div_ceil(1024);
+        let kib = u32::try_from(real_kib)
             .unwrap_or(u32::MAX)
             .clamp(1, self.capacity_kib);
         let permit = self
@@ -81,27 +92,30 @@ impl Sender {
             .acquire_many_owned(kib)
             .await
             .map_err(|_| Closed)?;
-        self.tx
-            .send(Message {
-                batch,
-                _permit: permit,
-            })
-            .await
-            .map_err(|_| Closed)?;
-        // Depth from the channel's own accounting, which never exceeds its bounds.
-        let batches = self.tx.max_capacity() - self.tx.capacity();
-        let kib = (self.capacity_kib as usize).saturating_sub(self.budget.available_permits());
+        let slot = self.tx.reserve().await.map_err(|_| Closed)?;
+        // Counted once the message has its slot and before it is visible, so the
+        // receiver's decrement never runs first.
+        let batches = self.depth.queued.fetch_add(1, Ordering::SeqCst) + 1;
+        let queued_kib = self.depth.queued_kib.fetch_add(real_kib, Ordering::SeqCst) + real_kib;
         self.depth.max_batches.fetch_max(batches, Ordering::Relaxed);
-        self.depth.max_kib.fetch_max(kib, Ordering::Relaxed);
+        self.depth.max_kib.fetch_max(queued_kib, Ordering::Relaxed);
+        slot.send(Message {
+            envelope,
+            kib: real_kib,
+            _permit: permit,
+        });
         Ok(started.elapsed())
     }
 }
 
 impl Receiver {
-    /// The next batch, or `None` when every sender is gone and the channel is empty.
-    pub async fn recv(&mut self) -> Option<RecordBatch> {
+    /// The next envelope, or `None` when every sender is gone and the channel is
+    /// empty.
+    pub async fn recv(&mut self) -> Option<Envelope> {
         let msg = self.rx.recv().await?;
-        Some(msg.batch)
+        self.depth.queued.fetch_sub(1, Ordering::SeqCst);
+        self.depth.queued_kib.fetch_sub(msg.kib, Ordering::SeqCst);
+        Some(msg.envelope)
     }
 
     /// The deepest the queue has been: (batches, bytes).

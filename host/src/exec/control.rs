@@ -28,111 +28,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::lineage::{Lineage, LineageRecord};
-use crate::sandbox::{FeaturizerStage, Grants, LoadError, Sandbox, StageFailure, StageLimits};
-
-/// One change to a running stage.
-pub enum StageChange {
-    /// New parameters: a new `init` on a fresh instance of the same component.
-    Params(String),
-    /// A new stage (new component, limits or grants), already instantiated and
-    /// `init`ed off the hot path.
-    Stage(Box<FeaturizerStage>),
-}
-
-impl std::fmt::Debug for StageChange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Params(p) => f.debug_tuple("Params").field(p).finish(),
-            Self::Stage(s) => f.debug_tuple("Stage").field(&s.digest()).finish(),
-        }
-    }
-}
-
-/// What a successful swap changed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SwapApplied {
-    /// The stage.
-    pub stage: String,
-    /// The component digest now running.
-    pub digest: String,
-    /// The parameters now in effect.
-    pub params: String,
-    /// Index (counted from 0 over the run) of the first batch the new version
-    /// processed; `None` when the stream ended before another batch came.
-    pub first_batch: Option<u64>,
-}
-
-/// Why a swap did not take effect. In every case the previous version keeps
-/// running.
-#[derive(Debug, thiserror::Error)]
-pub enum SwapError {
-    /// No stage of that name runs in this pipeline (or it is not a WebAssembly stage).
-    #[error("no swappable stage `{stage}` in the running pipeline (stages: {known})")]
-    NoSuchStage {
-        /// The name asked for.
-        stage: String,
-        /// The names that exist.
-        known: String,
-    },
-    /// The new component failed validation (not a component, a wrong world, an
-    /// import not granted).
-    #[error("swap of `{stage}` refused: {source}")]
-    Load {
-        /// The stage.
-        stage: String,
-        /// Why.
-        source: LoadError,
-    },
-    /// The new version failed to start (`init` refused its parameters, or trapped).
-    #[error("swap of `{stage}` refused: {source}")]
-    Start {
-        /// The stage.
-        stage: String,
-        /// Why.
-        source: StageFailure,
-    },
-    /// The new version failed on its first batch; the previous one was restored and
-    /// processed that batch.
-    #[error("swap of `{stage}` rolled back: it failed on its first batch: {source}")]
-    RolledBack {
-        /// The stage.
-        stage: String,
-        /// The failure.
-        source: StageFailure,
-    },
-    /// The request was malformed (for example, a new pipeline version whose graph
-    /// differs from the running one).
-    #[error("swap refused: {0}")]
-    Refused(String),
-    /// The run ended before the request was handled.
-    #[error("the run ended before the swap of `{stage}` was applied")]
-    RunEnded {
-        /// The stage.
-        stage: String,
-    },
-}
-
-/// A change with the channel its outcome goes back on, as an operator receives it
-/// (see [`crate::exec::Operator::swap`]).
-pub struct SwapRequest {
-    /// What to change.
-    pub change: StageChange,
-    /// Where the outcome goes.
-    pub reply: SwapReply,
-}
-
-/// The requester's end of a swap: answered exactly once, when the outcome is known.
-pub struct SwapReply(oneshot::Sender<Result<SwapApplied, SwapError>>);
-
-impl SwapReply {
-    /// Answers the requester; a requester that stopped waiting is not an error.
-    pub fn send(self, outcome: Result<SwapApplied, SwapError>) {
-        let _ = self.0.send(outcome);
-    }
-}
+pub use crate::node::swap::{StageChange, SwapApplied, SwapError, SwapReply, SwapRequest};
+use crate::node::LineageRecord;
 
 pub(crate) type SwapReceiver = mpsc::UnboundedReceiver<SwapRequest>;
 
@@ -152,7 +51,6 @@ struct Inner {
     started: watch::Sender<bool>,
     version: Mutex<Option<u64>>,
     lineage: Mutex<Vec<LineageRecord>>,
-    sink_rows: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for RunControl {
@@ -164,7 +62,6 @@ impl Default for RunControl {
                 started: watch::Sender::new(false),
                 version: Mutex::default(),
                 lineage: Mutex::default(),
-                sink_rows: Mutex::default(),
             }),
         }
     }
@@ -234,12 +131,9 @@ impl RunControl {
                 known: self.stages().join(", "),
             });
         };
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = SwapReply::channel();
         sender
-            .send(SwapRequest {
-                change,
-                reply: SwapReply(reply),
-            })
+            .send(SwapRequest { change, reply })
             .map_err(|_| SwapError::RunEnded {
                 stage: stage.to_owned(),
             })?;
@@ -266,42 +160,14 @@ impl RunControl {
         self.inner.lineage.lock().expect("control lock").clone()
     }
 
-    /// Records that `sink` wrote `rows` rows of `batch`'s lineage.
-    pub(crate) fn log_written(&self, sink: &str, batch: &arrow::array::RecordBatch) {
-        let rows = batch.num_rows() as u64;
-        let first_row = {
-            let mut counts = self.inner.sink_rows.lock().expect("control lock");
-            let n = counts.entry(sink.to_owned()).or_default();
-            let first = *n;
-            *n += rows;
-            first
-        };
-        let Some(lineage) = Lineage::of(batch) else {
-            return;
-        };
-        let mut log = self.inner.lineage.lock().expect("control lock");
-        if let Some(last) = log.iter_mut().rev().find(|r| r.sink == sink) {
-            let l = &mut last.lineage;
-            let contiguous = last.first_row + last.rows == first_row
-                && l.pipeline == lineage.pipeline
-                && l.version == lineage.version
-                && l.stages == lineage.stages
-                && l.sources.len() == 1
-                && lineage.sources.len() == 1
-                && l.sources[0].source == lineage.sources[0].source
-                && l.sources[0].to == lineage.sources[0].from;
-            if contiguous {
-                l.sources[0].to = lineage.sources[0].to.clone();
-                last.rows += rows;
-                return;
-            }
-        }
-        log.push(LineageRecord {
-            sink: sink.to_owned(),
-            first_row,
-            rows,
-            lineage,
-        });
+    /// Adds a sink's lineage record (consecutive rows sharing one lineage) to
+    /// the run's log.
+    pub(crate) fn log_written(&self, record: &LineageRecord) {
+        self.inner
+            .lineage
+            .lock()
+            .expect("control lock")
+            .push(record.clone());
     }
 
     pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
@@ -327,28 +193,3 @@ impl RunControl {
     }
 }
 
-/// Loads component `bytes` and instantiates it as stage `name` with `params`, off
-/// the hot path, so that a swap to it can be queued only if it would start.
-///
-/// # Errors
-/// [`SwapError::Load`] when the component fails validation; [`SwapError::Start`]
-/// when instantiating or `init` fails.
-pub fn prepare_stage(
-    sandbox: &Sandbox,
-    bytes: &[u8],
-    name: &str,
-    params: &str,
-    limits: StageLimits,
-    grants: Grants,
-) -> Result<FeaturizerStage, SwapError> {
-    let component = sandbox.load(bytes).map_err(|source| SwapError::Load {
-        stage: name.to_owned(),
-        source,
-    })?;
-    FeaturizerStage::new(sandbox, &component, name, params, limits, grants).map_err(|source| {
-        SwapError::Start {
-            stage: name.to_owned(),
-            source,
-        }
-    })
-}

@@ -1,9 +1,12 @@
-//! The executor: one task per node, bounded channels between them.
+//! The scheduler: one task per node, bounded channels between them, delivery
+//! tracked from each source batch to the sinks, checkpoints.
 //!
 //! ```text
 //!   source ──[ch]──► stage ──[ch]──► stage ──[ch]──► sink
-//!     │ blocking pool   │ blocking pool                 │ blocking pool
-//!     └── dead letters ─┴───────────────► run's dead-letter file
+//!     │  token per batch      │ lineage + tokens ride along   │ durable (write / flush / close)
+//!     │◄── commit(frontier) ──┴───────────── tokens dropped ◄─┘
+//!     └── dead letters ──► DeadLetterStore (own thread; tokens held until synced)
+//!   checkpointer: every `settings.checkpoint_interval`, frontiers then sink states → the store
 //! ```
 //!
 //! Each node runs as a tokio task; its own work (parsing, a WebAssembly call, a
@@ -11,43 +14,43 @@
 //! scheduler. Channels are bounded in batches and bytes ([`channel`]): a slow node
 //! makes its upstream wait, all the way back to the source, which then reads less.
 //!
+//! Delivery is at-least-once (see [`crate::node::ack`]): a source position is
+//! committed, and checkpointed, once everything read up to it is durable in every
+//! sink downstream or in the dead-letter store. A resumed run restores each sink's
+//! state and seeks each source to its checkpointed position.
+//!
 //! A bounded source ends the run cleanly: when it is exhausted its channel closes,
 //! each operator `finish`es and closes its own, and sinks close (flush, rename into
-//! place). When any node fails, the run stops: the other tasks are aborted, the
-//! error names the node, and sinks do not rename their partial output into place.
+//! place). When any node fails, the run stops: the failing node poisons every
+//! commit tracker while it still holds its input (so nothing it drops looks
+//! delivered), the other tasks are aborted, the error names the node, and sinks
+//! do not publish their partial output.
 
 pub mod channel;
 pub mod control;
-mod dead_letter;
-pub mod lineage;
-pub mod live;
-pub mod memory;
-mod node;
-mod plan;
-pub mod shadow;
-pub mod socket;
+mod progress;
 mod summary;
-mod wasm;
-pub mod watch;
+mod tasks;
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use tokio::task::JoinSet;
 
 pub use control::{RunControl, StageChange, SwapApplied, SwapError};
-pub use dead_letter::DeadLetterFile;
-pub use node::{DeadLetter, Emitter, NodeError, Operator, Sink, Source};
-pub use plan::{NodeImpl, Plan, PlanError, RunEnv};
 pub use summary::{NodeStats, RunSummary};
-pub use wasm::WasmOperator;
 
-use crate::spec::NodeKind;
+pub use crate::node::{DeadLetter, Emitter, NodeError, Operator, Sink, Source};
+pub use crate::plan::{NodeImpl, Plan, PlanError, RunEnv};
+
+use crate::node::{
+    Checkpoint, CheckpointStore, CommitTracker, DeadLetterStore, FileDeadLetters, LineageRecord,
+    NodeKind,
+};
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +59,12 @@ pub enum RunError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// A node failed while running.
-    #[error("node `{node}` failed: {source}")]
+    #[error("node `{node}` failed: {error}")]
     Node {
         /// The node.
         node: String,
-        /// Why.
-        source: NodeError,
+        /// Why (its fault is [`NodeError::fault`]).
+        error: NodeError,
     },
     /// A node panicked: a bug in weir, not in the pipeline.
     #[error("node `{node}` panicked: {message} (this is a bug in weir)")]
@@ -72,45 +75,81 @@ pub enum RunError {
         message: String,
     },
     /// Dead letters could not be written, so records would be lost: the run stops.
-    #[error("cannot write dead letters to {path}: {source}")]
-    DeadLetters {
-        /// The file.
-        path: String,
+    #[error(transparent)]
+    DeadLetters(#[from] crate::node::DeadLetterError),
+    /// The checkpoint could not be read or written.
+    #[error("checkpoint of `{pipeline}`: {message}")]
+    Checkpoint {
+        /// The pipeline.
+        pipeline: String,
         /// Why.
-        source: std::io::Error,
+        message: String,
     },
 }
 
 /// How to run a plan.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Print a progress line to stderr every half second (only on a terminal).
     pub progress: bool,
+    /// Where checkpoints are kept; `None`: the run keeps none and cannot be
+    /// resumed (a pipeline run from a file).
+    pub checkpoints: Option<Arc<dyn CheckpointStore>>,
+    /// Continue from the pipeline's last checkpoint instead of starting over.
+    /// Without one the run starts from the beginning.
+    pub resume: bool,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("progress", &self.progress)
+            .field("checkpoints", &self.checkpoints.is_some())
+            .field("resume", &self.resume)
+            .finish()
+    }
 }
 
 /// Shared by the tasks of a run.
-struct RunShared {
-    letters: DeadLetterFile,
-    own_letters: HashMap<String, DeadLetterFile>,
-    records_read: AtomicU64,
-    /// Set by a failing node before it drops its output channels, so a sink that
-    /// sees its input end because of the failure does not publish partial output.
-    failed: std::sync::atomic::AtomicBool,
+pub(crate) struct RunShared {
+    pub(crate) letters: Arc<dyn DeadLetterStore>,
+    pub(crate) records_read: AtomicU64,
+    /// Set by a failing node before it drops its input or its output channels,
+    /// so a sink that sees its input end because of the failure does not publish
+    /// partial output, and no token dropped from then on commits anything.
+    failed: AtomicBool,
+    pub(crate) trackers: Vec<Arc<CommitTracker>>,
+    /// Per sink, the state of its last durable flush.
+    pub(crate) sink_states: Mutex<BTreeMap<String, String>>,
+    /// Lineage records not yet saved with a checkpoint.
+    pub(crate) lineage: Mutex<Vec<LineageRecord>>,
 }
 
 impl RunShared {
-    fn letters_for(&self, node: &str) -> &DeadLetterFile {
-        self.own_letters.get(node).unwrap_or(&self.letters)
+    /// Marks the run failed and stops every commit frontier. Called by a failing
+    /// node while it still holds what it was working on.
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        for t in &self.trackers {
+            t.poison();
+        }
     }
 
-    fn keep(&self, node: &str, letters: &[crate::exec::DeadLetter]) -> Result<(), RunError> {
-        let file = self.letters_for(node);
-        file.append(node, letters)
-            .map_err(|source| RunError::DeadLetters {
-                path: file.path().display().to_string(),
-                source,
-            })
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
+}
+
+/// What one node's task needs besides its channels.
+pub(crate) struct NodeCx {
+    pub(crate) name: String,
+    pub(crate) shared: Arc<RunShared>,
+    pub(crate) control: RunControl,
+    pub(crate) settings: crate::spec::Settings,
+    pub(crate) pipeline: String,
+    /// The schema the node's output must have (`None`: learned from its first batch).
+    pub(crate) output_schema: Option<SchemaRef>,
+    pub(crate) memory_watch: crate::node::memory::MemoryWatch,
 }
 
 /// Prepares and runs a pipeline to the end (bounded sources) or until it fails.
@@ -134,7 +173,12 @@ pub async fn run_with(
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let Plan {
-        spec, dag, nodes, ..
+        spec,
+        dag,
+        nodes,
+        schemas,
+        memory,
+        ..
     } = plan;
     let run_id = format!(
         "run-{}",
@@ -143,27 +187,53 @@ pub async fn run_with(
             .unwrap_or_default()
             .as_millis()
     );
+    let checkpoint_err = |e: crate::node::BoxError| RunError::Checkpoint {
+        pipeline: spec.name.clone(),
+        message: e.to_string(),
+    };
+    let resumed = match (&options.checkpoints, options.resume) {
+        (Some(store), true) => store.load(&spec.name).map_err(checkpoint_err)?,
+        (Some(store), false) => {
+            store.clear(&spec.name).map_err(checkpoint_err)?;
+            None
+        }
+        (None, _) => None,
+    };
+
     let letters_path = env
         .data_dir
         .join("dead-letters")
         .join(&spec.name)
         .join(format!("{run_id}.jsonl"));
-    let own_letters = spec
+    let own_letters: HashMap<String, PathBuf> = spec
         .sources
         .iter()
-        .filter_map(|s| {
-            let path = s.jsonl.as_ref()?.rejects.as_ref()?;
-            Some((
-                s.name.clone(),
-                DeadLetterFile::new(spec.resolve(path), &spec.name, &run_id),
-            ))
+        .filter_map(|s| Some((s.name.clone(), spec.resolve(s.rejects()?))))
+        .collect();
+    let letters = Arc::new(FileDeadLetters::new(
+        letters_path.clone(),
+        own_letters,
+        &spec.name,
+        &run_id,
+    ));
+
+    let trackers: Vec<(usize, Arc<CommitTracker>)> = dag
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.kind == NodeKind::Source)
+        .map(|(i, n)| {
+            let from = resumed.as_ref().and_then(|c| c.sources.get(&n.name).cloned());
+            (i, CommitTracker::new(&n.name, from))
         })
         .collect();
     let shared = Arc::new(RunShared {
-        letters: DeadLetterFile::new(letters_path, &spec.name, &run_id),
-        own_letters,
+        letters: letters.clone(),
         records_read: AtomicU64::new(0),
-        failed: std::sync::atomic::AtomicBool::new(false),
+        failed: AtomicBool::new(false),
+        trackers: trackers.iter().map(|(_, t)| t.clone()).collect(),
+        sink_states: Mutex::new(resumed.as_ref().map(|c| c.sinks.clone()).unwrap_or_default()),
+        lineage: Mutex::default(),
     });
 
     // One channel in front of every node that has inputs.
@@ -188,41 +258,56 @@ pub async fn run_with(
         let outs: Vec<channel::Sender> = node
             .outputs
             .iter()
-            .map(|&o| senders[o].clone().expect("readers have channels"))
+            .filter_map(|&o| senders[o].clone())
             .collect();
         let stats = NodeStats::new(&node.name, node.kind);
-        let shared = shared.clone();
+        let cx = NodeCx {
+            name: node.name.clone(),
+            shared: shared.clone(),
+            control: control.clone(),
+            settings: spec.settings.clone(),
+            pipeline: spec.name.clone(),
+            output_schema: schemas[pos].clone(),
+            memory_watch: memory.watch.clone(),
+        };
         let rx = receivers[pos].take();
-        let id = match imp {
-            NodeImpl::Source(src) => {
-                let stamp = SourceStamp {
-                    pipeline: spec.name.clone(),
-                    control: control.clone(),
-                };
+        let id = match (imp, rx) {
+            (NodeImpl::Source(src), _) => {
+                let tracker = trackers
+                    .iter()
+                    .find(|(i, _)| *i == pos)
+                    .map(|(_, t)| t.clone())
+                    .ok_or_else(|| RunError::Panic {
+                        node: node.name.clone(),
+                        message: "a source without a commit tracker".into(),
+                    })?;
+                let from = resumed
+                    .as_ref()
+                    .and_then(|c| c.sources.get(&node.name).cloned());
                 tasks
-                    .spawn(fail_before_closing(shared.clone(), outs, |outs| {
-                        run_source(src, outs, stats, shared, stamp)
-                    }))
+                    .spawn(tasks::run_source(src, outs, stats, cx, tracker, from))
                     .id()
             }
-            NodeImpl::Operator(op) => {
+            (NodeImpl::Operator(op), Some(rx)) => {
                 let swaps = control.register(&node.name);
-                let rx = rx.expect("stages have inputs");
                 tasks
-                    .spawn(fail_before_closing(shared.clone(), outs, |outs| {
-                        run_operator(op, rx, outs, stats, shared, swaps)
-                    }))
+                    .spawn(tasks::run_operator(op, rx, outs, stats, cx, swaps))
                     .id()
             }
-            NodeImpl::Sink(sink) => tasks
-                .spawn(run_sink(
-                    sink,
-                    rx.expect("sinks have inputs"),
-                    stats,
-                    control.clone(),
-                    shared,
-                ))
-                .id(),
+            (NodeImpl::Sink(sink), Some(rx)) => {
+                let state = resumed
+                    .as_ref()
+                    .and_then(|c| c.sinks.get(&node.name).cloned());
+                tasks
+                    .spawn(tasks::run_sink(sink, rx, stats, cx, state))
+                    .id()
+            }
+            (_, None) => {
+                return Err(RunError::Panic {
+                    node: node.name.clone(),
+                    message: "a node with inputs has no channel".into(),
+                });
+            }
         };
         names.insert(id, node.name.clone());
     }
@@ -230,8 +315,40 @@ pub async fn run_with(
     drop(senders);
     control.mark_started();
 
-    let progress = (options.progress && std::io::stderr().is_terminal())
-        .then(|| tokio::spawn(report_progress(shared.clone(), started)));
+    let progress = (options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .then(|| tokio::spawn(progress::report(shared.clone(), started)));
+    let checkpointer = Checkpointer {
+        store: options.checkpoints.clone(),
+        shared: shared.clone(),
+        pipeline: spec.name.clone(),
+        run: run_id.clone(),
+        version: control.version(),
+        sources: trackers
+            .iter()
+            .map(|(i, t)| (dag.nodes[*i].name.clone(), t.clone()))
+            .collect(),
+        last: resumed.clone(),
+    };
+    let checkpointer = Arc::new(tokio::sync::Mutex::new(checkpointer));
+    let ticker = {
+        let c = checkpointer.clone();
+        let every = spec.settings.checkpoint_interval.0;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let mut c = c.lock().await;
+                if c.shared.has_failed() {
+                    return;
+                }
+                // A failed periodic save is retried at the next tick and at the end.
+                if let Err(e) = c.save(false).await {
+                    tracing::warn!(error = %e, "checkpoint not saved");
+                }
+            }
+        })
+    };
 
     let mut stats: Vec<NodeStats> = Vec::new();
     let mut failure: Option<RunError> = None;
@@ -240,12 +357,14 @@ pub async fn run_with(
             Ok((_, Ok(s))) => stats.push(s),
             Ok((_, Err(e))) => {
                 if failure.is_none() {
+                    shared.fail();
                     failure = Some(e);
                     tasks.abort_all();
                 }
             }
             Err(e) if e.is_cancelled() => {}
             Err(e) => {
+                shared.fail();
                 let node = names.get(&e.id()).cloned().unwrap_or_default();
                 let message = panic_message(e.into_panic());
                 failure.get_or_insert(RunError::Panic { node, message });
@@ -253,20 +372,23 @@ pub async fn run_with(
             }
         }
     }
+    ticker.abort();
     control.clear();
     if let Some(p) = progress {
         p.abort();
         eprint!("\r\x1b[2K");
     }
-    for file in std::iter::once(&shared.letters).chain(shared.own_letters.values()) {
-        file.flush().map_err(|source| RunError::DeadLetters {
-            path: file.path().display().to_string(),
-            source,
-        })?;
-    }
+    let flushed = letters.flush();
     if let Some(e) = failure {
         return Err(e);
     }
+    flushed?;
+    let complete = !control.is_stopped();
+    let checkpoint = {
+        let mut c = checkpointer.lock().await;
+        c.save(complete).await?;
+        c.last.clone().filter(|_| c.store.is_some())
+    };
     let order: HashMap<&str, usize> = dag
         .nodes
         .iter()
@@ -274,21 +396,95 @@ pub async fn run_with(
         .map(|(i, n)| (n.name.as_str(), i))
         .collect();
     stats.sort_by_key(|s| order[s.name.as_str()]);
-    let dead_letter_file = shared
-        .letters
-        .path()
-        .exists()
-        .then(|| shared.letters.path().to_path_buf());
     Ok(RunSummary {
         pipeline: spec.name.clone(),
         run_id,
         nodes: stats,
         wall: started.elapsed(),
-        dead_letter_file,
+        dead_letter_file: letters_path.exists().then_some(letters_path),
+        resumed_from: resumed,
+        checkpoint,
     })
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+/// Writes checkpoints: the frontier of every source, then the state of every sink
+/// (in that order; see [`crate::node::checkpoint`]).
+struct Checkpointer {
+    store: Option<Arc<dyn CheckpointStore>>,
+    shared: Arc<RunShared>,
+    pipeline: String,
+    run: String,
+    version: Option<u64>,
+    sources: Vec<(String, Arc<CommitTracker>)>,
+    last: Option<Checkpoint>,
+}
+
+impl Checkpointer {
+    async fn save(&mut self, complete: bool) -> Result<(), RunError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let mut sources = BTreeMap::new();
+        for (name, t) in &self.sources {
+            if let Some(p) = t.frontier() {
+                sources.insert(name.clone(), p);
+            }
+        }
+        let sinks = self
+            .shared
+            .sink_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let lineage = std::mem::take(
+            &mut *self.shared.lineage.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        let unchanged = self
+            .last
+            .as_ref()
+            .is_some_and(|l| l.sources == sources && l.sinks == sinks && l.complete == complete);
+        if unchanged && lineage.is_empty() {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint {
+            pipeline: self.pipeline.clone(),
+            run: self.run.clone(),
+            version: self.version,
+            sources,
+            sinks,
+            complete,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        };
+        let saved = {
+            let (store, checkpoint, lineage) = (store.clone(), checkpoint.clone(), lineage.clone());
+            tokio::task::spawn_blocking(move || store.save(&checkpoint, &lineage))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        };
+        match saved {
+            Ok(()) => {
+                self.last = Some(checkpoint);
+                Ok(())
+            }
+            Err(message) => {
+                // Keep the records for the next attempt.
+                let mut pending = self.shared.lineage.lock().unwrap_or_else(|e| e.into_inner());
+                let newer = std::mem::replace(&mut *pending, lineage);
+                pending.extend(newer);
+                Err(RunError::Checkpoint {
+                    pipeline: self.pipeline.clone(),
+                    message,
+                })
+            }
+        }
+    }
+}
+
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -296,357 +492,8 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
-/// Sends each batch to every output. Returns false when all outputs are gone.
-async fn fan_out(
-    batches: Vec<RecordBatch>,
-    outs: &[channel::Sender],
-    stats: &mut NodeStats,
-) -> bool {
-    let mut alive = !outs.is_empty();
-    for batch in batches {
-        if batch.num_rows() == 0 {
-            continue;
-        }
-        stats.batches_out += 1;
-        stats.rows_out += batch.num_rows() as u64;
-        alive = false;
-        for out in outs {
-            if let Ok(waited) = out.send(batch.clone()).await {
-                stats.blocked += waited;
-                alive = true;
-            }
-        }
-        if !alive {
-            return false;
-        }
-    }
-    alive
-}
-
-fn merge(into: &mut NodeStats, counters: std::collections::BTreeMap<String, u64>) {
-    for (k, v) in counters {
-        *into.counters.entry(k).or_default() += v;
-    }
-}
-
-/// Runs a node that writes to `outs`, marking the run failed *before* the output
-/// channels close when the node fails: readers then know the end of their input
-/// is not the end of the data.
-async fn fail_before_closing<F, Fut>(
-    shared: Arc<RunShared>,
-    outs: Vec<channel::Sender>,
-    node: F,
-) -> Result<NodeStats, RunError>
-where
-    F: FnOnce(Vec<channel::Sender>) -> Fut,
-    Fut: std::future::Future<Output = (Result<NodeStats, RunError>, Vec<channel::Sender>)>,
-{
-    let (result, outs) = node(outs).await;
-    if result.is_err() {
-        shared.failed.store(true, Ordering::SeqCst);
-    }
-    drop(outs);
-    result
-}
-
-async fn run_source(
-    source: Box<dyn Source>,
-    outs: Vec<channel::Sender>,
-    stats: NodeStats,
-    shared: Arc<RunShared>,
-    stamp: SourceStamp,
-) -> (Result<NodeStats, RunError>, Vec<channel::Sender>) {
-    let result = source_loop(source, &outs, stats, shared, stamp).await;
-    (result, outs)
-}
-
-async fn source_loop(
-    mut source: Box<dyn Source>,
-    outs: &Vec<channel::Sender>,
-    mut stats: NodeStats,
-    shared: Arc<RunShared>,
-    stamp: SourceStamp,
-) -> Result<NodeStats, RunError> {
-    let name = stats.name.clone();
-    let stop = stamp.control.stop_signal();
-    loop {
-        if *stop.borrow() {
-            return Ok(stats);
-        }
-        let started = Instant::now();
-        let (back, result, mut emitted, span) = tokio::task::spawn_blocking(move || {
-            let mut out = Emitter::default();
-            let from = source.position();
-            let r = source.next_batch(&mut out);
-            let span = (from, source.position());
-            (source, r, out, span)
-        })
-        .await
-        .map_err(|e| RunError::Panic {
-            node: name.clone(),
-            message: panic_message(e.into_panic()),
-        })?;
-        source = back;
-        stats.busy += started.elapsed();
-        let more = result.map_err(|source| RunError::Node {
-            node: name.clone(),
-            source,
-        })?;
-        emitted.batches = stamp.stamp(&name, span, emitted.batches);
-        shared.keep(&name, &emitted.dead_letters)?;
-        merge(&mut stats, emitted.counters);
-        let rows: usize = emitted.batches.iter().map(RecordBatch::num_rows).sum();
-        shared
-            .records_read
-            .fetch_add(rows as u64, Ordering::Relaxed);
-        if !fan_out(emitted.batches, &outs, &mut stats).await || !more {
-            return Ok(stats);
-        }
-    }
-}
-
-async fn run_operator(
-    op: Box<dyn Operator>,
-    rx: channel::Receiver,
-    outs: Vec<channel::Sender>,
-    stats: NodeStats,
-    shared: Arc<RunShared>,
-    swaps: control::SwapReceiver,
-) -> (Result<NodeStats, RunError>, Vec<channel::Sender>) {
-    let result = operator_loop(op, rx, &outs, stats, shared, swaps).await;
-    (result, outs)
-}
-
-async fn operator_loop(
-    mut op: Box<dyn Operator>,
-    mut rx: channel::Receiver,
-    outs: &Vec<channel::Sender>,
-    mut stats: NodeStats,
-    shared: Arc<RunShared>,
-    mut swaps: control::SwapReceiver,
-) -> Result<NodeStats, RunError> {
-    let name = stats.name.clone();
-    // When a lingering operator's oldest buffered row has waited long enough (see
-    // `Operator::linger`): its `flush` is then called instead of waiting on.
-    let mut linger_until: Option<tokio::time::Instant> = None;
-    loop {
-        let (input, flush) = match linger_until {
-            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
-                Ok(input) => (input, false),
-                Err(_) => (None, true),
-            },
-            None => (rx.recv().await, false),
-        };
-        // Swaps queued while waiting apply now: between the last batch and this one.
-        let pending: Vec<control::SwapRequest> =
-            std::iter::from_fn(|| swaps.try_recv().ok()).collect();
-        let finishing = input.is_none() && !flush;
-        if let Some(b) = &input {
-            stats.batches_in += 1;
-            stats.rows_in += b.num_rows() as u64;
-        }
-        let started = Instant::now();
-        let (back, result, emitted) = tokio::task::spawn_blocking(move || {
-            let mut out = Emitter::default();
-            for request in pending {
-                op.swap(request);
-            }
-            let r = match input {
-                Some(batch) => op.process(batch, &mut out),
-                None if flush => op.flush(&mut out),
-                None => op.finish(&mut out),
-            };
-            (op, r, out)
-        })
-        .await
-        .map_err(|e| RunError::Panic {
-            node: name.clone(),
-            message: panic_message(e.into_panic()),
-        })?;
-        op = back;
-        linger_until = match op.linger() {
-            Some(wait) if op.buffered_rows() > 0 => {
-                Some(linger_until.unwrap_or_else(|| tokio::time::Instant::now() + wait))
-            }
-            _ => None,
-        };
-        stats.busy += started.elapsed();
-        result.map_err(|source| RunError::Node {
-            node: name.clone(),
-            source,
-        })?;
-        shared.keep(&name, &emitted.dead_letters)?;
-        merge(&mut stats, emitted.counters);
-        let alive = fan_out(emitted.batches, &outs, &mut stats).await;
-        if finishing && alive {
-            drain_operator(&mut op, &outs, &mut stats, &shared).await?;
-        }
-        if finishing || !alive {
-            let (b, bytes) = rx.max_depth();
-            stats.max_queue_batches = b;
-            stats.max_queue_bytes = bytes;
-            return Ok(stats);
-        }
-    }
-}
-
-/// After `finish`: calls [`Operator::drain`] until it has no more, sending each
-/// piece downstream (under backpressure) before asking for the next.
-async fn drain_operator(
-    op: &mut Box<dyn Operator>,
-    outs: &[channel::Sender],
-    stats: &mut NodeStats,
-    shared: &RunShared,
-) -> Result<(), RunError> {
-    let name = stats.name.clone();
-    let mut taken = std::mem::replace(op, Box::new(Drained));
-    loop {
-        let started = Instant::now();
-        let (back, result, emitted) = tokio::task::spawn_blocking(move || {
-            let mut out = Emitter::default();
-            let r = taken.drain(&mut out);
-            (taken, r, out)
-        })
-        .await
-        .map_err(|e| RunError::Panic {
-            node: name.clone(),
-            message: panic_message(e.into_panic()),
-        })?;
-        taken = back;
-        stats.busy += started.elapsed();
-        let more = result.map_err(|source| RunError::Node {
-            node: name.clone(),
-            source,
-        })?;
-        shared.keep(&name, &emitted.dead_letters)?;
-        merge(stats, emitted.counters);
-        if !fan_out(emitted.batches, outs, stats).await || !more {
-            *op = taken;
-            return Ok(());
-        }
-    }
-}
-
-/// Stands in for an operator while it is drained on the blocking pool.
-struct Drained;
-
-impl Operator for Drained {
-    fn process(&mut self, _: RecordBatch, _: &mut Emitter) -> Result<(), NodeError> {
-        Ok(())
-    }
-}
-
-async fn run_sink(
-    sink: Box<dyn Sink>,
-    mut rx: channel::Receiver,
-    mut stats: NodeStats,
-    control: RunControl,
-    shared: Arc<RunShared>,
-) -> Result<NodeStats, RunError> {
-    let name = stats.name.clone();
-    let mut sink = Some(sink);
-    loop {
-        let input = rx.recv().await;
-        if input.is_none() && shared.failed.load(Ordering::SeqCst) {
-            // The input ended because a node failed: dropping the sink unpublished
-            // leaves the previous output as it was.
-            return Ok(stats);
-        }
-        let mut s = sink.take().expect("sink is back after each call");
-        let started = Instant::now();
-        let closing = input.is_none();
-        if let Some(b) = &input {
-            stats.batches_in += 1;
-            stats.rows_in += b.num_rows() as u64;
-        }
-        let (control, name_) = (control.clone(), name.clone());
-        let (back, result) = tokio::task::spawn_blocking(move || {
-            let r = match &input {
-                Some(batch) => s.write(batch).map(|()| {
-                    control.log_written(&name_, batch);
-                    batch.num_rows()
-                }),
-                None => s.close().map(|()| 0),
-            };
-            (s, r)
-        })
-        .await
-        .map_err(|e| RunError::Panic {
-            node: name.clone(),
-            message: panic_message(e.into_panic()),
-        })?;
-        sink = Some(back);
-        stats.busy += started.elapsed();
-        let rows = result.map_err(|source| RunError::Node {
-            node: name.clone(),
-            source,
-        })?;
-        if rows > 0 {
-            stats.batches_out += 1;
-            stats.rows_out += rows as u64;
-        }
-        if closing {
-            let (b, bytes) = rx.max_depth();
-            stats.max_queue_batches = b;
-            stats.max_queue_bytes = bytes;
-            return Ok(stats);
-        }
-    }
-}
-
-/// What a source task stamps on the batches it reads (see [`lineage`]).
-struct SourceStamp {
-    pipeline: String,
-    control: RunControl,
-}
-
-impl SourceStamp {
-    fn stamp(
-        &self,
-        source: &str,
-        (from, to): (Option<String>, Option<String>),
-        batches: Vec<RecordBatch>,
-    ) -> Vec<RecordBatch> {
-        let lineage = lineage::Lineage {
-            pipeline: self.pipeline.clone(),
-            version: self.control.version(),
-            sources: vec![lineage::SourceSpan {
-                source: source.to_owned(),
-                from,
-                to,
-            }],
-            stages: Vec::new(),
-        };
-        batches.into_iter().map(|b| lineage.stamp(b)).collect()
-    }
-}
-
-async fn report_progress(shared: Arc<RunShared>, started: Instant) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        let read = shared.records_read.load(Ordering::Relaxed);
-        let secs = started.elapsed().as_secs_f64();
-        eprint!(
-            "\r\x1b[2K  {read} records read · {:.0} records/s · {secs:.1}s",
-            read as f64 / secs.max(1e-9)
-        );
-    }
-}
-
 /// The default data directory: `$WEIR_DATA_DIR`, else `.weir` in the working
 /// directory.
 pub fn default_data_dir() -> PathBuf {
     std::env::var_os("WEIR_DATA_DIR").map_or_else(|| PathBuf::from(".weir"), PathBuf::from)
-}
-
-impl NodeKind {
-    /// The kind's name as pipeline files spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Source => "source",
-            Self::Stage => "stage",
-            Self::Sink => "sink",
-        }
-    }
 }

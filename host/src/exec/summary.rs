@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::spec::NodeKind;
+use crate::node::{Checkpoint, NodeKind};
 use crate::units::ByteSize;
 
 /// Counters of one node over a run.
@@ -77,6 +77,10 @@ pub struct RunSummary {
     pub wall: Duration,
     /// Where dead letters were written, if any were.
     pub dead_letter_file: Option<PathBuf>,
+    /// The checkpoint the run resumed from, if it was resumed.
+    pub resumed_from: Option<Checkpoint>,
+    /// The last checkpoint the run wrote (stored pipelines only).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl RunSummary {
@@ -119,11 +123,7 @@ impl fmt::Display for RunSummary {
             "node", "kind", "records in", "records out", "busy", "blocked", "queue"
         )?;
         for n in &self.nodes {
-            let kind = match n.kind {
-                NodeKind::Source => "source",
-                NodeKind::Stage => "stage",
-                NodeKind::Sink => "sink",
-            };
+            let kind = n.kind.as_str();
             let rows_in = if n.kind == NodeKind::Source {
                 "-".to_owned()
             } else {
@@ -152,6 +152,9 @@ impl fmt::Display for RunSummary {
             self.wall.as_secs_f64(),
             self.records_per_second()
         )?;
+        if let Some(c) = &self.resumed_from {
+            writeln!(f, "  resumed from the checkpoint of {}", c.run)?;
+        }
         if let Some(p) = &self.dead_letter_file {
             writeln!(f, "  dead letters: {}", p.display())?;
         }

@@ -21,8 +21,8 @@ use arrow::compute::cast;
 use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::{DataType, Field};
 
-use crate::exec::NodeError;
-use crate::spec::{AggOp, AggregateSpec};
+use crate::node::NodeError;
+use super::stateful_spec::{AggOp, AggregateSpec};
 
 /// A column normalised to a canonical type.
 enum Canon {
@@ -42,7 +42,7 @@ impl Canon {
             }
             Some(_) => Canon::S(cast(array, &DataType::Utf8)?.as_string::<i32>().clone()),
             None => {
-                return Err(NodeError::Data(format!(
+                return Err(NodeError::Config(format!(
                     "cannot aggregate a column of type {}",
                     array.data_type()
                 )));
@@ -128,7 +128,7 @@ fn col(
             .iter()
             .map(|f| f.name().as_str())
             .collect();
-        NodeError::Data(format!(
+        NodeError::Config(format!(
             "{what} `{name}` is not a column of the input (it has: {})",
             have.join(", ")
         ))
@@ -154,7 +154,7 @@ impl Aggregates {
             let input_type =
                 column.map_or(DataType::Int64, |i| schema.field(i).data_type().clone());
             let canon = canonical(&input_type).ok_or_else(|| {
-                NodeError::Data(format!(
+                NodeError::Config(format!(
                     "aggregate `{}`: cannot aggregate a column of type {input_type}",
                     spec.name
                 ))
@@ -177,7 +177,7 @@ impl Aggregates {
                 AggOp::Sum if canon == DataType::Float64 => State::SumF(Vec::new(), Vec::new()),
                 AggOp::Mean if canon != DataType::Utf8 => State::Mean(Vec::new(), Vec::new()),
                 AggOp::Sum | AggOp::Mean => {
-                    return Err(NodeError::Data(format!(
+                    return Err(NodeError::Config(format!(
                         "aggregate `{}`: {:?} needs a numeric column, `{}` is {input_type}",
                         spec.name,
                         spec.op,
@@ -617,7 +617,7 @@ fn filter_mask(array: &ArrayRef, value: &serde_json::Value) -> Result<BooleanArr
             )?
         }
         other => {
-            return Err(NodeError::Data(format!(
+            return Err(NodeError::Config(format!(
                 "a filter cannot compare with {other}"
             )));
         }

@@ -19,7 +19,7 @@
 //! (`get_array_memory_size / num_rows`), since a slice shares its parent's buffers
 //! and cannot be measured alone. A single row larger than `max_bytes` goes out
 //! alone. Batches whose columns differ are never merged: a change of schema
-//! flushes what waits first. Lineage (schema metadata) of merged batches is
+//! flushes what waits first. The lineage and delivery tokens of merged batches are
 //! merged: the output names every source span it holds.
 
 use std::num::NonZeroUsize;
@@ -29,9 +29,9 @@ use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use serde::{Deserialize, Serialize};
 
-use crate::exec::lineage::Lineage;
-use crate::exec::{Emitter, NodeError, Operator};
-use crate::spec::SpecError;
+use crate::node::Meta;
+use crate::node::{Emitter, NodeError, Operator};
+use crate::node::config::SpecError;
 use crate::units::{ByteSize, Millis};
 
 /// A batch stage's configuration.
@@ -61,7 +61,7 @@ pub struct BatchOp {
     max_bytes: Option<u64>,
     linger: Option<Duration>,
     /// Buffered slices with their estimated bytes per row.
-    pending: Vec<(RecordBatch, f64)>,
+    pending: Vec<(RecordBatch, f64, crate::node::Meta)>,
     rows: usize,
     bytes: f64,
 }
@@ -102,8 +102,9 @@ impl BatchOp {
     /// `max_bytes` bytes (at least one row).
     fn emit_one(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
         let mut take: Vec<RecordBatch> = Vec::new();
+        let mut metas: Vec<Meta> = Vec::new();
         let (mut rows, mut bytes) = (0usize, 0f64);
-        while let Some((b, per_row)) = self.pending.first().cloned() {
+        while let Some((b, per_row, meta)) = self.pending.first().cloned() {
             let room_rows = self.max_rows - rows;
             let room_bytes = self.max_bytes.map_or(usize::MAX, |m| {
                 ((m as f64 - bytes) / per_row.max(1e-9)).floor() as usize
@@ -117,6 +118,7 @@ impl BatchOp {
                 break;
             }
             take.push(b.slice(0, n));
+            metas.push(meta);
             rows += n;
             bytes += n as f64 * per_row;
             if n == b.num_rows() {
@@ -134,7 +136,7 @@ impl BatchOp {
         if self.pending.is_empty() {
             self.bytes = 0.0;
         }
-        out.push(merge(&take)?);
+        out.push_with(merge(&take)?, Meta::union(metas.iter()));
         Ok(())
     }
 
@@ -146,32 +148,13 @@ impl BatchOp {
     }
 }
 
-/// Concatenates same-field batches, merging their lineage.
+/// Concatenates same-field batches.
 fn merge(batches: &[RecordBatch]) -> Result<RecordBatch, NodeError> {
     let first = &batches[0];
     if batches.len() == 1 {
         return Ok(first.clone());
     }
-    let merged = concat_batches(first.schema_ref(), batches)?;
-    let mut lineage: Option<Lineage> = None;
-    for b in batches {
-        if let Some(l) = Lineage::of(b) {
-            match &mut lineage {
-                None => lineage = Some(l),
-                Some(acc) => {
-                    for s in l.sources {
-                        if !acc.sources.contains(&s) {
-                            acc.sources.push(s);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(match lineage {
-        Some(l) => l.stamp(merged),
-        None => merged,
-    })
+    Ok(concat_batches(first.schema_ref(), batches)?)
 }
 
 impl Operator for BatchOp {
@@ -179,7 +162,7 @@ impl Operator for BatchOp {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if let Some((last, _)) = self.pending.last()
+        if let Some((last, ..)) = self.pending.last()
             && last.schema_ref().fields() != batch.schema_ref().fields()
         {
             self.drain(out)?;
@@ -187,7 +170,8 @@ impl Operator for BatchOp {
         let per_row = batch.get_array_memory_size() as f64 / batch.num_rows() as f64;
         self.rows += batch.num_rows();
         self.bytes += per_row * batch.num_rows() as f64;
-        self.pending.push((batch, per_row));
+        let meta = out.input_meta().cloned().unwrap_or_default();
+        self.pending.push((batch, per_row, meta));
         while self.full() {
             self.emit_one(out)?;
         }

@@ -27,8 +27,8 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, Rows};
 
-use crate::exec::NodeError;
-use crate::exec::memory::SpillDir;
+use crate::node::NodeError;
+use crate::node::memory::SpillDir;
 
 /// Rows per batch written to, and read back from, a spill file: small, so a merge
 /// over many runs holds little.
@@ -37,7 +37,7 @@ pub(crate) const SPILL_BATCH_ROWS: usize = 1024;
 fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io {
         path: path.display().to_string(),
-        source,
+        error: source,
     }
 }
 

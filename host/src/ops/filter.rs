@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ScalarValue, column, nulls_false};
 use crate::batch::json::{JsonOptions, rows_as_objects};
-use crate::exec::{DeadLetter, Emitter, NodeError, Operator};
-use crate::spec::SpecError;
+use crate::node::{DeadLetter, Emitter, NodeError, Operator};
+use crate::node::config::SpecError;
 
 /// A filter stage's configuration: exactly one of `all` and `any`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,7 +158,7 @@ impl Predicate {
     /// The rows of `batch` that match, as a mask without nulls.
     ///
     /// # Errors
-    /// [`NodeError::Data`] for a missing column or a value of the wrong type.
+    /// [`NodeError::Config`] for a missing column or a value of the wrong type.
     pub fn eval(&self, batch: &RecordBatch) -> Result<BooleanArray, NodeError> {
         let what = format!("filter {}", self.label());
         let mask = match self {
@@ -172,7 +172,7 @@ impl Predicate {
             Self::Range(r) => {
                 let col = column(batch, &r.column, &what)?;
                 if !col.data_type().is_numeric() && !col.data_type().is_temporal() {
-                    return Err(NodeError::Data(format!(
+                    return Err(NodeError::Config(format!(
                         "{what}: column `{}` is {}, not numeric",
                         r.column,
                         col.data_type()
@@ -233,7 +233,7 @@ impl Predicate {
 fn equals(col: &ArrayRef, v: &ScalarValue, what: &str) -> Result<BooleanArray, NodeError> {
     let value = v
         .to_array(col.data_type())
-        .map_err(|e| NodeError::Data(format!("{what}: {e}")))?;
+        .map_err(|e| NodeError::Config(format!("{what}: {e}")))?;
     Ok(cmp::eq(col, &Scalar::new(value))?)
 }
 
@@ -343,7 +343,7 @@ impl Operator for FilterOp {
         }
         if self.dead_letter {
             let objects = rows_as_objects(&batch, None, JsonOptions::default())
-                .map_err(|e| NodeError::Data(format!("filter: dead letters: {e}")))?;
+                .map_err(|e| NodeError::Config(format!("filter: dead letters: {e}")))?;
             let mut letters: Vec<(usize, DeadLetter)> = Vec::with_capacity(n - kept);
             for (reason, failed) in &reasons {
                 for i in (0..n).filter(|&i| failed.value(i)) {

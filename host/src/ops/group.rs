@@ -28,14 +28,16 @@ use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::Aggregates;
 use super::external::{self, Merger, read_run};
-use crate::exec::memory::{Reservation, RunMemory};
-use crate::exec::{Emitter, NodeError, Operator};
-use crate::spec::GroupSpec;
+use crate::node::memory::{Reservation, RunMemory};
+use crate::node::{Emitter, NodeError, Operator};
+use super::stateful_spec::GroupSpec;
 
 type Writer = StreamWriter<std::io::BufWriter<std::fs::File>>;
 
 /// The running group.
 pub struct GroupOperator {
+    /// The lineage and tokens of every input consumed: what held rows carry.
+    consumed: crate::node::MetaSet,
     name: String,
     spec: GroupSpec,
     memory: RunMemory,
@@ -60,6 +62,7 @@ impl GroupOperator {
     pub fn new(name: &str, spec: GroupSpec, memory: RunMemory, batch_rows: usize) -> Self {
         let consumer = format!("group `{name}`");
         Self {
+            consumed: crate::node::MetaSet::new(),
             reservation: memory.pool.reservation(&consumer),
             name: consumer,
             spec,
@@ -78,7 +81,7 @@ impl GroupOperator {
         let mut fields: Vec<Field> = Vec::new();
         for k in &self.spec.by {
             let i = schema.index_of(k).map_err(|_| {
-                NodeError::Data(format!(
+                NodeError::Config(format!(
                     "{}: key `{k}` is not a column of the input",
                     self.name
                 ))
@@ -200,7 +203,7 @@ impl GroupOperator {
                 let path = self.memory.spill.new_file(&self.name);
                 let file = std::fs::File::create(&path).map_err(|source| NodeError::Io {
                     path: path.display().to_string(),
-                    source,
+                    error: source,
                 })?;
                 let w = StreamWriter::try_new(
                     std::io::BufWriter::with_capacity(1 << 16, file),
@@ -241,9 +244,13 @@ impl GroupOperator {
         if let Err(refused) = self.reservation.try_grow(bytes) {
             if depth >= MAX_SPLIT_DEPTH {
                 let _ = std::fs::remove_file(&path);
-                return Err(NodeError::Data(format!(
-                    "{refused}; a partition of {bytes} bytes still does not fit after {depth} re-splits (the rows of a few keys exceed the budget)"
-                )));
+                return Err(NodeError::Resource {
+                    resource: crate::node::Resource::Memory,
+                    error: format!(
+                        "{refused}; a partition of {bytes} bytes still does not fit after {depth} re-splits (the rows of a few keys exceed the budget)"
+                    )
+                    .into(),
+                });
             }
             out.count("partition_splits", 1);
             let mut writers = self.open_partitions()?;
@@ -289,13 +296,14 @@ fn file_len(path: &std::path::Path) -> Result<usize, NodeError> {
     Ok(std::fs::metadata(path)
         .map_err(|source| NodeError::Io {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?
         .len() as usize)
 }
 
 impl Operator for GroupOperator {
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+        self.consumed.push_input(out);
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -369,14 +377,14 @@ impl Operator for GroupOperator {
             Emit::Pending => Ok(false),
             Emit::Batches(it) => match it.next() {
                 Some(b) => {
-                    out.push(b);
+                    out.push_with(b, self.consumed.union());
                     Ok(true)
                 }
                 None => Ok(false),
             },
             Emit::Merge(m) => match m.next_chunk(self.batch_rows)? {
                 Some(b) => {
-                    out.push(b);
+                    out.push_with(b, self.consumed.union());
                     Ok(true)
                 }
                 None => Ok(false),

@@ -48,8 +48,8 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, ScalarValue, column, fnv1a, nulls_false};
-use crate::exec::{Emitter, NodeError, Operator};
-use crate::spec::{FieldType, SpecError};
+use crate::node::{Emitter, NodeError, Operator};
+use crate::node::config::{FieldType, SpecError};
 
 /// A map stage's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,13 +353,13 @@ impl MapOp {
     /// Applies every transform to `batch`, in order.
     ///
     /// # Errors
-    /// [`NodeError::Data`] naming the transform (`transforms[1] (clip)`) when a
+    /// [`NodeError::Config`] naming the transform (`transforms[1] (clip)`) when a
     /// column is missing or cannot be converted.
     pub fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch, NodeError> {
         for (i, t) in self.transforms.iter().enumerate() {
             let what = format!("transforms[{i}] ({})", t.kind());
             batch = apply(t, batch, &what).map_err(|e| match e {
-                NodeError::Arrow(a) => NodeError::Data(format!("{what}: {a}")),
+                NodeError::Config(a) if !a.starts_with(&what) => NodeError::Config(format!("{what}: {a}")),
                 other => other,
             })?;
         }
@@ -397,7 +397,7 @@ fn put(batch: &RecordBatch, name: &str, array: ArrayRef) -> Result<RecordBatch, 
 fn as_f64(batch: &RecordBatch, name: &str, what: &str) -> Result<ArrayRef, NodeError> {
     let col = column(batch, name, what)?;
     if !col.data_type().is_numeric() {
-        return Err(NodeError::Data(format!(
+        return Err(NodeError::Config(format!(
             "{what}: column `{name}` is {}, not numeric",
             col.data_type()
         )));
@@ -528,7 +528,7 @@ fn apply(t: &Transform, batch: RecordBatch, what: &str) -> Result<RecordBatch, N
             let value = f
                 .value
                 .to_array(col.data_type())
-                .map_err(|e| NodeError::Data(format!("{what}: {e}")))?;
+                .map_err(|e| NodeError::Config(format!("{what}: {e}")))?;
             let filled = fill(col, value)?;
             put(&batch, &f.column, filled)
         }
@@ -547,7 +547,7 @@ fn apply(t: &Transform, batch: RecordBatch, what: &str) -> Result<RecordBatch, N
                 .index_of(&r.from)
                 .map_err(|_| column(&batch, &r.from, what).unwrap_err())?;
             if schema.index_of(&r.to).is_ok() {
-                return Err(NodeError::Data(format!(
+                return Err(NodeError::Config(format!(
                     "{what}: column `{}` already exists",
                     r.to
                 )));

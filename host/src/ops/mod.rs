@@ -12,8 +12,9 @@
 //! Each operator's configuration struct lives beside it and is turned into the
 //! running operator by a `build` function that checks everything the data does not
 //! decide (empty lists, boundaries out of order, fractions outside `[0, 1]`) and
-//! returns a [`SpecError`] naming the key. [`check`] runs those builders while the
-//! spec is validated, so a bad operator fails `weir validate`, not the run.
+//! returns a [`crate::node::config::SpecError`] naming the key. The spec runs
+//! those builders while it is validated, so a bad operator fails `weir
+//! validate`, not the run.
 //!
 //! Work is done with Arrow compute kernels (`cmp`, `cast`, `zip`, `filter`,
 //! `concat`, `unary` over value buffers). The exceptions are hashing (FNV-1a over
@@ -22,8 +23,7 @@
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
 
-use crate::exec::{NodeError, Operator};
-use crate::spec::{SpecError, StageSpec};
+use crate::node::NodeError;
 
 pub mod aggregate;
 pub mod batch;
@@ -35,53 +35,16 @@ pub mod sample;
 pub mod session;
 pub mod sort;
 pub mod split;
-pub mod stateful;
+pub mod stateful_spec;
+pub mod wasm;
+
+pub use stateful_spec::*;
 
 pub use batch::{BatchOp, BatchSpec};
 pub use filter::{FilterOp, FilterSpec, Predicate};
 pub use map::{MapOp, MapSpec, Transform};
 pub use sample::{SampleOp, SampleSpec};
 pub use split::{SplitOp, SplitSpec};
-
-/// The operator a stage's kind table describes, if it is a built-in one.
-///
-/// `key` is the stage's key path (`stage[2]`), used in errors.
-///
-/// # Errors
-/// [`SpecError::Invalid`] naming the offending key.
-pub fn build(key: &str, stage: &StageSpec) -> Result<Option<Box<dyn Operator>>, SpecError> {
-    Ok(Some(if let Some(s) = &stage.map {
-        Box::new(MapOp::new(&format!("{key}.map"), s)?)
-    } else if let Some(s) = &stage.filter {
-        Box::new(FilterOp::new(&format!("{key}.filter"), s)?)
-    } else if let Some(s) = &stage.batch {
-        Box::new(BatchOp::new(&format!("{key}.batch"), s)?)
-    } else if let Some(s) = &stage.sample {
-        Box::new(SampleOp::new(&format!("{key}.sample"), s)?)
-    } else if let Some(s) = &stage.split {
-        Box::new(SplitOp::new(&format!("{key}.split"), s)?)
-    } else {
-        return Ok(None);
-    }))
-}
-
-/// Whether the stage is one of this module's operators.
-pub fn is_builtin(stage: &StageSpec) -> bool {
-    stage.map.is_some()
-        || stage.filter.is_some()
-        || stage.batch.is_some()
-        || stage.sample.is_some()
-        || stage.split.is_some()
-}
-
-/// Checks a built-in stage's configuration by building it (cheap: nothing is
-/// opened or allocated beyond the config).
-///
-/// # Errors
-/// As [`build`].
-pub fn check(key: &str, stage: &StageSpec) -> Result<(), SpecError> {
-    build(key, stage).map(drop)
-}
 
 /// The column `name` of `batch`, or a data error naming it and `what` wanted it.
 pub(crate) fn column<'a>(
@@ -96,7 +59,7 @@ pub(crate) fn column<'a>(
             .iter()
             .map(|f| format!("`{}`", f.name()))
             .collect();
-        NodeError::Data(format!(
+        NodeError::Config(format!(
             "{what}: the batch has no column `{name}` (it has {})",
             have.join(", ")
         ))
@@ -145,7 +108,7 @@ impl ScalarValue {
         arrow::compute::cast_with_options(&one, to, &options)
             .ok()
             .filter(|a| a.null_count() == 0)
-            .ok_or_else(|| NodeError::Data(format!("the value {self} cannot be read as {to}")))
+            .ok_or_else(|| NodeError::Config(format!("the value {self} cannot be read as {to}")))
     }
 }
 
@@ -191,3 +154,6 @@ pub(crate) fn unit(h: u64) -> f64 {
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+#[cfg(test)]
+mod stateful_tests;

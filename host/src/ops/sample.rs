@@ -36,8 +36,8 @@ use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, column, fnv1a, mix, unit};
-use crate::exec::{Emitter, NodeError, Operator};
-use crate::spec::SpecError;
+use crate::node::{Emitter, NodeError, Operator};
+use crate::node::config::SpecError;
 
 /// A sample stage's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +104,8 @@ type Candidate = (u64, u64);
 
 /// The running sampler.
 pub struct SampleOp {
+    /// The lineage and tokens of every input consumed: what held rows carry.
+    consumed: crate::node::MetaSet,
     by: Option<String>,
     key: Option<String>,
     seed_state: u64,
@@ -147,6 +149,7 @@ impl SampleOp {
             .map(|(s, r)| Ok((s.clone(), r.decide(&format!("{key}.strata.{s}"))?)))
             .collect::<Result<_, SpecError>>()?;
         Ok(Self {
+            consumed: crate::node::MetaSet::new(),
             by: spec.by.clone(),
             key: spec.key.clone(),
             seed_state: fnv1a(FNV_OFFSET, &spec.seed.to_le_bytes()),
@@ -234,6 +237,7 @@ fn strata_and_hashes(
 
 impl Operator for SampleOp {
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+        self.consumed.push_input(out);
         let n = batch.num_rows();
         let first = self.seen;
         self.seen += n as u64;
@@ -291,7 +295,7 @@ impl Operator for SampleOp {
                 if let Some(h) = self.held.first()
                     && h.schema_ref().fields() != chunk.schema_ref().fields()
                 {
-                    return Err(NodeError::Data(
+                    return Err(NodeError::Config(
                         "sample: the input's columns changed between batches".to_owned(),
                     ));
                 }
@@ -315,7 +319,7 @@ impl Operator for SampleOp {
     fn finish(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
         self.compact()?;
         if let Some(b) = self.held.pop() {
-            out.push(b);
+            out.push_with(b, self.consumed.union());
         }
         self.heaps.clear();
         self.held_at.clear();

@@ -46,9 +46,9 @@ use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::Aggregates;
 use crate::batch::json::{JsonOptions, rows_as_objects};
-use crate::exec::memory::{Reservation, RunMemory};
-use crate::exec::{DeadLetter, Emitter, NodeError, Operator};
-use crate::spec::SessionSpec;
+use crate::node::memory::{Reservation, RunMemory};
+use crate::node::{DeadLetter, Emitter, NodeError, Operator};
+use super::stateful_spec::SessionSpec;
 
 /// A session key: the key columns in `arrow-row` encoding, shared between the key
 /// index, the key states and the closed list without copying.
@@ -76,6 +76,8 @@ struct Closed {
 
 /// The running session-window operator.
 pub struct SessionOperator {
+    /// The lineage and tokens of every input consumed: what held rows carry.
+    consumed: crate::node::MetaSet,
     name: String,
     spec: SessionSpec,
     gap: i64,
@@ -127,6 +129,7 @@ impl SessionOperator {
     pub fn new(name: &str, spec: SessionSpec, memory: &RunMemory) -> Self {
         let consumer = format!("session `{name}`");
         Self {
+            consumed: crate::node::MetaSet::new(),
             reservation: memory.pool.reservation(&consumer),
             name: consumer,
             gap: ms(spec.gap),
@@ -153,7 +156,7 @@ impl SessionOperator {
     fn init(&mut self, schema: &SchemaRef) -> Result<(), NodeError> {
         let find = |c: &str, what: &str| {
             schema.index_of(c).map_err(|_| {
-                NodeError::Data(format!(
+                NodeError::Config(format!(
                     "{}: {what} `{c}` is not a column of the input",
                     self.name
                 ))
@@ -165,7 +168,7 @@ impl SessionOperator {
             time_type,
             DataType::Int64 | DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _)
         ) {
-            return Err(NodeError::Data(format!(
+            return Err(NodeError::Config(format!(
                 "{}: time column `{}` must be int64 epoch milliseconds or timestamp_ms, not {time_type}",
                 self.name, self.spec.time
             )));
@@ -406,7 +409,8 @@ impl SessionOperator {
         }
         self.free_slots.extend(slots);
         out.count("sessions", closed.len() as u64);
-        out.push(RecordBatch::try_new(init.output.clone(), columns)?);
+        let meta = self.consumed.union();
+        out.push_with(RecordBatch::try_new(init.output.clone(), columns)?, meta);
         Ok(())
     }
 
@@ -421,7 +425,7 @@ impl SessionOperator {
         let want = pending + init.aggs.bytes() + keys + self.expiry.len() * 16;
         self.reservation
             .try_resize(want)
-            .map_err(|e| NodeError::Data(e.to_string()))
+            .map_err(NodeError::from)
     }
 }
 
@@ -470,6 +474,7 @@ fn time_of(batch: &RecordBatch, col: usize) -> Result<Int64Array, NodeError> {
 
 impl Operator for SessionOperator {
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+        self.consumed.push_input(out);
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -502,7 +507,7 @@ impl Operator for SessionOperator {
         }
         if !late.is_empty() || !nulls.is_empty() {
             let rows = rows_as_objects(&batch, None, JsonOptions::default())
-                .map_err(|e| NodeError::Data(format!("{}: {e}", self.name)))?;
+                .map_err(|e| NodeError::Config(format!("{}: {e}", self.name)))?;
             let ooo = ms(self.spec.out_of_orderness);
             for (i, t, max) in late {
                 out.dead_letter(DeadLetter {

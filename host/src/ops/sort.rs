@@ -16,12 +16,14 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
 
 use super::external::{Merger, SPILL_BATCH_ROWS, gather, sorted_positions, write_run};
-use crate::exec::memory::{Reservation, RunMemory};
-use crate::exec::{Emitter, NodeError, Operator};
-use crate::spec::SortSpec;
+use crate::node::memory::{Reservation, RunMemory};
+use crate::node::{Emitter, NodeError, Operator};
+use super::stateful_spec::SortSpec;
 
 /// The running sort.
 pub struct SortOperator {
+    /// The lineage and tokens of every input consumed: what held rows carry.
+    consumed: crate::node::MetaSet,
     name: String,
     spec: SortSpec,
     memory: RunMemory,
@@ -49,6 +51,7 @@ impl SortOperator {
     pub fn new(name: &str, spec: SortSpec, memory: RunMemory, batch_rows: usize) -> Self {
         let consumer = format!("sort `{name}`");
         Self {
+            consumed: crate::node::MetaSet::new(),
             reservation: memory.pool.reservation(&consumer),
             name: consumer,
             spec,
@@ -68,7 +71,7 @@ impl SortOperator {
         let mut fields = Vec::new();
         for k in &self.spec.by {
             let i = schema.index_of(&k.column).map_err(|_| {
-                NodeError::Data(format!(
+                NodeError::Config(format!(
                     "{}: sort key `{}` is not a column of the input",
                     self.name, k.column
                 ))
@@ -112,6 +115,7 @@ impl SortOperator {
 
 impl Operator for SortOperator {
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+        self.consumed.push_input(out);
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -134,7 +138,7 @@ impl Operator for SortOperator {
             out.count("spills", 1);
             self.reservation
                 .try_grow(need)
-                .map_err(|e| NodeError::Data(e.to_string()))?;
+                .map_err(NodeError::from)?;
         }
         self.buffered.push(batch);
         self.keys.push(keys);
@@ -172,13 +176,13 @@ impl Operator for SortOperator {
                     return Ok(false);
                 }
                 for b in gather(&self.buffered, &chunk, self.batch_rows) {
-                    out.push(b?);
+                    out.push_with(b?, self.consumed.union());
                 }
                 Ok(true)
             }
             Output::Merge(m) => match m.next_chunk(self.batch_rows)? {
                 Some(b) => {
-                    out.push(b);
+                    out.push_with(b, self.consumed.union());
                     Ok(true)
                 }
                 None => {

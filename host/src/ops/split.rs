@@ -27,8 +27,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, column, fnv1a, mix, unit};
-use crate::exec::{Emitter, NodeError, Operator};
-use crate::spec::SpecError;
+use crate::node::{Emitter, NodeError, Operator};
+use crate::node::config::SpecError;
 
 /// A split stage's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use serde_json::{Value, json};
 
-use super::super::testutil::{arc, batch, rows};
-use crate::exec::memory::{MemoryPool, MemoryWatch, RunMemory, SpillDir};
-use crate::exec::{Emitter, Operator};
+use super::testutil::{arc, batch, rows};
+use crate::node::memory::{MemoryPool, MemoryWatch, RunMemory, SpillDir};
+use crate::node::{Emitter, Operator};
 use crate::spec::{AggregateSpec, GroupSpec, SessionSpec, SortSpec};
 use crate::units::{ByteSize, Millis};
 
@@ -46,7 +46,7 @@ fn sort_orders_by_several_keys_with_direction_and_nulls_and_is_stable() {
         {"column": "k", "nulls_first": true},
         {"column": "s", "descending": true}
     ]}));
-    let mut op = super::super::sort::SortOperator::new("s", spec, memory(1 << 30, dir.path()), 3);
+    let mut op = super::sort::SortOperator::new("s", spec, memory(1 << 30, dir.path()), 3);
     let b1 = batch(vec![
         (
             "k",
@@ -142,14 +142,14 @@ fn sort_ten_times_over_the_budget_spills_and_equals_the_in_memory_sort() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut in_memory =
-        super::super::sort::SortOperator::new("s", spec.clone(), memory(1 << 32, dir.path()), 4096);
+        super::sort::SortOperator::new("s", spec.clone(), memory(1 << 32, dir.path()), 4096);
     let expected = run_all(&mut in_memory, input.clone());
     assert!(!expected.counters.contains_key("spills"));
 
     let mem = memory(budget, dir.path());
     let spill_dir = mem.spill.path().to_path_buf();
     let pool = mem.pool.clone();
-    let mut spilling = super::super::sort::SortOperator::new("s", spec, mem, 4096);
+    let mut spilling = super::sort::SortOperator::new("s", spec, mem, 4096);
     let got = run_all(&mut spilling, input);
     assert!(got.counters["spill_files"] >= 10, "{:?}", got.counters);
     assert!(pool.peak().0 <= budget);
@@ -187,7 +187,7 @@ fn group_computes_every_aggregate_exactly() {
         partitions: crate::spec::default_partitions(),
     };
     let mut op =
-        super::super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
+        super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
     let b = batch(vec![
         (
             "u",
@@ -235,7 +235,7 @@ fn group_collects_values_into_a_list() {
         partitions: crate::spec::default_partitions(),
     };
     let mut op =
-        super::super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
+        super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
     let b = batch(vec![
         ("u", arc(StringArray::from(vec!["y", "x", "y"]))),
         ("q", arc(Int32Array::from(vec![Some(5), Some(1), None]))),
@@ -271,7 +271,7 @@ fn wide_group(partitions: std::num::NonZeroUsize) -> GroupSpec {
 /// `spec` over `input` with memory to spare: the reference result.
 fn group_in_memory(spec: &GroupSpec, input: &[RecordBatch], dir: &std::path::Path) -> Emitter {
     let mut op =
-        super::super::group::GroupOperator::new("g", spec.clone(), memory(1 << 32, dir), 4096);
+        super::group::GroupOperator::new("g", spec.clone(), memory(1 << 32, dir), 4096);
     run_all(&mut op, input.to_vec())
 }
 
@@ -288,7 +288,7 @@ fn group_ten_times_over_the_budget_spills_partitions_and_equals_the_in_memory_gr
     let mem = memory(budget, dir.path());
     let spill_dir = mem.spill.path().to_path_buf();
     let pool = mem.pool.clone();
-    let mut spilling = super::super::group::GroupOperator::new("g", spec, mem, 4096);
+    let mut spilling = super::group::GroupOperator::new("g", spec, mem, 4096);
     let got = run_all(&mut spilling, input);
     assert_eq!(got.counters["spill_files"], 16);
     assert!(pool.peak().0 <= budget);
@@ -316,7 +316,7 @@ fn a_partition_over_the_budget_is_split_again_and_the_result_is_unchanged() {
     let pool = mem.pool.clone();
     let mut neighbour = pool.reservation("sort `upstream`");
     neighbour.try_grow(budget as usize / 3).unwrap();
-    let mut spilling = super::super::group::GroupOperator::new("g", spec, mem, 4096);
+    let mut spilling = super::group::GroupOperator::new("g", spec, mem, 4096);
     let got = run_all(&mut spilling, input);
     assert!(got.counters["partition_splits"] >= 2, "{:?}", got.counters);
     assert!(pool.peak().0 <= budget);
@@ -346,7 +346,7 @@ fn a_single_key_over_the_budget_fails_naming_the_group() {
     let dir = tempfile::tempdir().unwrap();
     let mem = memory((bytes / 4) as u64, dir.path());
     let spill_dir = mem.spill.path().to_path_buf();
-    let mut op = super::super::group::GroupOperator::new("per_user", spec, mem, 4096);
+    let mut op = super::group::GroupOperator::new("per_user", spec, mem, 4096);
     let mut out = Emitter::default();
     for b in input {
         op.process(b, &mut out).unwrap();
@@ -363,7 +363,7 @@ fn a_single_key_over_the_budget_fails_naming_the_group() {
 fn a_refusal_names_the_consumer() {
     let dir = tempfile::tempdir().unwrap();
     let spec = sort_spec(json!({"by": [{"column": "k"}]}));
-    let mut op = super::super::sort::SortOperator::new("by_ts", spec, memory(16, dir.path()), 10);
+    let mut op = super::sort::SortOperator::new("by_ts", spec, memory(16, dir.path()), 10);
     let b = batch(vec![("k", arc(Int64Array::from(vec![1, 2, 3])))]);
     let err = op
         .process(b, &mut Emitter::default())
@@ -418,7 +418,7 @@ fn events(rows_: &[(&str, i64, i64)]) -> RecordBatch {
 fn sessions(spec: SessionSpec, input: Vec<RecordBatch>) -> (Value, Emitter) {
     let dir = tempfile::tempdir().unwrap();
     let mut op =
-        super::super::session::SessionOperator::new("w", spec, &memory(1 << 30, dir.path()));
+        super::session::SessionOperator::new("w", spec, &memory(1 << 30, dir.path()));
     let out = run_all(&mut op, input);
     (rows(&out.batches), out)
 }
@@ -548,7 +548,7 @@ fn many_interleaved_keys_are_sessionised_independently_and_closed_by_the_waterma
     }
     let batches: Vec<RecordBatch> = evs.chunks(37).map(events).collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut op = super::super::session::SessionOperator::new(
+    let mut op = super::session::SessionOperator::new(
         "w",
         session(json!({})),
         &memory(1 << 30, dir.path()),
@@ -574,7 +574,7 @@ fn many_interleaved_keys_are_sessionised_independently_and_closed_by_the_waterma
 #[test]
 fn session_state_counts_against_the_budget_and_a_refusal_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut op = super::super::session::SessionOperator::new(
+    let mut op = super::session::SessionOperator::new(
         "w",
         session(json!({})),
         &memory(64, dir.path()),

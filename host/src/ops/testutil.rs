@@ -7,7 +7,7 @@ use arrow::array::{ArrayRef, RecordBatch};
 use serde_json::Value;
 
 use crate::batch::json::{JsonOptions, rows_as_objects};
-use crate::exec::{Emitter, Operator};
+use crate::node::{Emitter, Operator};
 
 /// A batch from `(name, column)` pairs.
 pub fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {

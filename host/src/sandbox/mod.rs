@@ -22,7 +22,9 @@
 //! poisons the instance: its `Store` is dropped and the next call starts a fresh one
 //! from the `InstancePre`.
 
-pub mod bindings;
+/// The host's WIT bindings (generated once, in [`crate::wit`]).
+pub use crate::wit as bindings;
+mod fault;
 mod build;
 mod cache;
 mod engine;

@@ -5,16 +5,9 @@ use std::collections::HashMap;
 use super::error::closest;
 use super::{PipelineSpec, SpecError};
 
-/// What kind of node a name refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeKind {
-    /// A `[[source]]`.
-    Source,
-    /// A `[[stage]]`.
-    Stage,
-    /// A `[[sink]]`.
-    Sink,
-}
+pub use crate::node::NodeKind;
+
+use super::StageSpec;
 
 /// One node of the checked DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,11 +42,7 @@ impl Dag {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for node in &self.nodes {
-            let kind = match node.kind {
-                NodeKind::Source => "source",
-                NodeKind::Stage => "stage",
-                NodeKind::Sink => "sink",
-            };
+            let kind = node.kind.as_str();
             let inputs: Vec<&str> = node
                 .inputs
                 .iter()
@@ -203,15 +192,15 @@ impl PipelineSpec {
                 ],
             )?;
             if let Some(c) = &s.sort {
-                super::stateful::validate_sort(&key, c)?;
+                crate::ops::stateful_spec::validate_sort(&key, c)?;
             }
             if let Some(c) = &s.group {
-                super::stateful::validate_group(&key, c)?;
+                crate::ops::stateful_spec::validate_group(&key, c)?;
             }
             if let Some(c) = &s.session {
-                super::stateful::validate_session(&key, c)?;
+                crate::ops::stateful_spec::validate_session(&key, c)?;
             }
-            crate::ops::check(&key, s)?;
+            check_builtin(&key, s)?;
             if let Some(w) = &s.wasm {
                 match (&w.component, &w.krate) {
                     (Some(_), None) | (None, Some(_)) => {}
@@ -362,3 +351,47 @@ impl PipelineSpec {
         Ok(Dag { nodes: out })
     }
 }
+
+/// The operator a stage's kind table describes, if it is a built-in one.
+///
+/// `key` is the stage's key path (`stage[2]`), used in errors.
+///
+/// # Errors
+/// [`SpecError::Invalid`] naming the offending key.
+pub fn build_builtin(
+    key: &str,
+    stage: &StageSpec,
+) -> Result<Option<Box<dyn crate::node::Operator>>, SpecError> {
+    Ok(Some(if let Some(s) = &stage.map {
+        Box::new(crate::ops::MapOp::new(&format!("{key}.map"), s)?)
+    } else if let Some(s) = &stage.filter {
+        Box::new(crate::ops::FilterOp::new(&format!("{key}.filter"), s)?)
+    } else if let Some(s) = &stage.batch {
+        Box::new(crate::ops::BatchOp::new(&format!("{key}.batch"), s)?)
+    } else if let Some(s) = &stage.sample {
+        Box::new(crate::ops::SampleOp::new(&format!("{key}.sample"), s)?)
+    } else if let Some(s) = &stage.split {
+        Box::new(crate::ops::SplitOp::new(&format!("{key}.split"), s)?)
+    } else {
+        return Ok(None);
+    }))
+}
+
+/// Whether the stage is one of this module's operators.
+pub fn is_builtin(stage: &StageSpec) -> bool {
+    stage.map.is_some()
+        || stage.filter.is_some()
+        || stage.batch.is_some()
+        || stage.sample.is_some()
+        || stage.split.is_some()
+}
+
+/// Checks a built-in stage's configuration by building it (cheap: nothing is
+/// opened or allocated beyond the config).
+///
+/// # Errors
+/// As [`build_builtin`].
+pub fn check_builtin(key: &str, stage: &StageSpec) -> Result<(), SpecError> {
+    build_builtin(key, stage).map(drop)
+}
+

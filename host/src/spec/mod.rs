@@ -35,13 +35,12 @@ mod compose;
 mod dag;
 mod error;
 mod model;
-mod stateful;
 
 pub use compose::UseSpec;
-pub use dag::{Dag, NodeKind, NodeRef};
+pub use dag::{Dag, NodeKind, NodeRef, build_builtin, check_builtin, is_builtin};
 pub use error::SpecError;
 pub use model::*;
-pub use stateful::*;
+pub use crate::ops::stateful_spec::*;
 
 use std::path::Path;
 

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::{Grants, StageLimits};
 use crate::units::ByteSize;
 
+pub use crate::connectors::{JsonlSinkSpec, JsonlSourceSpec};
+pub use crate::node::config::{FieldSpec, FieldType};
+
 /// A whole pipeline file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +79,16 @@ pub struct Settings {
     /// watch. Default: 64 MiB ([`default_memory_floor`]).
     #[serde(default = "default_memory_floor")]
     pub memory_floor: ByteSize,
+    /// How often sinks are flushed to durability and the run's checkpoint is
+    /// written (stored pipelines). Shorter replays less after a crash; longer
+    /// syncs less. Default: 1 s ([`default_checkpoint_interval`]).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: crate::units::Millis,
+}
+
+/// Default checkpoint interval: 1 s.
+pub fn default_checkpoint_interval() -> crate::units::Millis {
+    crate::units::Millis(std::time::Duration::from_secs(1))
 }
 
 /// Default run memory budget: 256 MiB.
@@ -111,6 +124,7 @@ impl Default for Settings {
             batch_rows: default_batch_rows(),
             memory: default_memory(),
             memory_floor: default_memory_floor(),
+            checkpoint_interval: default_checkpoint_interval(),
         }
     }
 }
@@ -129,87 +143,10 @@ pub struct SourceSpec {
     pub sequence: Option<crate::connectors::SequenceSourceSpec>,
 }
 
-/// A JSON-lines file source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonlSourceSpec {
-    /// The file, relative to the pipeline file.
-    pub path: PathBuf,
-    /// The columns to read, in order. Keys of a record not listed are ignored.
-    pub schema: Vec<FieldSpec>,
-    /// Rows per batch. Default: the pipeline's `settings.batch_rows`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_rows: Option<NonZeroUsize>,
-    /// Where corrupt lines go (JSON lines: line number, reason, text). Default: the
-    /// run's dead-letter file in the data directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rejects: Option<PathBuf>,
-    /// Threads parsing lines. Default: one per core, at most 8. Fewer leaves cores to
-    /// a downstream operator that is the slower part of the run (the run summary's
-    /// `blocked` column says which).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threads: Option<NonZeroUsize>,
-}
-
-/// One column a source reads, and what makes a record corrupt.
-///
-/// A record is corrupt when a `required` field is missing or null, when a value has
-/// the wrong JSON type (`"123"` or `123.0` for an integer), or when a number is
-/// outside `[min, max]`. The first failing field, in schema order, is the reason.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FieldSpec {
-    /// The JSON key and column name.
-    pub name: String,
-    /// The column type.
-    #[serde(rename = "type")]
-    pub data_type: FieldType,
-    /// A record without this field (or with null) is corrupt. Default: false.
-    #[serde(default)]
-    pub required: bool,
-    /// Smallest allowed numeric value, inclusive. Default: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<f64>,
-    /// Largest allowed numeric value, inclusive. Default: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<f64>,
-}
-
-/// Column types a pipeline file can name; each maps to one Arrow type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FieldType {
-    /// Arrow `Boolean`; JSON `true`/`false`.
-    #[serde(alias = "bool")]
-    Boolean,
-    /// Arrow `Int32`; a JSON integer in range.
-    Int32,
-    /// Arrow `Int64`; a JSON integer.
-    Int64,
-    /// Arrow `Float32`; any JSON number.
-    Float32,
-    /// Arrow `Float64`; any JSON number.
-    Float64,
-    /// Arrow `Utf8`; a JSON string.
-    #[serde(alias = "string")]
-    Utf8,
-    /// Arrow `Timestamp(Millisecond)`; a JSON integer of epoch milliseconds.
-    TimestampMs,
-}
-
-impl FieldType {
-    /// The Arrow type this maps to.
-    pub fn arrow(self) -> arrow::datatypes::DataType {
-        use arrow::datatypes::{DataType, TimeUnit};
-        match self {
-            Self::Boolean => DataType::Boolean,
-            Self::Int32 => DataType::Int32,
-            Self::Int64 => DataType::Int64,
-            Self::Float32 => DataType::Float32,
-            Self::Float64 => DataType::Float64,
-            Self::Utf8 => DataType::Utf8,
-            Self::TimestampMs => DataType::Timestamp(TimeUnit::Millisecond, None),
-        }
+impl SourceSpec {
+    /// The source's own dead-letter file, if it names one.
+    pub fn rejects(&self) -> Option<&Path> {
+        self.jsonl.as_ref()?.rejects.as_deref()
     }
 }
 
@@ -283,7 +220,7 @@ pub struct WasmStageSpec {
     /// A candidate version run beside this one on the same batches, its output
     /// compared and discarded (`[stage.wasm.shadow]`). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<crate::exec::shadow::ShadowSpec>,
+    pub shadow: Option<crate::ops::wasm::shadow::ShadowSpec>,
 }
 
 fn empty_params() -> serde_json::Value {
@@ -313,22 +250,3 @@ pub struct SinkSpec {
     pub http: Option<crate::connectors::HttpSinkSpec>,
 }
 
-/// A JSON-lines file sink: one JSON object per row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonlSinkSpec {
-    /// The file, relative to the pipeline file; replaced on each run.
-    pub path: PathBuf,
-    /// Round floats to this many decimal places. Default: none (shortest exact form).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub float_decimals: Option<u8>,
-    /// Columns to write, in order. Default: all, in batch order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub columns: Option<Vec<String>>,
-    /// Also write `<path>.lineage.jsonl`: per written batch, its lines in the
-    /// output and its lineage (pipeline version, stage digests and parameter
-    /// hashes, source positions), so `weir lineage <path>:<line>` answers from the
-    /// output alone. Default: false.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub lineage: bool,
-}

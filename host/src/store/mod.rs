@@ -8,6 +8,7 @@
 //!     versions     "pipeline\0" + u64 BE → PipelineVersion (JSON, immutable)
 //!     active       pipeline name     → u64 BE
 //!     lineage      "run\0" + u64 BE  → LineageRecord (JSON)
+//!     checkpoints  pipeline name     → Checkpoint (JSON): positions and sink states to resume from
 //! ```
 //!
 //! Components are content-addressed: pushing the same bytes twice under one name
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::exec::lineage::LineageRecord;
+use crate::node::{BoxError, Checkpoint, CheckpointStore, LineageRecord};
 use crate::sandbox::{StageLimits, World};
 use crate::spec::PipelineSpec;
 
@@ -534,16 +535,87 @@ impl Store {
         run_id: &str,
         records: &[LineageRecord],
     ) -> Result<(), StoreError> {
-        self.with(|db| {
-            let tree = self.tree(db, "lineage")?;
-            let mut batch = sled::Batch::default();
-            for (i, r) in records.iter().enumerate() {
-                batch.insert(
-                    version_key(run_id, i as u64),
-                    serde_json::to_vec(r).expect("serializes"),
-                );
+        self.with(|db| self.append_lineage_in(db, run_id, records))
+    }
+
+    /// Appends after the run's last record, so a run's log can be written in
+    /// pieces (with each checkpoint).
+    fn append_lineage_in(
+        &self,
+        db: &sled::Db,
+        run_id: &str,
+        records: &[LineageRecord],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tree = self.tree(db, "lineage")?;
+        let prefix = version_key(run_id, 0);
+        let prefix = &prefix[..prefix.len() - 8];
+        let next = match tree.scan_prefix(prefix).last() {
+            Some(item) => {
+                let (k, _) = item.map_err(|e| self.db_err(e))?;
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&k[k.len() - 8..]);
+                u64::from_be_bytes(n) + 1
             }
-            tree.apply_batch(batch).map_err(|e| self.db_err(e))
+            None => 0,
+        };
+        let mut batch = sled::Batch::default();
+        for (i, r) in records.iter().enumerate() {
+            let value = serde_json::to_vec(r).map_err(|e| self.db_err(e))?;
+            batch.insert(version_key(run_id, next + i as u64), value);
+        }
+        tree.apply_batch(batch).map_err(|e| self.db_err(e))
+    }
+
+    /// The pipeline's last checkpoint.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Corrupt`].
+    pub fn checkpoint(&self, pipeline: &str) -> Result<Option<Checkpoint>, StoreError> {
+        self.with(|db| {
+            match self
+                .tree(db, "checkpoints")?
+                .get(pipeline.as_bytes())
+                .map_err(|e| self.db_err(e))?
+            {
+                Some(v) => Ok(Some(self.decode(pipeline.as_bytes(), &v)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Replaces the pipeline's checkpoint and appends lineage records of its run,
+    /// in one open of the store.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn save_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+        lineage: &[LineageRecord],
+    ) -> Result<(), StoreError> {
+        self.with(|db| {
+            self.append_lineage_in(db, &checkpoint.run, lineage)?;
+            let value = serde_json::to_vec(checkpoint).map_err(|e| self.db_err(e))?;
+            self.tree(db, "checkpoints")?
+                .insert(checkpoint.pipeline.as_bytes(), value)
+                .map_err(|e| self.db_err(e))?;
+            Ok(())
+        })
+    }
+
+    /// Forgets the pipeline's checkpoint.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn clear_checkpoint(&self, pipeline: &str) -> Result<(), StoreError> {
+        self.with(|db| {
+            self.tree(db, "checkpoints")?
+                .remove(pipeline.as_bytes())
+                .map_err(|e| self.db_err(e))?;
+            Ok(())
         })
     }
 
@@ -561,6 +633,20 @@ impl Store {
             }
             Ok(out)
         })
+    }
+}
+
+impl CheckpointStore for Store {
+    fn load(&self, pipeline: &str) -> Result<Option<Checkpoint>, BoxError> {
+        Ok(self.checkpoint(pipeline)?)
+    }
+
+    fn save(&self, checkpoint: &Checkpoint, lineage: &[LineageRecord]) -> Result<(), BoxError> {
+        Ok(self.save_checkpoint(checkpoint, lineage)?)
+    }
+
+    fn clear(&self, pipeline: &str) -> Result<(), BoxError> {
+        Ok(self.clear_checkpoint(pipeline)?)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::{StageVersion, Store, StoreError, is_reference};
-use crate::exec::lineage::params_hash;
+use crate::node::lineage::params_hash;
 use crate::sandbox::{BuildError, LoadError, Sandbox, build_stage};
 use crate::spec::{PipelineSpec, SpecError};
 

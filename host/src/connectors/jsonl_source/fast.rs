@@ -191,7 +191,7 @@ mod tests {
 
     use super::super::record_by_serde;
     use super::*;
-    use crate::spec::FieldType;
+    use crate::node::config::FieldType;
 
     fn fields() -> Vec<FieldSpec> {
         ["user_id", "ts", "price", "event", "label"]

@@ -32,7 +32,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,12 +42,35 @@ use arrow::array::{
     Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use crate::exec::{DeadLetter, Emitter, NodeError, Source};
+use crate::node::config::{FieldSpec, FieldType};
+use crate::node::{DeadLetter, Emitter, NodeError, Source};
 
 mod fast;
-use crate::spec::{FieldSpec, FieldType, JsonlSourceSpec, PipelineSpec};
+
+/// A JSON-lines file source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSourceSpec {
+    /// The file, relative to the pipeline file.
+    pub path: PathBuf,
+    /// The columns to read, in order. Keys of a record not listed are ignored.
+    pub schema: Vec<FieldSpec>,
+    /// Rows per batch. Default: the pipeline's `settings.batch_rows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_rows: Option<NonZeroUsize>,
+    /// Where corrupt lines go (JSON lines: line number, reason, text). Default: the
+    /// run's dead-letter file in the data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<PathBuf>,
+    /// Threads parsing lines. Default: one per core, at most 8. Fewer leaves cores to
+    /// a downstream operator that is the slower part of the run (the run summary's
+    /// `blocked` column says which).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<NonZeroUsize>,
+}
 
 /// Bytes asked of the file per read: large enough that system calls do not show
 /// in a profile, small next to the chunks a call parses.
@@ -76,6 +99,8 @@ pub struct JsonlSource {
     read_bytes: usize,
     /// Lines handed out so far (the 1-based number of the last one).
     line_no: u64,
+    /// Bytes of the file handed out so far (where the next line starts).
+    offset: u64,
     /// Bytes read but not yet parsed: whole lines, then perhaps part of one.
     buf: Vec<u8>,
     /// Newlines in `buf`.
@@ -89,11 +114,14 @@ impl JsonlSource {
     ///
     /// # Errors
     /// The file cannot be opened.
-    pub fn open(pipeline: &PipelineSpec, spec: &JsonlSourceSpec) -> std::io::Result<Self> {
-        let path = pipeline.resolve(&spec.path);
+    pub fn open(
+        spec: &JsonlSourceSpec,
+        path: PathBuf,
+        default_batch_rows: NonZeroUsize,
+    ) -> std::io::Result<Self> {
         let file = File::open(&path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let batch_rows = spec.batch_rows.unwrap_or(pipeline.settings.batch_rows);
+        let batch_rows = spec.batch_rows.unwrap_or(default_batch_rows);
         let source = Self::from_file(
             file,
             path,
@@ -125,15 +153,11 @@ impl JsonlSource {
             threads: NonZeroUsize::new(cores.min(MAX_THREADS)).unwrap_or(NonZeroUsize::MIN),
             read_bytes: READ_BYTES,
             line_no: 0,
+            offset: 0,
             buf: Vec::new(),
             buf_lines: 0,
             eof: false,
         }
-    }
-
-    /// The Arrow schema of the batches it produces.
-    pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
     }
 
     /// Uses `threads` parsing threads instead of one per core.
@@ -153,10 +177,7 @@ impl JsonlSource {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(source) => {
                         self.buf.truncate(start);
-                        return Err(NodeError::Io {
-                            path: self.path.display().to_string(),
-                            source,
-                        });
+                        return Err(NodeError::io(self.path.display(), source));
                     }
                 }
             };
@@ -179,20 +200,28 @@ pub fn schema_of(fields: &[FieldSpec]) -> SchemaRef {
 }
 
 impl Source for JsonlSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Each batch is pushed with the position after its own last line,
+    /// `line:offset` (the 1-based number of that line and the byte offset where
+    /// the next line starts), so a batch's lineage span names exactly its lines
+    /// and a resumed run seeks straight to the byte.
     fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
         let want = self.batch_rows * self.threads.get() * CHUNKS_PER_THREAD;
         self.fill(want)?;
         // Whole chunks of `batch_rows` lines; at the end of the file, the rest too
         // (a last line without a newline included).
         let whole = self.buf_lines.min(want) / self.batch_rows * self.batch_rows;
-        let (take, newlines_taken, lines) = if self.eof && self.buf_lines <= want {
-            let partial = usize::from(self.buf.last().is_some_and(|&b| b != b'\n'));
-            (self.buf.len(), self.buf_lines, self.buf_lines + partial)
+        let take = if self.eof && self.buf_lines <= want {
+            self.buf.len()
         } else {
-            (nth_line_end(&self.buf, whole), whole, whole)
+            nth_line_end(&self.buf, whole)
         };
+        let chunk = &self.buf[..take];
         let parsed = parse_pieces(
-            &self.buf[..take],
+            chunk,
             self.line_no + 1,
             self.batch_rows,
             self.threads,
@@ -200,21 +229,91 @@ impl Source for JsonlSource {
             &self.fields,
             &self.schema,
         )?;
-        self.buf.drain(..take);
-        self.buf_lines -= newlines_taken;
-        self.line_no += lines as u64;
-        for (batch, letters) in parsed {
+        let bounds = piece_bounds(chunk, self.batch_rows);
+        debug_assert_eq!(bounds.len(), parsed.len());
+        let newlines_taken = newlines(chunk);
+        for ((batch, letters), (end, lines)) in parsed.into_iter().zip(bounds) {
             for letter in letters {
                 out.dead_letter(letter);
             }
-            out.push(batch);
+            let position = format!("{}:{}", self.line_no + lines, self.offset + end as u64);
+            out.push_at(batch, Some(position));
         }
+        let lines_total = newlines_taken + usize::from(take > 0 && chunk.last() != Some(&b'\n'));
+        self.line_no += lines_total as u64;
+        self.offset += take as u64;
+        self.buf.drain(..take);
+        self.buf_lines -= newlines_taken;
         Ok(!(self.eof && self.buf.is_empty()))
     }
 
-    fn position(&self) -> Option<String> {
-        Some(format!("{}:{}", self.display, self.line_no))
+    fn seek(&mut self, position: &str) -> Result<(), NodeError> {
+        let bad = |why: &str| {
+            NodeError::config(format!(
+                "cannot resume {} after `{position}`: {why}",
+                self.display
+            ))
+        };
+        let (line, offset) = position
+            .split_once(':')
+            .and_then(|(l, o)| Some((l.parse::<u64>().ok()?, o.parse::<u64>().ok()?)))
+            .ok_or_else(|| bad("not a `line:offset` position"))?;
+        let len = self
+            .file
+            .metadata()
+            .map_err(|e| NodeError::io(self.path.display(), e))?
+            .len();
+        if offset > len {
+            return Err(bad(&format!("the file is only {len} bytes long now")));
+        }
+        if offset > 0 {
+            let mut before = [0u8; 1];
+            self.file
+                .seek(std::io::SeekFrom::Start(offset - 1))
+                .and_then(|_| self.file.read_exact(&mut before))
+                .map_err(|e| NodeError::io(self.path.display(), e))?;
+            if before[0] != b'\n' && offset < len {
+                return Err(bad("it is not the start of a line; the file changed"));
+            }
+        }
+        self.file
+            .seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| NodeError::io(self.path.display(), e))?;
+        self.line_no = line;
+        self.offset = offset;
+        self.buf.clear();
+        self.buf_lines = 0;
+        self.eof = false;
+        Ok(())
     }
+}
+
+/// Where each piece of [`parse_pieces`] ends in `chunk` (byte offset past it)
+/// and how many lines it holds, by the same cut: every `piece_lines` newlines,
+/// then the rest.
+fn piece_bounds(chunk: &[u8], piece_lines: usize) -> Vec<(usize, u64)> {
+    let piece_lines = piece_lines.max(1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in memchr::memchr_iter(b'\n', chunk)
+        .skip(piece_lines - 1)
+        .step_by(piece_lines)
+    {
+        out.push((i + 1, piece_lines as u64));
+        start = i + 1;
+    }
+    if start < chunk.len() {
+        let rest = &chunk[start..];
+        let lines = newlines(rest) + usize::from(rest.last() != Some(&b'\n'));
+        out.push((chunk.len(), lines as u64));
+    }
+    // Lines are cumulative within the call.
+    let mut acc = 0;
+    for (_, l) in &mut out {
+        acc += *l;
+        *l = acc;
+    }
+    out
 }
 
 /// The byte offset just past the `n`th newline of `bytes` (`n` ≥ 1 and present),

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
 
-use super::live::LiveRun;
+use super::LiveRun;
 use crate::spec::PipelineSpec;
 
 /// How often `weir run --watch` looks at the file: 500 ms.

@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Emitter, NodeError, Source};
 use crate::units::ByteSize;
 
 /// A reservation was refused: the budget is exhausted.
@@ -365,46 +364,18 @@ pub struct RunMemory {
 }
 
 impl RunMemory {
-    /// The budget, spill directory and watch of a run with `settings`, spilling
+    /// The budget, spill directory and watch of a run with `budget` and `floor`, spilling
     /// under `<data_dir>/spill`. The run pool is charged to the host pool when one
     /// is installed ([`MemoryPool::install_host`]).
     ///
     /// # Errors
     /// The spill directory cannot be created.
-    pub fn for_run(settings: &crate::spec::Settings, data_dir: &Path) -> std::io::Result<Self> {
+    pub fn for_run(budget: ByteSize, floor: ByteSize, data_dir: &Path) -> std::io::Result<Self> {
         Ok(Self {
-            pool: MemoryPool::run(settings.memory, MemoryPool::installed_host()),
+            pool: MemoryPool::run(budget, MemoryPool::installed_host()),
             spill: SpillDir::new(&data_dir.join("spill"))?,
-            watch: MemoryWatch::new(settings.memory_floor),
+            watch: MemoryWatch::new(floor),
         })
-    }
-
-    /// `source`, pausing before each read while the node's memory is low.
-    pub fn watched(&self, source: Box<dyn Source>) -> Box<dyn Source> {
-        Box::new(Watched {
-            inner: source,
-            watch: self.watch.clone(),
-        })
-    }
-}
-
-/// A source that waits for memory before each read.
-struct Watched {
-    inner: Box<dyn Source>,
-    watch: MemoryWatch,
-}
-
-impl Source for Watched {
-    fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
-        let waited = self.watch.wait_while_low();
-        if !waited.is_zero() {
-            out.count("memory_paused_ms", (waited.as_millis() as u64).max(1));
-        }
-        self.inner.next_batch(out)
-    }
-
-    fn position(&self) -> Option<String> {
-        self.inner.position()
     }
 }
 

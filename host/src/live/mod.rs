@@ -25,13 +25,17 @@
 //! only the applied ones update the running spec, so a later apply compares with
 //! what really runs. [`LiveRun`] is used behind a mutex: changes are serialized.
 
+pub mod socket;
+pub mod watch;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::control::{RunControl, StageChange, SwapError, prepare_stage};
-use super::plan::{Plan, RunEnv};
+use crate::exec::control::{RunControl, StageChange, SwapError};
+use crate::ops::wasm::prepare_stage;
+use crate::plan::{Plan, RunEnv};
 use crate::sandbox::build_stage;
 use crate::spec::{PipelineSpec, SpecError, WasmStageSpec};
 use crate::store::{StoreError, is_reference};

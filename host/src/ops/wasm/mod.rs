@@ -1,17 +1,21 @@
 //! A WebAssembly featurizer as an [`Operator`], swappable while it runs.
 //!
-//! A swap ([`Operator::swap`], see [`super::control`]) is applied between two
+//! A swap ([`Operator::swap`], see [`crate::node::swap`]) is applied between two
 //! batches. The version it replaced is kept until the new one has processed one
 //! batch: if that first batch fails (a trap, or an error the old version did not
 //! have), the previous version is restored and the same batch is processed again
 //! on it, so the swap costs no record.
 
+pub mod shadow;
+
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
 
-use super::control::{StageChange, SwapApplied, SwapError, SwapReply, SwapRequest};
-use super::lineage::{Lineage, StageLineage, params_hash};
-use super::node::{Emitter, NodeError, Operator};
-use crate::sandbox::FeaturizerStage;
+use crate::node::lineage::{StageLineage, params_hash};
+use crate::node::swap::{StageChange, SwapApplied, SwapError, SwapReply, SwapRequest};
+use crate::node::{Emitter, Meta, NodeError, Operator};
+use crate::sandbox::{FeaturizerStage, Grants, Sandbox, StageFailure, StageLimits};
 
 /// Runs each batch through a sandboxed featurizer.
 ///
@@ -22,7 +26,7 @@ pub struct WasmOperator {
     lineage: StageLineage,
     probation: Option<Probation>,
     batches: u64,
-    shadow: Option<super::shadow::Shadow>,
+    shadow: Option<shadow::Shadow>,
 }
 
 /// A swap applied but not yet confirmed by a successful batch.
@@ -49,8 +53,8 @@ impl WasmOperator {
         }
     }
 
-    /// Runs `shadow`'s candidate beside this stage (see [`super::shadow`]).
-    pub fn with_shadow(mut self, shadow: Option<super::shadow::Shadow>) -> Self {
+    /// Runs `shadow`'s candidate beside this stage (see [`shadow`]).
+    pub fn with_shadow(mut self, shadow: Option<shadow::Shadow>) -> Self {
         self.shadow = shadow;
         self
     }
@@ -79,14 +83,14 @@ impl WasmOperator {
         Ok(())
     }
 
-    fn call(&mut self, batch: &RecordBatch, out: &mut Emitter) -> Result<RecordBatch, NodeError> {
+    fn call(&mut self, batch: &RecordBatch, out: &mut Emitter) -> Result<RecordBatch, StageFailure> {
         let traps_before = self.stage.stats().traps;
         let output = self.stage.process(batch);
         out.count("wasm:calls", 1);
         if self.stage.stats().traps > traps_before {
             out.count("wasm:traps", 1);
         }
-        Ok(output?)
+        output
     }
 }
 
@@ -99,6 +103,13 @@ fn lineage_of(stage: &FeaturizerStage) -> StageLineage {
 }
 
 impl Operator for WasmOperator {
+    fn output_schema(
+        &self,
+        _input: &arrow::datatypes::SchemaRef,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
+        Ok(None)
+    }
+
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
         if batch.num_rows() == 0 {
             return Ok(());
@@ -111,38 +122,39 @@ impl Operator for WasmOperator {
         if let Some(probation) = self.probation.take() {
             match output {
                 Ok(_) => probation.reply.send(Ok(self.applied(Some(index)))),
-                Err(NodeError::Stage(failure)) => {
+                Err(failure) => {
                     tracing::warn!(stage = %self.stage.name(), error = %failure, "swapped version failed its first batch; rolling back");
                     out.count("swap:rolled_back", 1);
                     let stage = self.stage.name().to_owned();
                     self.restore(probation.previous)?;
                     probation.reply.send(Err(SwapError::RolledBack {
                         stage,
-                        source: failure,
+                        error: Box::new(failure),
                     }));
                     output = self.call(&batch, out);
-                }
-                Err(other) => {
-                    probation.reply.send(Ok(self.applied(Some(index))));
-                    return Err(other);
                 }
             }
         }
         let output = output?;
-        let mut lineage = Lineage::of(&batch).unwrap_or_default();
-        lineage.stages.push(self.lineage.clone());
         let verdict = self
             .shadow
             .as_mut()
             .map(|s| s.observe(&batch, &output, active_time, out));
-        out.push(lineage.stamp(output));
+        let input = out.input_meta().cloned().unwrap_or_default();
+        let meta = Meta {
+            lineage: Arc::new(input.lineage.with_stage(&self.lineage)),
+            acks: input.acks,
+        };
+        out.push_with(output, meta);
         match verdict {
-            Some(super::shadow::Verdict::Promote) => {
-                self.stage = self.shadow.take().expect("observed").into_candidate();
-                self.lineage = lineage_of(&self.stage);
+            Some(shadow::Verdict::Promote) => {
+                if let Some(s) = self.shadow.take() {
+                    self.stage = s.into_candidate();
+                    self.lineage = lineage_of(&self.stage);
+                }
             }
-            Some(super::shadow::Verdict::Drop) => self.shadow = None,
-            Some(super::shadow::Verdict::Keep) | None => {}
+            Some(shadow::Verdict::Drop) => self.shadow = None,
+            Some(shadow::Verdict::Keep) | None => {}
         }
         Ok(())
     }
@@ -164,14 +176,24 @@ impl Operator for WasmOperator {
         let previous = match change {
             StageChange::Params(params) => {
                 let old = self.stage.params().to_owned();
-                if let Err(source) = self.stage.reconfigure(&params) {
+                if let Err(failure) = self.stage.reconfigure(&params) {
                     let stage = self.stage.name().to_owned();
-                    reply.send(Err(SwapError::Start { stage, source }));
+                    reply.send(Err(SwapError::Start {
+                        stage,
+                        error: Box::new(failure),
+                    }));
                     return;
                 }
                 Previous::Params(old)
             }
             StageChange::Stage(new) => {
+                let Ok(new) = new.downcast::<FeaturizerStage>() else {
+                    reply.send(Err(SwapError::Refused(format!(
+                        "stage `{}` is a WebAssembly stage and takes only a WebAssembly replacement",
+                        self.stage.name()
+                    ))));
+                    return;
+                };
                 if new.name() != self.stage.name() {
                     reply.send(Err(SwapError::Refused(format!(
                         "a stage built as `{}` cannot replace stage `{}`",
@@ -190,4 +212,30 @@ impl Operator for WasmOperator {
         self.lineage = lineage_of(&self.stage);
         self.probation = Some(Probation { previous, reply });
     }
+}
+
+/// Loads component `bytes` and instantiates it as stage `name` with `params`, off
+/// the hot path, so that a swap to it can be queued only if it would start.
+///
+/// # Errors
+/// [`SwapError::Load`] when the component fails validation; [`SwapError::Start`]
+/// when instantiating or `init` fails.
+pub fn prepare_stage(
+    sandbox: &Sandbox,
+    bytes: &[u8],
+    name: &str,
+    params: &str,
+    limits: StageLimits,
+    grants: Grants,
+) -> Result<FeaturizerStage, SwapError> {
+    let component = sandbox.load(bytes).map_err(|e| SwapError::Load {
+        stage: name.to_owned(),
+        error: Box::new(e),
+    })?;
+    FeaturizerStage::new(sandbox, &component, name, params, limits, grants).map_err(|e| {
+        SwapError::Start {
+            stage: name.to_owned(),
+            error: Box::new(e),
+        }
+    })
 }

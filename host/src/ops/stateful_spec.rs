@@ -1,12 +1,13 @@
 //! Configuration of the stateful operators (`[stage.sort]`, `[stage.group]`,
-//! `[stage.session]`), kept apart from the operators that run it (`crate::ops`).
+//! `[stage.session]`), beside the operators that run them. The pipeline file's
+//! shape (`crate::spec`) re-exports them.
 //! Every struct refuses unknown keys; defaults come from named functions.
 
 use std::num::NonZeroUsize;
 
 use serde::{Deserialize, Serialize};
 
-use super::SpecError;
+use crate::node::config::SpecError;
 use crate::units::Millis;
 
 /// `[stage.sort]`: a stable, deterministic sort; an external merge sort over spill

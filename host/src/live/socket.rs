@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::live::{LiveRun, LiveStatus, StageOutcome};
+use super::{LiveRun, LiveStatus, StageOutcome};
 
 /// Where pipeline `pipeline`'s control socket lives in `data_dir`.
 pub fn socket_path(data_dir: &Path, pipeline: &str) -> PathBuf {

@@ -1,0 +1,524 @@
+//! The three node loops: a source's, an operator's and a sink's.
+//!
+//! Each loop owns its node and its channels. Node work runs on the blocking pool
+//! through [`on_blocking`] (one place maps a panic to [`RunError::Panic`]); async
+//! sources and sinks are polled here directly. A loop that fails calls
+//! [`RunShared::fail`] while it still holds what it was working on, then returns;
+//! its output channels close as it returns, after the run is marked failed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+
+use super::control::SwapReceiver;
+use super::{NodeCx, NodeStats, RunError, channel, panic_message};
+use crate::node::{
+    AsyncSink, AsyncSource, CommitTracker, Durability, Emitter, Envelope, Lineage, LineageRecord,
+    Meta, NodeError, Operator, Position, SourceSpan,
+};
+use crate::plan::{SinkImpl, SourceImpl};
+
+/// Runs `f(node)` on the blocking pool and gives the node back.
+async fn on_blocking<T: Send + 'static, R: Send + 'static>(
+    name: &str,
+    node: T,
+    f: impl FnOnce(T) -> (T, R) + Send + 'static,
+) -> Result<(T, R), RunError> {
+    tokio::task::spawn_blocking(move || f(node))
+        .await
+        .map_err(|e| RunError::Panic {
+            node: name.to_owned(),
+            message: if e.is_panic() {
+                panic_message(e.into_panic())
+            } else {
+                "cancelled".to_owned()
+            },
+        })
+}
+
+impl NodeCx {
+    /// Fails the run for `error` (see the module docs).
+    fn fail(&self, error: NodeError) -> RunError {
+        self.shared.fail();
+        RunError::Node {
+            node: self.name.clone(),
+            error,
+        }
+    }
+
+    fn fail_run(&self, error: RunError) -> RunError {
+        self.shared.fail();
+        error
+    }
+
+    /// Holds `batch` to the node's declared output schema, learning it from the
+    /// first batch when the plan could not fix it.
+    fn check_schema(&mut self, batch: &RecordBatch) -> Result<(), RunError> {
+        match &self.output_schema {
+            Some(expected) => crate::node::schema::check(expected, &batch.schema())
+                .map_err(|e| self.fail(NodeError::config(format!("output does not match its schema: {e}")))),
+            None => {
+                self.output_schema = Some(batch.schema());
+                Ok(())
+            }
+        }
+    }
+
+    fn keep_letters(
+        &self,
+        letters: Vec<crate::node::DeadLetter>,
+        hold: Vec<Meta>,
+    ) -> Result<(), RunError> {
+        self.shared
+            .letters
+            .append(&self.name, letters, hold)
+            .map_err(|e| self.fail_run(RunError::DeadLetters(e)))
+    }
+}
+
+/// Sends each envelope to every output. Returns false when all outputs are gone.
+async fn fan_out(envelopes: Vec<Envelope>, outs: &[channel::Sender], stats: &mut NodeStats) -> bool {
+    let mut alive = !outs.is_empty();
+    for env in envelopes {
+        if env.batch.num_rows() == 0 {
+            continue;
+        }
+        stats.batches_out += 1;
+        stats.rows_out += env.batch.num_rows() as u64;
+        alive = false;
+        for out in outs {
+            if let Ok(waited) = out.send(env.clone()).await {
+                stats.blocked += waited;
+                alive = true;
+            }
+        }
+        if !alive {
+            return false;
+        }
+    }
+    alive
+}
+
+fn merge(into: &mut NodeStats, counters: std::collections::BTreeMap<String, u64>) {
+    for (k, v) in counters {
+        *into.counters.entry(k).or_default() += v;
+    }
+}
+
+pub(super) async fn run_source(
+    source: SourceImpl,
+    outs: Vec<channel::Sender>,
+    stats: NodeStats,
+    mut cx: NodeCx,
+    tracker: Arc<CommitTracker>,
+    resume_from: Option<Position>,
+) -> Result<NodeStats, RunError> {
+    let mut source: Box<dyn AsyncSource> = match source {
+        SourceImpl::Sync(s) => Box::new(crate::node::Blocking::source(s)),
+        SourceImpl::Async(s) => s,
+    };
+    let result = source_loop(&mut *source, &outs, stats, &mut cx, &tracker, resume_from).await;
+    // The outputs close here; then wait until what was read is settled and
+    // commit the final frontier, so a broker can release its last messages.
+    drop(outs);
+    let (stats, committed) = result?;
+    while !cx.shared.has_failed() && tracker.unsettled() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if let Some(f) = tracker.frontier().filter(|_| !cx.shared.has_failed()) {
+        if committed.as_ref() != Some(&f) {
+            source.commit(&f).await.map_err(|e| cx.fail(e))?;
+        }
+    }
+    Ok(stats)
+}
+
+async fn source_loop(
+    source: &mut dyn AsyncSource,
+    outs: &[channel::Sender],
+    mut stats: NodeStats,
+    cx: &mut NodeCx,
+    tracker: &Arc<CommitTracker>,
+    resume_from: Option<Position>,
+) -> Result<(NodeStats, Option<Position>), RunError> {
+    let mut stop = cx.control.stop_signal();
+    if let Some(p) = &resume_from {
+        source.seek(p).await.map_err(|e| cx.fail(e))?;
+    }
+    let mut previous = resume_from.clone();
+    let mut committed = resume_from;
+    loop {
+        if *stop.borrow() {
+            return Ok((stats, committed));
+        }
+        let paused = wait_for_memory(&cx.memory_watch).await;
+        if !paused.is_zero() {
+            *stats.counters.entry("memory_paused_ms".into()).or_default() +=
+                (paused.as_millis() as u64).max(1);
+        }
+        let started = Instant::now();
+        let mut out = Emitter::default();
+        let result = if source.interruptible() {
+            tokio::select! {
+                r = source.next_batch(&mut out) => r,
+                _ = stop.wait_for(|s| *s) => return Ok((stats, committed)),
+            }
+        } else {
+            source.next_batch(&mut out).await
+        };
+        stats.busy += started.elapsed();
+        let more = result.map_err(|e| cx.fail(e))?;
+        let version = cx.control.version();
+        let mut envelopes = Vec::new();
+        for (batch, _, position) in out.take_output() {
+            let span = SourceSpan {
+                source: cx.name.clone(),
+                from: previous.clone(),
+                to: position.clone(),
+            };
+            if position.is_some() {
+                previous = position.clone();
+            }
+            let lineage = Lineage {
+                pipeline: cx.pipeline.clone(),
+                version,
+                sources: vec![span],
+                stages: Vec::new(),
+            };
+            let meta = Meta::from_source(Arc::new(lineage), tracker.issue(position));
+            if batch.num_rows() > 0 {
+                cx.check_schema(&batch)?;
+            }
+            envelopes.push(Envelope { batch, meta });
+        }
+        let letters = std::mem::take(&mut out.dead_letters);
+        if !letters.is_empty() {
+            let hold = envelopes.iter().map(|e| e.meta.clone()).collect();
+            cx.keep_letters(letters, hold)?;
+        }
+        merge(&mut stats, std::mem::take(&mut out.counters));
+        let rows: usize = envelopes.iter().map(|e| e.batch.num_rows()).sum();
+        cx.shared
+            .records_read
+            .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+        let alive = fan_out(envelopes, outs, &mut stats).await;
+        if let Some(f) = tracker.frontier() {
+            if committed.as_ref() != Some(&f) {
+                source.commit(&f).await.map_err(|e| cx.fail(e))?;
+                committed = Some(f);
+            }
+        }
+        if !alive || !more {
+            return Ok((stats, committed));
+        }
+    }
+}
+
+/// Waits while the node's available memory is under the floor; returns how long.
+async fn wait_for_memory(watch: &crate::node::memory::MemoryWatch) -> Duration {
+    let started = Instant::now();
+    while watch.is_low() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+pub(super) async fn run_operator(
+    op: Box<dyn Operator>,
+    mut rx: channel::Receiver,
+    outs: Vec<channel::Sender>,
+    mut stats: NodeStats,
+    mut cx: NodeCx,
+    mut swaps: SwapReceiver,
+) -> Result<NodeStats, RunError> {
+    let mut op = Some(op);
+    // When a lingering operator's oldest buffered row has waited long enough (see
+    // `Operator::linger`): its `flush` is then called instead of waiting on.
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    loop {
+        let (input, flush) = match linger_until {
+            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                Ok(input) => (input, false),
+                Err(_) => (None, true),
+            },
+            None => (rx.recv().await, false),
+        };
+        if input.is_none() && !flush && cx.shared.has_failed() {
+            return Ok(stats);
+        }
+        // Swaps queued while waiting apply now: between the last batch and this one.
+        let pending: Vec<crate::node::swap::SwapRequest> =
+            std::iter::from_fn(|| swaps.try_recv().ok()).collect();
+        let finishing = input.is_none() && !flush;
+        // The input's meta stays here while the operator works, so a failure
+        // marks the run failed before the input's tokens can settle.
+        let (batch, held) = match input {
+            Some(Envelope { batch, meta }) => {
+                stats.batches_in += 1;
+                stats.rows_in += batch.num_rows() as u64;
+                (Some(batch), Some(meta))
+            }
+            None => (None, None),
+        };
+        let started = Instant::now();
+        let meta = held.clone();
+        let node = op.take().ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
+        let (back, (result, emitted)) = on_blocking(&cx.name, node, move |mut op| {
+            let mut out = meta.map_or_else(Emitter::default, Emitter::for_input);
+            for request in pending {
+                op.swap(request);
+            }
+            let r = match batch {
+                Some(batch) => op.process(batch, &mut out),
+                None if flush => op.flush(&mut out),
+                None => op.finish(&mut out),
+            };
+            (op, (r, out))
+        })
+        .await
+        .map_err(|e| cx.fail_run(e))?;
+        linger_until = match back.linger() {
+            Some(wait) if back.buffered_rows() > 0 => {
+                Some(linger_until.unwrap_or_else(|| tokio::time::Instant::now() + wait))
+            }
+            _ => None,
+        };
+        op = Some(back);
+        stats.busy += started.elapsed();
+        result.map_err(|e| cx.fail(e))?;
+        let alive = emit(&mut cx, emitted, held, &outs, &mut stats).await?;
+        if finishing && alive {
+            let node = op.take().ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
+            drain_operator(node, &outs, &mut stats, &mut cx).await?;
+        }
+        if finishing || !alive {
+            let (b, bytes) = rx.max_depth();
+            stats.max_queue_batches = b;
+            stats.max_queue_bytes = bytes;
+            return Ok(stats);
+        }
+    }
+}
+
+/// Sends what an operator call emitted; its dead letters hold the input's meta.
+async fn emit(
+    cx: &mut NodeCx,
+    mut emitted: Emitter,
+    input: Option<Meta>,
+    outs: &[channel::Sender],
+    stats: &mut NodeStats,
+) -> Result<bool, RunError> {
+    let letters = std::mem::take(&mut emitted.dead_letters);
+    if !letters.is_empty() {
+        cx.keep_letters(letters, input.into_iter().collect())?;
+    }
+    merge(stats, std::mem::take(&mut emitted.counters));
+    let mut envelopes = Vec::new();
+    for (batch, meta, _) in emitted.take_output() {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        cx.check_schema(&batch)?;
+        envelopes.push(Envelope {
+            batch,
+            meta: meta.unwrap_or_default(),
+        });
+    }
+    Ok(fan_out(envelopes, outs, stats).await)
+}
+
+/// After `finish`: calls [`Operator::drain`] until it has no more, sending each
+/// piece downstream (under backpressure) before asking for the next.
+async fn drain_operator(
+    mut op: Box<dyn Operator>,
+    outs: &[channel::Sender],
+    stats: &mut NodeStats,
+    cx: &mut NodeCx,
+) -> Result<(), RunError> {
+    loop {
+        let started = Instant::now();
+        let (back, (result, emitted)) = on_blocking(&cx.name, op, |mut op| {
+            let mut out = Emitter::default();
+            let r = op.drain(&mut out);
+            (op, (r, out))
+        })
+        .await
+        .map_err(|e| cx.fail_run(e))?;
+        op = back;
+        stats.busy += started.elapsed();
+        let more = result.map_err(|e| cx.fail(e))?;
+        if !emit(cx, emitted, None, outs, stats).await? || !more {
+            return Ok(());
+        }
+    }
+}
+
+pub(super) async fn run_sink(
+    sink: SinkImpl,
+    mut rx: channel::Receiver,
+    mut stats: NodeStats,
+    cx: NodeCx,
+    restore: Option<String>,
+) -> Result<NodeStats, RunError> {
+    let mut sink: Box<dyn AsyncSink> = match sink {
+        SinkImpl::Sync(s) => Box::new(crate::node::Blocking::sink(s)),
+        SinkImpl::Async(s) => s,
+    };
+    if let Some(state) = &restore {
+        sink.restore(state).await.map_err(|e| cx.fail(e))?;
+    }
+    let durability = sink.durability();
+    let interval = cx.settings.checkpoint_interval.0;
+    let mut pending: Vec<Meta> = Vec::new();
+    let mut last_flush = tokio::time::Instant::now();
+    let mut log = SinkLog::new(&cx.name);
+    loop {
+        let input = if durability == Durability::OnFlush && !pending.is_empty() {
+            match tokio::time::timeout_at(last_flush + interval, rx.recv()).await {
+                Ok(input) => Some(input),
+                Err(_) => None,
+            }
+        } else {
+            Some(rx.recv().await)
+        };
+        match input {
+            // The flush interval passed with nothing new.
+            None => {}
+            Some(None) => {
+                if cx.shared.has_failed() {
+                    // The input ended because a node failed: dropping the sink
+                    // unpublished leaves the previous output as it was.
+                    return Ok(stats);
+                }
+                let started = Instant::now();
+                let complete = !cx.control.is_stopped();
+                if durability == Durability::OnFlush {
+                    let state = sink.flush().await.map_err(|e| cx.fail(e))?;
+                    publish_state(&cx, state);
+                }
+                sink.close(complete).await.map_err(|e| cx.fail(e))?;
+                stats.busy += started.elapsed();
+                log.finish(&cx);
+                drop(pending);
+                let (b, bytes) = rx.max_depth();
+                stats.max_queue_batches = b;
+                stats.max_queue_bytes = bytes;
+                return Ok(stats);
+            }
+            Some(Some(Envelope { batch, meta })) => {
+                stats.batches_in += 1;
+                stats.rows_in += batch.num_rows() as u64;
+                let started = Instant::now();
+                let written = sink.write(&batch, &meta.lineage).await;
+                stats.busy += started.elapsed();
+                // On failure `meta` is still held: the run is marked failed first.
+                written.map_err(|e| cx.fail(e))?;
+                stats.batches_out += 1;
+                stats.rows_out += batch.num_rows() as u64;
+                log.written(&cx, batch.num_rows() as u64, &meta.lineage);
+                match durability {
+                    Durability::OnWrite => drop(meta),
+                    Durability::OnFlush | Durability::OnClose => pending.push(meta),
+                }
+            }
+        }
+        if durability == Durability::OnFlush
+            && !pending.is_empty()
+            && last_flush.elapsed() >= interval
+        {
+            let started = Instant::now();
+            let state = sink.flush().await.map_err(|e| cx.fail(e))?;
+            stats.busy += started.elapsed();
+            // The state is published before the tokens it covers are let go.
+            publish_state(&cx, state);
+            pending.clear();
+            log.cut(&cx);
+            last_flush = tokio::time::Instant::now();
+        }
+    }
+}
+
+fn publish_state(cx: &NodeCx, state: Option<String>) {
+    if let Some(state) = state {
+        cx.shared
+            .sink_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cx.name.clone(), state);
+    }
+}
+
+/// A sink's lineage log: consecutive written rows sharing one lineage, merged
+/// while their source spans continue each other.
+struct SinkLog {
+    sink: String,
+    rows: u64,
+    current: Option<LineageRecord>,
+}
+
+impl SinkLog {
+    fn new(sink: &str) -> Self {
+        Self {
+            sink: sink.to_owned(),
+            rows: 0,
+            current: None,
+        }
+    }
+
+    fn written(&mut self, cx: &NodeCx, rows: u64, lineage: &Lineage) {
+        let first_row = self.rows;
+        self.rows += rows;
+        if let Some(cur) = &mut self.current {
+            let l = &mut cur.lineage;
+            let continues = l.pipeline == lineage.pipeline
+                && l.version == lineage.version
+                && l.stages == lineage.stages
+                && l.sources.len() == lineage.sources.len()
+                && l
+                    .sources
+                    .iter()
+                    .zip(&lineage.sources)
+                    .all(|(a, b)| a.source == b.source && a.to == b.from);
+            if continues {
+                for (a, b) in l.sources.iter_mut().zip(&lineage.sources) {
+                    a.to = b.to.clone();
+                }
+                cur.rows += rows;
+                return;
+            }
+        }
+        let next = LineageRecord {
+            sink: self.sink.clone(),
+            first_row,
+            rows,
+            lineage: lineage.clone(),
+        };
+        if let Some(done) = self.current.replace(next) {
+            cx.control.log_written(&done);
+            push_lineage(cx, done);
+        }
+    }
+
+    /// Ends the current record at a flush point, so the store gets it with the
+    /// checkpoint that covers it.
+    fn cut(&mut self, cx: &NodeCx) {
+        if let Some(done) = self.current.take() {
+            cx.control.log_written(&done);
+            push_lineage(cx, done);
+        }
+    }
+
+    fn finish(&mut self, cx: &NodeCx) {
+        self.cut(cx);
+    }
+}
+
+fn push_lineage(cx: &NodeCx, record: LineageRecord) {
+    cx.shared
+        .lineage
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(record);
+}
+

@@ -1,0 +1,166 @@
+//! Configuration: the error every config check returns (always the key, always
+//! the reason), and the column types pipeline files name. Kept at the bottom so
+//! operators and connectors check their own configuration without depending on
+//! the spec module that aggregates them.
+
+/// A pipeline file is malformed or inconsistent. The spec's author is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+    /// The text is not a valid pipeline (syntax, unknown key, wrong type).
+    #[error("{origin}: {location}: {}{message}", if key.is_empty() { String::new() } else { format!("`{key}`: ") })]
+    Parse {
+        /// The file or source of the text.
+        origin: String,
+        /// The key path, e.g. `stage[0].wasm.limits.fuel`.
+        key: String,
+        /// Line and column.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The pipeline parses but does not make sense (a dangling input, a cycle).
+    #[error("`{key}`: {message}")]
+    Invalid {
+        /// The key path of the offending value.
+        key: String,
+        /// What is wrong, and how to fix it.
+        message: String,
+    },
+}
+
+impl SpecError {
+    /// An invalid value at `key`, with the reason.
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A parse error of `text` (named `origin`) at key path `path`, with its line
+    /// and column.
+    pub fn from_toml(origin: &str, text: &str, path: &str, e: &toml::de::Error) -> Self {
+        let location = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line} column {column}")
+            }
+            None => "at top level".to_owned(),
+        };
+        // serde_path_to_error reports `.` for the root.
+        let key = if path == "." {
+            String::new()
+        } else {
+            path.to_owned()
+        };
+        Self::Parse {
+            origin: origin.to_owned(),
+            key,
+            location,
+            message: e.message().trim().to_owned(),
+        }
+    }
+}
+
+/// The closest of `candidates` to `name`, for "did you mean" hints.
+pub fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+use serde::{Deserialize, Serialize};
+
+/// One column a source reads, and what makes a record corrupt.
+///
+/// A record is corrupt when a `required` field is missing or null, when a value has
+/// the wrong JSON type (`"123"` or `123.0` for an integer), or when a number is
+/// outside `[min, max]`. The first failing field, in schema order, is the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// The JSON key and column name.
+    pub name: String,
+    /// The column type.
+    #[serde(rename = "type")]
+    pub data_type: FieldType,
+    /// A record without this field (or with null) is corrupt. Default: false.
+    #[serde(default)]
+    pub required: bool,
+    /// Smallest allowed numeric value, inclusive. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Largest allowed numeric value, inclusive. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// Column types a pipeline file can name; each maps to one Arrow type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// Arrow `Boolean`; JSON `true`/`false`.
+    #[serde(alias = "bool")]
+    Boolean,
+    /// Arrow `Int32`; a JSON integer in range.
+    Int32,
+    /// Arrow `Int64`; a JSON integer.
+    Int64,
+    /// Arrow `Float32`; any JSON number.
+    Float32,
+    /// Arrow `Float64`; any JSON number.
+    Float64,
+    /// Arrow `Utf8`; a JSON string.
+    #[serde(alias = "string")]
+    Utf8,
+    /// Arrow `Timestamp(Millisecond)`; a JSON integer of epoch milliseconds.
+    TimestampMs,
+}
+
+impl FieldType {
+    /// The Arrow type this maps to.
+    pub fn arrow(self) -> arrow::datatypes::DataType {
+        use arrow::datatypes::{DataType, TimeUnit};
+        match self {
+            Self::Boolean => DataType::Boolean,
+            Self::Int32 => DataType::Int32,
+            Self::Int64 => DataType::Int64,
+            Self::Float32 => DataType::Float32,
+            Self::Float64 => DataType::Float64,
+            Self::Utf8 => DataType::Utf8,
+            Self::TimestampMs => DataType::Timestamp(TimeUnit::Millisecond, None),
+        }
+    }
+}
+

@@ -1,0 +1,512 @@
+//! The contract every node implements, at the bottom of the crate.
+//!
+//! ```text
+//!   Source ──Envelope──► Operator ──Envelope──► … ──Envelope──► Sink
+//!     │ emits (batch, position)   │ process / finish / drain     │ write · flush (durable) · close
+//!     │ seek · commit             │ output_schema (plan time)    │ restore (resume)
+//!     └─ dead letters ────────────┴──────────────► DeadLetterStore
+//! ```
+//!
+//! Everything above (`ops`, `connectors`, `store`, the scheduler in `exec`)
+//! depends on this module and on nothing beside it, so a connector can be written
+//! against these traits without the scheduler, the sandbox or the store.
+//!
+//! - [`Source`], [`Operator`] and [`Sink`] are synchronous: the executor calls
+//!   them on tokio's blocking pool, so CPU-heavy work never stalls the scheduler.
+//!   Network connectors implement [`AsyncSource`] and [`AsyncSink`] instead,
+//!   polled on the runtime with no thread held per connection; [`Blocking`]
+//!   adapts a synchronous one.
+//! - What moves is an [`Envelope`]: batch, lineage and delivery tokens
+//!   ([`ack`]). A source gives each batch its own position; a sink says when what
+//!   it wrote is durable; the executor commits positions in order.
+//! - [`NodeError`] says whose fault a failure is ([`Fault`]).
+//! - Hooks most implementations do not need have default bodies, each saying
+//!   what the default does.
+
+pub mod ack;
+pub mod checkpoint;
+pub mod config;
+mod dead_letter;
+mod envelope;
+mod error;
+pub mod lineage;
+pub mod memory;
+pub mod schema;
+pub mod swap;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+
+pub use ack::{AckToken, CommitTracker, Position};
+pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterStore, FileDeadLetters};
+pub use envelope::{Envelope, Meta, MetaSet};
+pub use error::{BoxError, Fault, NodeError, Resource};
+pub use lineage::{Lineage, LineageRecord, SourceSpan, StageLineage};
+
+/// A boxed future, as the async traits return (they must be object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a node's call produced besides its output batches.
+///
+/// During [`Operator::process`] the emitter knows the input's [`Meta`]:
+/// [`Emitter::push`] gives it to each output batch, which is right for any
+/// operator whose output rows come from that input alone. An operator that holds
+/// rows across calls keeps their metas ([`Emitter::input_meta`], [`MetaSet`]) and
+/// emits with [`Emitter::push_with`]. A source emits with [`Emitter::push_at`],
+/// giving each batch the position after its last record.
+#[derive(Debug, Default)]
+pub struct Emitter {
+    pub(crate) batches: Vec<RecordBatch>,
+    pub(crate) metas: Vec<Option<Meta>>,
+    pub(crate) positions: Vec<Option<Position>>,
+    pub(crate) dead_letters: Vec<DeadLetter>,
+    pub(crate) counters: BTreeMap<String, u64>,
+    input: Option<Meta>,
+}
+
+impl Emitter {
+    /// An emitter for a call on an input with `meta`.
+    pub fn for_input(meta: Meta) -> Self {
+        Self {
+            input: Some(meta),
+            ..Self::default()
+        }
+    }
+
+    /// Sends a batch downstream with the current input's meta (empty batches are
+    /// dropped by the executor).
+    pub fn push(&mut self, batch: RecordBatch) {
+        self.batches.push(batch);
+        self.metas.push(None);
+        self.positions.push(None);
+    }
+
+    /// Sends a batch downstream with `meta`: the union of the rows it holds.
+    pub fn push_with(&mut self, batch: RecordBatch, meta: Meta) {
+        self.batches.push(batch);
+        self.metas.push(Some(meta));
+        self.positions.push(None);
+    }
+
+    /// A source's batch, ending at `position` (what to resume after). A batch
+    /// with no rows may still carry a position: the records it covered were all
+    /// dead letters or blank.
+    pub fn push_at(&mut self, batch: RecordBatch, position: Option<Position>) {
+        self.batches.push(batch);
+        self.metas.push(None);
+        self.positions.push(position);
+    }
+
+    /// The meta of the input being processed (`None` in `finish`, `flush` and
+    /// `drain`, and in sources).
+    pub fn input_meta(&self) -> Option<&Meta> {
+        self.input.as_ref()
+    }
+
+    /// Keeps a record that could not be used in the dead-letter store.
+    pub fn dead_letter(&mut self, letter: DeadLetter) {
+        *self
+            .counters
+            .entry(format!("dead_letter:{}", letter.reason))
+            .or_default() += 1;
+        self.dead_letters.push(letter);
+    }
+
+    /// Adds to a named counter reported in the run summary (e.g. rows dropped by a
+    /// filter predicate).
+    pub fn count(&mut self, name: &str, n: u64) {
+        *self.counters.entry(name.to_owned()).or_default() += n;
+    }
+
+    /// The batches pushed so far (for tests and wrappers).
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &BTreeMap<String, u64> {
+        &self.counters
+    }
+
+    /// Takes the batches pushed, each with its meta (the input's where none was
+    /// given) and position.
+    pub fn take_output(&mut self) -> Vec<(RecordBatch, Option<Meta>, Option<Position>)> {
+        let input = self.input.clone();
+        let batches = std::mem::take(&mut self.batches);
+        let metas = std::mem::take(&mut self.metas);
+        let positions = std::mem::take(&mut self.positions);
+        batches
+            .into_iter()
+            .zip(metas)
+            .zip(positions)
+            .map(|((b, m), p)| (b, m.or_else(|| input.clone()), p))
+            .collect()
+    }
+}
+
+/// A source: produces batches until it is exhausted (bounded) or stopped.
+pub trait Source: Send + 'static {
+    /// The schema of every batch it produces, known before the first read.
+    fn schema(&self) -> SchemaRef;
+
+    /// Reads more records, pushing each batch with [`Emitter::push_at`]; returns
+    /// `false` once the source is exhausted. Corrupt records go to
+    /// `out.dead_letter`, never silently away.
+    ///
+    /// # Errors
+    /// Only for failures that must stop the run (the file vanished); a bad record is
+    /// a dead letter, not an error.
+    fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError>;
+
+    /// Continues after `position` (a position this source emitted in an earlier
+    /// run), called once before the first read of a resumed run. Default: the
+    /// source cannot resume, and says so.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] when the source cannot resume or the position is
+    /// not one of its own.
+    fn seek(&mut self, position: &str) -> Result<(), NodeError> {
+        Err(NodeError::config(format!(
+            "this source cannot resume (asked to continue after {position})"
+        )))
+    }
+
+    /// Everything up to and including `position` is durable downstream: a
+    /// source that holds input for redelivery (a broker's unacknowledged
+    /// messages) may let it go. Called in order, on the blocking pool. Default:
+    /// nothing to release (files are re-read from the checkpoint).
+    ///
+    /// # Errors
+    /// A failure to release, which stops the run.
+    fn commit(&mut self, _position: &str) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// A source polled on the runtime: a network client holds no thread while it
+/// waits. The executor races [`AsyncSource::next_batch`] against the run's stop
+/// signal, so the future must be cancel-safe: dropped while waiting, it loses
+/// nothing that was not yet emitted.
+pub trait AsyncSource: Send + 'static {
+    /// As [`Source::schema`].
+    fn schema(&self) -> SchemaRef;
+
+    /// As [`Source::next_batch`].
+    fn next_batch<'a>(&'a mut self, out: &'a mut Emitter) -> BoxFuture<'a, Result<bool, NodeError>>;
+
+    /// As [`Source::seek`]. Default: cannot resume.
+    fn seek<'a>(&'a mut self, position: &'a str) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(async move {
+            Err(NodeError::config(format!(
+                "this source cannot resume (asked to continue after {position})"
+            )))
+        })
+    }
+
+    /// As [`Source::commit`]. Default: nothing to release.
+    fn commit<'a>(&'a mut self, _position: &'a str) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Whether a stop may drop a pending [`AsyncSource::next_batch`]. Default:
+    /// true (the contract above); [`Blocking`] says false, since its call runs on
+    /// a thread that cannot be interrupted.
+    fn interruptible(&self) -> bool {
+        true
+    }
+}
+
+/// Runs a synchronous [`Source`] or [`Sink`] on tokio's blocking pool behind the
+/// async traits.
+pub struct Blocking<T: ?Sized>(Option<Box<T>>, SchemaRef);
+
+/// Runs `f` on the blocking pool with the node `inner`, then puts it back.
+async fn on_blocking<T: ?Sized + Send + 'static, R: Send + 'static>(
+    slot: &mut Option<Box<T>>,
+    f: impl FnOnce(&mut T) -> R + Send + 'static,
+) -> Result<R, NodeError> {
+    let mut inner = slot
+        .take()
+        .ok_or_else(|| NodeError::Bug("a blocking node was used after a panic".into()))?;
+    let (inner, r) = tokio::task::spawn_blocking(move || {
+        let r = f(&mut inner);
+        (inner, r)
+    })
+    .await
+    .map_err(|e| match e.try_into_panic() {
+        Ok(p) => std::panic::resume_unwind(p),
+        Err(e) => NodeError::Bug(format!("a blocking call was cancelled: {e}")),
+    })?;
+    *slot = Some(inner);
+    Ok(r)
+}
+
+impl Blocking<dyn Source> {
+    /// Adapts `source`.
+    pub fn source(source: Box<dyn Source>) -> Self {
+        let schema = source.schema();
+        Self(Some(source), schema)
+    }
+}
+
+impl AsyncSource for Blocking<dyn Source> {
+    fn schema(&self) -> SchemaRef {
+        self.1.clone()
+    }
+
+    fn next_batch<'a>(&'a mut self, out: &'a mut Emitter) -> BoxFuture<'a, Result<bool, NodeError>> {
+        Box::pin(async move {
+            let (r, emitted) = on_blocking(&mut self.0, |s| {
+                let mut e = Emitter::default();
+                let r = s.next_batch(&mut e);
+                (r, e)
+            })
+            .await?;
+            *out = emitted;
+            r
+        })
+    }
+
+    fn seek<'a>(&'a mut self, position: &'a str) -> BoxFuture<'a, Result<(), NodeError>> {
+        let position = position.to_owned();
+        Box::pin(async move { on_blocking(&mut self.0, move |s| s.seek(&position)).await? })
+    }
+
+    fn commit<'a>(&'a mut self, position: &'a str) -> BoxFuture<'a, Result<(), NodeError>> {
+        let position = position.to_owned();
+        Box::pin(async move { on_blocking(&mut self.0, move |s| s.commit(&position)).await? })
+    }
+
+    fn interruptible(&self) -> bool {
+        false
+    }
+}
+
+/// An operator: turns batches into batches.
+pub trait Operator: Send + 'static {
+    /// The schema of what it emits for input of schema `input`, at plan time, as
+    /// DataFusion's `ExecutionPlan::schema`. `None` means the schema is learned
+    /// from the first output batch (a WebAssembly stage that declares no
+    /// `outputs`); the executor then holds every later batch to it. Default: the
+    /// input's schema (operators that only select rows).
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming the column the operator needs and the input
+    /// lacks, or its wrong type.
+    fn output_schema(&self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {
+        Ok(Some(input.clone()))
+    }
+
+    /// Processes one batch, pushing any output to `out` (whose
+    /// [`Emitter::input_meta`] is this batch's).
+    ///
+    /// # Errors
+    /// A failure that stops the run, saying whose fault it is.
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError>;
+
+    /// Called once when every input is exhausted; operators holding state emit it
+    /// here. Default: nothing to flush.
+    ///
+    /// # Errors
+    /// As [`Operator::process`].
+    fn finish(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Called after [`Operator::finish`], again and again until it returns `false`:
+    /// an operator whose final output is larger than memory (an external sort's
+    /// merge) emits it a piece per call, so it flows downstream under backpressure
+    /// instead of piling up. Default: `false` (`finish` emitted everything).
+    ///
+    /// # Errors
+    /// As [`Operator::process`].
+    fn drain(&mut self, _out: &mut Emitter) -> Result<bool, NodeError> {
+        Ok(false)
+    }
+
+    /// How long buffered rows may wait for more input before [`Operator::flush`]
+    /// is called. The executor starts the clock when a call leaves
+    /// [`Operator::buffered_rows`] above zero and stops it when it is back at zero,
+    /// so the operator itself never reads a clock. Default: `None` (no timer).
+    fn linger(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Rows held back, waiting for more input. Default: 0 (nothing is held).
+    fn buffered_rows(&self) -> usize {
+        0
+    }
+
+    /// Emits what is buffered because it has waited [`Operator::linger`].
+    /// Default: nothing to emit.
+    ///
+    /// # Errors
+    /// As [`Operator::process`].
+    fn flush(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Applies a change requested while the pipeline runs (see [`swap`]); called
+    /// between batches, never during one. The operator answers `request.reply`
+    /// once the outcome is known. Default: the operator cannot be swapped, and
+    /// says so.
+    fn swap(&mut self, request: swap::SwapRequest) {
+        request.reply.send(Err(swap::SwapError::Refused(
+            "this stage cannot be swapped".to_owned(),
+        )));
+    }
+}
+
+/// When what a sink wrote is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// When [`Sink::write`] returns (a server acknowledged it).
+    OnWrite,
+    /// When [`Sink::flush`] returns: the executor calls it at checkpoint
+    /// intervals.
+    OnFlush,
+    /// Only when [`Sink::close`] returns: nothing is committed before the run
+    /// ends, and a resumed run reads its input again from the start.
+    OnClose,
+}
+
+/// A sink: writes batches somewhere durable.
+pub trait Sink: Send + 'static {
+    /// Writes one batch; `lineage` is where its rows came from (for sinks that
+    /// keep it beside the data).
+    ///
+    /// # Errors
+    /// A write failure, which stops the run.
+    fn write(&mut self, batch: &RecordBatch, lineage: &Lineage) -> Result<(), NodeError>;
+
+    /// When writes become durable. Default: [`Durability::OnClose`].
+    fn durability(&self) -> Durability {
+        Durability::OnClose
+    }
+
+    /// Makes everything written so far durable and returns the state a resumed
+    /// run restores ([`Sink::restore`]), if the sink can resume. Default:
+    /// nothing to do, no state.
+    ///
+    /// # Errors
+    /// A flush failure, which stops the run.
+    fn flush(&mut self) -> Result<Option<String>, NodeError> {
+        Ok(None)
+    }
+
+    /// Continues from `state` (what [`Sink::flush`] returned in the run being
+    /// resumed), before the first write. Default: the sink starts afresh, which
+    /// is right for sinks idempotent by key.
+    ///
+    /// # Errors
+    /// The state cannot be restored (the file it names is gone).
+    fn restore(&mut self, _state: &str) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Called once after the last batch: flush and make the output durable.
+    /// `complete` is false when the run was stopped before its input ended: a
+    /// sink that publishes atomically may then keep its output resumable.
+    /// Default: nothing to do.
+    ///
+    /// # Errors
+    /// A flush failure, which fails the run.
+    fn close(&mut self, _complete: bool) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// A sink polled on the runtime (a networked store acknowledging writes).
+pub trait AsyncSink: Send + 'static {
+    /// As [`Sink::write`]; durable when the future completes if
+    /// [`AsyncSink::durability`] is [`Durability::OnWrite`].
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+        lineage: &'a Lineage,
+    ) -> BoxFuture<'a, Result<(), NodeError>>;
+
+    /// As [`Sink::durability`].
+    fn durability(&self) -> Durability {
+        Durability::OnClose
+    }
+
+    /// As [`Sink::flush`].
+    fn flush(&mut self) -> BoxFuture<'_, Result<Option<String>, NodeError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// As [`Sink::restore`].
+    fn restore<'a>(&'a mut self, _state: &'a str) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// As [`Sink::close`].
+    fn close(&mut self, _complete: bool) -> BoxFuture<'_, Result<(), NodeError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Blocking<dyn Sink> {
+    /// Adapts `sink`.
+    pub fn sink(sink: Box<dyn Sink>) -> Self {
+        Self(Some(sink), std::sync::Arc::new(arrow::datatypes::Schema::empty()))
+    }
+}
+
+impl AsyncSink for Blocking<dyn Sink> {
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+        lineage: &'a Lineage,
+    ) -> BoxFuture<'a, Result<(), NodeError>> {
+        let batch = batch.clone();
+        let lineage = lineage.clone();
+        Box::pin(async move { on_blocking(&mut self.0, move |s| s.write(&batch, &lineage)).await? })
+    }
+
+    fn durability(&self) -> Durability {
+        self.0.as_ref().map_or(Durability::OnClose, |s| s.durability())
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<Option<String>, NodeError>> {
+        Box::pin(async move { on_blocking(&mut self.0, Sink::flush).await? })
+    }
+
+    fn restore<'a>(&'a mut self, state: &'a str) -> BoxFuture<'a, Result<(), NodeError>> {
+        let state = state.to_owned();
+        Box::pin(async move { on_blocking(&mut self.0, move |s| s.restore(&state)).await? })
+    }
+
+    fn close(&mut self, complete: bool) -> BoxFuture<'_, Result<(), NodeError>> {
+        Box::pin(async move { on_blocking(&mut self.0, move |s| s.close(complete)).await? })
+    }
+}
+
+/// What kind of node a name refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// A `[[source]]`.
+    Source,
+    /// A `[[stage]]`.
+    Stage,
+    /// A `[[sink]]`.
+    Sink,
+}
+
+impl NodeKind {
+    /// The kind's name as pipeline files spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Stage => "stage",
+            Self::Sink => "sink",
+        }
+    }
+}
