@@ -86,10 +86,12 @@ fn stage_failure(err: &RunError) -> &StageFailure {
     match err {
         RunError::Node {
             node,
-            source: weir::exec::NodeError::Stage(f),
+            error: weir::exec::NodeError::Stage { error, .. },
         } => {
             assert_eq!(node, "hostile");
-            f
+            error
+                .downcast_ref::<StageFailure>()
+                .expect("a stage's failure")
         }
         other => panic!("expected a stage failure, got {other}"),
     }

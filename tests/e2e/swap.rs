@@ -13,8 +13,10 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use weir::exec::{
     NodeError, NodeImpl, Plan, RunControl, RunOptions, RunSummary, Sink, StageChange, SwapError,
-    control::prepare_stage,
 };
+use weir::node::Lineage;
+use weir::ops::wasm::prepare_stage;
+use weir::plan::SinkImpl;
 use weir::sandbox::{Grants, StageLimits};
 use weir::spec::PipelineSpec;
 use weir_e2e::{component, env, sandbox, toml_path};
@@ -28,7 +30,7 @@ type Seen = Arc<Mutex<Vec<(Instant, Vec<(i64, i64)>)>>>;
 struct Recorder(Seen);
 
 impl Sink for Recorder {
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
+    fn write(&mut self, batch: &RecordBatch, _lineage: &Lineage) -> Result<(), NodeError> {
         let n = batch
             .column_by_name("n")
             .unwrap()
@@ -111,7 +113,7 @@ path = "unused.jsonl"
     .unwrap()
     .unwrap();
     let seen: Seen = Arc::default();
-    *plan.nodes.last_mut().unwrap() = NodeImpl::Sink(Box::new(Recorder(seen.clone())));
+    *plan.nodes.last_mut().unwrap() = NodeImpl::Sink(SinkImpl::Sync(Box::new(Recorder(seen.clone()))));
     let control = RunControl::new();
     let task = tokio::spawn({
         let control = control.clone();
@@ -238,7 +240,7 @@ async fn params_code_and_rollback_swaps_change_versions_only_between_batches() {
         [a.digest.as_str(), b.digest.as_str(), a.digest.as_str()]
     );
     assert_eq!(lineage[0].first_row, 0);
-    assert_eq!(lineage[0].lineage.sources[0].from.as_deref(), Some("0"));
+    assert_eq!(lineage[0].lineage.sources[0].from, None, "the first span starts at the beginning");
     assert_eq!(lineage[1].first_row as usize, changes[0]);
 
     // Latency: the longest gap between output batches around a swap, versus the

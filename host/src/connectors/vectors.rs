@@ -201,15 +201,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec: VectorsSinkSpec =
             toml::from_str(&format!("path = \"v.jsonl\"\n{spec_toml}")).unwrap();
-        let pipeline = crate::spec::PipelineSpec::from_toml("name = \"p\"", "p.toml").map(|mut p| {
-            p.base_dir = dir.path().to_path_buf();
-            p
-        });
-        let mut sink = VectorsSink::create(&pipeline.unwrap(), &spec).unwrap();
+        let mut sink = VectorsSink::create(&spec, dir.path().join(&spec.path)).unwrap();
         for b in batches {
-            sink.write(b)?;
+            sink.write(b, &crate::node::Lineage::default())?;
         }
-        sink.close()?;
+        sink.close(true)?;
         Ok(std::fs::read_to_string(dir.path().join("v.jsonl")).unwrap())
     }
 

@@ -1052,7 +1052,38 @@ mod tests {
             prop_assert_eq!(&concat(&out.batches), &whole);
             prop_assert_eq!(&out.dead_letters, &whole_letters);
             let total = text.split('\n').count() - usize::from(text.is_empty() || text.ends_with('\n'));
-            prop_assert_eq!(source.position(), Some(format!("e.jsonl:{total}")));
+            // Each batch has the span of its own lines: `piece_lines` lines each
+            // but the last, ending on a line boundary.
+            let positions: Vec<(u64, usize)> = out
+                .positions
+                .iter()
+                .map(|p| {
+                    let (l, o) = p.as_deref().unwrap().split_once(':').unwrap();
+                    (l.parse().unwrap(), o.parse().unwrap())
+                })
+                .collect();
+            prop_assert_eq!(positions.len(), out.batches.len());
+            let mut previous = 0u64;
+            for (i, &(line, offset)) in positions.iter().enumerate() {
+                let lines = line - previous;
+                if i + 1 < positions.len() {
+                    prop_assert_eq!(lines, piece_lines as u64);
+                } else {
+                    prop_assert!(lines >= 1 && lines <= piece_lines as u64);
+                }
+                let first = previous as usize;
+                let expected_end: usize = text
+                    .split_inclusive('\n')
+                    .take(line as usize)
+                    .map(str::len)
+                    .sum();
+                prop_assert_eq!(offset, expected_end, "batch {} (lines {}..={})", i, first + 1, line);
+                previous = line;
+            }
+            if let Some(&(line, offset)) = positions.last() {
+                prop_assert_eq!(line as usize, total);
+                prop_assert_eq!(offset, text.len());
+            }
         }
     }
 }
