@@ -30,7 +30,11 @@ fn validate_prints_the_dag() {
          source events\n \
          stage price_bucket <- events\n \
          stage user_bucket <- price_bucket\n  \
-         sink features <- user_bucket\n"
+         sink features <- user_bucket\n\
+         output schemas:\n  \
+         events: user_id: Utf8, ts: Timestamp(ms), event: Utf8, item_id: Utf8, price: Float64, dwell_ms: Int64\n  \
+         price_bucket: learned from its first batch (declare `outputs` to fix it here)\n  \
+         user_bucket: learned from its first batch (declare `outputs` to fix it here)\n"
     );
 }
 

@@ -267,7 +267,7 @@ fn swaps_through_the_control_socket_take_effect_between_batches() {
         "{first}"
     );
     assert!(
-        first.contains("  source numbers positions 0..50\n  batch: output lines 1..50\n"),
+        first.contains("  source numbers positions start..50\n  batch: output lines 1..50\n"),
         "{first}"
     );
     let line = runs[1].1.to_string();

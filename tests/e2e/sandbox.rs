@@ -86,7 +86,9 @@ fn stage_failure(err: &RunError) -> &StageFailure {
     match err {
         RunError::Node {
             node,
-            error: weir::exec::NodeError::Stage { error, .. },
+            error:
+                weir::exec::NodeError::Stage { error, .. }
+                | weir::exec::NodeError::Resource { error, .. },
         } => {
             assert_eq!(node, "hostile");
             error

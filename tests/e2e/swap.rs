@@ -113,7 +113,8 @@ path = "unused.jsonl"
     .unwrap()
     .unwrap();
     let seen: Seen = Arc::default();
-    *plan.nodes.last_mut().unwrap() = NodeImpl::Sink(SinkImpl::Sync(Box::new(Recorder(seen.clone()))));
+    *plan.nodes.last_mut().unwrap() =
+        NodeImpl::Sink(SinkImpl::Sync(Box::new(Recorder(seen.clone()))));
     let control = RunControl::new();
     let task = tokio::spawn({
         let control = control.clone();
@@ -240,7 +241,10 @@ async fn params_code_and_rollback_swaps_change_versions_only_between_batches() {
         [a.digest.as_str(), b.digest.as_str(), a.digest.as_str()]
     );
     assert_eq!(lineage[0].first_row, 0);
-    assert_eq!(lineage[0].lineage.sources[0].from, None, "the first span starts at the beginning");
+    assert_eq!(
+        lineage[0].lineage.sources[0].from, None,
+        "the first span starts at the beginning"
+    );
     assert_eq!(lineage[1].first_row as usize, changes[0]);
 
     // Latency: the longest gap between output batches around a swap, versus the

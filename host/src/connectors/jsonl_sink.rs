@@ -207,7 +207,8 @@ impl JsonlSink {
         if let Some(side) = self.lineage.as_mut()
             && side.out.is_none()
         {
-            let file = File::create(&side.tmp).map_err(|e| NodeError::io(side.path.display(), e))?;
+            let file =
+                File::create(&side.tmp).map_err(|e| NodeError::io(side.path.display(), e))?;
             side.out = Some(BufWriter::new(file));
         }
         Ok(())

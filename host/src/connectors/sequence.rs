@@ -106,7 +106,9 @@ impl Source for SequenceSource {
     /// The position is the next number to produce.
     fn seek(&mut self, position: &str) -> Result<(), NodeError> {
         self.next = position.parse().map_err(|_| {
-            NodeError::config(format!("`{position}` is not a sequence position (an integer)"))
+            NodeError::config(format!(
+                "`{position}` is not a sequence position (an integer)"
+            ))
         })?;
         Ok(())
     }

@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
-pub use crate::node::swap::{StageChange, SwapApplied, SwapError, SwapReply, SwapRequest};
 use crate::node::LineageRecord;
+pub use crate::node::swap::{StageChange, SwapApplied, SwapError, SwapReply, SwapRequest};
 
 pub(crate) type SwapReceiver = mpsc::UnboundedReceiver<SwapRequest>;
 
@@ -161,13 +161,17 @@ impl RunControl {
     }
 
     /// Adds a sink's lineage record (consecutive rows sharing one lineage) to
-    /// the run's log.
+    /// the run's log, or replaces that sink's last record when it is the same
+    /// one grown (same first row).
     pub(crate) fn log_written(&self, record: &LineageRecord) {
-        self.inner
-            .lineage
-            .lock()
-            .expect("control lock")
-            .push(record.clone());
+        let mut log = self.inner.lineage.lock().expect("control lock");
+        if let Some(last) = log.iter_mut().rev().find(|r| r.sink == record.sink)
+            && last.first_row == record.first_row
+        {
+            *last = record.clone();
+            return;
+        }
+        log.push(record.clone());
     }
 
     pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
@@ -192,4 +196,3 @@ impl RunControl {
         self.inner.stages.lock().expect("control lock").clear();
     }
 }
-

@@ -223,7 +223,9 @@ pub async fn run_with(
         .enumerate()
         .filter(|(_, n)| n.kind == NodeKind::Source)
         .map(|(i, n)| {
-            let from = resumed.as_ref().and_then(|c| c.sources.get(&n.name).cloned());
+            let from = resumed
+                .as_ref()
+                .and_then(|c| c.sources.get(&n.name).cloned());
             (i, CommitTracker::new(&n.name, from))
         })
         .collect();
@@ -232,7 +234,12 @@ pub async fn run_with(
         records_read: AtomicU64::new(0),
         failed: AtomicBool::new(false),
         trackers: trackers.iter().map(|(_, t)| t.clone()).collect(),
-        sink_states: Mutex::new(resumed.as_ref().map(|c| c.sinks.clone()).unwrap_or_default()),
+        sink_states: Mutex::new(
+            resumed
+                .as_ref()
+                .map(|c| c.sinks.clone())
+                .unwrap_or_default(),
+        ),
         lineage: Mutex::default(),
     });
 
@@ -437,7 +444,11 @@ impl Checkpointer {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let lineage = std::mem::take(
-            &mut *self.shared.lineage.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut *self
+                .shared
+                .lineage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
         );
         let unchanged = self
             .last
@@ -472,7 +483,11 @@ impl Checkpointer {
             }
             Err(message) => {
                 // Keep the records for the next attempt.
-                let mut pending = self.shared.lineage.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pending = self
+                    .shared
+                    .lineage
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let newer = std::mem::replace(&mut *pending, lineage);
                 pending.extend(newer);
                 Err(RunError::Checkpoint {

@@ -56,8 +56,11 @@ impl NodeCx {
     /// first batch when the plan could not fix it.
     fn check_schema(&mut self, batch: &RecordBatch) -> Result<(), RunError> {
         match &self.output_schema {
-            Some(expected) => crate::node::schema::check(expected, &batch.schema())
-                .map_err(|e| self.fail(NodeError::config(format!("output does not match its schema: {e}")))),
+            Some(expected) => crate::node::schema::check(expected, &batch.schema()).map_err(|e| {
+                self.fail(NodeError::config(format!(
+                    "output does not match its schema: {e}"
+                )))
+            }),
             None => {
                 self.output_schema = Some(batch.schema());
                 Ok(())
@@ -78,7 +81,11 @@ impl NodeCx {
 }
 
 /// Sends each envelope to every output. Returns false when all outputs are gone.
-async fn fan_out(envelopes: Vec<Envelope>, outs: &[channel::Sender], stats: &mut NodeStats) -> bool {
+async fn fan_out(
+    envelopes: Vec<Envelope>,
+    outs: &[channel::Sender],
+    stats: &mut NodeStats,
+) -> bool {
     let mut alive = !outs.is_empty();
     for env in envelopes {
         if env.batch.num_rows() == 0 {
@@ -217,6 +224,9 @@ async fn source_loop(
 
 /// Waits while the node's available memory is under the floor; returns how long.
 async fn wait_for_memory(watch: &crate::node::memory::MemoryWatch) -> Duration {
+    if !watch.is_low() {
+        return Duration::ZERO;
+    }
     let started = Instant::now();
     while watch.is_low() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -263,7 +273,9 @@ pub(super) async fn run_operator(
         };
         let started = Instant::now();
         let meta = held.clone();
-        let node = op.take().ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
+        let node = op
+            .take()
+            .ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
         let (back, (result, emitted)) = on_blocking(&cx.name, node, move |mut op| {
             let mut out = meta.map_or_else(Emitter::default, Emitter::for_input);
             for request in pending {
@@ -289,7 +301,9 @@ pub(super) async fn run_operator(
         result.map_err(|e| cx.fail(e))?;
         let alive = emit(&mut cx, emitted, held, &outs, &mut stats).await?;
         if finishing && alive {
-            let node = op.take().ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
+            let node = op
+                .take()
+                .ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
             drain_operator(node, &outs, &mut stats, &mut cx).await?;
         }
         if finishing || !alive {
@@ -475,8 +489,7 @@ impl SinkLog {
                 && l.version == lineage.version
                 && l.stages == lineage.stages
                 && l.sources.len() == lineage.sources.len()
-                && l
-                    .sources
+                && l.sources
                     .iter()
                     .zip(&lineage.sources)
                     .all(|(a, b)| a.source == b.source && a.to == b.from);
@@ -485,6 +498,7 @@ impl SinkLog {
                     a.to = b.to.clone();
                 }
                 cur.rows += rows;
+                cx.control.log_written(cur);
                 return;
             }
         }
@@ -494,8 +508,8 @@ impl SinkLog {
             rows,
             lineage: lineage.clone(),
         };
+        cx.control.log_written(&next);
         if let Some(done) = self.current.replace(next) {
-            cx.control.log_written(&done);
             push_lineage(cx, done);
         }
     }
@@ -504,7 +518,6 @@ impl SinkLog {
     /// checkpoint that covers it.
     fn cut(&mut self, cx: &NodeCx) {
         if let Some(done) = self.current.take() {
-            cx.control.log_written(&done);
             push_lineage(cx, done);
         }
     }
@@ -521,4 +534,3 @@ fn push_lineage(cx: &NodeCx, record: LineageRecord) {
         .unwrap_or_else(|e| e.into_inner())
         .push(record);
 }
-

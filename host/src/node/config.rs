@@ -73,10 +73,7 @@ impl SpecError {
 }
 
 /// The closest of `candidates` to `name`, for "did you mean" hints.
-pub fn closest<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))
@@ -163,4 +160,3 @@ impl FieldType {
         }
     }
 }
-

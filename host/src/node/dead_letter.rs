@@ -148,7 +148,12 @@ impl FileDeadLetters {
     }
 
     fn send(&self, msg: Msg) -> Result<(), DeadLetterError> {
-        if let Some(e) = self.failed.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(e) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
             return Err(e);
         }
         self.tx
@@ -169,7 +174,12 @@ impl Drop for FileDeadLetters {
             self.tx.get_mut().unwrap_or_else(|e| e.into_inner()),
             tx,
         ));
-        if let Some(h) = self.writer.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
     }
@@ -253,7 +263,11 @@ impl Writer {
             if let Err(e) = self.sync() {
                 self.fail(e);
             }
-            let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let failed = self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             match &failed {
                 // Durable: the batches they came from may settle.
                 None => drop(holds),
@@ -337,7 +351,9 @@ mod tests {
             position: "f:3".into(),
             record: "{".into(),
         };
-        store.append("src", vec![letter.clone()], vec![meta]).unwrap();
+        store
+            .append("src", vec![letter.clone()], vec![meta])
+            .unwrap();
         store.flush().unwrap();
         assert_eq!(tracker.frontier().as_deref(), Some("7"));
         let text = std::fs::read_to_string(&path).unwrap();

@@ -91,13 +91,13 @@ pub enum NodeError {
         error: BoxError,
     },
     /// An outside service failed.
-    #[error("{service}: {message}{}", if *transient { " (transient)" } else { "" })]
+    #[error("{message}{}", if *transient { " (transient)" } else { "" })]
     Service {
         /// The service (`http://host:port/v1/models/m`, `redis://…`).
         service: String,
         /// Trying again may succeed (a timeout, a 503, a reset connection).
         transient: bool,
-        /// What it said.
+        /// What it said, naming the service and the request.
         message: String,
     },
     /// The pipeline's configuration does not fit the data or the environment: a
@@ -186,12 +186,12 @@ mod tests {
         let e = NodeError::Service {
             service: "http://127.0.0.1:1/v1".into(),
             transient: true,
-            message: "503 Service Unavailable".into(),
+            message: "POST http://127.0.0.1:1/v1: HTTP 503".into(),
         };
         assert_eq!(e.fault(), Fault::Service { transient: true });
         assert_eq!(
             e.to_string(),
-            "http://127.0.0.1:1/v1: 503 Service Unavailable (transient)"
+            "POST http://127.0.0.1:1/v1: HTTP 503 (transient)"
         );
         assert!(std::error::Error::source(&e).is_none());
         let e = NodeError::Data {

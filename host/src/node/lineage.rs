@@ -20,8 +20,8 @@
 //! one active when the source read the first of them; the stage entries are the
 //! authority on what code ran.
 
-use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// Where one output batch came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +100,9 @@ pub fn merge_spans(spans: Vec<SourceSpan>) -> Vec<SourceSpan> {
     }
     let mut by_start: HashMap<(&str, Option<&str>), usize> = HashMap::new();
     for (i, s) in spans.iter().enumerate() {
-        by_start.entry((s.source.as_str(), s.from.as_deref())).or_insert(i);
+        by_start
+            .entry((s.source.as_str(), s.from.as_deref()))
+            .or_insert(i);
     }
     // A span is a chain's head unless another span ends where it starts.
     let mut has_pred = vec![false; spans.len()];

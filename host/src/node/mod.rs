@@ -197,7 +197,8 @@ pub trait AsyncSource: Send + 'static {
     fn schema(&self) -> SchemaRef;
 
     /// As [`Source::next_batch`].
-    fn next_batch<'a>(&'a mut self, out: &'a mut Emitter) -> BoxFuture<'a, Result<bool, NodeError>>;
+    fn next_batch<'a>(&'a mut self, out: &'a mut Emitter)
+    -> BoxFuture<'a, Result<bool, NodeError>>;
 
     /// As [`Source::seek`]. Default: cannot resume.
     fn seek<'a>(&'a mut self, position: &'a str) -> BoxFuture<'a, Result<(), NodeError>> {
@@ -259,7 +260,10 @@ impl AsyncSource for Blocking<dyn Source> {
         self.1.clone()
     }
 
-    fn next_batch<'a>(&'a mut self, out: &'a mut Emitter) -> BoxFuture<'a, Result<bool, NodeError>> {
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut Emitter,
+    ) -> BoxFuture<'a, Result<bool, NodeError>> {
         Box::pin(async move {
             let (r, emitted) = on_blocking(&mut self.0, |s| {
                 let mut e = Emitter::default();
@@ -455,7 +459,10 @@ pub trait AsyncSink: Send + 'static {
 impl Blocking<dyn Sink> {
     /// Adapts `sink`.
     pub fn sink(sink: Box<dyn Sink>) -> Self {
-        Self(Some(sink), std::sync::Arc::new(arrow::datatypes::Schema::empty()))
+        Self(
+            Some(sink),
+            std::sync::Arc::new(arrow::datatypes::Schema::empty()),
+        )
     }
 }
 
@@ -471,7 +478,9 @@ impl AsyncSink for Blocking<dyn Sink> {
     }
 
     fn durability(&self) -> Durability {
-        self.0.as_ref().map_or(Durability::OnClose, |s| s.durability())
+        self.0
+            .as_ref()
+            .map_or(Durability::OnClose, |s| s.durability())
     }
 
     fn flush(&mut self) -> BoxFuture<'_, Result<Option<String>, NodeError>> {

@@ -93,7 +93,10 @@ mod tests {
         ]));
         let missing = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
         let e = check(&expected, &missing).unwrap_err();
-        assert_eq!(e.to_string(), "column `tag` (Int64) is missing from the batch");
+        assert_eq!(
+            e.to_string(),
+            "column `tag` (Int64) is missing from the batch"
+        );
         let retyped = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, false),
             Field::new("tag", DataType::Utf8, true),

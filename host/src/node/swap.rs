@@ -110,7 +110,6 @@ impl SwapReply {
     }
 }
 
-
 impl SwapReply {
     /// A reply and the receiver its answer arrives on.
     pub fn channel() -> (Self, oneshot::Receiver<Result<SwapApplied, SwapError>>) {

@@ -21,8 +21,8 @@ use arrow::compute::cast;
 use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::{DataType, Field};
 
-use crate::node::NodeError;
 use super::stateful_spec::{AggOp, AggregateSpec};
+use crate::node::NodeError;
 
 /// A column normalised to a canonical type.
 enum Canon {

@@ -30,8 +30,8 @@ use arrow::compute::concat_batches;
 use serde::{Deserialize, Serialize};
 
 use crate::node::Meta;
-use crate::node::{Emitter, NodeError, Operator};
 use crate::node::config::SpecError;
+use crate::node::{Emitter, NodeError, Operator};
 use crate::units::{ByteSize, Millis};
 
 /// A batch stage's configuration.

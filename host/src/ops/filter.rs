@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ScalarValue, column, nulls_false};
 use crate::batch::json::{JsonOptions, rows_as_objects};
-use crate::node::{DeadLetter, Emitter, NodeError, Operator};
 use crate::node::config::SpecError;
+use crate::node::{DeadLetter, Emitter, NodeError, Operator};
 
 /// A filter stage's configuration: exactly one of `all` and `any`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

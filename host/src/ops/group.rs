@@ -28,9 +28,9 @@ use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::Aggregates;
 use super::external::{self, Merger, read_run};
+use super::stateful_spec::GroupSpec;
 use crate::node::memory::{Reservation, RunMemory};
 use crate::node::{Emitter, NodeError, Operator};
-use super::stateful_spec::GroupSpec;
 
 type Writer = StreamWriter<std::io::BufWriter<std::fs::File>>;
 
@@ -302,6 +302,15 @@ fn file_len(path: &std::path::Path) -> Result<usize, NodeError> {
 }
 
 impl Operator for GroupOperator {
+    /// Learned from the first output batch: the aggregates' output types are
+    /// fixed when the first input arrives.
+    fn output_schema(
+        &self,
+        _input: &arrow::datatypes::SchemaRef,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
+        Ok(None)
+    }
+
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
         self.consumed.push_input(out);
         if batch.num_rows() == 0 {

@@ -48,8 +48,8 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, ScalarValue, column, fnv1a, nulls_false};
-use crate::node::{Emitter, NodeError, Operator};
 use crate::node::config::{FieldType, SpecError};
+use crate::node::{Emitter, NodeError, Operator};
 
 /// A map stage's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -359,7 +359,9 @@ impl MapOp {
         for (i, t) in self.transforms.iter().enumerate() {
             let what = format!("transforms[{i}] ({})", t.kind());
             batch = apply(t, batch, &what).map_err(|e| match e {
-                NodeError::Config(a) if !a.starts_with(&what) => NodeError::Config(format!("{what}: {a}")),
+                NodeError::Config(a) if !a.starts_with(&what) => {
+                    NodeError::Config(format!("{what}: {a}"))
+                }
                 other => other,
             })?;
         }
@@ -368,6 +370,16 @@ impl MapOp {
 }
 
 impl Operator for MapOp {
+    /// The transforms applied to an empty batch of the input's schema: the same
+    /// kernels decide the output types, so plan and run cannot disagree.
+    fn output_schema(
+        &self,
+        input: &arrow::datatypes::SchemaRef,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
+        let empty = RecordBatch::new_empty(input.clone());
+        Ok(Some(self.apply(empty)?.schema()))
+    }
+
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
         out.push(self.apply(batch)?);
         Ok(())

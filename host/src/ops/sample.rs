@@ -36,8 +36,8 @@ use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, column, fnv1a, mix, unit};
-use crate::node::{Emitter, NodeError, Operator};
 use crate::node::config::SpecError;
+use crate::node::{Emitter, NodeError, Operator};
 
 /// A sample stage's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -45,10 +45,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 
 use super::aggregate::Aggregates;
+use super::stateful_spec::SessionSpec;
 use crate::batch::json::{JsonOptions, rows_as_objects};
 use crate::node::memory::{Reservation, RunMemory};
 use crate::node::{DeadLetter, Emitter, NodeError, Operator};
-use super::stateful_spec::SessionSpec;
 
 /// A session key: the key columns in `arrow-row` encoding, shared between the key
 /// index, the key states and the closed list without copying.
@@ -423,9 +423,7 @@ impl SessionOperator {
             .sum();
         let keys = 2 * self.key_bytes + 96 * self.index.len();
         let want = pending + init.aggs.bytes() + keys + self.expiry.len() * 16;
-        self.reservation
-            .try_resize(want)
-            .map_err(NodeError::from)
+        self.reservation.try_resize(want).map_err(NodeError::from)
     }
 }
 
@@ -473,6 +471,15 @@ fn time_of(batch: &RecordBatch, col: usize) -> Result<Int64Array, NodeError> {
 }
 
 impl Operator for SessionOperator {
+    /// Learned from the first output batch: the aggregates' output types are
+    /// fixed when the first input arrives.
+    fn output_schema(
+        &self,
+        _input: &arrow::datatypes::SchemaRef,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
+        Ok(None)
+    }
+
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
         self.consumed.push_input(out);
         if batch.num_rows() == 0 {

@@ -16,9 +16,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
 
 use super::external::{Merger, SPILL_BATCH_ROWS, gather, sorted_positions, write_run};
+use super::stateful_spec::SortSpec;
 use crate::node::memory::{Reservation, RunMemory};
 use crate::node::{Emitter, NodeError, Operator};
-use super::stateful_spec::SortSpec;
 
 /// The running sort.
 pub struct SortOperator {
@@ -136,9 +136,7 @@ impl Operator for SortOperator {
         if self.reservation.try_grow(need).is_err() {
             self.spill()?;
             out.count("spills", 1);
-            self.reservation
-                .try_grow(need)
-                .map_err(NodeError::from)?;
+            self.reservation.try_grow(need).map_err(NodeError::from)?;
         }
         self.buffered.push(batch);
         self.keys.push(keys);

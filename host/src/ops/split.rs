@@ -27,8 +27,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, column, fnv1a, mix, unit};
-use crate::node::{Emitter, NodeError, Operator};
 use crate::node::config::SpecError;
+use crate::node::{Emitter, NodeError, Operator};
 
 /// A split stage's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +131,14 @@ impl SplitOp {
 }
 
 impl Operator for SplitOp {
+    /// Learned from the first output batch (the split column is added there).
+    fn output_schema(
+        &self,
+        _input: &arrow::datatypes::SchemaRef,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
+        Ok(None)
+    }
+
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
         let keys = cast(column(&batch, &self.key, "split")?, &DataType::Utf8)?;
         // Hashing has no Arrow kernel: one pass over the keys.

@@ -186,8 +186,7 @@ fn group_computes_every_aggregate_exactly() {
         ])),
         partitions: crate::spec::default_partitions(),
     };
-    let mut op =
-        super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
+    let mut op = super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
     let b = batch(vec![
         (
             "u",
@@ -234,8 +233,7 @@ fn group_collects_values_into_a_list() {
         aggregates: agg(json!([{"name": "qs", "op": "list", "column": "q"}])),
         partitions: crate::spec::default_partitions(),
     };
-    let mut op =
-        super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
+    let mut op = super::group::GroupOperator::new("g", spec, memory(1 << 30, dir.path()), 100);
     let b = batch(vec![
         ("u", arc(StringArray::from(vec!["y", "x", "y"]))),
         ("q", arc(Int32Array::from(vec![Some(5), Some(1), None]))),
@@ -270,8 +268,7 @@ fn wide_group(partitions: std::num::NonZeroUsize) -> GroupSpec {
 
 /// `spec` over `input` with memory to spare: the reference result.
 fn group_in_memory(spec: &GroupSpec, input: &[RecordBatch], dir: &std::path::Path) -> Emitter {
-    let mut op =
-        super::group::GroupOperator::new("g", spec.clone(), memory(1 << 32, dir), 4096);
+    let mut op = super::group::GroupOperator::new("g", spec.clone(), memory(1 << 32, dir), 4096);
     run_all(&mut op, input.to_vec())
 }
 
@@ -417,8 +414,7 @@ fn events(rows_: &[(&str, i64, i64)]) -> RecordBatch {
 
 fn sessions(spec: SessionSpec, input: Vec<RecordBatch>) -> (Value, Emitter) {
     let dir = tempfile::tempdir().unwrap();
-    let mut op =
-        super::session::SessionOperator::new("w", spec, &memory(1 << 30, dir.path()));
+    let mut op = super::session::SessionOperator::new("w", spec, &memory(1 << 30, dir.path()));
     let out = run_all(&mut op, input);
     (rows(&out.batches), out)
 }
@@ -548,11 +544,8 @@ fn many_interleaved_keys_are_sessionised_independently_and_closed_by_the_waterma
     }
     let batches: Vec<RecordBatch> = evs.chunks(37).map(events).collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut op = super::session::SessionOperator::new(
-        "w",
-        session(json!({})),
-        &memory(1 << 30, dir.path()),
-    );
+    let mut op =
+        super::session::SessionOperator::new("w", session(json!({})), &memory(1 << 30, dir.path()));
     let mut out = Emitter::default();
     for b in batches {
         op.process(b, &mut out).unwrap();
@@ -574,11 +567,8 @@ fn many_interleaved_keys_are_sessionised_independently_and_closed_by_the_waterma
 #[test]
 fn session_state_counts_against_the_budget_and_a_refusal_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut op = super::session::SessionOperator::new(
-        "w",
-        session(json!({})),
-        &memory(64, dir.path()),
-    );
+    let mut op =
+        super::session::SessionOperator::new("w", session(json!({})), &memory(64, dir.path()));
     let err = op
         .process(events(&[("a", 0, 1), ("b", 0, 1)]), &mut Emitter::default())
         .unwrap_err()

@@ -257,9 +257,9 @@ impl Plan {
                         message: e.to_string(),
                     };
                     match (&s.jsonl, &s.vectors, &s.http) {
-                        (Some(j), _, _) => {
-                            NodeImpl::sink(JsonlSink::create(j, spec.resolve(&j.path)).map_err(open)?)
-                        }
+                        (Some(j), _, _) => NodeImpl::sink(
+                            JsonlSink::create(j, spec.resolve(&j.path)).map_err(open)?,
+                        ),
                         (None, Some(v), _) => NodeImpl::sink(
                             crate::connectors::VectorsSink::create(v, spec.resolve(&v.path))
                                 .map_err(open)?,
@@ -310,8 +310,7 @@ fn schemas(dag: &Dag, nodes: &[NodeImpl]) -> Result<Vec<Option<SchemaRef>>, Plan
                     crate::node::schema::check(first, s).map_err(|e| {
                         schema_err(NodeError::config(format!(
                             "its inputs differ: `{}` gives {}",
-                            dag.nodes[i].name,
-                            e
+                            dag.nodes[i].name, e
                         )))
                     })?;
                 }

@@ -62,4 +62,3 @@ pub fn build(
     .map_err(|e| open(e.to_string()))?;
     Ok(Some(Shadow::new(candidate, shadow)))
 }
-

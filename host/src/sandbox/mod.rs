@@ -24,11 +24,11 @@
 
 /// The host's WIT bindings (generated once, in [`crate::wit`]).
 pub use crate::wit as bindings;
-mod fault;
 mod build;
 mod cache;
 mod engine;
 mod error;
+mod fault;
 mod limits;
 mod stage;
 mod state;

@@ -394,4 +394,3 @@ pub fn is_builtin(stage: &StageSpec) -> bool {
 pub fn check_builtin(key: &str, stage: &StageSpec) -> Result<(), SpecError> {
     build_builtin(key, stage).map(drop)
 }
-

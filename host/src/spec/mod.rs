@@ -36,11 +36,11 @@ mod dag;
 mod error;
 mod model;
 
+pub use crate::ops::stateful_spec::*;
 pub use compose::UseSpec;
 pub use dag::{Dag, NodeKind, NodeRef, build_builtin, check_builtin, is_builtin};
 pub use error::SpecError;
 pub use model::*;
-pub use crate::ops::stateful_spec::*;
 
 use std::path::Path;
 

@@ -249,4 +249,3 @@ pub struct SinkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<crate::connectors::HttpSinkSpec>,
 }
-

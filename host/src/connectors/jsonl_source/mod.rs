@@ -42,8 +42,8 @@ use arrow::array::{
     Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use serde::{Deserialize, Serialize};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 use crate::node::config::{FieldSpec, FieldType};
 use crate::node::{DeadLetter, Emitter, NodeError, Source};

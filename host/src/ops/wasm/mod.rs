@@ -83,7 +83,11 @@ impl WasmOperator {
         Ok(())
     }
 
-    fn call(&mut self, batch: &RecordBatch, out: &mut Emitter) -> Result<RecordBatch, StageFailure> {
+    fn call(
+        &mut self,
+        batch: &RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<RecordBatch, StageFailure> {
         let traps_before = self.stage.stats().traps;
         let output = self.stage.process(batch);
         out.count("wasm:calls", 1);
