@@ -8,18 +8,22 @@
 //! reset and reused, so a session operator's state stays proportional to the open
 //! sessions. [`Aggregates::bytes`] estimates what the state holds, for the
 //! memory budget.
+//!
+//! This file resolves columns and filters and keeps the byte count; `state` holds
+//! the accumulators, one type per (op, canonical type), and `str_set` the string
+//! set `count_distinct` uses.
 
 mod state;
 mod str_set;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::{DataType, Field};
 
 use super::stateful_spec::AggregateSpec;
 use crate::node::NodeError;
-use state::{Canon, State};
+use state::{Accumulator, Feed, accumulator};
 
 /// Distinct-value sets use a fast seeded hasher: hashing is per row.
 type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
@@ -37,11 +41,9 @@ fn canonical(t: &DataType) -> Option<DataType> {
 }
 
 struct Agg {
-    spec: AggregateSpec,
-    column: Option<usize>,
-    input_type: DataType,
+    name: String,
     filter: Option<(usize, serde_json::Value)>,
-    state: State,
+    acc: Box<dyn Accumulator>,
     /// Per slot: heap bytes held beyond the fixed per-slot size (strings, sets, lists).
     extra: Vec<usize>,
 }
@@ -102,13 +104,11 @@ impl Aggregates {
                     Ok::<_, NodeError>((col(schema, &f.column, "filter column")?, f.equals.clone()))
                 })
                 .transpose()?;
-            let state = State::new(spec, &canon, &input_type)?;
+            let acc = accumulator(spec, column, &input_type, &canon)?;
             aggs.push(Agg {
-                spec: spec.clone(),
-                column,
-                input_type,
+                name: spec.name.clone(),
                 filter,
-                state,
+                acc,
                 extra: Vec::new(),
             });
         }
@@ -123,10 +123,7 @@ impl Aggregates {
     pub(crate) fn fields(&self) -> Vec<Field> {
         self.aggs
             .iter()
-            .map(|a| {
-                let t = a.state.data_type(&a.input_type);
-                Field::new(&a.spec.name, t, true)
-            })
+            .map(|a| Field::new(&a.name, a.acc.data_type(), true))
             .collect()
     }
 
@@ -147,7 +144,7 @@ impl Aggregates {
         }
         for a in &mut self.aggs {
             a.extra.resize(n, 0);
-            a.state.resize(n);
+            a.acc.resize(n);
         }
         self.slots = n;
     }
@@ -172,14 +169,12 @@ impl Aggregates {
                 .as_ref()
                 .map(|(i, v)| filter_mask(batch.column(*i), v))
                 .transpose()?;
-            let pass = |r: usize| mask.as_ref().is_none_or(|m| m.is_valid(r) && m.value(r));
-            let input = a.column.map(|i| Canon::of(batch.column(i))).transpose()?;
-            let pairs = rows
-                .iter()
-                .copied()
-                .zip(slots.iter().copied())
-                .filter(|&(r, _)| pass(r));
-            let delta = a.state.update(input.as_ref(), pairs, &mut a.extra);
+            let feed = Feed {
+                rows,
+                slots,
+                mask: mask.as_ref(),
+            };
+            let delta = a.acc.update(batch, &feed, &mut a.extra)?;
             self.extra_total = self.extra_total.saturating_add_signed(delta);
         }
         Ok(())
@@ -192,7 +187,7 @@ impl Aggregates {
     pub(crate) fn emit(&self, slots: &[usize]) -> Result<Vec<ArrayRef>, NodeError> {
         let mut out = Vec::with_capacity(self.aggs.len());
         for a in &self.aggs {
-            out.push(a.state.emit(slots, a.spec.default, &a.input_type)?);
+            out.push(a.acc.emit(slots)?);
         }
         Ok(out)
     }
@@ -202,7 +197,7 @@ impl Aggregates {
         for a in &mut self.aggs {
             self.extra_total -= a.extra[slot];
             a.extra[slot] = 0;
-            a.state.reset(slot);
+            a.acc.reset(slot);
         }
     }
 }
@@ -231,4 +226,33 @@ fn filter_mask(array: &ArrayRef, value: &serde_json::Value) -> Result<BooleanArr
             )));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+
+    use super::Aggregates;
+    use crate::ops::stateful_spec::AggregateSpec;
+    use crate::ops::testutil::{arc, batch};
+
+    /// A later batch whose column no longer maps to the canonical type the
+    /// accumulator was built for is refused with an error, not read as another type.
+    #[test]
+    fn a_column_that_changes_canonical_type_is_an_error() {
+        let specs: Vec<AggregateSpec> =
+            serde_json::from_value(serde_json::json!([{"name": "m", "op": "max", "column": "v"}]))
+                .unwrap();
+        let ints = batch(vec![("v", arc(Int64Array::from(vec![3, 5])))]);
+        let mut aggs = Aggregates::new(&specs, &ints.schema()).unwrap();
+        aggs.update(&ints, &[0, 1], &[0, 0]).unwrap();
+        let strings = batch(vec![("v", arc(StringArray::from(vec!["7"])))]);
+        let err = aggs.update(&strings, &[0], &[0]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "cannot aggregate a column of type Utf8 as Int64: its type changed since the first batch"
+        );
+        let out = aggs.emit(&[0]).unwrap();
+        assert_eq!(&out[0], &arc(Int64Array::from(vec![5])));
+    }
 }
