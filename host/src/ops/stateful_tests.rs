@@ -1,8 +1,6 @@
 //! Tests of `sort`, `group` and `session` on literal batches, including runs ten
 //! times over the memory budget compared with the in-memory result.
 
-use std::sync::Arc;
-
 use arrow::array::{ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
 use serde_json::{Value, json};
 
@@ -327,7 +325,7 @@ fn a_single_key_over_the_budget_fails_naming_the_group() {
     let input: Vec<RecordBatch> = wide_batches(4_000, 1000, 13)
         .into_iter()
         .map(|b| {
-            let user: ArrayRef = Arc::new(StringArray::from(vec!["same"; b.num_rows()]));
+            let user: ArrayRef = arc(StringArray::from(vec!["same"; b.num_rows()]));
             let mut cols = b.columns().to_vec();
             let i = b.schema().index_of("user").unwrap();
             cols[i] = user;
@@ -587,5 +585,4 @@ fn unknown_keys_in_a_session_table_are_refused() {
     let ok: SessionSpec = toml::from_str("key = [\"u\"]\ntime = \"ts\"\ngap = \"30m\"\n").unwrap();
     assert_eq!(ok.gap, Millis(std::time::Duration::from_secs(1800)));
     assert_eq!(ok.start_column, "session_start");
-    let _ = Arc::new(0);
 }
