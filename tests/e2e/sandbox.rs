@@ -1,11 +1,14 @@
-//! Hostile stages: each is stopped by the limit meant for it, reported with the
-//! stage's name, and the host then runs the next pipeline normally.
+//! Hostile stages: each is stopped by the limit or the contract meant for it,
+//! reported with the stage's name, and the host then runs the next pipeline
+//! normally.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use arrow::datatypes::DataType;
 use weir::exec::{PlanError, RunError};
 use weir::sandbox::{FeaturizerStage, LoadError, StageFailure, StageLimits};
+use weir::units::Millis;
 use weir_e2e::{component, run_toml, sandbox, toml_path};
 
 const HOSTILE: &str = "tests/fixtures/hostile";
@@ -18,6 +21,18 @@ fn write_events(dir: &Path, rows: usize) {
 }
 
 fn pipeline(component: &Path, params: &str, limits: &str) -> String {
+    pipeline_with(component, params, limits, "", 4)
+}
+
+/// [`pipeline`] with more keys for `[stage.wasm]` (`wasm`, TOML lines) and
+/// `batch_rows` rows per source batch.
+fn pipeline_with(
+    component: &Path,
+    params: &str,
+    limits: &str,
+    wasm: &str,
+    batch_rows: usize,
+) -> String {
     format!(
         r#"
 name = "hostile"
@@ -25,7 +40,7 @@ name = "hostile"
 name = "events"
 [source.jsonl]
 path = "events.jsonl"
-batch_rows = 4
+batch_rows = {batch_rows}
 schema = [{{ name = "n", type = "int64" }}, {{ name = "s", type = "utf8" }}, {{ name = "x", type = "float64" }}]
 
 [[stage]]
@@ -35,6 +50,7 @@ input = "events"
 component = {}
 params = {params}
 limits = {limits}
+{wasm}
 
 [[sink]]
 name = "out"
@@ -48,18 +64,24 @@ path = "out.jsonl"
 
 /// Runs the hostile fixture in `mode` with `limits`; returns the run's error.
 async fn run_hostile(mode: &str, limits: &str) -> RunError {
+    run_failing(&format!("{{ mode = \"{mode}\" }}"), limits, "", 4).await
+}
+
+/// Runs the hostile fixture on 10 rows with `params`, `limits`, more `[stage.wasm]`
+/// keys and `batch_rows`; returns the run's error, after checking that the output
+/// file written before the run is still there, untouched.
+async fn run_failing(params: &str, limits: &str, wasm: &str, batch_rows: usize) -> RunError {
     let dir = tempfile::tempdir().unwrap();
     write_events(dir.path(), 10);
-    let text = pipeline(
-        &component(HOSTILE),
-        &format!("{{ mode = \"{mode}\" }}"),
-        limits,
-    );
+    let text = pipeline_with(&component(HOSTILE), params, limits, wasm, batch_rows);
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(&out, "a previous run's output\n").unwrap();
     let err = run_toml(&text, dir.path())
         .await
         .expect_err("the hostile stage must fail the run");
-    assert!(
-        !dir.path().join("out.jsonl").exists(),
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "a previous run's output\n",
         "a failed run must not publish output"
     );
     err
@@ -323,4 +345,126 @@ fn a_trap_poisons_only_that_instance() {
     ));
     assert_eq!(stage.params(), r#"{"mode":"passthrough"}"#);
     assert_eq!(stage.process(&batch).unwrap(), batch);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sleep_inside_a_host_call_is_stopped_at_the_deadline() {
+    // Compiled before the clock starts: the bound is on the stage, not on compiling.
+    sandbox().load_file(&component(HOSTILE)).unwrap();
+    let started = Instant::now();
+    let err = run_failing(
+        r#"{ mode = "sleep", secs = 30 }"#,
+        r#"{ deadline = "2s" }"#,
+        "",
+        4,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            stage_failure(&err),
+            StageFailure::Deadline { deadline: Millis(d), .. } if *d == Duration::from_secs(2)
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` exceeded its deadline of 2s"
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "the stage held its thread for {elapsed:?}"
+    );
+    host_still_works().await;
+}
+
+#[test]
+fn a_deadline_in_a_host_call_discards_the_instance_like_any_trap() {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{Field, Schema};
+
+    let sandbox = sandbox();
+    let loaded = sandbox.load_file(&component(HOSTILE)).unwrap();
+    let limits = StageLimits {
+        deadline: Millis(Duration::from_millis(300)),
+        ..StageLimits::default()
+    };
+    let mut stage = FeaturizerStage::new(
+        &sandbox,
+        &loaded,
+        "sleepy",
+        r#"{"mode":"sleep","secs":30}"#,
+        limits,
+        Default::default(),
+    )
+    .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+
+    let started = Instant::now();
+    let err = stage.process(&batch).unwrap_err();
+    assert!(matches!(err, StageFailure::Deadline { .. }), "{err}");
+    assert!(err.is_trap());
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((stage.stats().traps, stage.stats().instantiations), (1, 1));
+    // The next call runs on a fresh instance, with its own full deadline.
+    stage.reconfigure(r#"{"mode":"passthrough"}"#).unwrap();
+    assert_eq!(stage.process(&batch).unwrap(), batch);
+    assert_eq!(stage.stats().instantiations, 2);
+}
+
+#[test]
+fn an_input_over_the_crossing_cap_is_refused_before_the_copy() {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{Field, Schema};
+
+    let sandbox = sandbox();
+    let loaded = sandbox.load_file(&component(HOSTILE)).unwrap();
+    let limits = StageLimits {
+        max_crossing: weir::units::ByteSize(1024),
+        ..StageLimits::default()
+    };
+    let mut stage = FeaturizerStage::new(
+        &sandbox,
+        &loaded,
+        "narrow",
+        r#"{"mode":"passthrough"}"#,
+        limits,
+        Default::default(),
+    )
+    .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    // 200 rows: the name's byte and 1600 bytes of values.
+    let batch =
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..200))]).unwrap();
+    let err = stage.process(&batch).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StageFailure::Crossing {
+                direction: "input",
+                size: Some(weir::units::ByteSize(1601)),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "stage `narrow`: input batch exceeds the crossing cap of 1KiB (1.6KiB)"
+    );
+    assert!(!err.is_trap());
+    assert_eq!(stage.stats().calls, 0, "nothing crossed");
+    let small = batch.slice(0, 10);
+    assert_eq!(stage.process(&small).unwrap(), small);
+    assert_eq!(stage.stats().calls, 1);
 }

@@ -16,15 +16,18 @@
 //! unless the pipeline says so: no directories, frozen clocks, no sockets, no
 //! environment, stdout discarded, stderr captured to recover panic messages.
 //!
-//! Per call a stage has a fuel budget (deterministic CPU cap), an epoch deadline
-//! (wall-clock cap), a linear-memory cap enforced by a [`wasmtime::ResourceLimiter`],
-//! and a cap on bytes crossing the boundary in each direction. A trap of any kind
-//! poisons the instance: its `Store` is dropped and the next call starts a fresh one
-//! from the `InstancePre`.
+//! Per call a stage has a fuel budget (deterministic CPU cap), a wall-clock
+//! deadline (epoch interruption in guest code; a timeout in every host call that
+//! can wait, see `deadline.rs`), a linear-memory cap enforced by a
+//! [`wasmtime::ResourceLimiter`], and a cap on bytes crossing the boundary in each
+//! direction. A trap of any kind poisons the instance: its `Store` is dropped and
+//! the next call starts a fresh one from the `InstancePre`.
 
 pub mod bindings;
 mod build;
 mod cache;
+mod crossing;
+mod deadline;
 mod engine;
 mod error;
 mod limits;
@@ -177,6 +180,7 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         let setup = |e: wasmtime::Error| LoadError::Setup(format!("{e:#}"));
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        deadline::bound_waiting_calls(&mut linker).map_err(setup)?;
         Featurizer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup)?;
         let cache = ArtifactCache::new(&engine, config.artifact_dir)?;
         let epoch_tick = config.engine.epoch_tick;

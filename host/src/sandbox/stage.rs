@@ -4,7 +4,11 @@
 //! The instance lives across batches (a featurizer may keep state built in `init`)
 //! and is dropped after any trap; the next call instantiates a fresh one from the
 //! `InstancePre` and calls `init` again with the same parameters. Limits are reset
-//! before every call: fuel to the full budget, the epoch deadline to now + deadline.
+//! before every call: fuel to the full budget, the epoch deadline (and the deadline
+//! host calls wait until) to now + deadline.
+//!
+//! A batch is measured from its Arrow buffers before it is copied across, so one
+//! over the crossing cap costs no copy.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -158,6 +162,15 @@ impl FeaturizerStage {
     /// or [`StageFailure::Crossing`] when a batch cannot cross.
     pub fn process(&mut self, input: &RecordBatch) -> Result<RecordBatch, StageFailure> {
         let started = Instant::now();
+        let size = super::crossing::size(input, self.projection.as_deref());
+        if size > self.limits.max_crossing.as_usize() {
+            return Err(StageFailure::Crossing {
+                stage: self.name.to_string(),
+                direction: "input",
+                cap: self.limits.max_crossing,
+                size: Some(ByteSize(size as u64)),
+            });
+        }
         let input_error = |source| StageFailure::Batch {
             stage: self.name.to_string(),
             direction: "input",
@@ -168,18 +181,9 @@ impl FeaturizerStage {
             None => batch::to_wit(input),
         }
         .map_err(input_error)?;
-        let size = batch::wit_size(&wit);
-        if size > self.limits.max_crossing.as_usize() {
-            return Err(StageFailure::Crossing {
-                stage: self.name.to_string(),
-                direction: "input",
-                cap: self.limits.max_crossing,
-                size: Some(ByteSize(size as u64)),
-            });
-        }
         self.ensure_live()?;
         let live = self.live.as_mut().expect("ensured above");
-        arm(&mut live.store, &self.limits, &self.sandbox);
+        arm(&mut live.store, &self.limits, &self.sandbox, started);
         let result = live.bindings.call_process(&mut live.store, &wit);
         let fuel_left = live.store.get_fuel().unwrap_or(0);
         self.stats.fuel_used += self.limits.fuel.saturating_sub(fuel_left);
@@ -241,7 +245,7 @@ impl FeaturizerStage {
         let mut store = Store::new(self.sandbox.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(self.limits.max_crossing.as_usize());
-        arm(&mut store, &self.limits, &self.sandbox);
+        arm(&mut store, &self.limits, &self.sandbox, Instant::now());
         self.stats.instantiations += 1;
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
@@ -266,11 +270,18 @@ impl FeaturizerStage {
     }
 }
 
-/// Refuels the store and sets its deadline, before every call.
-fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox) {
+/// Refuels the store and sets its deadlines, before every call: the epoch deadline
+/// for guest code, and the instant host calls wait until, counted from `started`
+/// (the caller's clock reading, so a call reads the clock no more than it did).
+fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox, started: Instant) {
     store
         .set_fuel(limits.fuel)
         .expect("fuel is enabled on the engine");
+    // A deadline too far to represent is as good as none: a century.
+    let deadline = started
+        .checked_add(limits.deadline.0)
+        .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 86_400));
+    store.data_mut().set_deadline(deadline);
     let tick = sandbox.epoch_tick();
     let ticks = limits
         .deadline
