@@ -2,6 +2,7 @@
 //! reported with the stage's name, and the host then runs the next pipeline
 //! normally.
 
+use std::error::Error;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,17 @@ async fn run_failing(params: &str, limits: &str, wasm: &str, batch_rows: usize) 
         "a failed run must not publish output"
     );
     err
+}
+
+/// The message and its causes as `{e:#}` prints them: each cause once.
+fn chain(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// The host still runs a normal pipeline after whatever came before.
@@ -467,4 +479,62 @@ fn an_input_over_the_crossing_cap_is_refused_before_the_copy() {
     let small = batch.slice(0, 10);
     assert_eq!(stage.process(&small).unwrap(), small);
     assert_eq!(stage.stats().calls, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_that_are_not_whole_components_get_one_short_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(component(HOSTILE)).unwrap();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "notes.txt",
+            b"These are notes, not a component.\n".to_vec(),
+            "is not a WebAssembly component: it does not begin with the bytes `\\0asm` (only \
+             a file named *.wat is read as text)",
+        ),
+        (
+            "zeros.wasm",
+            vec![0; 1 << 20],
+            "is not a WebAssembly component: it does not begin with the bytes `\\0asm` (only \
+             a file named *.wat is read as text)",
+        ),
+        (
+            "cut.wasm",
+            real[..100].to_vec(),
+            "is a truncated WebAssembly component: it ends after 100 bytes",
+        ),
+    ];
+    for (name, bytes, what) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let err = sandbox().load_file(&path).unwrap_err();
+        let expected = format!("{} {what}", path.display());
+        assert_eq!(err.to_string(), expected);
+        assert_eq!(chain(&err), expected, "each cause is printed once");
+
+        // In a pipeline, the same message under the stage's name.
+        write_events(dir.path(), 10);
+        let err = run_toml(&pipeline(&path, "{}", "{}"), dir.path())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                RunError::Plan(PlanError::Load {
+                    source: LoadError::NotWasm { .. } | LoadError::Truncated { .. },
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), format!("stage `hostile`: {expected}"));
+    }
+    // Bytes from the store are held to the same rule.
+    let err = sandbox().load(b"(component)").unwrap_err();
+    assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("sha256:"),
+        "names the digest: {err}"
+    );
+    host_still_works().await;
 }

@@ -6,6 +6,10 @@
 //! is: the guest's own `stage-error` result (the instance stays usable) is kept
 //! apart from traps (fuel, deadline, memory, panic), after which the instance is
 //! thrown away.
+//!
+//! Each message is complete on its own and no variant also returns its cause as
+//! [`std::error::Error::source`]: a caller printing the chain (`{e:#}` with anyhow)
+//! shows every cause once.
 
 use crate::batch::BatchError;
 use crate::units::{ByteSize, Millis};
@@ -14,12 +18,29 @@ use crate::units::{ByteSize, Millis};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// Reading the component file failed.
-    #[error("cannot read component {path}: {source}")]
+    #[error("cannot read component {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// The bytes are not WebAssembly: they lack the `\0asm` magic. Only a file
+    /// named `*.wat` is read as WebAssembly text.
+    #[error(
+        "{name} is not a WebAssembly component: it does not begin with the bytes `\\0asm` (only a file named *.wat is read as text)"
+    )]
+    NotWasm {
+        /// The file, or `sha256:<digest>` for bytes from the store.
+        name: String,
+    },
+    /// The bytes begin as WebAssembly but end inside a section.
+    #[error("{name} is a truncated WebAssembly component: it ends after {size} bytes")]
+    Truncated {
+        /// The file, or `sha256:<digest>` for bytes from the store.
+        name: String,
+        /// Its length in bytes.
+        size: usize,
     },
     /// The bytes are not a valid WebAssembly component, or failed to compile.
     #[error("invalid component {digest}: {message}")]
@@ -127,14 +148,14 @@ pub enum StageFailure {
     },
     /// The batch could not be converted for the stage (the pipeline's fault) or the
     /// stage returned a malformed batch (the stage's fault).
-    #[error("stage `{stage}`: {direction} batch: {source}")]
+    #[error("stage `{stage}`: {direction} batch: {error}")]
     Batch {
         /// The stage's name.
         stage: String,
         /// `input` or `output`.
         direction: &'static str,
         /// What is wrong with it.
-        source: BatchError,
+        error: BatchError,
     },
     /// A fresh instance could not be created.
     #[error("stage `{stage}` could not be instantiated: {message}")]

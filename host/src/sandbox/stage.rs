@@ -171,10 +171,10 @@ impl FeaturizerStage {
                 size: Some(ByteSize(size as u64)),
             });
         }
-        let input_error = |source| StageFailure::Batch {
+        let input_error = |error| StageFailure::Batch {
             stage: self.name.to_string(),
             direction: "input",
-            source,
+            error,
         };
         let wit = match &self.projection {
             Some(columns) => batch::to_wit_projected(input, columns),
@@ -194,10 +194,10 @@ impl FeaturizerStage {
                     Some(_) => batch::merge_columns(input, out),
                     None => Ok(out),
                 })
-                .map_err(|source| StageFailure::Batch {
+                .map_err(|error| StageFailure::Batch {
                     stage: self.name.to_string(),
                     direction: "output",
-                    source,
+                    error,
                 }),
             Ok(Err(e)) => Err(StageFailure::Guest {
                 stage: self.name.to_string(),
