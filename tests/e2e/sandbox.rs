@@ -432,6 +432,161 @@ fn a_deadline_in_a_host_call_discards_the_instance_like_any_trap() {
     assert_eq!(stage.stats().instantiations, 2);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_featurizer_that_drops_rows_is_refused_with_the_counts() {
+    let err = run_failing(r#"{ mode = "drop_rows" }"#, "{}", "", 10).await;
+    assert!(
+        matches!(
+            stage_failure(&err),
+            StageFailure::RowCount {
+                rows_in: 10,
+                rows_out: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` returned 4 rows for 10: a featurizer returns one \
+         row per input row (a stage that drops rows sets `filter = true` and returns a boolean \
+         `_keep` column)"
+    );
+    host_still_works().await;
+}
+
+/// Runs the fixture as a filter on 10 rows in batches of 4; returns the output
+/// lines and the stage's `filtered` counter.
+async fn run_filter(params: &str, wasm: &str) -> (Vec<String>, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(dir.path(), 10);
+    let text = pipeline_with(&component(HOSTILE), params, "{}", wasm, 4);
+    let summary = run_toml(&text, dir.path()).await.expect("the filter runs");
+    let stage = summary.node("hostile").unwrap();
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    (
+        out.lines().map(str::to_owned).collect(),
+        stage.counters["filtered"],
+        stage.rows_out,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_stage_drops_the_rows_it_does_not_keep_and_counts_them() {
+    let expected: Vec<String> = [0, 2, 4, 6, 8]
+        .iter()
+        .map(|i| format!(r#"{{"n":{i},"s":"row-{i}","x":{i}.5}}"#))
+        .collect();
+    let (lines, filtered, rows_out) =
+        run_filter(r#"{ mode = "keep_even" }"#, "filter = true").await;
+    assert_eq!(lines, expected);
+    assert_eq!((filtered, rows_out), (5, 5));
+    // Given one column, its verdict still filters the whole row.
+    let (lines, filtered, _) = run_filter(
+        r#"{ mode = "keep_even" }"#,
+        "filter = true\ncolumns = [\"n\"]",
+    )
+    .await;
+    assert_eq!(lines, expected);
+    assert_eq!(filtered, 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filter_stage_without_a_boolean_keep_column_is_refused() {
+    let err = run_failing(r#"{ mode = "passthrough" }"#, "{}", "filter = true", 4).await;
+    assert!(
+        matches!(
+            stage_failure(&err),
+            StageFailure::FilterColumn {
+                column: "_keep",
+                found: None,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: filter stage `hostile` returned no column `_keep`; a filter \
+         returns every row plus a boolean `_keep`"
+    );
+    host_still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declared_output_column_missing_from_one_batch_fails_the_run_and_publishes_nothing() {
+    let err = run_failing(
+        r#"{ mode = "drop_column_on", call = 3 }"#,
+        "{}",
+        r#"outputs = [{ name = "tag", type = "int64" }]"#,
+        4,
+    )
+    .await;
+    let StageFailure::OutputMissing {
+        stage,
+        column,
+        expected,
+    } = stage_failure(&err)
+    else {
+        panic!("expected a missing output column, got {err}");
+    };
+    assert_eq!(
+        (stage.as_str(), column.as_str(), expected),
+        ("hostile", "tag", &DataType::Int64)
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` did not return column `tag` (Int64) of its \
+         declared outputs"
+    );
+    host_still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_outputs_are_checked_for_their_type_and_shape_the_output() {
+    let err = run_failing(
+        r#"{ mode = "drop_column_on", call = 99 }"#,
+        "{}",
+        r#"outputs = [{ name = "tag", type = "int32" }]"#,
+        4,
+    )
+    .await;
+    assert!(
+        matches!(
+            stage_failure(&err),
+            StageFailure::OutputType {
+                expected: DataType::Int32,
+                found: DataType::Int64,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` returned column `tag` as Int64, but it is \
+         declared Int32"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    write_events(dir.path(), 10);
+    let text = pipeline_with(
+        &component(HOSTILE),
+        r#"{ mode = "drop_column_on", call = 99 }"#,
+        "{}",
+        r#"outputs = [{ name = "tag", type = "int64" }]"#,
+        4,
+    );
+    run_toml(&text, dir.path())
+        .await
+        .expect("the stage keeps its declaration");
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10);
+    assert_eq!(lines[0], r#"{"n":0,"s":"row-0","x":0.5,"tag":1}"#);
+    assert_eq!(lines[9], r#"{"n":9,"s":"row-9","x":9.5,"tag":3}"#);
+}
+
 #[test]
 fn an_input_over_the_crossing_cap_is_refused_before_the_copy() {
     use std::sync::Arc;
@@ -537,4 +692,47 @@ async fn files_that_are_not_whole_components_get_one_short_message() {
         "names the digest: {err}"
     );
     host_still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stage_failures_print_each_cause_once() {
+    let err = run_failing(r#"{ mode = "drop_rows" }"#, "{}", "", 10).await;
+    let failure = stage_failure(&err);
+    assert!(failure.source().is_none(), "{failure}");
+    assert_eq!(chain(failure), failure.to_string());
+    let err = sandbox()
+        .load_file(Path::new("/nonexistent/stage.wasm"))
+        .unwrap_err();
+    assert_eq!(
+        chain(&err),
+        "cannot read component /nonexistent/stage.wasm: No such file or directory (os error 2)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_declarations_are_strict() {
+    let text = pipeline_with(
+        &component(HOSTILE),
+        r#"{ mode = "passthrough" }"#,
+        "{}",
+        r#"outputs = [{ name = "tag", typ = "int64" }]"#,
+        4,
+    );
+    let err = weir::spec::PipelineSpec::from_toml(&text, "test.toml").unwrap_err();
+    assert!(err.to_string().contains("unknown field `typ`"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write_events(dir.path(), 10);
+    let text = pipeline_with(
+        &component(HOSTILE),
+        r#"{ mode = "passthrough" }"#,
+        "{}",
+        r#"outputs = [{ name = "tag", type = "int64" }, { name = "tag", type = "utf8" }]"#,
+        4,
+    );
+    let err = run_toml(&text, dir.path()).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`hostile`: output column `tag` is declared twice"
+    );
 }

@@ -5,11 +5,15 @@
 //! [`StageFailure`] is raised by a call into a running stage and says whose fault it
 //! is: the guest's own `stage-error` result (the instance stays usable) is kept
 //! apart from traps (fuel, deadline, memory, panic), after which the instance is
-//! thrown away.
+//! thrown away. A stage that runs but breaks its output contract (a featurizer
+//! dropping rows, a declared column missing or mistyped) fails without a trap: its
+//! instance stays.
 //!
 //! Each message is complete on its own and no variant also returns its cause as
 //! [`std::error::Error::source`]: a caller printing the chain (`{e:#}` with anyhow)
 //! shows every cause once.
+
+use arrow::datatypes::DataType;
 
 use crate::batch::BatchError;
 use crate::units::{ByteSize, Millis};
@@ -156,6 +160,67 @@ pub enum StageFailure {
         direction: &'static str,
         /// What is wrong with it.
         error: BatchError,
+    },
+    /// A featurizer returned a different number of rows than it was given: it must
+    /// map rows one to one, unless it is declared a filter.
+    #[error(
+        "stage `{stage}` returned {rows_out} rows for {rows_in}: a featurizer returns one row per input row (a stage that drops rows sets `filter = true` and returns a boolean `_keep` column)"
+    )]
+    RowCount {
+        /// The stage's name.
+        stage: String,
+        /// Rows sent into the stage.
+        rows_in: usize,
+        /// Rows it returned.
+        rows_out: usize,
+    },
+    /// A filter stage returned no boolean `_keep` column.
+    #[error("filter stage `{stage}` returned {}", match found {
+        None => format!("no column `{column}`; a filter returns every row plus a boolean `{column}`"),
+        Some(t) => format!("column `{column}` as {t}; a filter's `{column}` is Boolean"),
+    })]
+    FilterColumn {
+        /// The stage's name.
+        stage: String,
+        /// The column: `_keep`.
+        column: &'static str,
+        /// Its type, when the column is there.
+        found: Option<DataType>,
+    },
+    /// A column of the stage's declared output schema is missing from what it
+    /// returned.
+    #[error(
+        "stage `{stage}` did not return column `{column}` ({expected}) of its declared outputs"
+    )]
+    OutputMissing {
+        /// The stage's name.
+        stage: String,
+        /// The column.
+        column: String,
+        /// Its declared type.
+        expected: DataType,
+    },
+    /// A column the stage returned has another type than declared.
+    #[error("stage `{stage}` returned column `{column}` as {found}, but it is declared {expected}")]
+    OutputType {
+        /// The stage's name.
+        stage: String,
+        /// The column.
+        column: String,
+        /// Its declared type.
+        expected: DataType,
+        /// The type returned.
+        found: DataType,
+    },
+    /// A stage with declared outputs returned a column outside them.
+    #[error(
+        "stage `{stage}` returned column `{column}`, which is neither an input column nor among its declared outputs"
+    )]
+    OutputUndeclared {
+        /// The stage's name.
+        stage: String,
+        /// The column.
+        column: String,
     },
     /// A fresh instance could not be created.
     #[error("stage `{stage}` could not be instantiated: {message}")]

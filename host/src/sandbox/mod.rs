@@ -24,7 +24,9 @@
 //! can wait, see `deadline.rs`), a linear-memory cap enforced by a
 //! [`wasmtime::ResourceLimiter`], and a cap on bytes crossing the boundary in each
 //! direction. A trap of any kind poisons the instance: its `Store` is dropped and
-//! the next call starts a fresh one from the `InstancePre`.
+//! the next call starts a fresh one from the `InstancePre`. What a stage returns is
+//! held to its output contract (`outputs.rs`): one row per input row unless it is a
+//! filter, and the columns it declares.
 
 pub mod bindings;
 mod build;
@@ -34,6 +36,7 @@ mod deadline;
 mod engine;
 mod error;
 mod limits;
+mod outputs;
 mod stage;
 mod state;
 
@@ -51,6 +54,7 @@ pub use error::{LoadError, StageFailure};
 pub use limits::{
     Grants, StageLimits, default_deadline, default_fuel, default_max_crossing, default_memory,
 };
+pub use outputs::{DeclaredOutputs, FILTER_COLUMN, OutputColumn, OutputSchemaError, output_schema};
 pub use stage::{FeaturizerStage, StageStats};
 pub use state::GuestMetrics;
 pub(crate) use state::StageState;
