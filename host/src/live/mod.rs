@@ -345,6 +345,8 @@ fn structure(spec: &PipelineSpec) -> serde_json::Value {
                 grants: Default::default(),
                 shadow: w.shadow.take(),
                 columns: w.columns.take(),
+                filter: w.filter,
+                outputs: std::mem::take(&mut w.outputs),
             };
         }
     }

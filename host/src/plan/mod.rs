@@ -246,6 +246,11 @@ impl Plan {
                         w.grants.clone(),
                     )?;
                     stage.set_projection(w.columns.clone());
+                    stage.set_filter(w.filter);
+                    stage.set_outputs(w.declared_outputs().map_err(|e| PlanError::Open {
+                        node: s.name.clone(),
+                        message: e.to_string(),
+                    })?);
                     digests.push((s.name.clone(), component.digest().to_owned()));
                     let shadow = shadow::build(&spec, env, s, &component)?;
                     NodeImpl::Operator(Box::new(WasmOperator::new(stage).with_shadow(shadow)))

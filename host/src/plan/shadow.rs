@@ -51,7 +51,7 @@ pub fn build(
         }
     };
     let params = shadow.params.as_ref().unwrap_or(&w.params).to_string();
-    let candidate = FeaturizerStage::new(
+    let mut candidate = FeaturizerStage::new(
         &env.sandbox,
         component,
         &stage.name,
@@ -60,5 +60,9 @@ pub fn build(
         w.grants.clone(),
     )
     .map_err(|e| open(e.to_string()))?;
+    // The wiring is the pipeline's, as for the active version.
+    candidate.set_projection(w.columns.clone());
+    candidate.set_filter(w.filter);
+    candidate.set_outputs(w.declared_outputs().map_err(|e| open(e.to_string()))?);
     Ok(Some(Shadow::new(candidate, shadow)))
 }

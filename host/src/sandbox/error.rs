@@ -5,7 +5,15 @@
 //! [`StageFailure`] is raised by a call into a running stage and says whose fault it
 //! is: the guest's own `stage-error` result (the instance stays usable) is kept
 //! apart from traps (fuel, deadline, memory, panic), after which the instance is
-//! thrown away.
+//! thrown away. A stage that runs but breaks its output contract (a featurizer
+//! dropping rows, a declared column missing or mistyped) fails without a trap: its
+//! instance stays.
+//!
+//! Each message is complete on its own and no variant also returns its cause as
+//! [`std::error::Error::source`]: a caller printing the chain (`{e:#}` with anyhow)
+//! shows every cause once.
+
+use arrow::datatypes::DataType;
 
 use crate::batch::BatchError;
 use crate::units::{ByteSize, Millis};
@@ -14,12 +22,29 @@ use crate::units::{ByteSize, Millis};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// Reading the component file failed.
-    #[error("cannot read component {path}: {source}")]
+    #[error("cannot read component {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    /// The bytes are not WebAssembly: they lack the `\0asm` magic. Only a file
+    /// named `*.wat` is read as WebAssembly text.
+    #[error(
+        "{name} is not a WebAssembly component: it does not begin with the bytes `\\0asm` (only a file named *.wat is read as text)"
+    )]
+    NotWasm {
+        /// The file, or `sha256:<digest>` for bytes from the store.
+        name: String,
+    },
+    /// The bytes begin as WebAssembly but end inside a section.
+    #[error("{name} is a truncated WebAssembly component: it ends after {size} bytes")]
+    Truncated {
+        /// The file, or `sha256:<digest>` for bytes from the store.
+        name: String,
+        /// Its length in bytes.
+        size: usize,
     },
     /// The bytes are not a valid WebAssembly component, or failed to compile.
     #[error("invalid component {digest}: {message}")]
@@ -127,14 +152,75 @@ pub enum StageFailure {
     },
     /// The batch could not be converted for the stage (the pipeline's fault) or the
     /// stage returned a malformed batch (the stage's fault).
-    #[error("stage `{stage}`: {direction} batch: {source}")]
+    #[error("stage `{stage}`: {direction} batch: {error}")]
     Batch {
         /// The stage's name.
         stage: String,
         /// `input` or `output`.
         direction: &'static str,
         /// What is wrong with it.
-        source: BatchError,
+        error: BatchError,
+    },
+    /// A featurizer returned a different number of rows than it was given: it must
+    /// map rows one to one, unless it is declared a filter.
+    #[error(
+        "stage `{stage}` returned {rows_out} rows for {rows_in}: a featurizer returns one row per input row (a stage that drops rows sets `filter = true` and returns a boolean `_keep` column)"
+    )]
+    RowCount {
+        /// The stage's name.
+        stage: String,
+        /// Rows sent into the stage.
+        rows_in: usize,
+        /// Rows it returned.
+        rows_out: usize,
+    },
+    /// A filter stage returned no boolean `_keep` column.
+    #[error("filter stage `{stage}` returned {}", match found {
+        None => format!("no column `{column}`; a filter returns every row plus a boolean `{column}`"),
+        Some(t) => format!("column `{column}` as {t}; a filter's `{column}` is Boolean"),
+    })]
+    FilterColumn {
+        /// The stage's name.
+        stage: String,
+        /// The column: `_keep`.
+        column: &'static str,
+        /// Its type, when the column is there.
+        found: Option<DataType>,
+    },
+    /// A column of the stage's declared output schema is missing from what it
+    /// returned.
+    #[error(
+        "stage `{stage}` did not return column `{column}` ({expected}) of its declared outputs"
+    )]
+    OutputMissing {
+        /// The stage's name.
+        stage: String,
+        /// The column.
+        column: String,
+        /// Its declared type.
+        expected: DataType,
+    },
+    /// A column the stage returned has another type than declared.
+    #[error("stage `{stage}` returned column `{column}` as {found}, but it is declared {expected}")]
+    OutputType {
+        /// The stage's name.
+        stage: String,
+        /// The column.
+        column: String,
+        /// Its declared type.
+        expected: DataType,
+        /// The type returned.
+        found: DataType,
+    },
+    /// A stage with declared outputs returned a column outside them.
+    #[error(
+        "stage `{stage}` returned column `{column}`, which is neither an input column nor among its declared outputs"
+    )]
+    OutputUndeclared {
+        /// The stage's name.
+        stage: String,
+        /// The column.
+        column: String,
     },
     /// A fresh instance could not be created.
     #[error("stage `{stage}` could not be instantiated: {message}")]

@@ -1,7 +1,7 @@
 //! The sandbox: where user stages run, and what they cannot do.
 //!
 //! ```text
-//!   bytes ──sha256──► ArtifactCache ──► Component ──check imports/exports──► LoadedComponent
+//!   bytes ──`\0asm`?──sha256──► ArtifactCache ──► Component ──check imports/exports──► LoadedComponent
 //!                      (memory, disk)                                         │ InstancePre
 //!                                                                             ▼
 //!   FeaturizerStage ── per call: set_fuel, set_epoch_deadline ──► Store + instance
@@ -9,27 +9,36 @@
 //! ```
 //!
 //! One [`Sandbox`] holds the host's single wasmtime `Engine` (pooling allocator,
-//! fuel, epoch interruption) and the linker every stage is linked against. What a
+//! fuel, epoch interruption) and the linker every stage is linked against. Bytes
+//! are WebAssembly only if they begin with the `\0asm` magic; only a file named
+//! `*.wat` is read as text, so a stray file gets one short message instead of a
+//! text parser's complaint about its content. What a
 //! stage may import is an allow-list checked before linking, so a component asking
 //! for something the host does not grant is refused with its name, not discovered
 //! at run time. Inside that list, WASI is wired to a context that grants nothing
 //! unless the pipeline says so: no directories, frozen clocks, no sockets, no
 //! environment, stdout discarded, stderr captured to recover panic messages.
 //!
-//! Per call a stage has a fuel budget (deterministic CPU cap), an epoch deadline
-//! (wall-clock cap), a linear-memory cap enforced by a [`wasmtime::ResourceLimiter`],
-//! and a cap on bytes crossing the boundary in each direction. A trap of any kind
-//! poisons the instance: its `Store` is dropped and the next call starts a fresh one
-//! from the `InstancePre`.
+//! Per call a stage has a fuel budget (deterministic CPU cap), a wall-clock
+//! deadline (epoch interruption in guest code; a timeout in every host call that
+//! can wait, see `deadline.rs`), a linear-memory cap enforced by a
+//! [`wasmtime::ResourceLimiter`], and a cap on bytes crossing the boundary in each
+//! direction. A trap of any kind poisons the instance: its `Store` is dropped and
+//! the next call starts a fresh one from the `InstancePre`. What a stage returns is
+//! held to its output contract (`outputs.rs`): one row per input row unless it is a
+//! filter, and the columns it declares.
 
 /// The host's WIT bindings (generated once, in [`crate::wit`]).
 pub use crate::wit as bindings;
 mod build;
 mod cache;
+mod crossing;
+mod deadline;
 mod engine;
 mod error;
 mod fault;
 mod limits;
+mod outputs;
 mod stage;
 mod state;
 
@@ -47,6 +56,7 @@ pub use error::{LoadError, StageFailure};
 pub use limits::{
     Grants, StageLimits, default_deadline, default_fuel, default_max_crossing, default_memory,
 };
+pub use outputs::{DeclaredOutputs, FILTER_COLUMN, OutputColumn, OutputSchemaError, output_schema};
 pub use stage::{FeaturizerStage, StageStats};
 pub use state::GuestMetrics;
 pub(crate) use state::StageState;
@@ -179,6 +189,7 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         let setup = |e: wasmtime::Error| LoadError::Setup(format!("{e:#}"));
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(setup)?;
+        deadline::bound_waiting_calls(&mut linker).map_err(setup)?;
         Featurizer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(setup)?;
         let cache = ArtifactCache::new(&engine, config.artifact_dir)?;
         let epoch_tick = config.engine.epoch_tick;
@@ -203,26 +214,39 @@ impl Sandbox {
 
     /// Reads, compiles (or loads from cache), checks and links a component file.
     ///
+    /// A file named `*.wat` may hold WebAssembly text; any other must be binary.
+    ///
     /// # Errors
-    /// See [`Sandbox::load`]; also [`LoadError::Read`].
+    /// See [`Sandbox::load`], with [`LoadError::NotWasm`] and
+    /// [`LoadError::Truncated`] naming the file; also [`LoadError::Read`].
     pub fn load_file(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
-        self.load(&bytes)
+        let text_allowed = path.extension().is_some_and(|e| e == "wat");
+        check_binary(&bytes, text_allowed, || path.display().to_string())?;
+        self.admit(&bytes)
     }
 
     /// Compiles (or loads from cache), checks and links component bytes.
     ///
-    /// The checks, in order: the bytes are a component; every import is granted;
-    /// the exports are those of the featurizer or the connector world, with the
-    /// contract's types.
+    /// The checks, in order: the bytes are a binary component (the `\0asm` magic,
+    /// sections complete); every import is granted; the exports are those of the
+    /// featurizer or the connector world, with the contract's types.
     ///
     /// # Errors
+    /// [`LoadError::NotWasm`] or [`LoadError::Truncated`] naming `sha256:<digest>`;
     /// [`LoadError::Invalid`], [`LoadError::ImportNotGranted`] or
     /// [`LoadError::WrongWorld`], each naming the component's digest.
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
+        check_binary(bytes, false, || format!("sha256:{}", digest(bytes)))?;
+        self.admit(bytes)
+    }
+
+    /// Compiles (or loads from cache), checks and links bytes that passed
+    /// [`check_binary`].
+    fn admit(&self, bytes: &[u8]) -> Result<LoadedComponent, LoadError> {
         let digest = digest(bytes);
         let engine = &self.inner.engine;
         let component = self.inner.cache.get_or_compile(engine, &digest, bytes)?;
@@ -301,5 +325,100 @@ impl Sandbox {
             }
         }
         Ok(loaded)
+    }
+}
+
+/// The first bytes of every WebAssembly binary.
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+
+/// Refuses bytes that are not a complete WebAssembly binary before any parser sees
+/// them: without the magic (unless `text_allowed`, for a `*.wat` file) they are
+/// something else, and a parser would echo them back; with it, a top-level section
+/// running past the end means the file was cut short. `name` names them in the
+/// error.
+fn check_binary(
+    bytes: &[u8],
+    text_allowed: bool,
+    name: impl FnOnce() -> String,
+) -> Result<(), LoadError> {
+    if !bytes.starts_with(WASM_MAGIC) {
+        return if text_allowed {
+            Ok(())
+        } else {
+            Err(LoadError::NotWasm { name: name() })
+        };
+    }
+    if sections_complete(bytes) {
+        Ok(())
+    } else {
+        Err(LoadError::Truncated {
+            name: name(),
+            size: bytes.len(),
+        })
+    }
+}
+
+/// Whether the header and every top-level section (an id byte, a LEB128 `u32`
+/// size, the payload) of a binary lie within `bytes`. A malformed size is left for
+/// the validator to explain.
+fn sections_complete(bytes: &[u8]) -> bool {
+    // Magic, then a 4-byte version (and layer, for a component).
+    const HEADER: usize = 8;
+    if bytes.len() < HEADER {
+        return false;
+    }
+    let mut pos = HEADER;
+    while pos < bytes.len() {
+        pos += 1; // the section id
+        let mut size: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let Some(&byte) = bytes.get(pos) else {
+                return false;
+            };
+            pos += 1;
+            size |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 28 {
+                return true;
+            }
+        }
+        match pos.checked_add(size as usize) {
+            Some(end) if end <= bytes.len() => pos = end,
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A component with one empty custom section named `x`.
+    const TINY: &[u8] = b"\0asm\x0d\x00\x01\x00\x00\x02\x01x";
+
+    #[test]
+    fn binaries_are_recognised_by_their_magic_and_complete_sections() {
+        let name = || "f".to_owned();
+        assert!(check_binary(TINY, false, name).is_ok());
+        assert!(check_binary(&TINY[..8], false, name).is_ok());
+        for cut in [4, 7, 9, 10, TINY.len() - 1] {
+            let err = check_binary(&TINY[..cut], false, name).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("f is a truncated WebAssembly component: it ends after {cut} bytes")
+            );
+        }
+        let err = check_binary(b"(component)", false, name).unwrap_err();
+        assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+        assert!(check_binary(b"(component)", true, name).is_ok());
+        assert!(matches!(
+            check_binary(&[], false, name),
+            Err(LoadError::NotWasm { .. })
+        ));
     }
 }

@@ -4,17 +4,25 @@
 //! The instance lives across batches (a featurizer may keep state built in `init`)
 //! and is dropped after any trap; the next call instantiates a fresh one from the
 //! `InstancePre` and calls `init` again with the same parameters. Limits are reset
-//! before every call: fuel to the full budget, the epoch deadline to now + deadline.
+//! before every call: fuel to the full budget, the epoch deadline (and the deadline
+//! host calls wait until) to now + deadline.
+//!
+//! A batch is measured from its Arrow buffers before it is copied across, so one
+//! over the crossing cap costs no copy. What the stage returns is held to its
+//! output contract (see `outputs.rs`): one row per input row unless it is a
+//! filter, and its declared columns when it declares them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use wasmtime::{Store, Trap};
 
-use super::bindings::{Featurizer, FeaturizerPre};
+use super::bindings::{Featurizer, FeaturizerPre, WitBatch};
 use super::error::{LoadError, StageFailure};
 use super::limits::{Grants, StageLimits};
+use super::outputs::{self, DeclaredOutputs};
 use super::state::{GuestMetrics, StageState};
 use super::{LoadedComponent, Sandbox};
 use crate::batch;
@@ -33,6 +41,8 @@ pub struct StageStats {
     pub fuel_used: u64,
     /// Time spent inside `process`, including crossing.
     pub busy: Duration,
+    /// Rows a filter stage dropped (its `_keep` was false or null).
+    pub rows_filtered: u64,
 }
 
 struct Live {
@@ -53,6 +63,11 @@ pub struct FeaturizerStage {
     stats: StageStats,
     metrics: Arc<Mutex<GuestMetrics>>,
     projection: Option<Vec<String>>,
+    filter: bool,
+    outputs: DeclaredOutputs,
+    /// The last input schema seen and the output schema it gives, when `outputs`
+    /// are declared: batches of one stream share a schema.
+    expected: Option<(SchemaRef, SchemaRef)>,
 }
 
 impl std::fmt::Debug for FeaturizerStage {
@@ -100,6 +115,9 @@ impl FeaturizerStage {
             stats: StageStats::default(),
             metrics: Arc::default(),
             projection: None,
+            filter: false,
+            outputs: DeclaredOutputs::default(),
+            expected: None,
         };
         stage.ensure_live()?;
         Ok(stage)
@@ -150,25 +168,44 @@ impl FeaturizerStage {
         self.projection.as_deref()
     }
 
+    /// Makes the stage a filter (`true`) or a featurizer (`false`, the default).
+    ///
+    /// A featurizer must return exactly one row per input row. A filter returns
+    /// every row plus a boolean column `_keep`: the host keeps the rows where it is
+    /// true, drops those where it is false or null (counted in
+    /// [`StageStats::rows_filtered`]) and removes the column.
+    pub fn set_filter(&mut self, filter: bool) {
+        self.filter = filter;
+    }
+
+    /// Whether the stage is a filter.
+    pub fn is_filter(&self) -> bool {
+        self.filter
+    }
+
+    /// Declares the columns the stage returns; every batch it returns is then held
+    /// to [`output_schema`](super::output_schema) of its input. Empty: unchecked.
+    pub fn set_outputs(&mut self, outputs: DeclaredOutputs) {
+        self.outputs = outputs;
+        self.expected = None;
+    }
+
+    /// The declared output columns.
+    pub fn outputs(&self) -> &DeclaredOutputs {
+        &self.outputs
+    }
+
     /// Processes one batch.
     ///
     /// # Errors
     /// [`StageFailure::Guest`] when the stage returns an error (the instance stays);
     /// a trap variant when it traps (the instance is dropped); [`StageFailure::Batch`]
-    /// or [`StageFailure::Crossing`] when a batch cannot cross.
+    /// or [`StageFailure::Crossing`] when a batch cannot cross;
+    /// [`StageFailure::RowCount`], [`StageFailure::FilterColumn`] or an `Output*`
+    /// variant when what it returns breaks its output contract (the instance stays).
     pub fn process(&mut self, input: &RecordBatch) -> Result<RecordBatch, StageFailure> {
         let started = Instant::now();
-        let input_error = |source| StageFailure::Batch {
-            stage: self.name.to_string(),
-            direction: "input",
-            source,
-        };
-        let wit = match &self.projection {
-            Some(columns) => batch::to_wit_projected(input, columns),
-            None => batch::to_wit(input),
-        }
-        .map_err(input_error)?;
-        let size = batch::wit_size(&wit);
+        let size = super::crossing::size(input, self.projection.as_deref());
         if size > self.limits.max_crossing.as_usize() {
             return Err(StageFailure::Crossing {
                 stage: self.name.to_string(),
@@ -177,24 +214,25 @@ impl FeaturizerStage {
                 size: Some(ByteSize(size as u64)),
             });
         }
+        let input_error = |error| StageFailure::Batch {
+            stage: self.name.to_string(),
+            direction: "input",
+            error,
+        };
+        let wit = match &self.projection {
+            Some(columns) => batch::to_wit_projected(input, columns),
+            None => batch::to_wit(input),
+        }
+        .map_err(input_error)?;
         self.ensure_live()?;
         let live = self.live.as_mut().expect("ensured above");
-        arm(&mut live.store, &self.limits, &self.sandbox);
+        arm(&mut live.store, &self.limits, &self.sandbox, started);
         let result = live.bindings.call_process(&mut live.store, &wit);
         let fuel_left = live.store.get_fuel().unwrap_or(0);
         self.stats.fuel_used += self.limits.fuel.saturating_sub(fuel_left);
         self.stats.calls += 1;
         let outcome = match result {
-            Ok(Ok(out)) => batch::from_wit(out)
-                .and_then(|out| match self.projection {
-                    Some(_) => batch::merge_columns(input, out),
-                    None => Ok(out),
-                })
-                .map_err(|source| StageFailure::Batch {
-                    stage: self.name.to_string(),
-                    direction: "output",
-                    source,
-                }),
+            Ok(Ok(out)) => self.check_output(input, out),
             Ok(Err(e)) => Err(StageFailure::Guest {
                 stage: self.name.to_string(),
                 row: e.row,
@@ -205,6 +243,62 @@ impl FeaturizerStage {
         };
         self.stats.busy += started.elapsed();
         outcome
+    }
+
+    /// Holds what the stage returned to its output contract (see `outputs.rs`) and
+    /// turns it into the batch that moves on.
+    fn check_output(
+        &mut self,
+        input: &RecordBatch,
+        out: WitBatch,
+    ) -> Result<RecordBatch, StageFailure> {
+        let output_error = |error| StageFailure::Batch {
+            stage: self.name.to_string(),
+            direction: "output",
+            error,
+        };
+        let out = batch::from_wit(out).map_err(output_error)?;
+        if out.num_rows() != input.num_rows() {
+            return Err(StageFailure::RowCount {
+                stage: self.name.to_string(),
+                rows_in: input.num_rows(),
+                rows_out: out.num_rows(),
+            });
+        }
+        let (out, verdict) = if self.filter {
+            let (out, keep) = outputs::take_verdict(&self.name, out)?;
+            (out, Some(keep))
+        } else {
+            (out, None)
+        };
+        let mut out = match self.projection {
+            Some(_) => batch::merge_columns(input, out).map_err(output_error)?,
+            None => out,
+        };
+        if !self.outputs.is_empty() {
+            let expected = self.expected_schema(input.schema_ref());
+            out = outputs::conform(&self.name, &out, &expected)?;
+        }
+        match verdict {
+            Some(keep) => {
+                let (kept, dropped) = outputs::apply_verdict(&self.name, &out, &keep)?;
+                self.stats.rows_filtered += dropped;
+                Ok(kept)
+            }
+            None => Ok(out),
+        }
+    }
+
+    /// The output schema for `input`, from the cache when the input schema repeats.
+    fn expected_schema(&mut self, input: &SchemaRef) -> SchemaRef {
+        match &self.expected {
+            Some((seen, expected)) if Arc::ptr_eq(seen, input) || seen == input => expected.clone(),
+            _ => {
+                let expected = outputs::expected_schema(input, &self.outputs);
+                self.expected = Some((input.clone(), expected.clone()));
+                expected
+            }
+        }
     }
 
     /// Calls `init` with new parameters on a fresh instance; on success the stage
@@ -241,7 +335,7 @@ impl FeaturizerStage {
         let mut store = Store::new(self.sandbox.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(self.limits.max_crossing.as_usize());
-        arm(&mut store, &self.limits, &self.sandbox);
+        arm(&mut store, &self.limits, &self.sandbox, Instant::now());
         self.stats.instantiations += 1;
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
@@ -266,11 +360,18 @@ impl FeaturizerStage {
     }
 }
 
-/// Refuels the store and sets its deadline, before every call.
-fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox) {
+/// Refuels the store and sets its deadlines, before every call: the epoch deadline
+/// for guest code, and the instant host calls wait until, counted from `started`
+/// (the caller's clock reading, so a call reads the clock no more than it did).
+fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox, started: Instant) {
     store
         .set_fuel(limits.fuel)
         .expect("fuel is enabled on the engine");
+    // A deadline too far to represent is as good as none: a century.
+    let deadline = started
+        .checked_add(limits.deadline.0)
+        .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 86_400));
+    store.data_mut().set_deadline(deadline);
     let tick = sandbox.epoch_tick();
     let ticks = limits
         .deadline

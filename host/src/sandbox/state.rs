@@ -1,9 +1,11 @@
 //! What a stage's `Store` holds: its WASI context (granting nothing by default), the
-//! memory limiter, captured stderr, and the sinks for its logs and metrics.
+//! memory limiter, captured stderr, the sinks for its logs and metrics, and the
+//! current call's deadline, which bounds the host calls that can wait (see
+//! `deadline.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -33,6 +35,8 @@ pub(crate) struct StageState {
     pub(super) stderr: MemoryOutputPipe,
     stage: Arc<str>,
     metrics: Arc<Mutex<GuestMetrics>>,
+    /// When the current call must end; set before every call.
+    deadline: Instant,
 }
 
 impl StageState {
@@ -64,7 +68,23 @@ impl StageState {
             stderr,
             stage,
             metrics,
+            deadline: Instant::now(),
         })
+    }
+
+    /// Sets when the next call must end.
+    pub(super) fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
+    /// When the current call must end.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The current call's deadline and the resource table, borrowed together.
+    pub(super) fn deadline_and_table(&mut self) -> (Instant, &mut ResourceTable) {
+        (self.deadline, &mut self.table)
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{Grants, StageLimits};
+use crate::sandbox::{DeclaredOutputs, Grants, OutputColumn, OutputSchemaError, StageLimits};
 use crate::units::ByteSize;
 
 pub use crate::connectors::{JsonlSinkSpec, JsonlSourceSpec};
@@ -221,6 +221,51 @@ pub struct WasmStageSpec {
     /// compared and discarded (`[stage.wasm.shadow]`). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::ops::wasm::shadow::ShadowSpec>,
+    /// The stage drops rows. A filter returns every row plus a boolean column
+    /// `_keep`: the host keeps the rows where it is true, drops those where it is
+    /// false or null (counted as `filtered` in the run summary) and removes the
+    /// column. Default: false, a featurizer, which must return exactly one row per
+    /// input row.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub filter: bool,
+    /// The columns the stage returns, with their types:
+    /// `outputs = [{ name = "price_bucket", type = "int32" }]`. The stage's output
+    /// is then its input's columns with each declared one replacing the same-named
+    /// column or appended ([`crate::sandbox::output_schema`]), and every batch it
+    /// returns is checked against that: a declared column missing or of another
+    /// type, or a column outside it, fails the run naming the column. Default:
+    /// none, and the output is not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputSpec>,
+}
+
+/// One column a WebAssembly stage declares it returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// The column's name.
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub data_type: FieldType,
+}
+
+impl WasmStageSpec {
+    /// The declared [`outputs`](Self::outputs), checked, as the sandbox takes them.
+    ///
+    /// # Errors
+    /// [`OutputSchemaError`] for a column declared twice or named `_keep`.
+    pub fn declared_outputs(&self) -> Result<DeclaredOutputs, OutputSchemaError> {
+        DeclaredOutputs::new(
+            self.outputs
+                .iter()
+                .map(|o| OutputColumn {
+                    name: o.name.clone(),
+                    data_type: o.data_type.arrow(),
+                })
+                .collect(),
+        )
+    }
 }
 
 fn empty_params() -> serde_json::Value {

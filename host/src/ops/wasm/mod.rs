@@ -89,10 +89,18 @@ impl WasmOperator {
         out: &mut Emitter,
     ) -> Result<RecordBatch, StageFailure> {
         let traps_before = self.stage.stats().traps;
+        let filtered_before = self.stage.stats().rows_filtered;
         let output = self.stage.process(batch);
         out.count("wasm:calls", 1);
         if self.stage.stats().traps > traps_before {
             out.count("wasm:traps", 1);
+        }
+        if self.stage.is_filter() {
+            // Rows a filter stage drops are counted, never lost silently.
+            out.count(
+                "filtered",
+                self.stage.stats().rows_filtered - filtered_before,
+            );
         }
         output
     }
@@ -207,8 +215,11 @@ impl Operator for WasmOperator {
                     return;
                 }
                 let mut new = *new;
-                // The projection belongs to the pipeline's wiring, not to the code.
+                // The projection, the filter flag and the declared outputs belong to
+                // the pipeline's wiring, not to the code.
                 new.set_projection(self.stage.projection().map(<[String]>::to_vec));
+                new.set_filter(self.stage.is_filter());
+                new.set_outputs(self.stage.outputs().clone());
                 Previous::Stage(Box::new(std::mem::replace(&mut self.stage, new)))
             }
         };
