@@ -115,11 +115,23 @@ fn lineage_of(stage: &FeaturizerStage) -> StageLineage {
 }
 
 impl Operator for WasmOperator {
+    /// With declared `outputs`, the input merged with them (see
+    /// [`crate::sandbox::output_schema`]); without, learned from the first batch.
     fn output_schema(
         &self,
-        _input: &arrow::datatypes::SchemaRef,
+        input: &arrow::datatypes::SchemaRef,
     ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
-        Ok(None)
+        if self.stage.outputs().is_empty() {
+            return Ok(None);
+        }
+        crate::sandbox::output_schema(
+            input,
+            self.stage.projection(),
+            self.stage.outputs(),
+            self.stage.is_filter(),
+        )
+        .map(Some)
+        .map_err(|e| NodeError::config(format!("stage `{}`: {e}", self.stage.name())))
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
