@@ -4,6 +4,7 @@
 mod backpressure;
 mod clickstream;
 mod executor;
+mod lineage;
 mod ops;
 mod quickstart;
 mod sandbox;
