@@ -19,10 +19,11 @@ echo "data/large.jsonl: $lines lines, $(du -h data/large.jsonl | cut -f1)"
 measure() { # name, command...
   local name=$1; shift
   /usr/bin/time -v "$@" > "out/$name.stdout" 2> "out/$name.time" || { cat "out/$name.time"; exit 1; }
-  local wall rss
+  local rss
   wall=$(grep 'Elapsed (wall clock)' "out/$name.time" | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
   rss=$(grep 'Maximum resident set size' "out/$name.time" | awk '{print $NF}')
   printf '%-22s %8.2f s %12.0f records/s %8.0f MiB peak RSS\n' "$name" "$wall" "$(echo "$lines / $wall" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  echo "$wall" >> "out/walls-$name.txt"
 }
 
 sed 's#data/small.jsonl#data/large.jsonl#' pipeline.toml > out/large.toml
@@ -35,10 +36,25 @@ wasm=$("$target/release/weir" stage build ../../stages/clickstream-features | se
 sed -i "s#^crate = .*#component = \"$wasm\"#" out/large.toml
 "$target/release/weir" run out/large.toml > /dev/null 2>&1 || true
 
-measure weir-wasm "$target/release/weir" run out/large.toml
-measure weir-native "$target/release/weir" run out/large-native.toml
-measure duckdb python3 duckdb_job.py data/large.jsonl out/duckdb.jsonl
-measure polars python3 polars_job.py data/large.jsonl out/polars.jsonl
+# The four jobs alternate, round after round (ROUNDS, default 5), so a noisy
+# stretch of the machine hits all of them; ratios are taken within a round and
+# the median and the spread over the rounds are reported.
+rm -f out/walls-*.txt
+for round in $(seq 1 "${ROUNDS:-5}"); do
+  echo "round $round"
+  measure weir-wasm "$target/release/weir" run out/large.toml
+  measure weir-native "$target/release/weir" run out/large-native.toml
+  measure duckdb python3 duckdb_job.py data/large.jsonl out/duckdb.jsonl
+  measure polars python3 polars_job.py data/large.jsonl out/polars.jsonl
+done
+python3 - <<'PY'
+import statistics
+w = {j: [float(x) for x in open(f"out/walls-{j}.txt")] for j in ("weir-wasm", "weir-native", "duckdb", "polars")}
+for weir in ("weir-wasm", "weir-native"):
+    for peer in ("duckdb", "polars"):
+        r = [p / q for p, q in zip(w[peer], w[weir])]
+        print(f"{weir} vs {peer}: median {statistics.median(r):.2f}x throughput (range {min(r):.2f}-{max(r):.2f} over {len(r)} rounds)")
+PY
 
 # The four outputs must be the same file, byte for byte.
 for f in sessions-native.jsonl duckdb.jsonl polars.jsonl; do

@@ -99,3 +99,86 @@ path = "out.jsonl"
     assert!(err.starts_with("`gone`: "), "{err}");
     assert!(err.contains("nope.jsonl"), "{err}");
 }
+
+/// An async source that emits one batch and then waits for input that never
+/// comes, as a broker consumer on a quiet stream does.
+struct Quiet {
+    schema: arrow::datatypes::SchemaRef,
+    sent: bool,
+}
+
+impl weir::node::AsyncSource for Quiet {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut weir::exec::Emitter,
+    ) -> weir::node::BoxFuture<'a, Result<bool, weir::exec::NodeError>> {
+        Box::pin(async move {
+            if self.sent {
+                std::future::pending::<()>().await;
+            }
+            self.sent = true;
+            let batch = arrow::array::RecordBatch::try_new(
+                self.schema.clone(),
+                vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![
+                    1, 2, 3,
+                ]))],
+            )?;
+            out.push_at(batch, Some("3".into()));
+            Ok(true)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_interrupts_a_source_waiting_for_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "quiet"
+[[source]]
+name = "numbers"
+[source.sequence]
+count = 3
+[[sink]]
+name = "out"
+input = "numbers"
+[sink.jsonl]
+path = "out.jsonl"
+"#;
+    let mut spec = weir::spec::PipelineSpec::from_toml(text, "test.toml").unwrap();
+    spec.base_dir = dir.path().to_path_buf();
+    let env = weir_e2e::env(dir.path());
+    let mut plan = weir::exec::Plan::build(spec, &env).unwrap();
+    let schema = plan.schemas[0].clone().unwrap();
+    plan.nodes[0] = weir::exec::NodeImpl::Source(weir::plan::SourceImpl::Async(Box::new(Quiet {
+        schema,
+        sent: false,
+    })));
+    let control = weir::exec::RunControl::new();
+    let run = tokio::spawn({
+        let control = control.clone();
+        async move {
+            weir::exec::run_with(plan, &env, &weir::exec::RunOptions::default(), control).await
+        }
+    });
+    control.started().await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let asked = std::time::Instant::now();
+    control.stop();
+    let summary = tokio::time::timeout(std::time::Duration::from_secs(5), run)
+        .await
+        .expect("the stop interrupts the waiting source")
+        .unwrap()
+        .unwrap();
+    assert!(asked.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(summary.node("out").unwrap().rows_out, 3);
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "what was read before the stop is written"
+    );
+}
