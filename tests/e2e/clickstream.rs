@@ -28,10 +28,12 @@ async fn run_example(file: &str) {
     let example = repo_root().join("examples/clickstream");
     let mut spec = PipelineSpec::from_file(&example.join(file)).unwrap();
     let source = spec.sources[0].jsonl.as_mut().unwrap();
-    source.path = data;
+    source.path = data.clone();
     source.rejects = Some(dir.path().join("rejects.jsonl"));
     let out = dir.path().join("sessions.jsonl");
-    spec.sinks[0].jsonl.as_mut().unwrap().path = out.clone();
+    let sink = spec.sinks[0].jsonl.as_mut().unwrap();
+    sink.path = out.clone();
+    sink.lineage = true;
     for stage in &mut spec.stages {
         if let Some(w) = stage.wasm.as_mut() {
             w.krate = None;
@@ -69,6 +71,49 @@ async fn run_example(file: &str) {
         0,
         "nothing is late"
     );
+
+    // Lineage: every output line traces to the featurizer's code (WebAssembly
+    // variant) and to input lines that, together, cover all of the input.
+    let side = std::fs::read_to_string(weir::connectors::lineage_path(&out)).unwrap();
+    let entries: Vec<weir::connectors::LineageLine> = side
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let covered_lines: u64 = entries.iter().map(|e| e.lines).sum();
+    assert_eq!(
+        covered_lines as usize,
+        got.len(),
+        "{file}: every output line has lineage"
+    );
+    let total = std::fs::read_to_string(&data).unwrap().lines().count();
+    let mut covered = vec![false; total + 1];
+    let line = |p: &Option<String>| {
+        p.as_deref().map_or(0, |p| {
+            p.split_once(':').unwrap().0.parse::<usize>().unwrap()
+        })
+    };
+    for e in &entries {
+        for s in &e.lineage.sources {
+            for l in line(&s.from) + 1..=line(&s.to) {
+                covered[l] = true;
+            }
+        }
+    }
+    assert!(
+        covered[1..].iter().all(|&c| c),
+        "{file}: input lines without an output naming them"
+    );
+    if file == "pipeline.toml" {
+        let digest = weir::sandbox::digest(
+            &std::fs::read(component("stages/clickstream-features")).unwrap(),
+        );
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.lineage.stages.iter().any(|s| s.digest == digest)),
+            "every output names the featurizer's digest"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
