@@ -73,16 +73,20 @@ pub struct Envelope {
     pub meta: Meta,
 }
 
-/// The metas of rows an operator holds, each distinct batch once: what a window,
-/// a group or a sort emits as its output's meta.
+/// The union of the metas of rows an operator holds: what a window, a group or
+/// a sort emits as its output's meta.
 ///
-/// Consecutive pushes of the same meta (the same lineage `Arc`) are folded, so
-/// keeping one entry per held row costs nothing when rows of one batch arrive
-/// together.
+/// The union is kept up to date as metas are added (the new spans merged into
+/// it, new tokens appended), so each emit costs a clone rather than a merge of
+/// everything consumed so far. Consecutive pushes of the same meta (the same
+/// lineage `Arc`) are folded.
 #[derive(Debug, Clone, Default)]
 pub struct MetaSet {
-    metas: Vec<Meta>,
-    union: Option<Meta>,
+    union: Meta,
+    last: Option<Arc<Lineage>>,
+    /// The addresses of the tokens in `union.acks` (kept alive by it), to add
+    /// each once.
+    tokens: std::collections::HashSet<usize>,
 }
 
 impl MetaSet {
@@ -94,14 +98,22 @@ impl MetaSet {
     /// Adds `meta` unless it is the last one added.
     pub fn push(&mut self, meta: &Meta) {
         if self
-            .metas
-            .last()
-            .is_some_and(|m| Arc::ptr_eq(&m.lineage, &meta.lineage))
+            .last
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(l, &meta.lineage))
         {
             return;
         }
-        self.metas.push(meta.clone());
-        self.union = None;
+        self.union.lineage = match self.last {
+            None => meta.lineage.clone(),
+            Some(_) => Arc::new(Lineage::union([&*self.union.lineage, &*meta.lineage])),
+        };
+        self.last = Some(meta.lineage.clone());
+        for a in &meta.acks {
+            if self.tokens.insert(Arc::as_ptr(a) as usize) {
+                self.union.acks.push(a.clone());
+            }
+        }
     }
 
     /// Adds the meta of the input `out` is processing, if any.
@@ -111,22 +123,8 @@ impl MetaSet {
         }
     }
 
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.metas.is_empty()
-    }
-
-    /// The union of everything added (computed once per change).
-    pub fn union(&mut self) -> Meta {
-        if self.union.is_none() {
-            self.union = Some(Meta::union(self.metas.iter()));
-        }
-        self.union.clone().unwrap_or_default()
-    }
-
-    /// Forgets everything (its tokens settle once no output holds them).
-    pub fn clear(&mut self) {
-        self.metas.clear();
-        self.union = None;
+    /// The union of everything added.
+    pub fn union(&self) -> Meta {
+        self.union.clone()
     }
 }

@@ -432,7 +432,7 @@ pub trait AsyncSink: Send + 'static {
     fn write<'a>(
         &'a mut self,
         batch: &'a RecordBatch,
-        lineage: &'a Lineage,
+        lineage: &'a std::sync::Arc<Lineage>,
     ) -> BoxFuture<'a, Result<(), NodeError>>;
 
     /// As [`Sink::durability`].
@@ -470,7 +470,7 @@ impl AsyncSink for Blocking<dyn Sink> {
     fn write<'a>(
         &'a mut self,
         batch: &'a RecordBatch,
-        lineage: &'a Lineage,
+        lineage: &'a std::sync::Arc<Lineage>,
     ) -> BoxFuture<'a, Result<(), NodeError>> {
         let batch = batch.clone();
         let lineage = lineage.clone();
