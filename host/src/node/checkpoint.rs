@@ -28,6 +28,11 @@ pub struct Checkpoint {
     pub sources: BTreeMap<String, Position>,
     /// Per sink, the state it restores.
     pub sinks: BTreeMap<String, String>,
+    /// Per stateful operator, the file holding its state (aligned checkpoints:
+    /// the positions in `sources` are those of the barrier the state was taken
+    /// at).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub operators: BTreeMap<String, std::path::PathBuf>,
     /// Whether the run had read all its input and closed its sinks.
     pub complete: bool,
     /// When it was written, in milliseconds since the Unix epoch.
