@@ -7,6 +7,7 @@
 //!     │◄── commit(frontier) ──┴───────────── tokens dropped ◄─┘
 //!     └── dead letters ──► DeadLetterStore (own thread; tokens held until synced)
 //!   checkpointer: every `settings.checkpoint_interval`, frontiers then sink states → the store
+//!   (with a stateful operator: barriers instead, see [`barrier`])
 //! ```
 //!
 //! Each node runs as a tokio task; its own work (parsing, a WebAssembly call, a
@@ -18,6 +19,10 @@
 //! committed, and checkpointed, once everything read up to it is durable in every
 //! sink downstream or in the dead-letter store. A resumed run restores each sink's
 //! state and seeks each source to its checkpointed position.
+//!
+//! A run whose operators keep state across checkpoints (a session window) takes
+//! aligned checkpoints instead ([`barrier`]): the operator's state is saved with
+//! the source positions of a barrier, and sources commit those.
 //!
 //! A bounded source ends the run cleanly: when it is exhausted its channel closes,
 //! each operator `finish`es and closes its own, and sinks close (flush, rename into

@@ -7,6 +7,10 @@
 //! lets go of the tokens it covered, so every record up to a recorded position is
 //! inside the recorded sink state, and a resumed run (sink restored, sources
 //! sought) loses nothing; what it reads twice is what lay between the two.
+//!
+//! An aligned checkpoint (a run with a stateful operator, see
+//! `exec::barrier`) holds instead the positions, operator state files and sink
+//! states of one barrier, which are consistent by construction.
 
 use std::collections::BTreeMap;
 
