@@ -19,7 +19,7 @@ use crate::node::{
     AsyncSink, AsyncSource, CommitTracker, Durability, Emitter, Envelope, Lineage, LineageRecord,
     Meta, NodeError, Operator, Position, SourceSpan,
 };
-use crate::plan::{SinkImpl, SourceImpl};
+use crate::plan::{SinkNode, SourceNode};
 
 /// Runs `f(node)` on the blocking pool and gives the node back.
 async fn on_blocking<T: Send + 'static, R: Send + 'static>(
@@ -116,7 +116,7 @@ fn merge(into: &mut NodeStats, counters: std::collections::BTreeMap<String, u64>
 }
 
 pub(super) async fn run_source(
-    source: SourceImpl,
+    source: SourceNode,
     outs: Vec<channel::Sender>,
     stats: NodeStats,
     mut cx: NodeCx,
@@ -124,8 +124,8 @@ pub(super) async fn run_source(
     resume_from: Option<Position>,
 ) -> Result<NodeStats, RunError> {
     let mut source: Box<dyn AsyncSource> = match source {
-        SourceImpl::Sync(s) => Box::new(crate::node::Blocking::source(s)),
-        SourceImpl::Async(s) => s,
+        SourceNode::Sync(s) => Box::new(crate::node::Blocking::source(s)),
+        SourceNode::Async(s) => s,
     };
     let result = source_loop(&mut *source, &outs, stats, &mut cx, &tracker, resume_from).await;
     let (stats, mut committed, last) = result?;
@@ -527,7 +527,7 @@ async fn drain_operator(
 }
 
 pub(super) async fn run_sink(
-    sink: SinkImpl,
+    sink: SinkNode,
     mut rx: channel::Receiver,
     mut stats: NodeStats,
     cx: NodeCx,
@@ -535,8 +535,8 @@ pub(super) async fn run_sink(
     inputs: usize,
 ) -> Result<NodeStats, RunError> {
     let mut sink: Box<dyn AsyncSink> = match sink {
-        SinkImpl::Sync(s) => Box::new(crate::node::Blocking::sink(s)),
-        SinkImpl::Async(s) => s,
+        SinkNode::Sync(s) => Box::new(crate::node::Blocking::sink(s)),
+        SinkNode::Async(s) => s,
     };
     if let Some(state) = &restore {
         sink.restore(state).await.map_err(|e| cx.fail(e))?;
