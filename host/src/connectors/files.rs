@@ -90,9 +90,10 @@ pub(crate) fn resolve(path: &Path, extension: &str) -> std::io::Result<Vec<Input
         found
     } else {
         std::fs::metadata(path)?;
-        let name = path
-            .file_name()
-            .map_or_else(|| text.clone().into_owned(), |n| n.to_string_lossy().into_owned());
+        let name = path.file_name().map_or_else(
+            || text.clone().into_owned(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         vec![InputFile {
             path: path.to_owned(),
             name,

@@ -228,8 +228,9 @@ impl Log {
             std::fs::create_dir_all(&self.dir).map_err(io)?;
             let path = self.segment(self.segments.len());
             let file = File::create(&path).map_err(|e| NodeError::io(path.display(), e))?;
-            let writer = StreamWriter::try_new(BufWriter::with_capacity(1 << 20, file), &batch.schema())
-                .map_err(|e| NodeError::io(path.display(), std::io::Error::other(e)))?;
+            let writer =
+                StreamWriter::try_new(BufWriter::with_capacity(1 << 20, file), &batch.schema())
+                    .map_err(|e| NodeError::io(path.display(), std::io::Error::other(e)))?;
             self.writer = Some(writer);
             self.segments.push(0);
         }
@@ -249,8 +250,7 @@ impl Log {
             return Ok(());
         };
         let io = |e| NodeError::io(path.display(), e);
-        w.flush()
-            .map_err(|e| io(std::io::Error::other(e)))?;
+        w.flush().map_err(|e| io(std::io::Error::other(e)))?;
         let file = w.get_ref().get_ref();
         file.sync_data().map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
@@ -335,7 +335,8 @@ fn finish(writer: FileWriter, path: &Path) -> Result<(), NodeError> {
     let file = out
         .into_inner()
         .map_err(|e| NodeError::io(path.display(), e.into_error()))?;
-    file.sync_all().map_err(|e| NodeError::io(path.display(), e))
+    file.sync_all()
+        .map_err(|e| NodeError::io(path.display(), e))
 }
 
 impl ParquetSink {
@@ -430,8 +431,8 @@ impl ParquetSink {
         match &mut self.out {
             Output::Single(writer) => {
                 if writer.is_none() {
-                    let file =
-                        File::create(&self.tmp).map_err(|e| NodeError::io(self.tmp.display(), e))?;
+                    let file = File::create(&self.tmp)
+                        .map_err(|e| NodeError::io(self.tmp.display(), e))?;
                     let w = ArrowWriter::try_new(
                         BufWriter::with_capacity(1 << 20, file),
                         batch.schema(),
@@ -482,9 +483,7 @@ impl ParquetSink {
                     if let Some(part) = open.get_mut(&dir) {
                         part.used = *tick;
                         let p = self.tmp.join(&dir);
-                        part.writer
-                            .write(&rows)
-                            .map_err(|e| parquet_error(&p, e))?;
+                        part.writer.write(&rows).map_err(|e| parquet_error(&p, e))?;
                     }
                 }
             }
@@ -608,7 +607,12 @@ fn split(batch: &RecordBatch, column: &str) -> Result<Vec<(String, RecordBatch)>
     for i in 0..batch.num_rows() {
         // Sorted input repeats a value for long runs: reuse its key.
         let dir = match &last {
-            Some((d, j)) if values.is_null(i) == values.is_null(*j) && values.value(i) == values.value(*j) => d.clone(),
+            Some((d, j))
+                if values.is_null(i) == values.is_null(*j)
+                    && values.value(i) == values.value(*j) =>
+            {
+                d.clone()
+            }
             _ => dir_of(i),
         };
         last = Some((dir.clone(), i));
@@ -678,8 +682,11 @@ impl Sink for ParquetSink {
     fn restore(&mut self, state: &str) -> Result<(), NodeError> {
         let shown = self.path.display().to_string();
         let bad = |why: String| NodeError::config(format!("{shown}: cannot resume: {why}"));
-        let state: FlushState = serde_json::from_str(state)
-            .map_err(|e| bad(format!("the checkpoint's sink state `{state}` does not parse: {e}")))?;
+        let state: FlushState = serde_json::from_str(state).map_err(|e| {
+            bad(format!(
+                "the checkpoint's sink state `{state}` does not parse: {e}"
+            ))
+        })?;
         let Some(log_dir) = self.log.as_ref().map(|l| l.dir.clone()) else {
             // Without a log the output is written again from the start.
             return Ok(());

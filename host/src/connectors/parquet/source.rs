@@ -64,6 +64,20 @@ fn readable(c: Compression) -> bool {
     )
 }
 
+/// A codec as people call it.
+fn codec_name(c: Compression) -> &'static str {
+    match c {
+        Compression::UNCOMPRESSED => "none",
+        Compression::SNAPPY => "snappy",
+        Compression::GZIP(_) => "gzip",
+        Compression::LZO => "lzo",
+        Compression::BROTLI(_) => "brotli",
+        Compression::LZ4 => "lz4",
+        Compression::ZSTD(_) => "zstd",
+        Compression::LZ4_RAW => "lz4_raw",
+    }
+}
+
 /// A row group being read.
 struct Current {
     reader: ParquetRecordBatchReader,
@@ -180,8 +194,8 @@ impl ParquetSource {
                             "{}: column `{}` is compressed with {}, which this build of weir \
                              does not read (it reads uncompressed, snappy and zstd Parquet)",
                             f.name,
-                            col.column_path(),
-                            col.compression()
+                            col.column_path().string(),
+                            codec_name(col.compression())
                         )));
                     }
                 }
@@ -191,7 +205,8 @@ impl ParquetSource {
             match &mut agreed {
                 None => agreed = Some((fields, &f.name)),
                 Some((first, first_name)) => {
-                    let names = |v: &[Field]| v.iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+                    let names =
+                        |v: &[Field]| v.iter().map(|f| f.name().clone()).collect::<Vec<_>>();
                     if names(first) != names(&fields) {
                         return Err(NodeError::config(format!(
                             "{}: its columns ({}) differ from {}'s ({}): every file of a \
@@ -292,7 +307,8 @@ impl ParquetSource {
             None => batch.columns().to_vec(),
             Some(order) => order.iter().map(|&i| batch.column(i).clone()).collect(),
         };
-        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         Ok(RecordBatch::try_new_with_options(
             self.schema.clone(),
             columns,
