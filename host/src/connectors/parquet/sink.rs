@@ -197,7 +197,7 @@ struct Part {
 
 /// Where rows go.
 enum Output {
-    Single(Option<FileWriter>),
+    Single(Option<Box<FileWriter>>),
     Partitioned {
         column: String,
         max_open: usize,
@@ -439,7 +439,7 @@ impl ParquetSink {
                         Some(self.props.clone()),
                     )
                     .map_err(|e| parquet_error(&self.tmp, e))?;
-                    *writer = Some(w);
+                    *writer = Some(Box::new(w));
                 }
                 if let Some(w) = writer.as_mut() {
                     w.write(batch).map_err(|e| parquet_error(&self.path, e))?;
@@ -497,7 +497,7 @@ impl ParquetSink {
         match &mut self.out {
             Output::Single(writer) => {
                 let w = match writer.take() {
-                    Some(w) => w,
+                    Some(w) => *w,
                     None => {
                         // No rows arrived, so no schema: a valid file of no
                         // columns and no rows, rather than last run's output.

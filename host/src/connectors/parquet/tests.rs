@@ -270,7 +270,7 @@ fn pyarrow_and_duckdb_read_the_same_values() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("all.parquet");
     let input = every_type();
-    write_all(&spec(&path), &[input.clone()]);
+    write_all(&spec(&path), std::slice::from_ref(&input));
     let script = format!(
         r#"
 import json, pyarrow.parquet as pq
