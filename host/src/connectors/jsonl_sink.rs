@@ -127,7 +127,8 @@ pub fn lineage_of_line(output: &Path, line: u64) -> std::io::Result<Option<Linea
     Ok(None)
 }
 
-fn tmp_beside(path: &Path) -> PathBuf {
+/// The in-progress name beside `path` that a file sink writes before it renames.
+pub(crate) fn tmp_beside(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".weir-inprogress");
     PathBuf::from(tmp)
@@ -135,7 +136,7 @@ fn tmp_beside(path: &Path) -> PathBuf {
 
 /// Opens `tmp` to continue at `bytes`: the in-progress file if it holds that
 /// much, else a copy of the published `path`.
-fn reopen_at(tmp: &Path, path: &Path, bytes: u64) -> std::io::Result<BufWriter<File>> {
+pub(crate) fn reopen_at(tmp: &Path, path: &Path, bytes: u64) -> std::io::Result<BufWriter<File>> {
     let long_enough = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() >= bytes);
     if !long_enough(tmp) {
         if !long_enough(path) {

@@ -4,14 +4,19 @@
 //! (network ones the async traits beside them);
 //! the spec's kind table (`[source.jsonl]`, `[sink.jsonl]`) picks one.
 
+pub mod csv;
+mod files;
 pub mod http;
-mod jsonl_sink;
+pub(crate) mod jsonl_sink;
 mod jsonl_source;
+pub mod parquet;
 mod sequence;
 pub mod vectors;
 
+pub use csv::{CsvSink, CsvSinkSpec, CsvSource, CsvSourceSpec};
 pub use http::{HttpSink, HttpSinkSpec};
 pub use jsonl_sink::{JsonlSink, JsonlSinkSpec, LineageLine, lineage_of_line, lineage_path};
 pub use jsonl_source::{JsonlSource, JsonlSourceSpec, parse_lines, parse_pieces, schema_of};
+pub use parquet::{ParquetSink, ParquetSinkSpec, ParquetSource, ParquetSourceSpec};
 pub use sequence::{SequenceSource, SequenceSourceSpec, default_sequence_column};
 pub use vectors::{VectorsSink, VectorsSinkSpec};

@@ -13,7 +13,7 @@ use super::record::Cell;
 use crate::node::config::FieldType;
 
 /// A builder for one column of a declared type.
-pub(super) enum ColumnBuilder {
+pub(crate) enum ColumnBuilder {
     Boolean(BooleanBuilder),
     Int32(Int32Builder),
     Int64(Int64Builder),
@@ -24,7 +24,7 @@ pub(super) enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    pub(super) fn new(t: FieldType, rows: usize) -> Self {
+    pub(crate) fn new(t: FieldType, rows: usize) -> Self {
         match t {
             FieldType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(rows)),
             FieldType::Int32 => Self::Int32(Int32Builder::with_capacity(rows)),
@@ -39,7 +39,7 @@ impl ColumnBuilder {
     }
 
     /// Appends a cell already judged valid for this column.
-    pub(super) fn append(&mut self, cell: &Cell<'_>) {
+    pub(crate) fn append(&mut self, cell: &Cell<'_>) {
         match (self, cell) {
             (Self::Boolean(b), Cell::Bool(v)) => b.append_value(*v),
             (Self::Int32(b), Cell::Int(v)) => b.append_value(*v as i32),
@@ -68,7 +68,7 @@ impl ColumnBuilder {
         }
     }
 
-    pub(super) fn finish(&mut self) -> ArrayRef {
+    pub(crate) fn finish(&mut self) -> ArrayRef {
         match self {
             Self::Boolean(b) => Arc::new(b.finish()),
             Self::Int32(b) => Arc::new(b.finish()),
@@ -80,7 +80,7 @@ impl ColumnBuilder {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Self::Boolean(b) => b.len(),
             Self::Int32(b) => b.len(),

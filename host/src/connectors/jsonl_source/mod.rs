@@ -54,11 +54,12 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-use builders::ColumnBuilder;
+pub(crate) use builders::ColumnBuilder;
 pub use chunks::parse_pieces;
 use chunks::{lines_of, newlines, nth_line_end, piece_bounds};
-use record::{Cell, KeySeed, NOT_AN_OBJECT, record_by_serde, remember_key};
-use rules::judge;
+pub(crate) use record::Cell;
+use record::{KeySeed, NOT_AN_OBJECT, record_by_serde, remember_key};
+pub(crate) use rules::judge;
 
 /// A JSON-lines file source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

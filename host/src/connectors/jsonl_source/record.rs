@@ -13,7 +13,7 @@ use crate::node::config::FieldSpec;
 
 /// A value as it appeared in the JSON, before the schema judges it.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Cell<'a> {
+pub(crate) enum Cell<'a> {
     Missing,
     Null,
     Bool(bool),
@@ -26,7 +26,7 @@ pub(super) enum Cell<'a> {
 }
 
 impl Cell<'_> {
-    pub(super) fn json_type(&self) -> &'static str {
+    pub(crate) fn json_type(&self) -> &'static str {
         match self {
             Cell::Missing => "nothing",
             Cell::Null => "null",
@@ -38,7 +38,7 @@ impl Cell<'_> {
         }
     }
 
-    pub(super) fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match self {
             Cell::Int(i) => Some(*i as f64),
             Cell::BigInt(u) => Some(*u as f64),

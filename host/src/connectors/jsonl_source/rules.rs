@@ -7,7 +7,7 @@ use super::record::Cell;
 use crate::node::config::{FieldSpec, FieldType};
 
 /// Why a cell breaks its field's rules: (reason code, detail).
-pub(super) fn judge(field: &FieldSpec, cell: &Cell<'_>) -> Option<(String, String)> {
+pub(crate) fn judge(field: &FieldSpec, cell: &Cell<'_>) -> Option<(String, String)> {
     let name = &field.name;
     match cell {
         Cell::Missing | Cell::Null => {

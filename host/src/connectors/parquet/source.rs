@@ -1,0 +1,424 @@
+//! The Parquet source: a file, a glob or a directory of Parquet files, read a
+//! row group at a time.
+//!
+//! ```text
+//!   open:  every file's footer ──► one schema (all files agree) · codecs checked
+//!   read:  file 0: rg 0 ─► batch, batch, batch@"a.parquet:0"   (the last batch of a
+//!                  rg 1 ─► batch@"a.parquet:1"                   row group carries
+//!          file 1: rg 0 ─► ...                                   its position)
+//!   seek("a.parquet:0") ─► continues at row group 1 of a.parquet
+//! ```
+//!
+//! A row group is the unit Parquet readers decode, so it is the unit of resume: a
+//! position names a file (by its name in the set, see [`super::super::files`])
+//! and the row group just finished, `{file}:{row_group}` (row groups counted from
+//! 0, as every Parquet tool counts them). A row group larger than `batch_rows` is
+//! read as several batches; only the last carries the position, so a position is
+//! always exact and a resumed run never reads half a row group twice.
+
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
+use parquet::basic::Compression;
+use serde::{Deserialize, Serialize};
+
+use super::super::files::{self, InputFile};
+use crate::node::{Emitter, NodeError, Source};
+
+/// A Parquet source (`[source.parquet]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSourceSpec {
+    /// A file, a glob (`data/*.parquet`, `*` and `?` in any part), or a
+    /// directory (every `*.parquet` under it, at any depth); relative to the
+    /// pipeline file. Files are read in the order of their names.
+    pub path: PathBuf,
+    /// Rows per batch at most (a row group is cut into batches of this size).
+    /// Default: the pipeline's `settings.batch_rows`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_rows: Option<NonZeroUsize>,
+    /// Columns to read, in this order (only these are decoded). Default: every
+    /// column, in file order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+}
+
+/// Batches a call emits at most: enough that the blocking pool's hand-off is
+/// paid once per several batches, few enough that a call stays short.
+const BATCHES_PER_CALL: usize = 8;
+
+/// The codecs this build decodes; others fail at open with one clear message.
+fn readable(c: Compression) -> bool {
+    matches!(
+        c,
+        Compression::UNCOMPRESSED | Compression::SNAPPY | Compression::ZSTD(_)
+    )
+}
+
+/// A codec as people call it.
+fn codec_name(c: Compression) -> &'static str {
+    match c {
+        Compression::UNCOMPRESSED => "none",
+        Compression::SNAPPY => "snappy",
+        Compression::GZIP(_) => "gzip",
+        Compression::LZO => "lzo",
+        Compression::BROTLI(_) => "brotli",
+        Compression::LZ4 => "lz4",
+        Compression::ZSTD(_) => "zstd",
+        Compression::LZ4_RAW => "lz4_raw",
+    }
+}
+
+/// A row group being read.
+struct Current {
+    reader: ParquetRecordBatchReader,
+    row_group: usize,
+    rows_left: u64,
+}
+
+/// Reads a set of Parquet files a row group at a time (see the module docs).
+pub struct ParquetSource {
+    display: String,
+    files: Vec<InputFile>,
+    metas: Vec<ArrowReaderMetadata>,
+    masks: Vec<ProjectionMask>,
+    /// Output column `i` is column `order[i]` of what the reader yields (the
+    /// reader keeps file order; `columns` may ask for another).
+    order: Option<Vec<usize>>,
+    schema: SchemaRef,
+    batch_rows: usize,
+    /// The file being read, and its next row group.
+    file: usize,
+    row_group: usize,
+    handle: Option<File>,
+    current: Option<Current>,
+}
+
+/// A parquet error reading `file`, as the node error that says whose fault it is:
+/// a codec not compiled in is the configuration's, anything else the data's.
+fn read_error(file: &str, what: &str, text: &str) -> NodeError {
+    if let Some(codec) = text
+        .split("Disabled feature at compile time: ")
+        .nth(1)
+        .map(str::trim)
+    {
+        return NodeError::config(format!(
+            "{file}: {what}: the file is compressed with {codec}, which this build of weir \
+             does not read (it reads uncompressed, snappy and zstd Parquet)"
+        ));
+    }
+    NodeError::data(format!("{file}: {what}: {text}"))
+}
+
+/// The fields of `schema` without metadata, so files written by different tools
+/// (which add their own) compare by what matters: names, types, nullability.
+fn plain(fields: &[Arc<Field>]) -> Vec<Field> {
+    fields
+        .iter()
+        .map(|f| Field::new(f.name(), f.data_type().clone(), f.is_nullable()))
+        .collect()
+}
+
+impl ParquetSource {
+    /// Opens every file `path` (resolved) names and reads their footers: the
+    /// schema is known before the first read.
+    ///
+    /// # Errors
+    /// No file matches; a file is not Parquet, or uses a codec this build does
+    /// not read; the files' schemas differ (naming both files); a `columns`
+    /// entry is not in the files.
+    pub fn open(
+        spec: &ParquetSourceSpec,
+        path: &Path,
+        default_batch_rows: NonZeroUsize,
+    ) -> Result<Self, NodeError> {
+        let display = spec.path.display().to_string();
+        let files = files::resolve(path, "parquet").map_err(|e| NodeError::io(&display, e))?;
+        let mut metas = Vec::with_capacity(files.len());
+        let mut masks = Vec::with_capacity(files.len());
+        let mut order = None;
+        let mut agreed: Option<(Vec<Field>, &str)> = None;
+        for f in &files {
+            let handle = File::open(&f.path).map_err(|e| NodeError::io(f.path.display(), e))?;
+            let meta = ArrowReaderMetadata::load(&handle, ArrowReaderOptions::new())
+                .map_err(|e| read_error(&f.name, "not a readable Parquet file", &e.to_string()))?;
+            let all = meta.schema();
+            let indices: Vec<usize> = match &spec.columns {
+                None => (0..all.fields().len()).collect(),
+                Some(columns) => {
+                    let mut ix = Vec::with_capacity(columns.len());
+                    for c in columns {
+                        let i = all.index_of(c).map_err(|_| {
+                            let names: Vec<&str> =
+                                all.fields().iter().map(|f| f.name().as_str()).collect();
+                            NodeError::config(format!(
+                                "{}: no column `{c}` to read (`columns`); it has {}",
+                                f.name,
+                                names.join(", ")
+                            ))
+                        })?;
+                        ix.push(i);
+                    }
+                    ix
+                }
+            };
+            let mut sorted = indices.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted != indices {
+                order = Some(
+                    indices
+                        .iter()
+                        .map(|i| sorted.binary_search(i).unwrap_or_default())
+                        .collect(),
+                );
+            }
+            let wanted: Vec<&str> = sorted
+                .iter()
+                .map(|&i| all.field(i).name().as_str())
+                .collect();
+            for rg in meta.metadata().row_groups() {
+                for col in rg.columns() {
+                    let top = col.column_path().parts().first().map(String::as_str);
+                    if top.is_some_and(|t| wanted.contains(&t)) && !readable(col.compression()) {
+                        return Err(NodeError::config(format!(
+                            "{}: column `{}` is compressed with {}, which this build of weir \
+                             does not read (it reads uncompressed, snappy and zstd Parquet)",
+                            f.name,
+                            col.column_path().string(),
+                            codec_name(col.compression())
+                        )));
+                    }
+                }
+            }
+            let fields: Vec<Field> = indices.iter().map(|&i| all.field(i).clone()).collect();
+            let fields = plain(&fields.into_iter().map(Arc::new).collect::<Vec<_>>());
+            match &mut agreed {
+                None => agreed = Some((fields, &f.name)),
+                Some((first, first_name)) => {
+                    let names =
+                        |v: &[Field]| v.iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+                    if names(first) != names(&fields) {
+                        return Err(NodeError::config(format!(
+                            "{}: its columns ({}) differ from {}'s ({}): every file of a \
+                             source must have the same schema",
+                            f.name,
+                            names(&fields).join(", "),
+                            first_name,
+                            names(first).join(", ")
+                        )));
+                    }
+                    for (a, b) in first.iter_mut().zip(&fields) {
+                        if a.data_type() != b.data_type() {
+                            return Err(NodeError::config(format!(
+                                "{}: column `{}` is {} there but {} in {}: every file of a \
+                                 source must have the same schema",
+                                f.name,
+                                a.name(),
+                                b.data_type(),
+                                a.data_type(),
+                                first_name
+                            )));
+                        }
+                        if b.is_nullable() && !a.is_nullable() {
+                            *a = a.clone().with_nullable(true);
+                        }
+                    }
+                }
+            }
+            masks.push(ProjectionMask::roots(meta.parquet_schema(), sorted));
+            metas.push(meta);
+        }
+        let fields = agreed.map(|(f, _)| f).unwrap_or_default();
+        Ok(Self {
+            display,
+            schema: Arc::new(Schema::new(fields)),
+            files,
+            metas,
+            masks,
+            order,
+            batch_rows: spec.batch_rows.unwrap_or(default_batch_rows).get(),
+            file: 0,
+            row_group: 0,
+            handle: None,
+            current: None,
+        })
+    }
+
+    /// The names of the files read, in order (for tests and the run summary).
+    pub fn file_names(&self) -> Vec<&str> {
+        self.files.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    /// Starts the next row group; `false` when every file is read.
+    fn start_next(&mut self) -> Result<bool, NodeError> {
+        loop {
+            let Some(meta) = self.metas.get(self.file) else {
+                return Ok(false);
+            };
+            if self.row_group >= meta.metadata().num_row_groups() {
+                self.file += 1;
+                self.row_group = 0;
+                self.handle = None;
+                continue;
+            }
+            let f = &self.files[self.file];
+            if self.handle.is_none() {
+                let h = File::open(&f.path).map_err(|e| NodeError::io(f.path.display(), e))?;
+                self.handle = Some(h);
+            }
+            let handle = match &self.handle {
+                Some(h) => h
+                    .try_clone()
+                    .map_err(|e| NodeError::io(f.path.display(), e))?,
+                None => return Err(NodeError::Bug("no file handle".into())),
+            };
+            let rg = self.row_group;
+            let rows = meta.metadata().row_group(rg).num_rows().max(0) as u64;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
+                .with_row_groups(vec![rg])
+                .with_projection(self.masks[self.file].clone())
+                .with_batch_size(self.batch_rows)
+                .build()
+                .map_err(|e| read_error(&f.name, &format!("row group {rg}"), &e.to_string()))?;
+            self.current = Some(Current {
+                reader,
+                row_group: rg,
+                rows_left: rows,
+            });
+            self.row_group += 1;
+            return Ok(true);
+        }
+    }
+
+    /// `batch` with the source's schema: columns in `columns` order, the
+    /// agreed nullability, no file metadata.
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch, NodeError> {
+        let columns = match &self.order {
+            None => batch.columns().to_vec(),
+            Some(order) => order.iter().map(|&i| batch.column(i).clone()).collect(),
+        };
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &options,
+        )?)
+    }
+}
+
+impl Source for ParquetSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
+        if self.current.is_none() && !self.start_next()? {
+            return Ok(false);
+        }
+        for _ in 0..BATCHES_PER_CALL {
+            let Some(cur) = self.current.as_mut() else {
+                break;
+            };
+            let name = &self.files[self.file].name;
+            let position = format!("{name}:{}", cur.row_group);
+            match cur.reader.next() {
+                Some(Ok(batch)) => {
+                    let rows = batch.num_rows() as u64;
+                    if rows > cur.rows_left {
+                        return Err(NodeError::data(format!(
+                            "{name}: row group {} holds more rows than its footer says",
+                            cur.row_group
+                        )));
+                    }
+                    cur.rows_left -= rows;
+                    let last = cur.rows_left == 0;
+                    let batch = self.conform(batch)?;
+                    if last {
+                        out.push_at(batch, Some(position));
+                        self.current = None;
+                        break;
+                    }
+                    out.push_at(batch, None);
+                }
+                Some(Err(e)) => {
+                    let what = format!("row group {}", cur.row_group);
+                    return Err(read_error(name, &what, &e.to_string()));
+                }
+                None => {
+                    if cur.rows_left > 0 {
+                        return Err(NodeError::data(format!(
+                            "{name}: row group {} ended {} rows short of its footer",
+                            cur.row_group, cur.rows_left
+                        )));
+                    }
+                    // A row group of no rows still moves the position on.
+                    out.push_at(RecordBatch::new_empty(self.schema.clone()), Some(position));
+                    self.current = None;
+                    break;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Continues at the row group after the one `position` names
+    /// (`{file}:{row_group}`), in the file of that name.
+    fn seek(&mut self, position: &str) -> Result<(), NodeError> {
+        let bad = |why: String| {
+            NodeError::config(format!(
+                "cannot resume {} after `{position}`: {why}",
+                self.display
+            ))
+        };
+        let (name, rg) = position
+            .rsplit_once(':')
+            .and_then(|(n, r)| Some((n, r.parse::<usize>().ok()?)))
+            .ok_or_else(|| bad("not a `file:row_group` position".into()))?;
+        let file = files::find(&self.files, name)
+            .ok_or_else(|| bad(format!("it has no file `{name}` now")))?;
+        let groups = self.metas[file].metadata().num_row_groups();
+        if rg >= groups {
+            return Err(bad(format!(
+                "`{name}` has only {groups} row groups now; the file changed"
+            )));
+        }
+        self.file = file;
+        self.row_group = rg + 1;
+        self.handle = None;
+        self.current = None;
+        Ok(())
+    }
+}
+
+/// Opens `path` as Parquet and returns its row groups' row counts (for tests
+/// and tools that check a written file).
+///
+/// # Errors
+/// The file cannot be opened or is not Parquet.
+pub fn row_group_rows(path: &Path) -> Result<Vec<i64>, NodeError> {
+    let handle = File::open(path).map_err(|e| NodeError::io(path.display(), e))?;
+    let meta = ArrowReaderMetadata::load(&handle, ArrowReaderOptions::new()).map_err(|e| {
+        read_error(
+            &path.display().to_string(),
+            "not a readable Parquet file",
+            &e.to_string(),
+        )
+    })?;
+    Ok(meta
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|rg| rg.num_rows())
+        .collect())
+}
