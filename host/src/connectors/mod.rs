@@ -1,8 +1,10 @@
 //! Sources and sinks, one file each.
 //!
 //! Built-in connectors implement [`crate::node::Source`] and [`crate::node::Sink`]
-//! (network ones the async traits beside them);
-//! the spec's kind table (`[source.jsonl]`, `[sink.jsonl]`) picks one.
+//! (network ones the async traits beside them). Each one's spec, in the same
+//! file, implements [`crate::node::config::SourceConfig`] or
+//! [`crate::node::config::SinkConfig`] (check the table, build the node); the
+//! spec's kind table (`[source.jsonl]`, `[sink.jsonl]`) picks one.
 
 pub mod csv;
 mod files;

@@ -9,12 +9,12 @@
 //!  [stage.split]   train/validation/test by key hash  (stable across runs and machines)
 //! ```
 //!
-//! Each operator's configuration struct lives beside it and is turned into the
-//! running operator by a `build` function that checks everything the data does not
-//! decide (empty lists, boundaries out of order, fractions outside `[0, 1]`) and
-//! returns a [`crate::node::config::SpecError`] naming the key. The spec runs
-//! those builders while it is validated, so a bad operator fails `weir
-//! validate`, not the run.
+//! Each operator's configuration struct lives beside it and implements
+//! [`crate::node::config::OperatorConfig`]: `check` refuses everything the data
+//! does not decide (empty lists, boundaries out of order, fractions outside
+//! `[0, 1]`) with a [`crate::node::config::SpecError`] naming the key, and
+//! `build` makes the running operator. The spec runs the checks while it is
+//! validated, so a bad operator fails `weir validate`, not the run.
 //!
 //! Work is done with Arrow compute kernels (`cmp`, `cast`, `zip`, `filter`,
 //! `concat`, `unary` over value buffers). The exceptions are hashing (FNV-1a over

@@ -130,21 +130,13 @@ impl Plan {
             message: format!("spill directory: {e}"),
         })?;
         for node in &dag.nodes {
+            let i = node.index;
             let (name, table) = match node.kind {
-                NodeKind::Source => {
-                    let s = &spec.sources[node.index];
-                    (&s.name, s.kind.table())
-                }
-                NodeKind::Stage => {
-                    let s = &spec.stages[node.index];
-                    (&s.name, s.kind.table())
-                }
-                NodeKind::Sink => {
-                    let s = &spec.sinks[node.index];
-                    (&s.name, s.kind.table())
-                }
+                NodeKind::Source => (&spec.sources[i].name, spec.sources[i].kind.table()),
+                NodeKind::Stage => (&spec.stages[i].name, spec.stages[i].kind.table()),
+                NodeKind::Sink => (&spec.sinks[i].name, spec.sinks[i].kind.table()),
             };
-            let key = format!("{}[{}].{table}", node.kind.as_str(), node.index);
+            let key = format!("{}[{i}].{table}", node.kind.as_str());
             let cx = BuildCx {
                 key: &key,
                 name,
@@ -160,10 +152,9 @@ impl Plan {
             };
             let built = match node.kind {
                 NodeKind::Source => {
-                    let s = &spec.sources[node.index];
-                    NodeImpl::Source(s.kind.config().build(&cx).map_err(open)?)
+                    NodeImpl::Source(spec.sources[i].kind.config().build(&cx).map_err(open)?)
                 }
-                NodeKind::Stage => match &spec.stages[node.index].kind {
+                NodeKind::Stage => match &spec.stages[i].kind {
                     StageKind::Wasm(w) => {
                         let (op, digest) = build_wasm(&spec, env, &cx, w)?;
                         digests.push((name.clone(), digest));
@@ -172,8 +163,7 @@ impl Plan {
                     kind => NodeImpl::Operator(kind.config().build(&cx).map_err(open)?),
                 },
                 NodeKind::Sink => {
-                    let s = &spec.sinks[node.index];
-                    NodeImpl::Sink(s.kind.config().build(&cx).map_err(open)?)
+                    NodeImpl::Sink(spec.sinks[i].kind.config().build(&cx).map_err(open)?)
                 }
             };
             nodes.push(built);
