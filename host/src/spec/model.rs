@@ -226,6 +226,10 @@ kinds! {
         Jsonl(JsonlSourceSpec) = "jsonl",
         /// A generator of numbered records (`[source.sequence]`).
         Sequence(crate::connectors::SequenceSourceSpec) = "sequence",
+        /// Parquet files: a file, a glob or a directory (`[source.parquet]`).
+        Parquet(crate::connectors::ParquetSourceSpec) = "parquet",
+        /// CSV files with a typed schema (`[source.csv]`).
+        Csv(crate::connectors::CsvSourceSpec) = "csv",
     }
 }
 
@@ -264,6 +268,10 @@ kinds! {
         Vectors(crate::connectors::VectorsSinkSpec) = "vectors",
         /// Feature vectors POSTed to a model server (`[sink.http]`).
         Http(crate::connectors::HttpSinkSpec) = "http",
+        /// A Parquet file, or Hive-style partitions of one (`[sink.parquet]`).
+        Parquet(crate::connectors::ParquetSinkSpec) = "parquet",
+        /// A CSV file (`[sink.csv]`).
+        Csv(crate::connectors::CsvSinkSpec) = "csv",
     }
 }
 

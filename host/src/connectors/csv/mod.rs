@@ -468,3 +468,21 @@ impl Source for CsvSource {
         Ok(())
     }
 }
+
+impl crate::node::config::SourceConfig for CsvSourceSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        CsvSourceSpec::check(self, key)
+    }
+
+    fn build(
+        &self,
+        cx: &crate::node::config::BuildCx,
+    ) -> Result<crate::node::config::SourceNode, NodeError> {
+        let source = CsvSource::open(self, &cx.resolve(&self.path), cx.batch_rows)?;
+        Ok(crate::node::config::SourceNode::Sync(Box::new(source)))
+    }
+
+    fn rejects(&self) -> Option<&Path> {
+        self.rejects.as_deref()
+    }
+}

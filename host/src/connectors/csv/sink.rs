@@ -183,3 +183,17 @@ impl Sink for CsvSink {
         Ok(())
     }
 }
+
+impl crate::node::config::SinkConfig for CsvSinkSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        CsvSinkSpec::check(self, key)
+    }
+
+    fn build(
+        &self,
+        cx: &crate::node::config::BuildCx,
+    ) -> Result<crate::node::config::SinkNode, NodeError> {
+        let sink = CsvSink::create(self, cx.resolve(&self.path))?;
+        Ok(crate::node::config::SinkNode::Sync(Box::new(sink)))
+    }
+}

@@ -788,3 +788,17 @@ impl Sink for ParquetSink {
         Ok(())
     }
 }
+
+impl crate::node::config::SinkConfig for ParquetSinkSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        ParquetSinkSpec::check(self, key)
+    }
+
+    fn build(
+        &self,
+        cx: &crate::node::config::BuildCx,
+    ) -> Result<crate::node::config::SinkNode, NodeError> {
+        let sink = ParquetSink::create(self, cx.resolve(&self.path))?;
+        Ok(crate::node::config::SinkNode::Sync(Box::new(sink)))
+    }
+}

@@ -422,3 +422,13 @@ pub fn row_group_rows(path: &Path) -> Result<Vec<i64>, NodeError> {
         .map(|rg| rg.num_rows())
         .collect())
 }
+
+impl crate::node::config::SourceConfig for ParquetSourceSpec {
+    fn build(
+        &self,
+        cx: &crate::node::config::BuildCx,
+    ) -> Result<crate::node::config::SourceNode, NodeError> {
+        let source = ParquetSource::open(self, &cx.resolve(&self.path), cx.batch_rows)?;
+        Ok(crate::node::config::SourceNode::Sync(Box::new(source)))
+    }
+}
