@@ -4,6 +4,7 @@
 mod backpressure;
 mod clickstream;
 mod executor;
+mod files;
 mod lineage;
 mod ops;
 mod quickstart;
