@@ -7,9 +7,11 @@
 pub mod http;
 mod jsonl_sink;
 mod jsonl_source;
+pub mod redis;
 mod sequence;
 pub mod vectors;
 
+pub use self::redis::{RedisSink, RedisSinkSpec};
 pub use http::{HttpSink, HttpSinkSpec};
 pub use jsonl_sink::{JsonlSink, JsonlSinkSpec, LineageLine, lineage_of_line, lineage_path};
 pub use jsonl_source::{JsonlSource, JsonlSourceSpec, parse_lines, parse_pieces, schema_of};
