@@ -60,7 +60,6 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::Arc;
@@ -69,6 +68,9 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use arrow::util::display::FormatOptions;
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
 use serde::{Deserialize, Serialize};
@@ -486,7 +488,10 @@ impl RedisSink {
         };
 
         let step = self.spec.pipeline_rows.get();
-        let mut in_flight: VecDeque<tokio::task::JoinHandle<Sent>> = VecDeque::new();
+        // Pipelines are polled in the order they were made, so they reach the
+        // connection in row order: within a batch, of two vectors of an entity
+        // with the same event time the later row is the one kept.
+        let mut in_flight = FuturesOrdered::new();
         let mut failed: Vec<(Pipeline, Range<usize>, RedisError)> = Vec::new();
         let mut start = 0;
         while start < rows {
@@ -494,15 +499,20 @@ impl RedisSink {
             start = range.end;
             let pipe = self.encode(&arrays, lineage.as_deref(), range.clone(), range.start == 0)?;
             if in_flight.len() >= self.spec.in_flight.get() {
-                if let Some(h) = in_flight.pop_front() {
-                    self.settle(h.await, &mut failed)?;
+                if let Some(sent) = in_flight.next().await {
+                    self.settle(sent, &mut failed)?;
                 }
             }
             self.stats.pipelines += 1;
-            in_flight.push_back(tokio::spawn(send(conn.clone(), pipe, range)));
+            in_flight.push_back(send(conn.clone(), pipe, range));
+            // One poll hands the new pipeline to the connection now, while the
+            // next one is encoded.
+            if let Some(Some(sent)) = in_flight.next().now_or_never() {
+                self.settle(sent, &mut failed)?;
+            }
         }
-        while let Some(h) = in_flight.pop_front() {
-            self.settle(h.await, &mut failed)?;
+        while let Some(sent) = in_flight.next().await {
+            self.settle(sent, &mut failed)?;
         }
         self.retry(conn, failed).await
     }
@@ -510,11 +520,9 @@ impl RedisSink {
     /// Counts a pipeline's reply; keeps a transient failure for a retry.
     fn settle(
         &mut self,
-        sent: Result<Sent, tokio::task::JoinError>,
+        (pipe, range, reply): Sent,
         failed: &mut Vec<(Pipeline, Range<usize>, RedisError)>,
     ) -> Result<(), NodeError> {
-        let (pipe, range, reply) =
-            sent.map_err(|e| NodeError::Bug(format!("a Redis pipeline task failed: {e}")))?;
         match reply {
             Ok(written) => {
                 self.count(&range, &written);

@@ -793,3 +793,184 @@ async fn an_unreachable_server_is_a_transient_service_failure() {
     assert!(text.ends_with("(after 2 attempts) (transient)"), "{text}");
     assert!(!text.contains("pw"));
 }
+
+/// The sink's rate against `redis-benchmark`'s pipelined `HSET` of the same
+/// fields on the same server, in alternating rounds. Run it with
+/// `cargo test -p weir-host --lib connectors::redis::tests::throughput -- --ignored --nocapture`
+/// (`WEIR_REDIS_BENCH_ROWS` and `WEIR_REDIS_BENCH_ROUNDS` change its size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it on purpose"]
+async fn throughput_against_redis_benchmark() {
+    let Some(url) = url() else { return };
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let rows = env("WEIR_REDIS_BENCH_ROWS", 400_000);
+    let rounds = env("WEIR_REDIS_BENCH_ROUNDS", 5);
+    const ENTITIES: usize = 100_000;
+    const BATCH: usize = 8192;
+    let ns = Namespace::new(&url, "bench");
+    let l = lineage(
+        &"7f".repeat(32),
+        Some("events.jsonl:1048576"),
+        "events.jsonl:2097152",
+    );
+    let lineage_json = serde_json::to_string(&*l).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("clicks", DataType::Int64, true),
+        Field::new("views", DataType::Int64, true),
+        Field::new("ctr", DataType::Float64, true),
+        Field::new("user_bucket", DataType::Int32, true),
+        Field::new("country", DataType::Utf8, true),
+        Field::new("active", DataType::Boolean, true),
+        Field::new(
+            "last_seen",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]));
+    // Batches for a round; `base` makes each round's vectors newer than the last.
+    let batches = |base: i64| -> Vec<RecordBatch> {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        (0..rows)
+            .step_by(BATCH)
+            .map(|start| {
+                let n = BATCH.min(rows - start);
+                let users: Vec<String> = (0..n)
+                    .map(|_| format!("{:012}", rng.below(ENTITIES)))
+                    .collect();
+                let cols: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from_iter_values(users)),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        (0..n).map(|i| base + (start + i) as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        (0..n).map(|i| (i % 50) as i64),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(
+                        (0..n).map(|i| (i % 900) as i64),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..n).map(|i| (i % 50) as f64 / 901.0),
+                    )),
+                    Arc::new(Int32Array::from_iter_values(
+                        (0..n).map(|i| (i % 32) as i32),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        (0..n).map(|i| ["DE", "FR", "US"][i % 3]),
+                    )),
+                    Arc::new(BooleanArray::from_iter((0..n).map(|i| Some(i % 2 == 0)))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        (0..n).map(|i| 1_704_067_200_000 + i as i64),
+                    )),
+                ];
+                RecordBatch::try_new(schema.clone(), cols).unwrap()
+            })
+            .collect()
+    };
+    let benchmark = |with_lineage: bool| -> f64 {
+        let mut args: Vec<String> = [
+            "-u",
+            &url,
+            "-P",
+            "64",
+            "-q",
+            "-n",
+            &rows.to_string(),
+            "-r",
+            &ENTITIES.to_string(),
+            "HSET",
+            &format!("{}:__rand_int__", ns.prefix),
+            "_event_time_ms",
+            "1704067200000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if with_lineage {
+            args.extend(["_lineage".to_owned(), lineage_json.clone()]);
+        }
+        for (f, v) in [
+            ("clicks", "12"),
+            ("views", "340"),
+            ("ctr", "0.013318534961154272"),
+            ("user_bucket", "17"),
+            ("country", "DE"),
+            ("active", "true"),
+            ("last_seen", "2024-01-01T00:00:00.017Z"),
+        ] {
+            args.extend([f.to_owned(), v.to_owned()]);
+        }
+        let out = std::process::Command::new("redis-benchmark")
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text.rsplit('\r').next().unwrap_or_default();
+        let rate = last
+            .split(": ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse::<f64>().ok());
+        rate.unwrap_or_else(|| panic!("redis-benchmark said: {text}"))
+    };
+    let mut results: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (k, (name, lineage_on)) in [("sink", true), ("sink without lineage", false)]
+            .into_iter()
+            .enumerate()
+        {
+            // Newer than anything written before, the benchmark's vectors included.
+            let data = batches(1_800_000_000_000 + 1_000_000 * (2 * round + k) as i64);
+            let mut spec = ns.spec();
+            spec.lineage = lineage_on;
+            let mut sink = RedisSink::new("sink[0].redis", &spec).unwrap();
+            let started = std::time::Instant::now();
+            for b in &data {
+                write(&mut sink, b, &l).await;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            assert_eq!(
+                sink.stats().written,
+                rows as u64,
+                "every vector is newer than the last round's"
+            );
+            results.entry(name).or_default().push(rows as f64 / secs);
+        }
+        results
+            .entry("redis-benchmark HSET")
+            .or_default()
+            .push(benchmark(true));
+        results
+            .entry("redis-benchmark HSET without lineage")
+            .or_default()
+            .push(benchmark(false));
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("{rows} rows over {ENTITIES} entities, 7 features, {rounds} alternating rounds");
+    for (name, v) in &results {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        println!(
+            "  {name:<38} median {:>9.0} rows/s  (min {lo:.0}, max {hi:.0})",
+            median(v)
+        );
+    }
+    let ratio = median(&results["redis-benchmark HSET"]) / median(&results["sink"]);
+    let ratio_plain = median(&results["redis-benchmark HSET without lineage"])
+        / median(&results["sink without lineage"]);
+    println!("  redis-benchmark / sink: {ratio:.2}x with lineage, {ratio_plain:.2}x without");
+}
