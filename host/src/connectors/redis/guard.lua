@@ -3,6 +3,8 @@
 -- KEYS: the entities' hash keys.
 -- ARGV[1]: TTL mode (0 none, 1 PEXPIRE ttl after the write, 2 PEXPIREAT event time + ttl)
 -- ARGV[2]: TTL in milliseconds
+-- ARGV[3]: the lineage stored in `_lineage` with every vector of the call
+--          (the batch's), or '' for none
 -- then per key, in KEYS order:
 --   np, nd: the number of field/value pairs and of fields to delete;
 --   np pairs, the first one `_event_time_ms` and the vector's event time in ms;
@@ -15,7 +17,8 @@
 -- Returns the number of vectors written.
 local mode = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
-local a = 3
+local lineage = ARGV[3]
+local a = 4
 local written = 0
 for k = 1, #KEYS do
   local key = KEYS[k]
@@ -32,7 +35,11 @@ for k = 1, #KEYS do
   local stored = old and tonumber(old)
   if (not stored) or stored <= new then
     if nd > 0 then redis.call('HDEL', key, unpack(ARGV, p + 2 * np, a - 1)) end
-    redis.call('HSET', key, unpack(ARGV, p, p + 2 * np - 1))
+    if lineage ~= '' then
+      redis.call('HSET', key, '_lineage', lineage, unpack(ARGV, p, p + 2 * np - 1))
+    else
+      redis.call('HSET', key, unpack(ARGV, p, p + 2 * np - 1))
+    end
     if mode == 1 then
       redis.call('PEXPIRE', key, ttl)
     elseif mode == 2 then

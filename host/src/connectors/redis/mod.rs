@@ -682,15 +682,12 @@ impl RedisSink {
                 entity.write(row, &mut key);
                 cmd.arg(&key[..]);
             }
-            cmd.arg(mode).arg(ttl);
+            cmd.arg(mode).arg(ttl).arg(lineage.unwrap_or_default());
             for (row, ms) in (chunk..end).zip(&events_ms) {
                 let nulls = columns.iter().filter(|c| c.is_null(row)).count();
-                let pairs = 1 + usize::from(lineage.is_some()) + columns.len() - nulls;
+                let pairs = 1 + columns.len() - nulls;
                 cmd.arg(pairs).arg(nulls);
                 cmd.arg(EVENT_TIME_FIELD).arg(*ms);
-                if let Some(l) = lineage {
-                    cmd.arg(LINEAGE_FIELD).arg(l);
-                }
                 for ((_, name), c) in bound.features.iter().zip(&columns) {
                     if !c.is_null(row) {
                         buf.clear();
