@@ -108,7 +108,7 @@ fn a_run_killed_mid_way_and_resumed_delivers_every_record_at_least_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let mut child = start_and_wait(d, 2 << 20);
+    let mut child = start_and_wait(d, 6 << 20);
     // SIGKILL: nothing runs on the way out.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -158,7 +158,7 @@ fn a_run_stopped_cleanly_and_resumed_reads_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let child = start_and_wait(d, 2 << 20);
+    let child = start_and_wait(d, 6 << 20);
     let (ok, _, err) = weir(d, &["pipeline", "stop", "copy"]);
     assert!(ok, "{err}");
     let out = child.wait_with_output().unwrap();

@@ -27,15 +27,15 @@ async fn run_example(file: &str) {
     .unwrap();
     let example = repo_root().join("examples/clickstream");
     let mut spec = PipelineSpec::from_file(&example.join(file)).unwrap();
-    let source = spec.sources[0].jsonl.as_mut().unwrap();
+    let source = spec.sources[0].jsonl_mut().unwrap();
     source.path = data.clone();
     source.rejects = Some(dir.path().join("rejects.jsonl"));
     let out = dir.path().join("sessions.jsonl");
-    let sink = spec.sinks[0].jsonl.as_mut().unwrap();
+    let sink = spec.sinks[0].jsonl_mut().unwrap();
     sink.path = out.clone();
     sink.lineage = true;
     for stage in &mut spec.stages {
-        if let Some(w) = stage.wasm.as_mut() {
+        if let Some(w) = stage.wasm_mut() {
             w.krate = None;
             w.component = Some(component("stages/clickstream-features"));
         }

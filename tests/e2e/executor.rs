@@ -153,7 +153,7 @@ path = "out.jsonl"
     let env = weir_e2e::env(dir.path());
     let mut plan = weir::exec::Plan::build(spec, &env).unwrap();
     let schema = plan.schemas[0].clone().unwrap();
-    plan.nodes[0] = weir::exec::NodeImpl::Source(weir::plan::SourceImpl::Async(Box::new(Quiet {
+    plan.nodes[0] = weir::exec::NodeImpl::Source(weir::plan::SourceNode::Async(Box::new(Quiet {
         schema,
         sent: false,
     })));

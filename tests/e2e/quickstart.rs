@@ -58,7 +58,7 @@ async fn quickstart_writes_exactly_the_expected_features() {
     let example = repo_root().join("examples/quickstart");
     let mut spec = PipelineSpec::from_file(&example.join("pipeline.toml")).unwrap();
     let out = dir.path().join("features.jsonl");
-    spec.sinks[0].jsonl.as_mut().unwrap().path = out.clone();
+    spec.sinks[0].jsonl_mut().unwrap().path = out.clone();
 
     let summary = run_spec(spec, dir.path()).await.unwrap();
 
@@ -125,10 +125,10 @@ async fn projected_stages_give_the_same_features() {
             let dir = tempfile::tempdir().unwrap();
             let mut spec = PipelineSpec::from_file(&example.join("pipeline.toml")).unwrap();
             let out = dir.path().join("features.jsonl");
-            spec.sinks[0].jsonl.as_mut().unwrap().path = out.clone();
+            spec.sinks[0].jsonl_mut().unwrap().path = out.clone();
             if let Some(cols) = columns {
                 for (stage, col) in spec.stages.iter_mut().zip(cols) {
-                    stage.wasm.as_mut().unwrap().columns = Some(vec![col.to_owned()]);
+                    stage.wasm_mut().unwrap().columns = Some(vec![col.to_owned()]);
                 }
             }
             run_spec(spec, dir.path()).await.unwrap();
@@ -143,8 +143,8 @@ async fn projected_stages_give_the_same_features() {
     // A projected column the batch lacks is named.
     let dir = tempfile::tempdir().unwrap();
     let mut spec = PipelineSpec::from_file(&example.join("pipeline.toml")).unwrap();
-    spec.sinks[0].jsonl.as_mut().unwrap().path = dir.path().join("f.jsonl");
-    spec.stages[0].wasm.as_mut().unwrap().columns = Some(vec!["prize".to_owned()]);
+    spec.sinks[0].jsonl_mut().unwrap().path = dir.path().join("f.jsonl");
+    spec.stages[0].wasm_mut().unwrap().columns = Some(vec!["prize".to_owned()]);
     let err = run_spec(spec, dir.path()).await.unwrap_err().to_string();
     assert_eq!(
         err,

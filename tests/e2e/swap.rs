@@ -16,7 +16,7 @@ use weir::exec::{
 };
 use weir::node::Lineage;
 use weir::ops::wasm::prepare_stage;
-use weir::plan::SinkImpl;
+use weir::plan::SinkNode;
 use weir::sandbox::{Grants, StageLimits};
 use weir::spec::PipelineSpec;
 use weir_e2e::{component, env, sandbox, toml_path};
@@ -114,7 +114,7 @@ path = "unused.jsonl"
     .unwrap();
     let seen: Seen = Arc::default();
     *plan.nodes.last_mut().unwrap() =
-        NodeImpl::Sink(SinkImpl::Sync(Box::new(Recorder(seen.clone()))));
+        NodeImpl::Sink(SinkNode::Sync(Box::new(Recorder(seen.clone()))));
     let control = RunControl::new();
     let task = tokio::spawn({
         let control = control.clone();
@@ -394,13 +394,7 @@ async fn rollback_reproduces_the_first_versions_features() {
         let mut spec = PipelineSpec::from_toml(&text(tag), "p.toml").unwrap();
         spec.base_dir = dir.path().to_path_buf();
         let (pinned, stages) = pin(&spec, &store, &sandbox()).unwrap();
-        let pinned_to = pinned.stages[0]
-            .wasm
-            .as_ref()
-            .unwrap()
-            .component
-            .clone()
-            .unwrap();
+        let pinned_to = pinned.stages[0].wasm().unwrap().component.clone().unwrap();
         assert!(
             pinned_to.to_str().unwrap().starts_with("sha256:"),
             "{}",

@@ -94,10 +94,27 @@ pub fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: a cause whose text the message
+/// before it already holds (errors that print their source) is left out.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -161,4 +178,16 @@ fn sandbox(data_dir: &std::path::Path) -> anyhow::Result<Sandbox> {
         artifact_dir: Some(data_dir.join("artifacts")),
         ..Default::default()
     })?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_is_said_once() {
+        let inner = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(inner).context("write `out.jsonl`: disk full");
+        assert_eq!(super::render_error(&e), "write `out.jsonl`: disk full");
+        let e = anyhow::anyhow!("disk full").context("write `out.jsonl`");
+        assert_eq!(super::render_error(&e), "write `out.jsonl`: disk full");
+    }
 }

@@ -45,7 +45,7 @@ use serde_json::{Value, json};
 use crate::batch::json::{
     JsonOptions, NonFinite, Timestamps, columns_as_values, rows_as_arrays, rows_as_objects,
 };
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
 use crate::node::{Durability, Lineage, NodeError, Sink};
 use crate::units::Millis;
 
@@ -311,6 +311,18 @@ impl Sink for HttpSink {
         let body =
             serde_json::to_vec(&self.body(batch)?).map_err(|e| NodeError::Bug(e.to_string()))?;
         self.post(&body)
+    }
+}
+
+/// Checked by building: [`HttpSink::new`] refuses a bad configuration and sends
+/// nothing.
+impl SinkConfig for HttpSinkSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        HttpSink::new(key, self).map(drop)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError> {
+        Ok(SinkNode::Sync(Box::new(HttpSink::new(cx.key, self)?)))
     }
 }
 

@@ -30,6 +30,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::json::{JsonOptions, write_object_lines};
+use crate::node::config::{BuildCx, SinkConfig, SinkNode};
 use crate::node::{Durability, Lineage, NodeError, Sink};
 
 /// A JSON-lines file sink: one JSON object per row.
@@ -311,5 +312,14 @@ impl Sink for JsonlSink {
         std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
         self.closed = true;
         Ok(())
+    }
+}
+
+impl SinkConfig for JsonlSinkSpec {
+    fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError> {
+        let path = cx.resolve(&self.path);
+        let sink =
+            JsonlSink::create(self, path.clone()).map_err(|e| NodeError::io(path.display(), e))?;
+        Ok(SinkNode::Sync(Box::new(sink)))
     }
 }

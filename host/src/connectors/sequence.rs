@@ -15,6 +15,7 @@ use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
+use crate::node::config::{BuildCx, SourceConfig, SourceNode, SpecError};
 use crate::node::{Emitter, NodeError, Source};
 
 /// A generator of numbered records (`[source.sequence]`).
@@ -111,6 +112,25 @@ impl Source for SequenceSource {
             ))
         })?;
         Ok(())
+    }
+}
+
+impl SourceConfig for SequenceSourceSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return Err(SpecError::invalid(
+                format!("{key}.rate"),
+                "must be a positive number of records per second",
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<SourceNode, NodeError> {
+        Ok(SourceNode::Sync(Box::new(SequenceSource::new(
+            self,
+            cx.batch_rows,
+        ))))
     }
 }
 

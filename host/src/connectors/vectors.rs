@@ -30,6 +30,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::json::{JsonOptions, NonFinite, Timestamps, rows_as_arrays, rows_as_objects};
+use crate::node::config::{BuildCx, SinkConfig, SinkNode};
 use crate::node::{Lineage, NodeError, Sink};
 
 /// A feature-vector file sink's configuration.
@@ -168,6 +169,15 @@ impl Drop for VectorsSink {
         if self.out.is_some() {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+impl SinkConfig for VectorsSinkSpec {
+    fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError> {
+        let path = cx.resolve(&self.path);
+        let sink = VectorsSink::create(self, path.clone())
+            .map_err(|e| NodeError::io(path.display(), e))?;
+        Ok(SinkNode::Sync(Box::new(sink)))
     }
 }
 

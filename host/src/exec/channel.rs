@@ -22,8 +22,22 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use crate::node::Envelope;
 use crate::units::ByteSize;
 
+/// What a channel carries: data, or a checkpoint marker in the data's order.
+#[derive(Debug)]
+pub enum Item {
+    /// A batch with its lineage and tokens.
+    Data(Envelope),
+    /// Checkpoint barrier `n`: everything the sender sent before it belongs to
+    /// checkpoint `n`, everything after to the next ([`super::barrier`]).
+    Barrier(u64),
+    /// The sender has no more to send (its upstream ended); a fan-in stops
+    /// waiting for its barriers.
+    End,
+}
+
 struct Message {
-    envelope: Envelope,
+    item: Item,
+    origin: usize,
     kib: usize,
     _permit: OwnedSemaphorePermit,
 }
@@ -40,6 +54,8 @@ struct Depth {
 #[derive(Clone)]
 pub struct Sender {
     tx: mpsc::Sender<Message>,
+    /// Which of the receiver's inputs this sender is (see [`Sender::for_input`]).
+    origin: usize,
     budget: Arc<Semaphore>,
     capacity_kib: u32,
     depth: Arc<Depth>,
@@ -66,6 +82,7 @@ pub fn bounded(batches: std::num::NonZeroUsize, bytes: ByteSize) -> (Sender, Rec
     (
         Sender {
             tx,
+            origin: 0,
             budget,
             capacity_kib,
             depth: depth.clone(),
@@ -75,6 +92,37 @@ pub fn bounded(batches: std::num::NonZeroUsize, bytes: ByteSize) -> (Sender, Rec
 }
 
 impl Sender {
+    /// This sender as the receiver's input number `origin` (for a fan-in, one
+    /// per upstream), so barriers can be aligned per input.
+    pub fn for_input(&self, origin: usize) -> Self {
+        Self {
+            origin,
+            ..self.clone()
+        }
+    }
+
+    /// Sends a barrier or end marker. Markers hold no byte budget and wait only
+    /// for a slot.
+    ///
+    /// # Errors
+    /// [`Closed`] when the receiver is gone.
+    pub async fn mark(&self, item: Item) -> Result<(), Closed> {
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(0)
+            .await
+            .map_err(|_| Closed)?;
+        let slot = self.tx.reserve().await.map_err(|_| Closed)?;
+        slot.send(Message {
+            item,
+            origin: self.origin,
+            kib: 0,
+            _permit: permit,
+        });
+        Ok(())
+    }
+
     /// Sends an envelope, waiting while the channel is full. Returns how long it
     /// waited.
     ///
@@ -100,7 +148,8 @@ impl Sender {
         self.depth.max_batches.fetch_max(batches, Ordering::Relaxed);
         self.depth.max_kib.fetch_max(queued_kib, Ordering::Relaxed);
         slot.send(Message {
-            envelope,
+            item: Item::Data(envelope),
+            origin: self.origin,
             kib: real_kib,
             _permit: permit,
         });
@@ -110,12 +159,24 @@ impl Sender {
 
 impl Receiver {
     /// The next envelope, or `None` when every sender is gone and the channel is
-    /// empty.
+    /// empty. Markers are skipped (for nodes that take no checkpoints).
     pub async fn recv(&mut self) -> Option<Envelope> {
+        loop {
+            if let (_, Item::Data(e)) = self.recv_item().await? {
+                return Some(e);
+            }
+        }
+    }
+
+    /// The next item with the input it came from, or `None` when every sender
+    /// is gone and the channel is empty.
+    pub async fn recv_item(&mut self) -> Option<(usize, Item)> {
         let msg = self.rx.recv().await?;
-        self.depth.queued.fetch_sub(1, Ordering::SeqCst);
-        self.depth.queued_kib.fetch_sub(msg.kib, Ordering::SeqCst);
-        Some(msg.envelope)
+        if matches!(msg.item, Item::Data(_)) {
+            self.depth.queued.fetch_sub(1, Ordering::SeqCst);
+            self.depth.queued_kib.fetch_sub(msg.kib, Ordering::SeqCst);
+        }
+        Some((msg.origin, msg.item))
     }
 
     /// The deepest the queue has been: (batches, bytes).

@@ -7,6 +7,7 @@
 //!     │◄── commit(frontier) ──┴───────────── tokens dropped ◄─┘
 //!     └── dead letters ──► DeadLetterStore (own thread; tokens held until synced)
 //!   checkpointer: every `settings.checkpoint_interval`, frontiers then sink states → the store
+//!   (with a stateful operator: barriers instead, see [`barrier`])
 //! ```
 //!
 //! Each node runs as a tokio task; its own work (parsing, a WebAssembly call, a
@@ -19,6 +20,10 @@
 //! sink downstream or in the dead-letter store. A resumed run restores each sink's
 //! state and seeks each source to its checkpointed position.
 //!
+//! A run whose operators keep state across checkpoints (a session window) takes
+//! aligned checkpoints instead ([`barrier`]): the operator's state is saved with
+//! the source positions of a barrier, and sources commit those.
+//!
 //! A bounded source ends the run cleanly: when it is exhausted its channel closes,
 //! each operator `finish`es and closes its own, and sinks close (flush, rename into
 //! place). When any node fails, the run stops: the failing node poisons every
@@ -26,6 +31,7 @@
 //! delivered), the other tasks are aborted, the error names the node, and sinks
 //! do not publish their partial output.
 
+mod barrier;
 pub mod channel;
 pub mod control;
 mod progress;
@@ -123,7 +129,20 @@ pub(crate) struct RunShared {
     pub(crate) sink_states: Mutex<BTreeMap<String, String>>,
     /// Lineage records not yet saved with a checkpoint.
     pub(crate) lineage: Mutex<Vec<LineageRecord>>,
+    /// Aligned checkpoints, when an operator keeps state across them.
+    pub(crate) barriers: Option<Arc<barrier::Barriers>>,
+    /// Sources of a stopped run with aligned checkpoints, with what they
+    /// committed last: they commit the last checkpoint's positions once it is
+    /// saved.
+    pub(crate) parked: Mutex<Vec<ParkedSource>>,
 }
+
+/// A source waiting for the run's last checkpoint (see [`RunShared::parked`]).
+pub(crate) type ParkedSource = (
+    String,
+    Box<dyn crate::node::AsyncSource>,
+    Option<crate::node::Position>,
+);
 
 impl RunShared {
     /// Marks the run failed and stops every commit frontier. Called by a failing
@@ -175,11 +194,21 @@ pub async fn run_with(
     let Plan {
         spec,
         dag,
-        nodes,
+        mut nodes,
         schemas,
         memory,
         ..
     } = plan;
+    // Operators whose state outlives a checkpoint make the run take aligned
+    // checkpoints ([`barrier`]).
+    let mut stateful = vec![false; nodes.len()];
+    if options.checkpoints.is_some() {
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if let NodeImpl::Operator(op) = n {
+                stateful[i] = op.begin_checkpoints();
+            }
+        }
+    }
     let run_id = format!(
         "run-{}",
         std::time::SystemTime::now()
@@ -241,6 +270,18 @@ pub async fn run_with(
                 .unwrap_or_default(),
         ),
         lineage: Mutex::default(),
+        barriers: stateful.iter().any(|s| *s).then(|| {
+            let sinks = dag
+                .nodes
+                .iter()
+                .filter(|n| n.kind == NodeKind::Sink)
+                .count();
+            Arc::new(barrier::Barriers::new(
+                sinks,
+                env.data_dir.join("state").join(&spec.name).join(&run_id),
+            ))
+        }),
+        parked: Mutex::default(),
     });
 
     // One channel in front of every node that has inputs.
@@ -262,10 +303,14 @@ pub async fn run_with(
     let mut names = HashMap::new();
     for (pos, imp) in nodes.into_iter().enumerate() {
         let node = &dag.nodes[pos];
+        // Each output's sender knows which of that node's inputs it is.
         let outs: Vec<channel::Sender> = node
             .outputs
             .iter()
-            .filter_map(|&o| senders[o].clone())
+            .filter_map(|&o| {
+                let origin = dag.nodes[o].inputs.iter().position(|&i| i == pos)?;
+                Some(senders[o].as_ref()?.for_input(origin))
+            })
             .collect();
         let stats = NodeStats::new(&node.name, node.kind);
         let cx = NodeCx {
@@ -297,8 +342,23 @@ pub async fn run_with(
             }
             (NodeImpl::Operator(op), Some(rx)) => {
                 let swaps = control.register(&node.name);
+                let checkpoints = tasks::OperatorCheckpoints {
+                    stateful: stateful[pos],
+                    restore: resumed
+                        .as_ref()
+                        .and_then(|c| c.operators.get(&node.name).cloned()),
+                    inputs: node.inputs.len(),
+                };
                 tasks
-                    .spawn(tasks::run_operator(op, rx, outs, stats, cx, swaps))
+                    .spawn(tasks::run_operator(
+                        op,
+                        rx,
+                        outs,
+                        stats,
+                        cx,
+                        swaps,
+                        checkpoints,
+                    ))
                     .id()
             }
             (NodeImpl::Sink(sink), Some(rx)) => {
@@ -306,7 +366,14 @@ pub async fn run_with(
                     .as_ref()
                     .and_then(|c| c.sinks.get(&node.name).cloned());
                 tasks
-                    .spawn(tasks::run_sink(sink, rx, stats, cx, state))
+                    .spawn(tasks::run_sink(
+                        sink,
+                        rx,
+                        stats,
+                        cx,
+                        state,
+                        node.inputs.len(),
+                    ))
                     .id()
             }
             (_, None) => {
@@ -340,14 +407,34 @@ pub async fn run_with(
     let ticker = {
         let c = checkpointer.clone();
         let every = spec.settings.checkpoint_interval.0;
+        let mut stop = control.stop_signal();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
+            let barriers = c.lock().await.shared.barriers.clone();
             loop {
-                tick.tick().await;
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    r = stop.wait_for(|s| *s), if barriers.is_some() => r.is_ok(),
+                };
                 let mut c = c.lock().await;
                 if c.shared.has_failed() {
                     return;
+                }
+                if let Some(b) = &barriers {
+                    // Aligned: ask the sources for the next barrier; the
+                    // checkpoint is saved when every sink has passed it. A
+                    // stopping run's last barrier is sent before sources end.
+                    let mut n = 0;
+                    b.request.send_modify(|r| {
+                        *r += 1;
+                        n = *r;
+                    });
+                    if stopping {
+                        b.last.send_replace(Some(n));
+                        return;
+                    }
+                    continue;
                 }
                 // A failed periodic save is retried at the next tick and at the end.
                 if let Err(e) = c.save(false).await {
@@ -356,6 +443,22 @@ pub async fn run_with(
             }
         })
     };
+    // Aligned checkpoints are saved as their last sink reports.
+    let assembler = shared.barriers.clone().map(|b| {
+        let c = checkpointer.clone();
+        tokio::spawn(async move {
+            loop {
+                b.reported.notified().await;
+                let mut c = c.lock().await;
+                if c.shared.has_failed() {
+                    return;
+                }
+                if let Err(e) = c.save_assembled().await {
+                    tracing::warn!(error = %e, "checkpoint not saved");
+                }
+            }
+        })
+    });
 
     let mut stats: Vec<NodeStats> = Vec::new();
     let mut failure: Option<RunError> = None;
@@ -380,6 +483,9 @@ pub async fn run_with(
         }
     }
     ticker.abort();
+    if let Some(a) = assembler {
+        a.abort();
+    }
     control.clear();
     if let Some(p) = progress {
         p.abort();
@@ -393,9 +499,29 @@ pub async fn run_with(
     let complete = !control.is_stopped();
     let checkpoint = {
         let mut c = checkpointer.lock().await;
-        c.save(complete).await?;
+        if c.shared.barriers.is_some() {
+            // The stop barrier's checkpoint, if its last sink reported just now.
+            c.save_assembled().await?;
+        }
+        if complete || c.shared.barriers.is_none() {
+            c.save(complete).await?;
+        }
         c.last.clone().filter(|_| c.store.is_some())
     };
+    // Sources of a stopped run with aligned checkpoints commit what the last
+    // checkpoint holds.
+    let parked = std::mem::take(&mut *shared.parked.lock().unwrap_or_else(|e| e.into_inner()));
+    for (name, mut source, committed) in parked {
+        let at = checkpoint
+            .as_ref()
+            .and_then(|c| c.sources.get(&name).cloned());
+        if let Some(p) = at.filter(|p| committed.as_ref() != Some(p)) {
+            source
+                .commit(&p)
+                .await
+                .map_err(|error| RunError::Node { node: name, error })?;
+        }
+    }
     let order: HashMap<&str, usize> = dag
         .nodes
         .iter()
@@ -427,6 +553,71 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// Saves the newest aligned checkpoint every sink has reported, after the
+    /// dead letters written before it are durable; then lets the sources commit
+    /// its positions and removes the state files the previous one held.
+    async fn save_assembled(&mut self) -> Result<(), RunError> {
+        let (Some(store), Some(barriers)) = (self.store.clone(), self.shared.barriers.clone())
+        else {
+            return Ok(());
+        };
+        let Some(a) = barriers.take_assembled() else {
+            return Ok(());
+        };
+        let letters = self.shared.letters.clone();
+        let lineage = std::mem::take(
+            &mut *self
+                .shared
+                .lineage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let checkpoint = Checkpoint {
+            pipeline: self.pipeline.clone(),
+            run: self.run.clone(),
+            version: self.version,
+            sources: a.sources.clone(),
+            sinks: a.sinks,
+            operators: a.operators,
+            complete: false,
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64,
+        };
+        let saved = {
+            let checkpoint = checkpoint.clone();
+            tokio::task::spawn_blocking(move || {
+                letters.flush().map_err(|e| e.to_string())?;
+                store.save(&checkpoint, &lineage).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+        };
+        if let Err(message) = saved {
+            return Err(RunError::Checkpoint {
+                pipeline: self.pipeline.clone(),
+                message,
+            });
+        }
+        barriers.committed.send_replace((a.id, a.sources));
+        if let Some(old) = self.last.replace(checkpoint) {
+            let keep = &self.last.as_ref().expect("just set").operators;
+            for file in old
+                .operators
+                .values()
+                .filter(|f| !keep.values().any(|k| k == *f))
+            {
+                let _ = std::fs::remove_file(file);
+                if let Some(dir) = file.parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn save(&mut self, complete: bool) -> Result<(), RunError> {
         let Some(store) = self.store.clone() else {
             return Ok(());
@@ -463,6 +654,7 @@ impl Checkpointer {
             version: self.version,
             sources,
             sinks,
+            operators: BTreeMap::new(),
             complete,
             at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
+use super::barrier::{Aligner, Input};
+use super::channel::Item;
 use super::control::SwapReceiver;
 use super::{NodeCx, NodeStats, RunError, channel, panic_message};
 use crate::node::{
     AsyncSink, AsyncSource, CommitTracker, Durability, Emitter, Envelope, Lineage, LineageRecord,
     Meta, NodeError, Operator, Position, SourceSpan,
 };
-use crate::plan::{SinkImpl, SourceImpl};
+use crate::plan::{SinkNode, SourceNode};
 
 /// Runs `f(node)` on the blocking pool and gives the node back.
 async fn on_blocking<T: Send + 'static, R: Send + 'static>(
@@ -114,7 +116,7 @@ fn merge(into: &mut NodeStats, counters: std::collections::BTreeMap<String, u64>
 }
 
 pub(super) async fn run_source(
-    source: SourceImpl,
+    source: SourceNode,
     outs: Vec<channel::Sender>,
     stats: NodeStats,
     mut cx: NodeCx,
@@ -122,24 +124,69 @@ pub(super) async fn run_source(
     resume_from: Option<Position>,
 ) -> Result<NodeStats, RunError> {
     let mut source: Box<dyn AsyncSource> = match source {
-        SourceImpl::Sync(s) => Box::new(crate::node::Blocking::source(s)),
-        SourceImpl::Async(s) => s,
+        SourceNode::Sync(s) => Box::new(crate::node::Blocking::source(s)),
+        SourceNode::Async(s) => s,
     };
     let result = source_loop(&mut *source, &outs, stats, &mut cx, &tracker, resume_from).await;
-    // The outputs close here; then wait until what was read is settled and
-    // commit the final frontier, so a broker can release its last messages.
+    let (stats, mut committed, last) = result?;
+    // Tell a fan-in downstream to stop waiting for this input's barriers; the
+    // outputs close here.
+    for out in &outs {
+        let _ = out.mark(Item::End).await;
+    }
     drop(outs);
-    let (stats, committed) = result?;
+    if let Some(b) = cx.shared.barriers.clone() {
+        b.source_ended(&cx.name, last);
+        if cx.control.is_stopped() {
+            // Aligned checkpoints: what may be committed is what the last
+            // checkpoint saves, once it is saved: the run commits it then.
+            cx.shared
+                .parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((cx.name.clone(), source, committed));
+            return Ok(stats);
+        }
+    }
+    // Wait until what was read is settled and commit the final frontier, so a
+    // broker can release its last messages.
     while !cx.shared.has_failed() && tracker.unsettled() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    if let Some(f) = tracker.frontier().filter(|_| !cx.shared.has_failed()) {
-        if committed.as_ref() != Some(&f) {
-            source.commit(&f).await.map_err(|e| cx.fail(e))?;
-        }
-    }
+    let frontier = tracker.frontier().filter(|_| !cx.shared.has_failed());
+    commit_to(&mut *source, &cx, &mut committed, frontier).await?;
     Ok(stats)
 }
+
+/// Commits `to` unless it is what was committed last.
+async fn commit_to(
+    source: &mut dyn AsyncSource,
+    cx: &NodeCx,
+    committed: &mut Option<Position>,
+    to: Option<Position>,
+) -> Result<(), RunError> {
+    if let Some(p) = to
+        && committed.as_ref() != Some(&p)
+    {
+        source.commit(&p).await.map_err(|e| cx.fail(e))?;
+        *committed = Some(p);
+    }
+    Ok(())
+}
+
+/// Sends barrier `n` after everything emitted so far, noting `position`.
+async fn send_barrier(cx: &NodeCx, outs: &[channel::Sender], n: u64, position: &Option<Position>) {
+    if let Some(b) = &cx.shared.barriers {
+        b.source_at(n, &cx.name, position.clone());
+    }
+    for out in outs {
+        let _ = out.mark(Item::Barrier(n)).await;
+    }
+}
+
+/// What a source loop ends with: its stats, the position it committed last and
+/// the position after its last batch.
+type SourceEnd = (NodeStats, Option<Position>, Option<Position>);
 
 async fn source_loop(
     source: &mut dyn AsyncSource,
@@ -148,16 +195,43 @@ async fn source_loop(
     cx: &mut NodeCx,
     tracker: &Arc<CommitTracker>,
     resume_from: Option<Position>,
-) -> Result<(NodeStats, Option<Position>), RunError> {
+) -> Result<SourceEnd, RunError> {
     let mut stop = cx.control.stop_signal();
     if let Some(p) = &resume_from {
         source.seek(p).await.map_err(|e| cx.fail(e))?;
     }
+    let barriers = cx.shared.barriers.clone();
+    // Aligned checkpoints: barriers requested, and checkpoints saved.
+    let mut requested = barriers.as_ref().map(|b| b.request.subscribe());
+    let mut saved = barriers.as_ref().map(|b| b.committed.subscribe());
+    let mut sent = 0u64;
     let mut previous = resume_from.clone();
     let mut committed = resume_from;
     loop {
         if *stop.borrow() {
-            return Ok((stats, committed));
+            if let Some(b) = &barriers {
+                // The last barrier goes out before the source ends.
+                let mut last = b.last.subscribe();
+                let n = tokio::select! {
+                    n = last.wait_for(Option::is_some) => n.ok().and_then(|n| *n),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+                };
+                if let Some(n) = n.filter(|&n| n > sent) {
+                    send_barrier(cx, outs, n, &previous).await;
+                }
+            }
+            return Ok((stats, committed, previous));
+        }
+        if let Some(r) = &requested {
+            let n = *r.borrow();
+            if n > sent {
+                send_barrier(cx, outs, n, &previous).await;
+                sent = n;
+            }
+        }
+        if let Some(s) = &saved {
+            let at = s.borrow().1.get(&cx.name).cloned();
+            commit_to(source, cx, &mut committed, at).await?;
         }
         let paused = wait_for_memory(&cx.memory_watch).await;
         if !paused.is_zero() {
@@ -169,7 +243,10 @@ async fn source_loop(
         let result = if source.interruptible() {
             tokio::select! {
                 r = source.next_batch(&mut out) => r,
-                _ = stop.wait_for(|s| *s) => return Ok((stats, committed)),
+                _ = stop.wait_for(|s| *s) => continue,
+                // A barrier or a saved checkpoint while waiting for input.
+                Some(_) = changed(&mut requested) => continue,
+                Some(_) = changed(&mut saved) => continue,
             }
         } else {
             source.next_batch(&mut out).await
@@ -210,15 +287,20 @@ async fn source_loop(
             .records_read
             .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
         let alive = fan_out(envelopes, outs, &mut stats).await;
-        if let Some(f) = tracker.frontier() {
-            if committed.as_ref() != Some(&f) {
-                source.commit(&f).await.map_err(|e| cx.fail(e))?;
-                committed = Some(f);
-            }
+        if barriers.is_none() {
+            commit_to(source, cx, &mut committed, tracker.frontier()).await?;
         }
         if !alive || !more {
-            return Ok((stats, committed));
+            return Ok((stats, committed, previous));
         }
+    }
+}
+
+/// Waits until `rx` (if any) sees a new value; `None` when it never can.
+async fn changed<T>(rx: &mut Option<tokio::sync::watch::Receiver<T>>) -> Option<()> {
+    match rx {
+        Some(r) => r.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -234,6 +316,16 @@ async fn wait_for_memory(watch: &crate::node::memory::MemoryWatch) -> Duration {
     started.elapsed()
 }
 
+/// How an operator takes part in aligned checkpoints.
+pub(super) struct OperatorCheckpoints {
+    /// Its state is saved at barriers ([`Operator::begin_checkpoints`]).
+    pub(super) stateful: bool,
+    /// The state to restore before the first batch (a resumed run).
+    pub(super) restore: Option<std::path::PathBuf>,
+    /// How many upstream nodes feed it.
+    pub(super) inputs: usize,
+}
+
 pub(super) async fn run_operator(
     op: Box<dyn Operator>,
     mut rx: channel::Receiver,
@@ -241,35 +333,66 @@ pub(super) async fn run_operator(
     mut stats: NodeStats,
     mut cx: NodeCx,
     mut swaps: SwapReceiver,
+    checkpoints: OperatorCheckpoints,
 ) -> Result<NodeStats, RunError> {
     let mut op = Some(op);
+    if let Some(file) = checkpoints.restore.clone() {
+        let node = op
+            .take()
+            .ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
+        let (back, r) = on_blocking(&cx.name, node, move |mut op| {
+            let r = op.restore(&file);
+            (op, r)
+        })
+        .await
+        .map_err(|e| cx.fail_run(e))?;
+        op = Some(back);
+        r.map_err(|e| cx.fail(e))?;
+    }
+    let mut aligner = Aligner::new(checkpoints.inputs);
     // When a lingering operator's oldest buffered row has waited long enough (see
     // `Operator::linger`): its `flush` is then called instead of waiting on.
     let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         let (input, flush) = match linger_until {
-            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+            Some(at) => match tokio::time::timeout_at(at, aligner.next(&mut rx)).await {
                 Ok(input) => (input, false),
                 Err(_) => (None, true),
             },
-            None => (rx.recv().await, false),
+            None => (aligner.next(&mut rx).await, false),
         };
         if input.is_none() && !flush && cx.shared.has_failed() {
             return Ok(stats);
+        }
+        if let Some(Input::Barrier(n)) = input {
+            if checkpoints.stateful {
+                snapshot(&mut op, n, &mut cx).await?;
+            }
+            for out in &outs {
+                let _ = out.mark(Item::Barrier(n)).await;
+            }
+            continue;
         }
         // Swaps queued while waiting apply now: between the last batch and this one.
         let pending: Vec<crate::node::swap::SwapRequest> =
             std::iter::from_fn(|| swaps.try_recv().ok()).collect();
         let finishing = input.is_none() && !flush;
+        if finishing && checkpoints.stateful && cx.control.is_stopped() {
+            // Stopped with aligned checkpoints: the state was saved at the last
+            // barrier and continues in the resumed run; emitting it now would
+            // close windows early.
+            end_outputs(&outs).await;
+            return Ok(stats);
+        }
         // The input's meta stays here while the operator works, so a failure
         // marks the run failed before the input's tokens can settle.
         let (batch, held) = match input {
-            Some(Envelope { batch, meta }) => {
+            Some(Input::Data(Envelope { batch, meta })) => {
                 stats.batches_in += 1;
                 stats.rows_in += batch.num_rows() as u64;
                 (Some(batch), Some(meta))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         let started = Instant::now();
         let meta = held.clone();
@@ -307,12 +430,47 @@ pub(super) async fn run_operator(
             drain_operator(node, &outs, &mut stats, &mut cx).await?;
         }
         if finishing || !alive {
+            end_outputs(&outs).await;
             let (b, bytes) = rx.max_depth();
             stats.max_queue_batches = b;
             stats.max_queue_bytes = bytes;
             return Ok(stats);
         }
     }
+}
+
+/// Tells each output this input has ended (for a fan-in's barrier alignment).
+async fn end_outputs(outs: &[channel::Sender]) {
+    for out in outs {
+        let _ = out.mark(Item::End).await;
+    }
+}
+
+/// Saves the operator's state for barrier `n`.
+async fn snapshot(
+    op: &mut Option<Box<dyn Operator>>,
+    n: u64,
+    cx: &mut NodeCx,
+) -> Result<(), RunError> {
+    let Some(b) = cx.shared.barriers.clone() else {
+        return Ok(());
+    };
+    let dir = b.dir.join(format!("ck-{n:06}"));
+    let node = op
+        .take()
+        .ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
+    let (back, r) = on_blocking(&cx.name, node, move |mut op| {
+        let r = std::fs::create_dir_all(&dir)
+            .map_err(|e| NodeError::io(dir.display(), e))
+            .and_then(|()| op.snapshot(&dir));
+        (op, r)
+    })
+    .await
+    .map_err(|e| cx.fail_run(e))?;
+    *op = Some(back);
+    let file = r.map_err(|e| cx.fail(e))?;
+    b.operator_at(n, &cx.name, file);
+    Ok(())
 }
 
 /// Sends what an operator call emitted; its dead letters hold the input's meta.
@@ -369,32 +527,35 @@ async fn drain_operator(
 }
 
 pub(super) async fn run_sink(
-    sink: SinkImpl,
+    sink: SinkNode,
     mut rx: channel::Receiver,
     mut stats: NodeStats,
     cx: NodeCx,
     restore: Option<String>,
+    inputs: usize,
 ) -> Result<NodeStats, RunError> {
     let mut sink: Box<dyn AsyncSink> = match sink {
-        SinkImpl::Sync(s) => Box::new(crate::node::Blocking::sink(s)),
-        SinkImpl::Async(s) => s,
+        SinkNode::Sync(s) => Box::new(crate::node::Blocking::sink(s)),
+        SinkNode::Async(s) => s,
     };
     if let Some(state) = &restore {
         sink.restore(state).await.map_err(|e| cx.fail(e))?;
     }
     let durability = sink.durability();
+    // With aligned checkpoints, barriers decide when to flush.
+    let on_timer = durability == Durability::OnFlush && cx.shared.barriers.is_none();
     let interval = cx.settings.checkpoint_interval.0;
     let mut pending: Vec<Meta> = Vec::new();
     let mut last_flush = tokio::time::Instant::now();
     let mut log = SinkLog::new(&cx.name);
+    let mut aligner = Aligner::new(inputs);
     loop {
-        let input = if durability == Durability::OnFlush && !pending.is_empty() {
-            match tokio::time::timeout_at(last_flush + interval, rx.recv()).await {
-                Ok(input) => Some(input),
-                Err(_) => None,
-            }
+        let input = if on_timer && !pending.is_empty() {
+            tokio::time::timeout_at(last_flush + interval, aligner.next(&mut rx))
+                .await
+                .ok()
         } else {
-            Some(rx.recv().await)
+            Some(aligner.next(&mut rx).await)
         };
         match input {
             // The flush interval passed with nothing new.
@@ -420,7 +581,21 @@ pub(super) async fn run_sink(
                 stats.max_queue_bytes = bytes;
                 return Ok(stats);
             }
-            Some(Some(Envelope { batch, meta })) => {
+            // Everything before the barrier is made durable, and the state that
+            // holds it goes with the checkpoint. A sink durable only on close
+            // cannot take part: the checkpoint is never complete.
+            Some(Some(Input::Barrier(_))) if durability == Durability::OnClose => {}
+            Some(Some(Input::Barrier(n))) => {
+                let started = Instant::now();
+                let state = sink.flush().await.map_err(|e| cx.fail(e))?;
+                stats.busy += started.elapsed();
+                log.cut(&cx);
+                pending.clear();
+                if let Some(b) = &cx.shared.barriers {
+                    b.sink_at(n, &cx.name, state);
+                }
+            }
+            Some(Some(Input::Data(Envelope { batch, meta }))) => {
                 stats.batches_in += 1;
                 stats.rows_in += batch.num_rows() as u64;
                 let started = Instant::now();
@@ -437,10 +612,7 @@ pub(super) async fn run_sink(
                 }
             }
         }
-        if durability == Durability::OnFlush
-            && !pending.is_empty()
-            && last_flush.elapsed() >= interval
-        {
+        if on_timer && !pending.is_empty() && last_flush.elapsed() >= interval {
             let started = Instant::now();
             let state = sink.flush().await.map_err(|e| cx.fail(e))?;
             stats.busy += started.elapsed();

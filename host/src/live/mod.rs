@@ -153,7 +153,7 @@ impl LiveRun {
                 .stages
                 .iter()
                 .filter_map(|s| {
-                    let w = s.wasm.as_ref()?;
+                    let w = s.wasm()?;
                     Some(StageStatus {
                         stage: s.name.clone(),
                         digest: self.digests.get(&s.name).cloned().unwrap_or_default(),
@@ -168,7 +168,7 @@ impl LiveRun {
         self.spec
             .stages
             .iter()
-            .position(|s| s.name == stage && s.wasm.is_some())
+            .position(|s| s.name == stage && s.wasm().is_some())
             .ok_or_else(|| LiveError::NoSuchStage {
                 pipeline: self.spec.name.clone(),
                 stage: stage.to_owned(),
@@ -176,7 +176,7 @@ impl LiveRun {
                     .spec
                     .stages
                     .iter()
-                    .filter(|s| s.wasm.is_some())
+                    .filter(|s| s.wasm().is_some())
                     .map(|s| s.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
@@ -195,8 +195,7 @@ impl LiveRun {
         let i = self.wasm_index(stage)?;
         let mut spec = self.spec.clone();
         spec.stages[i]
-            .wasm
-            .as_mut()
+            .wasm_mut()
             .expect("a WebAssembly stage")
             .params = params;
         Ok(spec)
@@ -215,7 +214,7 @@ impl LiveRun {
     ) -> Result<PipelineSpec, LiveError> {
         let i = self.wasm_index(stage)?;
         let mut spec = self.spec.clone();
-        let w = spec.stages[i].wasm.as_mut().expect("a WebAssembly stage");
+        let w = spec.stages[i].wasm_mut().expect("a WebAssembly stage");
         w.component = Some(component);
         w.krate = None;
         Ok(spec)
@@ -242,14 +241,14 @@ impl LiveRun {
             .stages
             .iter()
             .find(|s| s.name == stage)
-            .and_then(|s| s.wasm.clone())
+            .and_then(|s| s.wasm().cloned())
             .ok_or_else(|| {
                 LiveError::Structural(format!(
                     "version {version} has no WebAssembly stage `{stage}`"
                 ))
             })?;
         let mut spec = self.spec.clone();
-        let w = spec.stages[i].wasm.as_mut().expect("a WebAssembly stage");
+        let w = spec.stages[i].wasm_mut().expect("a WebAssembly stage");
         // Pinned components are store references; keep the running base directory.
         *w = WasmStageSpec {
             shadow: w.shadow.take(),
@@ -294,7 +293,7 @@ impl LiveRun {
             let outcome = match result {
                 Ok(applied) => {
                     self.digests.insert(stage.clone(), applied.digest.clone());
-                    self.spec.stages[index].wasm = new.stages[index].wasm.clone();
+                    self.spec.stages[index].kind = new.stages[index].kind.clone();
                     tracing::info!(stage = %stage, digest = %applied.digest, params = %applied.params, "stage swapped");
                     StageOutcome {
                         stage,
@@ -310,8 +309,7 @@ impl LiveRun {
                     StageOutcome {
                         digest: self.digests.get(&stage).cloned().unwrap_or_default(),
                         params: self.spec.stages[index]
-                            .wasm
-                            .as_ref()
+                            .wasm()
                             .map(|w| w.params.to_string())
                             .unwrap_or_default(),
                         stage,
@@ -336,7 +334,7 @@ fn structure(spec: &PipelineSpec) -> serde_json::Value {
     s.description = None;
     s.base_dir = PathBuf::new();
     for st in &mut s.stages {
-        if let Some(w) = st.wasm.as_mut() {
+        if let Some(w) = st.wasm_mut() {
             *w = WasmStageSpec {
                 component: None,
                 krate: None,
@@ -413,7 +411,7 @@ fn prepare_changes(
 ) -> Vec<(usize, Result<StageChange, SwapError>)> {
     let mut out = Vec::new();
     for (index, (a, b)) in old.stages.iter().zip(&new.stages).enumerate() {
-        let (Some(wa), Some(wb)) = (&a.wasm, &b.wasm) else {
+        let (Some(wa), Some(wb)) = (a.wasm(), b.wasm()) else {
             continue;
         };
         let same_code =

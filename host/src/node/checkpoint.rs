@@ -7,6 +7,10 @@
 //! lets go of the tokens it covered, so every record up to a recorded position is
 //! inside the recorded sink state, and a resumed run (sink restored, sources
 //! sought) loses nothing; what it reads twice is what lay between the two.
+//!
+//! An aligned checkpoint (a run with a stateful operator, see
+//! `exec::barrier`) holds instead the positions, operator state files and sink
+//! states of one barrier, which are consistent by construction.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +32,11 @@ pub struct Checkpoint {
     pub sources: BTreeMap<String, Position>,
     /// Per sink, the state it restores.
     pub sinks: BTreeMap<String, String>,
+    /// Per stateful operator, the file holding its state (aligned checkpoints:
+    /// the positions in `sources` are those of the barrier the state was taken
+    /// at).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub operators: BTreeMap<String, std::path::PathBuf>,
     /// Whether the run had read all its input and closed its sinks.
     pub complete: bool,
     /// When it was written, in milliseconds since the Unix epoch.

@@ -1,7 +1,16 @@
 //! Configuration: the error every config check returns (always the key, always
-//! the reason), and the column types pipeline files name. Kept at the bottom so
-//! operators and connectors check their own configuration without depending on
-//! the spec module that aggregates them.
+//! the reason), the column types pipeline files name, and the traits a node
+//! kind's configuration implements to check itself ([`SourceConfig::check`]) and
+//! build the running node ([`SourceConfig::build`], given a [`BuildCx`]). Kept at
+//! the bottom so operators and connectors check and build themselves without
+//! depending on the spec module that aggregates them.
+//!
+//! ```text
+//!   [sink.jsonl] ──serde──► JsonlSinkSpec ──check(key)──► ok for `weir validate`
+//!                                         └─build(cx)───► SinkNode::Sync(JsonlSink)
+//! ```
+
+use super::NodeError;
 
 /// A pipeline file is malformed or inconsistent. The spec's author is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,4 +168,129 @@ impl FieldType {
             Self::TimestampMs => DataType::Timestamp(TimeUnit::Millisecond, None),
         }
     }
+}
+
+/// What building a node from its configuration may use: where it sits in the
+/// pipeline file (for errors), the run's settings, its memory budget and its
+/// directories. Built per node by the plan; a config's `build` reads what it needs
+/// and ignores the rest.
+pub struct BuildCx<'a> {
+    /// The kind table's key path (`source[0].jsonl`, `sink[1].redis`): errors name
+    /// it, and a key under it is `{key}.ttl`.
+    pub key: &'a str,
+    /// The node's name, unique in the pipeline.
+    pub name: &'a str,
+    /// The pipeline's name (a namespace for keys a node writes outside the run).
+    pub pipeline: &'a str,
+    /// The directory relative paths resolve against: the pipeline file's.
+    pub base_dir: &'a std::path::Path,
+    /// Rows per batch a source produces unless its own table says otherwise
+    /// (`settings.batch_rows`).
+    pub batch_rows: std::num::NonZeroUsize,
+    /// The run's memory budget, spill directory and memory watch: what stateful
+    /// operators reserve from.
+    pub memory: &'a super::memory::RunMemory,
+    /// The host's data directory (dead letters, artifacts, the store).
+    pub data_dir: &'a std::path::Path,
+}
+
+impl BuildCx<'_> {
+    /// `path` resolved against the pipeline file's directory (an absolute path as
+    /// it is).
+    pub fn resolve(&self, path: &std::path::Path) -> std::path::PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// A source ready to run, in the form it is driven in.
+pub enum SourceNode {
+    /// Called on the blocking pool.
+    Sync(Box<dyn super::Source>),
+    /// Polled on the runtime.
+    Async(Box<dyn super::AsyncSource>),
+}
+
+/// A sink ready to run, in the form it is driven in.
+pub enum SinkNode {
+    /// Called on the blocking pool.
+    Sync(Box<dyn super::Sink>),
+    /// Polled on the runtime.
+    Async(Box<dyn super::AsyncSink>),
+}
+
+/// The configuration of one source kind (a `[source.<kind>]` table): it checks
+/// itself and builds the running source. Adding a source kind is a spec type
+/// implementing this and one variant of the spec's `SourceKind`.
+pub trait SourceConfig {
+    /// Checks what serde cannot (an empty list, a rate of zero), without opening
+    /// anything: `weir validate` runs it. `key` is the table's key path
+    /// (`source[0].jsonl`); errors name the key under it.
+    ///
+    /// The default accepts everything serde accepted.
+    ///
+    /// # Errors
+    /// [`SpecError::Invalid`] naming the offending key.
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        let _ = key;
+        Ok(())
+    }
+
+    /// The running source. Opens local files; does no network I/O (`weir
+    /// validate` builds plans): a network source connects on first use.
+    ///
+    /// # Errors
+    /// A [`NodeError`] saying why, naming the file or key.
+    fn build(&self, cx: &BuildCx) -> Result<SourceNode, NodeError>;
+
+    /// The source's own dead-letter file, if its table names one.
+    ///
+    /// The default is none: corrupt records go to the run's dead-letter file.
+    fn rejects(&self) -> Option<&std::path::Path> {
+        None
+    }
+}
+
+/// The configuration of one operator kind (a `[stage.<kind>]` table): it checks
+/// itself and builds the running operator.
+pub trait OperatorConfig {
+    /// Checks what serde cannot, without reading data; `key` is the table's key
+    /// path (`stage[2].sort`). The default accepts everything serde accepted.
+    ///
+    /// # Errors
+    /// [`SpecError::Invalid`] naming the offending key.
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        let _ = key;
+        Ok(())
+    }
+
+    /// The running operator; a stateful one reserves from [`BuildCx::memory`].
+    ///
+    /// # Errors
+    /// A [`NodeError`] saying why.
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn super::Operator>, NodeError>;
+}
+
+/// The configuration of one sink kind (a `[sink.<kind>]` table): it checks itself
+/// and builds the running sink.
+pub trait SinkConfig {
+    /// Checks what serde cannot, without opening anything; `key` is the table's
+    /// key path (`sink[0].http`). The default accepts everything serde accepted.
+    ///
+    /// # Errors
+    /// [`SpecError::Invalid`] naming the offending key.
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        let _ = key;
+        Ok(())
+    }
+
+    /// The running sink. Creates local directories; does no network I/O (`weir
+    /// validate` builds plans): a network sink connects on first use.
+    ///
+    /// # Errors
+    /// A [`NodeError`] saying why, naming the file or key.
+    fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError>;
 }

@@ -168,6 +168,14 @@ impl From<arrow::error::ArrowError> for NodeError {
     }
 }
 
+/// A configuration refused when the node is built (its check passed, so rarely
+/// seen): the spec's fault, reported with its key.
+impl From<super::config::SpecError> for NodeError {
+    fn from(e: super::config::SpecError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
 impl From<super::memory::MemoryError> for NodeError {
     fn from(e: super::memory::MemoryError) -> Self {
         Self::Resource {

@@ -355,6 +355,41 @@ pub trait Operator: Send + 'static {
         Ok(())
     }
 
+    /// Called once, before the first batch, in a run that keeps checkpoints.
+    /// An operator whose state outlives a checkpoint interval (a session window
+    /// on a stream) returns true and from then on keeps what
+    /// [`Operator::snapshot`] needs; the run then takes aligned checkpoints (see
+    /// `exec::barrier`): its state is saved with the source positions instead of
+    /// holding their acknowledgements. Default: false (the operator holds
+    /// nothing a checkpoint needs, or holds its input's tokens until it emits).
+    fn begin_checkpoints(&mut self) -> bool {
+        false
+    }
+
+    /// Writes the operator's state, as of the checkpoint barrier it was called
+    /// at, to a file under `dir`, and returns the file. Called only if
+    /// [`Operator::begin_checkpoints`] returned true, between batches.
+    ///
+    /// # Errors
+    /// The state cannot be written (the checkpoint is then not taken).
+    fn snapshot(&mut self, _dir: &std::path::Path) -> Result<std::path::PathBuf, NodeError> {
+        Err(NodeError::Bug(
+            "snapshot of an operator that keeps no checkpoint state".into(),
+        ))
+    }
+
+    /// Continues from a state [`Operator::snapshot`] wrote, before the first
+    /// batch of a resumed run.
+    ///
+    /// # Errors
+    /// The file is gone or not this operator's state.
+    fn restore(&mut self, file: &std::path::Path) -> Result<(), NodeError> {
+        Err(NodeError::config(format!(
+            "this operator cannot restore state ({})",
+            file.display()
+        )))
+    }
+
     /// Applies a change requested while the pipeline runs (see [`swap`]); called
     /// between batches, never during one. The operator answers `request.reply`
     /// once the outcome is known. Default: the operator cannot be swapped, and

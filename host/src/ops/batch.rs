@@ -30,7 +30,7 @@ use arrow::compute::concat_batches;
 use serde::{Deserialize, Serialize};
 
 use crate::node::Meta;
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::{Emitter, NodeError, Operator};
 use crate::units::{ByteSize, Millis};
 
@@ -192,6 +192,17 @@ impl Operator for BatchOp {
 
     fn flush(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
         self.drain(out)
+    }
+}
+
+/// Checked by building: [`BatchOp::new`] refuses a bad configuration, naming the key.
+impl OperatorConfig for BatchSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        BatchOp::new(key, self).map(drop)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(BatchOp::new(cx.key, self)?))
     }
 }
 

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ScalarValue, column, nulls_false};
 use crate::batch::json::{JsonOptions, rows_as_objects};
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::{DeadLetter, Emitter, NodeError, Operator};
 
 /// A filter stage's configuration: exactly one of `all` and `any`.
@@ -365,6 +365,17 @@ impl Operator for FilterOp {
         }
         out.push(filter_record_batch(&batch, &keep)?);
         Ok(())
+    }
+}
+
+/// Checked by building: [`FilterOp::new`] refuses a bad configuration, naming the key.
+impl OperatorConfig for FilterSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        FilterOp::new(key, self).map(drop)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(FilterOp::new(cx.key, self)?))
     }
 }
 

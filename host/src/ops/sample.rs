@@ -36,7 +36,7 @@ use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, column, fnv1a, mix, unit};
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::{Emitter, NodeError, Operator};
 
 /// A sample stage's configuration.
@@ -330,6 +330,17 @@ impl Operator for SampleOp {
         // Held candidates are not "waiting for more input" in the linger sense:
         // they cannot be decided before the end, so no timer should flush them.
         0
+    }
+}
+
+/// Checked by building: [`SampleOp::new`] refuses a bad configuration, naming the key.
+impl OperatorConfig for SampleSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        SampleOp::new(key, self).map(drop)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(SampleOp::new(cx.key, self)?))
     }
 }
 

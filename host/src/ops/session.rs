@@ -109,6 +109,10 @@ pub struct SessionOperator {
     free_slots: Vec<usize>,
     closed: Vec<Closed>,
     rows_seen: u64,
+    /// With checkpoints: the released rows, each with the seq of the session it
+    /// joined, in release order. A snapshot keeps the rows whose session is
+    /// still open, which rebuild it exactly ([`Operator::snapshot`]).
+    log: Option<Vec<(RecordBatch, Vec<u64>)>>,
 }
 
 struct Init {
@@ -150,6 +154,7 @@ impl SessionOperator {
             free_slots: Vec::new(),
             closed: Vec::new(),
             rows_seen: 0,
+            log: None,
         }
     }
 
@@ -284,6 +289,7 @@ impl SessionOperator {
         }
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_unstable_by_key(|&r| (key_of[r], ts.value(r), r));
+        let mut seqs: Option<Vec<u64>> = self.log.as_ref().map(|_| vec![0; n]);
         let mut slots = Vec::with_capacity(n);
         let mut closed = Vec::new();
         for run in order.chunk_by(|&a, &b| key_of[a] == key_of[b]) {
@@ -298,6 +304,9 @@ impl SessionOperator {
                     // The expiry entry keeps the older end; `close_passed` re-queues it.
                     o.end = o.end.max(t);
                     slots.push(o.slot);
+                    if let Some(s) = seqs.as_mut() {
+                        s[r] = o.seq;
+                    }
                     continue;
                 }
                 if let Some(o) = cur.take() {
@@ -326,6 +335,9 @@ impl SessionOperator {
                     seq,
                 });
                 slots.push(slot);
+                if let Some(s) = seqs.as_mut() {
+                    s[r] = seq;
+                }
             }
             state.open = cur;
         }
@@ -333,6 +345,43 @@ impl SessionOperator {
         // come first in the order); its slot is freed only after the update.
         init.aggs.update(ready, &order, &slots)?;
         self.closed.extend(closed);
+        if let (Some(log), Some(seqs)) = (self.log.as_mut(), seqs) {
+            log.push((ready.clone(), seqs));
+        }
+        Ok(())
+    }
+
+    /// Keeps only the logged rows whose session is still open.
+    fn prune_log(&mut self) -> Result<(), NodeError> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(());
+        };
+        let open: std::collections::HashSet<u64> = self
+            .states
+            .iter()
+            .filter_map(|s| s.open.as_ref().map(|o| o.seq))
+            .collect();
+        let mut kept = Vec::with_capacity(log.len());
+        for (batch, seqs) in log.drain(..) {
+            let live: Vec<bool> = seqs.iter().map(|s| open.contains(s)).collect();
+            match live.iter().filter(|l| **l).count() {
+                0 => {}
+                n if n == seqs.len() => kept.push((batch, seqs)),
+                _ => {
+                    let seqs = seqs
+                        .iter()
+                        .zip(&live)
+                        .filter(|(_, l)| **l)
+                        .map(|(s, _)| *s)
+                        .collect();
+                    kept.push((
+                        filter_record_batch(&batch, &BooleanArray::from(live))?,
+                        seqs,
+                    ));
+                }
+            }
+        }
+        *log = kept;
         Ok(())
     }
 
@@ -422,7 +471,13 @@ impl SessionOperator {
             .map(RecordBatch::get_array_memory_size)
             .sum();
         let keys = 2 * self.key_bytes + 96 * self.index.len();
-        let want = pending + init.aggs.bytes() + keys + self.expiry.len() * 16;
+        let log: usize = self
+            .log
+            .iter()
+            .flatten()
+            .map(|(b, s)| b.get_array_memory_size() + 8 * s.len())
+            .sum();
+        let want = pending + init.aggs.bytes() + keys + self.expiry.len() * 16 + log;
         self.reservation.try_resize(want).map_err(NodeError::from)
     }
 }
@@ -562,5 +617,170 @@ impl Operator for SessionOperator {
         self.release(None, out)?;
         self.reservation.free();
         Ok(())
+    }
+
+    /// Sessions on a stream stay open for as long as their users are active:
+    /// their state is checkpointed rather than their input held.
+    fn begin_checkpoints(&mut self) -> bool {
+        self.log.get_or_insert_with(Vec::new);
+        true
+    }
+
+    /// Writes `<dir>/<operator>.arrow` (Arrow IPC): the rows of every open
+    /// session, then the pending rows, in the input's schema; the watermark,
+    /// the row count and the lineage so far in its metadata. Restoring
+    /// re-assigns the first and re-queues the second, which rebuilds every
+    /// session and aggregate exactly. Afterwards the held input tokens are let
+    /// go (the state is what holds those rows now); the lineage is kept.
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<std::path::PathBuf, NodeError> {
+        self.prune_log()?;
+        let file = dir.join(format!("{}.arrow", snapshot_name(&self.name)));
+        let union = self.consumed.union();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert(
+            STATE_KEY.to_owned(),
+            serde_json::json!({
+                "max_ts": self.max_ts,
+                "rows_seen": self.rows_seen,
+                "open_rows": self.log.iter().flatten().map(|(b, _)| b.num_rows()).sum::<usize>(),
+                "lineage": &*union.lineage,
+            })
+            .to_string(),
+        );
+        let held = self
+            .log
+            .iter()
+            .flatten()
+            .map(|(b, _)| b)
+            .chain(&self.pending);
+        // The input's columns (none when nothing is held).
+        let fields = held
+            .clone()
+            .next()
+            .map(|b| b.schema().fields().clone())
+            .unwrap_or_default();
+        let schema = Arc::new(Schema::new_with_metadata(fields, meta));
+        write_state(&file, &schema, held)?;
+        self.release_tokens(union);
+        Ok(file)
+    }
+
+    fn restore(&mut self, file: &std::path::Path) -> Result<(), NodeError> {
+        let io = |e: std::io::Error| NodeError::io(file.display(), e);
+        let reader = arrow::ipc::reader::FileReader::try_new(
+            std::io::BufReader::new(std::fs::File::open(file).map_err(io)?),
+            None,
+        )
+        .map_err(|e| {
+            NodeError::config(format!(
+                "{}: {}: not a session state: {e}",
+                self.name,
+                file.display()
+            ))
+        })?;
+        let schema = reader.schema();
+        let state: serde_json::Value = schema
+            .metadata()
+            .get(STATE_KEY)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| {
+                NodeError::config(format!(
+                    "{}: {} is not a session state",
+                    self.name,
+                    file.display()
+                ))
+            })?;
+        self.max_ts = state["max_ts"].as_i64();
+        self.rows_seen = state["rows_seen"].as_u64().unwrap_or(0);
+        if let Ok(lineage) =
+            serde_json::from_value::<crate::node::Lineage>(state["lineage"].clone())
+        {
+            self.consumed.push(&crate::node::Meta {
+                lineage: Arc::new(lineage),
+                acks: Vec::new(),
+            });
+        }
+        let mut open_rows = state["open_rows"].as_u64().unwrap_or(0) as usize;
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        let plain = Arc::new(Schema::new(schema.fields().clone()));
+        let (mut open, mut pending) = (Vec::new(), Vec::new());
+        for b in batches {
+            let b = RecordBatch::try_new(plain.clone(), b.columns().to_vec())?;
+            let take = open_rows.min(b.num_rows());
+            open_rows -= take;
+            if take > 0 {
+                open.push(b.slice(0, take));
+            }
+            if take < b.num_rows() {
+                pending.push(b.slice(take, b.num_rows() - take));
+            }
+        }
+        if open.is_empty() && pending.is_empty() {
+            return Ok(());
+        }
+        self.init(&plain)?;
+        if !open.is_empty() {
+            let all = arrow::compute::concat_batches(&plain, &open)?;
+            self.assign(&all)?;
+        }
+        let col = self.init.as_ref().expect("initialised").time_col;
+        for b in pending {
+            let min = time_of(&b, col)?.iter().flatten().min();
+            self.pending_min = match (self.pending_min, min) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.pending.push(b);
+        }
+        self.reserve()
+    }
+}
+
+/// The schema-metadata key of a session state file.
+const STATE_KEY: &str = "weir.session.state";
+
+/// A file name for the operator `session \`name\``.
+fn snapshot_name(consumer: &str) -> String {
+    consumer
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes `batches` to `file` as Arrow IPC, synced, through a temporary name.
+fn write_state<'a>(
+    file: &std::path::Path,
+    schema: &SchemaRef,
+    batches: impl Iterator<Item = &'a RecordBatch>,
+) -> Result<(), NodeError> {
+    let tmp = file.with_extension("arrow.tmp");
+    let io = |e: std::io::Error| NodeError::io(tmp.display(), e);
+    let f = std::fs::File::create(&tmp).map_err(io)?;
+    let mut w = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(f), schema)?;
+    for b in batches {
+        w.write(&RecordBatch::try_new(schema.clone(), b.columns().to_vec())?)?;
+    }
+    let f = w
+        .into_inner()?
+        .into_inner()
+        .map_err(|e| io(e.into_error()))?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, file).map_err(|e| NodeError::io(file.display(), e))
+}
+
+impl SessionOperator {
+    /// Replaces the held metas by their lineage alone.
+    fn release_tokens(&mut self, union: crate::node::Meta) {
+        self.consumed = crate::node::MetaSet::new();
+        self.consumed.push(&crate::node::Meta {
+            lineage: union.lineage,
+            acks: Vec::new(),
+        });
     }
 }

@@ -27,7 +27,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, column, fnv1a, mix, unit};
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::{Emitter, NodeError, Operator};
 
 /// A split stage's configuration.
@@ -164,6 +164,17 @@ impl Operator for SplitOp {
         let schema = Schema::new(fields).with_metadata(schema.metadata().clone());
         out.push(RecordBatch::try_new(Arc::new(schema), columns)?);
         Ok(())
+    }
+}
+
+/// Checked by building: [`SplitOp::new`] refuses a bad configuration, naming the key.
+impl OperatorConfig for SplitSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        SplitOp::new(key, self).map(drop)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(SplitOp::new(cx.key, self)?))
     }
 }
 

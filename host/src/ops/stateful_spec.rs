@@ -7,7 +7,8 @@ use std::num::NonZeroUsize;
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
+use crate::node::{NodeError, Operator};
 use crate::units::Millis;
 
 /// `[stage.sort]`: a stable, deterministic sort; an external merge sort over spill
@@ -155,49 +156,82 @@ pub fn default_end_column() -> String {
     "session_end".to_owned()
 }
 
-/// Checks what serde cannot in a `[stage.sort]`; `key` is the node's key path.
-pub(crate) fn validate_sort(key: &str, s: &SortSpec) -> Result<(), SpecError> {
-    if s.by.is_empty() {
-        return Err(SpecError::invalid(
-            format!("{key}.sort.by"),
-            "needs at least one key",
-        ));
+/// A stable sort, reserving from the run's memory budget and spilling past it.
+impl OperatorConfig for SortSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.by.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{key}.by"),
+                "needs at least one key",
+            ));
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(super::sort::SortOperator::new(
+            cx.name,
+            self.clone(),
+            cx.memory.clone(),
+            cx.batch_rows.get(),
+        )))
+    }
 }
 
-/// Checks a `[stage.group]`.
-pub(crate) fn validate_group(key: &str, g: &GroupSpec) -> Result<(), SpecError> {
-    if g.by.is_empty() {
-        return Err(SpecError::invalid(
-            format!("{key}.group.by"),
-            "needs at least one key column",
-        ));
+/// Hash aggregation, reserving from the run's memory budget and spilling past it.
+impl OperatorConfig for GroupSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.by.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{key}.by"),
+                "needs at least one key column",
+            ));
+        }
+        validate_aggregates(key, &self.aggregates)
     }
-    validate_aggregates(&format!("{key}.group"), &g.aggregates)
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(super::group::GroupOperator::new(
+            cx.name,
+            self.clone(),
+            cx.memory.clone(),
+            cx.batch_rows.get(),
+        )))
+    }
 }
 
-/// Checks a `[stage.session]`.
-pub(crate) fn validate_session(key: &str, s: &SessionSpec) -> Result<(), SpecError> {
-    if s.key.is_empty() {
-        return Err(SpecError::invalid(
-            format!("{key}.session.key"),
-            "needs at least one key column",
-        ));
+/// Session windows, reserving from the run's memory budget (over it, the run
+/// fails naming the operator).
+impl OperatorConfig for SessionSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.key.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{key}.key"),
+                "needs at least one key column",
+            ));
+        }
+        if self.gap.0.is_zero() {
+            return Err(SpecError::invalid(
+                format!("{key}.gap"),
+                "must be greater than 0",
+            ));
+        }
+        if self.max_length.is_some_and(|m| m.0.is_zero()) {
+            return Err(SpecError::invalid(
+                format!("{key}.max_length"),
+                "must be greater than 0",
+            ));
+        }
+        validate_aggregates(key, &self.aggregates)
     }
-    if s.gap.0.is_zero() {
-        return Err(SpecError::invalid(
-            format!("{key}.session.gap"),
-            "must be greater than 0",
-        ));
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(super::session::SessionOperator::new(
+            cx.name,
+            self.clone(),
+            cx.memory,
+        )))
     }
-    if s.max_length.is_some_and(|m| m.0.is_zero()) {
-        return Err(SpecError::invalid(
-            format!("{key}.session.max_length"),
-            "must be greater than 0",
-        ));
-    }
-    validate_aggregates(&format!("{key}.session"), &s.aggregates)
 }
 
 fn validate_aggregates(key: &str, aggs: &[AggregateSpec]) -> Result<(), SpecError> {

@@ -1,5 +1,7 @@
-//! The composition root: from a checked spec to runnable nodes. The only module
-//! that names every node kind.
+//! The composition root: from a checked spec to runnable nodes. Each node's kind
+//! builds itself ([`crate::node::config::SourceConfig::build`] and its siblings,
+//! given a [`BuildCx`]); only WebAssembly stages are built here, with the sandbox
+//! and the component store.
 //!
 //! Components are loaded (built first when the spec names a crate), stages
 //! instantiated and `init`ed, files opened, and every node's output schema
@@ -12,12 +14,12 @@ use std::path::PathBuf;
 
 use arrow::datatypes::SchemaRef;
 
-use crate::connectors::{JsonlSink, JsonlSource};
+use crate::node::config::BuildCx;
 use crate::node::memory::RunMemory;
-use crate::node::{AsyncSink, AsyncSource, NodeError, Operator, Sink, Source};
+use crate::node::{NodeError, Operator};
 use crate::ops::wasm::WasmOperator;
 use crate::sandbox::{BuildError, FeaturizerStage, LoadError, Sandbox, StageFailure, build_stage};
-use crate::spec::{Dag, NodeKind, PipelineSpec, SpecError, StageSpec};
+use crate::spec::{Dag, NodeKind, PipelineSpec, SpecError, StageKind, WasmStageSpec};
 
 mod shadow;
 
@@ -77,40 +79,16 @@ pub enum PlanError {
     },
 }
 
-/// A source ready to run.
-pub enum SourceImpl {
-    /// Called on the blocking pool.
-    Sync(Box<dyn Source>),
-    /// Polled on the runtime.
-    Async(Box<dyn AsyncSource>),
-}
-
-/// A sink ready to run.
-pub enum SinkImpl {
-    /// Called on the blocking pool.
-    Sync(Box<dyn Sink>),
-    /// Polled on the runtime.
-    Async(Box<dyn AsyncSink>),
-}
+pub use crate::node::config::{SinkNode, SourceNode};
 
 /// A node ready to run.
 pub enum NodeImpl {
     /// Produces batches.
-    Source(SourceImpl),
+    Source(SourceNode),
     /// Transforms batches.
     Operator(Box<dyn Operator>),
     /// Consumes batches.
-    Sink(SinkImpl),
-}
-
-impl NodeImpl {
-    fn source(s: impl Source) -> Self {
-        Self::Source(SourceImpl::Sync(Box::new(s)))
-    }
-
-    fn sink(s: impl Sink) -> Self {
-        Self::Sink(SinkImpl::Sync(Box::new(s)))
-    }
+    Sink(SinkNode),
 }
 
 /// A pipeline ready to run: its spec, its DAG, and one implementation per node
@@ -152,135 +130,50 @@ impl Plan {
             message: format!("spill directory: {e}"),
         })?;
         for node in &dag.nodes {
-            let built = match node.kind {
+            let (name, table) = match node.kind {
                 NodeKind::Source => {
                     let s = &spec.sources[node.index];
-                    match (&s.sequence, &s.jsonl) {
-                        (Some(q), _) => NodeImpl::source(crate::connectors::SequenceSource::new(
-                            q,
-                            spec.settings.batch_rows,
-                        )),
-                        (None, Some(j)) => {
-                            let src = JsonlSource::open(
-                                j,
-                                spec.resolve(&j.path),
-                                spec.settings.batch_rows,
-                            )
-                            .map_err(|e| PlanError::Open {
-                                node: s.name.clone(),
-                                message: e.to_string(),
-                            })?;
-                            NodeImpl::source(src)
-                        }
-                        (None, None) => {
-                            return Err(SpecError::invalid(
-                                format!("source[{}]", node.index),
-                                "needs one kind table",
-                            )
-                            .into());
-                        }
-                    }
-                }
-                NodeKind::Stage if is_stateful(&spec.stages[node.index]) => {
-                    let s = &spec.stages[node.index];
-                    NodeImpl::Operator(build_stateful(s, &memory, spec.settings.batch_rows.get())?)
-                }
-                NodeKind::Stage if crate::spec::is_builtin(&spec.stages[node.index]) => {
-                    let s = &spec.stages[node.index];
-                    let key = format!("stage[{}]", node.index);
-                    let op = crate::spec::build_builtin(&key, s)?
-                        .ok_or_else(|| SpecError::invalid(key, "is not a built-in operator"))?;
-                    NodeImpl::Operator(op)
+                    (&s.name, s.kind.table())
                 }
                 NodeKind::Stage => {
                     let s = &spec.stages[node.index];
-                    let w = s.wasm.as_ref().ok_or_else(|| {
-                        SpecError::invalid(format!("stage[{}]", node.index), "needs one kind table")
-                    })?;
-                    let path = match (&w.component, &w.krate) {
-                        (Some(file), _) => spec.resolve(file),
-                        (None, Some(dir)) => {
-                            build_stage(&spec.resolve(dir)).map_err(|source| PlanError::Build {
-                                node: s.name.clone(),
-                                source,
-                            })?
-                        }
-                        (None, None) => {
-                            return Err(SpecError::invalid(
-                                format!("stage[{}].wasm", node.index),
-                                "set exactly one of `component` and `crate`",
-                            )
-                            .into());
-                        }
-                    };
-                    let loaded = match w.component.as_deref().and_then(std::path::Path::to_str) {
-                        Some(r) if crate::store::is_reference(r) => {
-                            let store = env.store.as_ref().ok_or_else(|| PlanError::Open {
-                                node: s.name.clone(),
-                                message: format!(
-                                    "component `{r}` names the store, but this run has none"
-                                ),
-                            })?;
-                            let bytes = store
-                                .resolve(r)
-                                .and_then(|d| store.component_bytes(&d))
-                                .map_err(|e| PlanError::Open {
-                                    node: s.name.clone(),
-                                    message: e.to_string(),
-                                })?;
-                            env.sandbox.load(&bytes)
-                        }
-                        _ => env.sandbox.load_file(&path),
-                    };
-                    let component = loaded.map_err(|source| PlanError::Load {
-                        node: s.name.clone(),
-                        source,
-                    })?;
-                    let params = w.params.to_string();
-                    let mut stage = FeaturizerStage::new(
-                        &env.sandbox,
-                        &component,
-                        &s.name,
-                        &params,
-                        w.limits,
-                        w.grants.clone(),
-                    )?;
-                    stage.set_projection(w.columns.clone());
-                    stage.set_filter(w.filter);
-                    stage.set_outputs(w.declared_outputs().map_err(|e| PlanError::Open {
-                        node: s.name.clone(),
-                        message: e.to_string(),
-                    })?);
-                    digests.push((s.name.clone(), component.digest().to_owned()));
-                    let shadow = shadow::build(&spec, env, s, &component)?;
-                    NodeImpl::Operator(Box::new(WasmOperator::new(stage).with_shadow(shadow)))
+                    (&s.name, s.kind.table())
                 }
                 NodeKind::Sink => {
                     let s = &spec.sinks[node.index];
-                    let open = |e: std::io::Error| PlanError::Open {
-                        node: s.name.clone(),
-                        message: e.to_string(),
-                    };
-                    match (&s.jsonl, &s.vectors, &s.http) {
-                        (Some(j), _, _) => NodeImpl::sink(
-                            JsonlSink::create(j, spec.resolve(&j.path)).map_err(open)?,
-                        ),
-                        (None, Some(v), _) => NodeImpl::sink(
-                            crate::connectors::VectorsSink::create(v, spec.resolve(&v.path))
-                                .map_err(open)?,
-                        ),
-                        (None, None, Some(h)) => NodeImpl::sink(crate::connectors::HttpSink::new(
-                            &format!("sink[{}].http", node.index),
-                            h,
-                        )?),
-                        (None, None, None) => {
-                            return Err(SpecError::invalid(
-                                format!("sink[{}]", node.index),
-                                "needs one kind table",
-                            )
-                            .into());
-                        }
+                    (&s.name, s.kind.table())
+                }
+            };
+            let key = format!("{}[{}].{table}", node.kind.as_str(), node.index);
+            let cx = BuildCx {
+                key: &key,
+                name,
+                pipeline: &spec.name,
+                base_dir: &spec.base_dir,
+                batch_rows: spec.settings.batch_rows,
+                memory: &memory,
+                data_dir: &env.data_dir,
+            };
+            let open = |e: NodeError| PlanError::Open {
+                node: name.clone(),
+                message: e.to_string(),
+            };
+            let built = match node.kind {
+                NodeKind::Source => {
+                    let s = &spec.sources[node.index];
+                    NodeImpl::Source(s.kind.config().build(&cx).map_err(open)?)
+                }
+                NodeKind::Stage => match &spec.stages[node.index].kind {
+                    StageKind::Wasm(w) => {
+                        let (op, digest) = build_wasm(&spec, env, &cx, w)?;
+                        digests.push((name.clone(), digest));
+                        NodeImpl::Operator(op)
                     }
+                    kind => NodeImpl::Operator(kind.config().build(&cx).map_err(open)?),
+                },
+                NodeKind::Sink => {
+                    let s = &spec.sinks[node.index];
+                    NodeImpl::Sink(s.kind.config().build(&cx).map_err(open)?)
                 }
             };
             nodes.push(built);
@@ -323,8 +216,8 @@ fn schemas(dag: &Dag, nodes: &[NodeImpl]) -> Result<Vec<Option<SchemaRef>>, Plan
         }
         let input = input.filter(|_| known);
         out.push(match imp {
-            NodeImpl::Source(SourceImpl::Sync(s)) => Some(s.schema()),
-            NodeImpl::Source(SourceImpl::Async(s)) => Some(s.schema()),
+            NodeImpl::Source(SourceNode::Sync(s)) => Some(s.schema()),
+            NodeImpl::Source(SourceNode::Async(s)) => Some(s.schema()),
             NodeImpl::Operator(op) => match &input {
                 Some(i) => op.output_schema(i).map_err(schema_err)?,
                 None => None,
@@ -335,40 +228,66 @@ fn schemas(dag: &Dag, nodes: &[NodeImpl]) -> Result<Vec<Option<SchemaRef>>, Plan
     Ok(out)
 }
 
-/// Whether the stage is `sort`, `group` or `session`: operators that need the
-/// run's memory budget and spill directory, which exist only once a run is
-/// being prepared.
-fn is_stateful(stage: &StageSpec) -> bool {
-    stage.sort.is_some() || stage.group.is_some() || stage.session.is_some()
-}
-
-/// The running operator of a stateful stage, reserving from `memory`.
-fn build_stateful(
-    stage: &StageSpec,
-    memory: &RunMemory,
-    batch_rows: usize,
-) -> Result<Box<dyn Operator>, PlanError> {
-    Ok(if let Some(s) = &stage.sort {
-        Box::new(crate::ops::sort::SortOperator::new(
-            &stage.name,
-            s.clone(),
-            memory.clone(),
-            batch_rows,
-        ))
-    } else if let Some(g) = &stage.group {
-        Box::new(crate::ops::group::GroupOperator::new(
-            &stage.name,
-            g.clone(),
-            memory.clone(),
-            batch_rows,
-        ))
-    } else if let Some(s) = &stage.session {
-        Box::new(crate::ops::session::SessionOperator::new(
-            &stage.name,
-            s.clone(),
-            memory,
-        ))
-    } else {
-        return Err(SpecError::invalid(&stage.name, "is not a stateful operator").into());
-    })
+/// A WebAssembly stage: its component loaded (built first when the spec names a
+/// crate, read from the store when it names a reference), instantiated and
+/// `init`ed, with its shadow candidate if it has one; and the component's digest.
+fn build_wasm(
+    spec: &PipelineSpec,
+    env: &RunEnv,
+    cx: &BuildCx,
+    w: &WasmStageSpec,
+) -> Result<(Box<dyn Operator>, String), PlanError> {
+    let name = cx.name;
+    let path = match (&w.component, &w.krate) {
+        (Some(file), _) => spec.resolve(file),
+        (None, Some(dir)) => {
+            build_stage(&spec.resolve(dir)).map_err(|source| PlanError::Build {
+                node: name.to_owned(),
+                source,
+            })?
+        }
+        (None, None) => {
+            return Err(
+                SpecError::invalid(cx.key, "set exactly one of `component` and `crate`").into(),
+            );
+        }
+    };
+    let open = |message: String| PlanError::Open {
+        node: name.to_owned(),
+        message,
+    };
+    let loaded = match w.component.as_deref().and_then(std::path::Path::to_str) {
+        Some(r) if crate::store::is_reference(r) => {
+            let store = env.store.as_ref().ok_or_else(|| {
+                open(format!(
+                    "component `{r}` names the store, but this run has none"
+                ))
+            })?;
+            let bytes = store
+                .resolve(r)
+                .and_then(|d| store.component_bytes(&d))
+                .map_err(|e| open(e.to_string()))?;
+            env.sandbox.load(&bytes)
+        }
+        _ => env.sandbox.load_file(&path),
+    };
+    let component = loaded.map_err(|source| PlanError::Load {
+        node: name.to_owned(),
+        source,
+    })?;
+    let params = w.params.to_string();
+    let mut stage = FeaturizerStage::new(
+        &env.sandbox,
+        &component,
+        name,
+        &params,
+        w.limits,
+        w.grants.clone(),
+    )?;
+    stage.set_projection(w.columns.clone());
+    stage.set_filter(w.filter);
+    stage.set_outputs(w.declared_outputs().map_err(|e| open(e.to_string()))?);
+    let shadow = shadow::build(spec, env, name, w, &component)?;
+    let op = Box::new(WasmOperator::new(stage).with_shadow(shadow));
+    Ok((op, component.digest().to_owned()))
 }

@@ -3,10 +3,11 @@
 use super::{PlanError, RunEnv};
 use crate::ops::wasm::shadow::Shadow;
 use crate::sandbox::FeaturizerStage;
-use crate::spec::{PipelineSpec, StageSpec};
+use crate::spec::{PipelineSpec, WasmStageSpec};
 
-/// Builds the candidate for `stage` if it has `[stage.wasm.shadow]`; `active_digest`
-/// and `load` give the active component when the shadow names none.
+/// Builds the candidate for the stage `name` (configured by `w`) if it has
+/// `[stage.wasm.shadow]`; `active` is the active component, used when the shadow
+/// names none.
 ///
 /// # Errors
 /// [`PlanError`] naming the stage when the candidate's component cannot be read,
@@ -14,17 +15,15 @@ use crate::spec::{PipelineSpec, StageSpec};
 pub fn build(
     spec: &PipelineSpec,
     env: &RunEnv,
-    stage: &StageSpec,
+    name: &str,
+    w: &WasmStageSpec,
     active: &crate::sandbox::LoadedComponent,
 ) -> Result<Option<Shadow>, PlanError> {
-    let Some(w) = stage.wasm.as_ref() else {
-        return Ok(None);
-    };
     let Some(shadow) = w.shadow.as_ref() else {
         return Ok(None);
     };
     let open = |message: String| PlanError::Open {
-        node: stage.name.clone(),
+        node: name.to_owned(),
         message: format!("shadow: {message}"),
     };
     let loaded;
@@ -54,7 +53,7 @@ pub fn build(
     let mut candidate = FeaturizerStage::new(
         &env.sandbox,
         component,
-        &stage.name,
+        name,
         &params,
         w.limits,
         w.grants.clone(),

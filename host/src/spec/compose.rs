@@ -152,7 +152,7 @@ impl PipelineSpec {
                 s.name = format!("{}.{}", u.name, s.name);
                 s.input = s.input.as_deref().map(prefix);
                 s.inputs = s.inputs.map(|v| v.iter().map(|n| prefix(n)).collect());
-                if let Some(w) = &mut s.wasm {
+                if let Some(w) = s.wasm_mut() {
                     for p in [&mut w.component, &mut w.krate].into_iter().flatten() {
                         if p.is_relative() {
                             *p = rel_dir.join(&*p);
@@ -313,9 +313,11 @@ path = "o.jsonl"
             [("f.clean", Some("events")), ("f.encode", Some("f.clean"))]
         );
         assert_eq!(spec.sinks[0].input.as_deref(), Some("f.encode"));
-        let w = spec.stages[1].wasm.as_ref().unwrap();
+        let w = spec.stages[1].wasm().unwrap();
         assert_eq!(w.component.as_deref(), Some(Path::new("sub/stages/x.wasm")));
-        let f = spec.stages[0].filter.as_ref().unwrap();
+        let crate::spec::StageKind::Filter(f) = &spec.stages[0].kind else {
+            panic!("{:?}", spec.stages[0].kind)
+        };
         let crate::ops::Predicate::Range(r) = &f.all.as_ref().unwrap()[0] else {
             panic!("{f:?}")
         };

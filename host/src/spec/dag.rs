@@ -7,8 +7,6 @@ use super::{PipelineSpec, SpecError};
 
 pub use crate::node::NodeKind;
 
-use super::StageSpec;
-
 /// One node of the checked DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRef {
@@ -85,37 +83,13 @@ fn inputs_of(
     }
 }
 
-/// Exactly one of the named kind tables must be present.
-pub(crate) fn exactly_one(key: &str, present: &[(&str, bool)]) -> Result<(), SpecError> {
-    let set: Vec<&str> = present
-        .iter()
-        .filter(|(_, p)| *p)
-        .map(|(n, _)| *n)
-        .collect();
-    let all: Vec<String> = present.iter().map(|(n, _)| format!("`{n}`")).collect();
-    match set.len() {
-        1 => Ok(()),
-        0 => Err(SpecError::invalid(
-            key,
-            format!("needs one kind table: one of {}", all.join(", ")),
-        )),
-        _ => Err(SpecError::invalid(
-            key,
-            format!(
-                "has {} kind tables ({}); keep exactly one",
-                set.len(),
-                set.join(", ")
-            ),
-        )),
-    }
-}
-
 impl PipelineSpec {
     /// Checks everything serde cannot and returns the DAG.
     ///
     /// # Errors
     /// [`SpecError::Invalid`] naming the key: an empty or duplicate name, a missing
-    /// or unknown input (with a "did you mean"), a node of no or several kinds, a
+    /// or unknown input (with a "did you mean"), a kind table its own check
+    /// refuses ([`crate::node::config::SourceConfig::check`] and its siblings), a
     /// cycle, a source or stage nobody reads, a pipeline without source or sink.
     pub fn validate(&self) -> Result<Dag, SpecError> {
         if self.name.trim().is_empty() {
@@ -141,105 +115,24 @@ impl PipelineSpec {
         let mut nodes: Vec<(String, String, NodeKind, usize, Vec<String>)> = Vec::new();
         for (i, s) in self.sources.iter().enumerate() {
             let key = format!("source[{i}]");
-            exactly_one(
-                &key,
-                &[
-                    ("jsonl", s.jsonl.is_some()),
-                    ("sequence", s.sequence.is_some()),
-                ],
-            )?;
-            if let Some(q) = &s.sequence
-                && q.rate.is_some_and(|r| !(r.is_finite() && r > 0.0))
-            {
-                return Err(SpecError::invalid(
-                    format!("{key}.sequence.rate"),
-                    "must be a positive number of records per second",
-                ));
-            }
-            if let Some(j) = &s.jsonl {
-                if j.schema.is_empty() {
-                    return Err(SpecError::invalid(
-                        format!("{key}.jsonl.schema"),
-                        "is empty; list the columns to read",
-                    ));
-                }
-                let mut seen = std::collections::HashSet::new();
-                for (f, field) in j.schema.iter().enumerate() {
-                    if !seen.insert(field.name.as_str()) {
-                        return Err(SpecError::invalid(
-                            format!("{key}.jsonl.schema[{f}].name"),
-                            format!("column `{}` is listed twice", field.name),
-                        ));
-                    }
-                }
-            }
+            s.kind
+                .config()
+                .check(&format!("{key}.{}", s.kind.table()))?;
             nodes.push((key, s.name.clone(), NodeKind::Source, i, Vec::new()));
         }
         for (i, s) in self.stages.iter().enumerate() {
             let key = format!("stage[{i}]");
-            exactly_one(
-                &key,
-                &[
-                    ("wasm", s.wasm.is_some()),
-                    ("map", s.map.is_some()),
-                    ("filter", s.filter.is_some()),
-                    ("batch", s.batch.is_some()),
-                    ("sample", s.sample.is_some()),
-                    ("split", s.split.is_some()),
-                    ("sort", s.sort.is_some()),
-                    ("group", s.group.is_some()),
-                    ("session", s.session.is_some()),
-                ],
-            )?;
-            if let Some(c) = &s.sort {
-                crate::ops::stateful_spec::validate_sort(&key, c)?;
-            }
-            if let Some(c) = &s.group {
-                crate::ops::stateful_spec::validate_group(&key, c)?;
-            }
-            if let Some(c) = &s.session {
-                crate::ops::stateful_spec::validate_session(&key, c)?;
-            }
-            check_builtin(&key, s)?;
-            if let Some(w) = &s.wasm {
-                match (&w.component, &w.krate) {
-                    (Some(_), None) | (None, Some(_)) => {}
-                    _ => {
-                        return Err(SpecError::invalid(
-                            format!("{key}.wasm"),
-                            "set exactly one of `component` (a .wasm file) and `crate` (a stage crate to build)",
-                        ));
-                    }
-                }
-                if w.limits.fuel == 0 {
-                    return Err(SpecError::invalid(
-                        format!("{key}.wasm.limits.fuel"),
-                        "must be greater than 0",
-                    ));
-                }
-                if w.limits.deadline.0.is_zero() {
-                    return Err(SpecError::invalid(
-                        format!("{key}.wasm.limits.deadline"),
-                        "must be greater than 0",
-                    ));
-                }
-            }
+            s.kind
+                .config()
+                .check(&format!("{key}.{}", s.kind.table()))?;
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
             nodes.push((key, s.name.clone(), NodeKind::Stage, i, inputs));
         }
         for (i, s) in self.sinks.iter().enumerate() {
             let key = format!("sink[{i}]");
-            exactly_one(
-                &key,
-                &[
-                    ("jsonl", s.jsonl.is_some()),
-                    ("vectors", s.vectors.is_some()),
-                    ("http", s.http.is_some()),
-                ],
-            )?;
-            if let Some(h) = &s.http {
-                crate::connectors::HttpSink::new(&format!("{key}.http"), h)?;
-            }
+            s.kind
+                .config()
+                .check(&format!("{key}.{}", s.kind.table()))?;
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
             nodes.push((key, s.name.clone(), NodeKind::Sink, i, inputs));
         }
@@ -350,47 +243,4 @@ impl PipelineSpec {
         }
         Ok(Dag { nodes: out })
     }
-}
-
-/// The operator a stage's kind table describes, if it is a built-in one.
-///
-/// `key` is the stage's key path (`stage[2]`), used in errors.
-///
-/// # Errors
-/// [`SpecError::Invalid`] naming the offending key.
-pub fn build_builtin(
-    key: &str,
-    stage: &StageSpec,
-) -> Result<Option<Box<dyn crate::node::Operator>>, SpecError> {
-    Ok(Some(if let Some(s) = &stage.map {
-        Box::new(crate::ops::MapOp::new(&format!("{key}.map"), s)?)
-    } else if let Some(s) = &stage.filter {
-        Box::new(crate::ops::FilterOp::new(&format!("{key}.filter"), s)?)
-    } else if let Some(s) = &stage.batch {
-        Box::new(crate::ops::BatchOp::new(&format!("{key}.batch"), s)?)
-    } else if let Some(s) = &stage.sample {
-        Box::new(crate::ops::SampleOp::new(&format!("{key}.sample"), s)?)
-    } else if let Some(s) = &stage.split {
-        Box::new(crate::ops::SplitOp::new(&format!("{key}.split"), s)?)
-    } else {
-        return Ok(None);
-    }))
-}
-
-/// Whether the stage is one of this module's operators.
-pub fn is_builtin(stage: &StageSpec) -> bool {
-    stage.map.is_some()
-        || stage.filter.is_some()
-        || stage.batch.is_some()
-        || stage.sample.is_some()
-        || stage.split.is_some()
-}
-
-/// Checks a built-in stage's configuration by building it (cheap: nothing is
-/// opened or allocated beyond the config).
-///
-/// # Errors
-/// As [`build_builtin`].
-pub fn check_builtin(key: &str, stage: &StageSpec) -> Result<(), SpecError> {
-    build_builtin(key, stage).map(drop)
 }

@@ -26,10 +26,12 @@
 //! ```
 //!
 //! Reading is strict: unknown keys are refused everywhere, and every error names the
-//! offending key by its path (`stage[0].wasm.limits.fule`) with line and column.
+//! offending key by its path (`stage[0].wasm.limits.fule`) with line and column,
+//! and a node with no kind table or several is refused there too.
 //! [`PipelineSpec::validate`] then checks what serde cannot: unique names, inputs
-//! that exist, no cycles, exactly one kind per node, and returns the DAG in
-//! topological order. Nothing runs until both pass.
+//! that exist, no cycles, each kind table's own check, and returns the DAG in
+//! topological order. Nothing runs until both pass. How a node kind is declared,
+//! and how to add one, is in the `model` module's docs ([`SourceKind`]).
 
 mod compose;
 mod dag;
@@ -38,7 +40,7 @@ mod model;
 
 pub use crate::ops::stateful_spec::*;
 pub use compose::UseSpec;
-pub use dag::{Dag, NodeKind, NodeRef, build_builtin, check_builtin, is_builtin};
+pub use dag::{Dag, NodeKind, NodeRef};
 pub use error::SpecError;
 pub use model::*;
 

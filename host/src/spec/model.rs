@@ -1,10 +1,43 @@
 //! The pipeline file's shape, as serde reads it. Every struct refuses unknown keys;
 //! every optional key documents its default and unit.
+//!
+//! A node is a name, its inputs and exactly one kind table, keyed by the kind's
+//! name (`[source.jsonl]`, `[stage.sort]`, `[sink.http]`). Each list of kinds is
+//! an enum ([`SourceKind`], [`StageKind`], [`SinkKind`]) declared with `kinds!`,
+//! one variant per table; the nodes' hand-written `Deserialize` picks the variant
+//! from the key, refuses a second kind table or none, and reads the table
+//! through the same map so an error's path runs through it
+//! (`source[0].jsonl.schema[0].type`).
+//!
+//! ```text
+//!   [[sink]]  name, input(s)  ──►  SinkSpec { name, input, inputs, kind }
+//!   [sink.http] …             ──►  SinkKind::Http(HttpSinkSpec)
+//!                                    └─ config(): &dyn SinkConfig → check(key), build(cx)
+//! ```
+//!
+//! # Adding a kind
+//!
+//! 1. In the connector's or operator's own file: its spec struct (serde,
+//!    `#[serde(deny_unknown_fields)]`, every optional key with its default and
+//!    unit) and an impl of [`SourceConfig`], [`OperatorConfig`] or [`SinkConfig`]
+//!    for it: `check` refuses what serde cannot, naming the key under the one it
+//!    is given; `build` makes the running node from a
+//!    [`BuildCx`](crate::node::config::BuildCx).
+//! 2. One variant in the enum below, with its table name and a doc line.
+//!
+//! Validation, planning, the store and the HTTP API then take it as they take
+//! every other kind: nothing else names kinds, except that the plan builds a
+//! [`StageKind::Wasm`] stage itself (it needs the sandbox and the store).
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::node::config::{BuildCx, OperatorConfig, SinkConfig, SourceConfig, SpecError, closest};
+use crate::node::{NodeError, Operator};
 
 use crate::sandbox::{DeclaredOutputs, Grants, OutputColumn, OutputSchemaError, StageLimits};
 use crate::units::ByteSize;
@@ -129,66 +162,467 @@ impl Default for Settings {
     }
 }
 
+/// Declares one list of node kinds: the enum (a variant per kind, keyed by its
+/// TOML table name), [`table`](SourceKind::table), `TABLES`, `config` (the kind's
+/// configuration as the trait that checks and builds it) and the two halves of
+/// (de)serializing the kind table inside its node's map.
+macro_rules! kinds {
+    (
+        $(#[$meta:meta])*
+        pub enum $kind:ident: $config:ident {
+            $( $(#[$vmeta:meta])* $variant:ident($spec:ty) = $table:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum $kind {
+            $( $(#[$vmeta])* $variant($spec), )+
+        }
+
+        impl $kind {
+            /// Every kind's table name, in declaration order.
+            pub const TABLES: &'static [&'static str] = &[$($table),+];
+
+            /// The kind's table name (`jsonl` for `[source.jsonl]`).
+            pub fn table(&self) -> &'static str {
+                match self {
+                    $( Self::$variant(_) => $table, )+
+                }
+            }
+
+            /// The kind's configuration, as the trait that checks and builds it.
+            pub fn config(&self) -> &dyn $config {
+                match self {
+                    $( Self::$variant(c) => c, )+
+                }
+            }
+
+            /// Reads the value of the kind table `table` (one of [`Self::TABLES`])
+            /// from `map`, whose last key was `table`.
+            fn next_value<'de, A: MapAccess<'de>>(
+                table: &str,
+                map: &mut A,
+            ) -> Result<Self, A::Error> {
+                match table {
+                    $( $table => map.next_value().map(Self::$variant), )+
+                    other => Err(de::Error::custom(format!("`{other}` is not a kind table"))),
+                }
+            }
+
+            /// Writes the kind table as one entry of its node's map.
+            fn serialize_entry<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
+                match self {
+                    $( Self::$variant(c) => map.serialize_entry($table, c), )+
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// What a source reads: one variant per `[source.<kind>]` table.
+    pub enum SourceKind: SourceConfig {
+        /// A JSON-lines file (`[source.jsonl]`).
+        Jsonl(JsonlSourceSpec) = "jsonl",
+        /// A generator of numbered records (`[source.sequence]`).
+        Sequence(crate::connectors::SequenceSourceSpec) = "sequence",
+    }
+}
+
+kinds! {
+    /// What a stage does: one variant per `[stage.<kind>]` table. Every kind but
+    /// [`StageKind::Wasm`] builds through [`OperatorConfig`]; a WebAssembly stage
+    /// needs the sandbox and the component store, which the plan holds.
+    pub enum StageKind: OperatorConfig {
+        /// A WebAssembly featurizer (`[stage.wasm]`).
+        Wasm(WasmStageSpec) = "wasm",
+        /// Per-record feature transforms (`[stage.map]`).
+        Map(crate::ops::MapSpec) = "map",
+        /// Keep rows matching predicates (`[stage.filter]`).
+        Filter(crate::ops::FilterSpec) = "filter",
+        /// Regroup into batches of bounded rows and bytes (`[stage.batch]`).
+        Batch(crate::ops::BatchSpec) = "batch",
+        /// Stratified, seeded sampling (`[stage.sample]`).
+        Sample(crate::ops::SampleSpec) = "sample",
+        /// Train/validation/test assignment by key hash (`[stage.split]`).
+        Split(crate::ops::SplitSpec) = "split",
+        /// A stable sort, external past the memory budget (`[stage.sort]`).
+        Sort(super::SortSpec) = "sort",
+        /// Hash aggregation by key (`[stage.group]`).
+        Group(super::GroupSpec) = "group",
+        /// Session windows per key on event time (`[stage.session]`).
+        Session(super::SessionSpec) = "session",
+    }
+}
+
+kinds! {
+    /// Where a sink writes: one variant per `[sink.<kind>]` table.
+    pub enum SinkKind: SinkConfig {
+        /// A JSON-lines file (`[sink.jsonl]`).
+        Jsonl(JsonlSinkSpec) = "jsonl",
+        /// Feature vectors as a JSON-lines file (`[sink.vectors]`).
+        Vectors(crate::connectors::VectorsSinkSpec) = "vectors",
+        /// Feature vectors POSTed to a model server (`[sink.http]`).
+        Http(crate::connectors::HttpSinkSpec) = "http",
+    }
+}
+
 /// One source (`[[source]]`): a name and exactly one kind table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceSpec {
     /// Unique among all nodes.
     pub name: String,
-    /// A JSON-lines file (`[source.jsonl]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jsonl: Option<JsonlSourceSpec>,
-    /// A generator of numbered records (`[source.sequence]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sequence: Option<crate::connectors::SequenceSourceSpec>,
+    /// What it reads: its one kind table.
+    pub kind: SourceKind,
 }
 
 impl SourceSpec {
     /// The source's own dead-letter file, if it names one.
     pub fn rejects(&self) -> Option<&Path> {
-        self.jsonl.as_ref()?.rejects.as_deref()
+        self.kind.config().rejects()
+    }
+
+    /// Its `[source.jsonl]` table, if it is a JSON-lines source.
+    pub fn jsonl(&self) -> Option<&JsonlSourceSpec> {
+        match &self.kind {
+            SourceKind::Jsonl(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// Its `[source.jsonl]` table, to change, if it is a JSON-lines source.
+    pub fn jsonl_mut(&mut self) -> Option<&mut JsonlSourceSpec> {
+        match &mut self.kind {
+            SourceKind::Jsonl(j) => Some(j),
+            _ => None,
+        }
     }
 }
 
 /// One stage (`[[stage]]`): a name, its inputs and exactly one kind table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StageSpec {
     /// Unique among all nodes.
     pub name: String,
     /// The single upstream node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<String>,
     /// Several upstream nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<String>>,
-    /// A WebAssembly featurizer (`[stage.wasm]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wasm: Option<WasmStageSpec>,
-    /// Per-record feature transforms (`[stage.map]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub map: Option<crate::ops::MapSpec>,
-    /// Keep rows matching predicates (`[stage.filter]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub filter: Option<crate::ops::FilterSpec>,
-    /// Regroup into batches of bounded rows and bytes (`[stage.batch]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<crate::ops::BatchSpec>,
-    /// Stratified, seeded sampling (`[stage.sample]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sample: Option<crate::ops::SampleSpec>,
-    /// Train/validation/test assignment by key hash (`[stage.split]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split: Option<crate::ops::SplitSpec>,
-    /// A stable sort, external past the memory budget (`[stage.sort]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sort: Option<super::SortSpec>,
-    /// Hash aggregation by key (`[stage.group]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<super::GroupSpec>,
-    /// Session windows per key on event time (`[stage.session]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<super::SessionSpec>,
+    /// What it does: its one kind table.
+    pub kind: StageKind,
+}
+
+impl StageSpec {
+    /// Its `[stage.wasm]` table, if it is a WebAssembly stage.
+    pub fn wasm(&self) -> Option<&WasmStageSpec> {
+        match &self.kind {
+            StageKind::Wasm(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Its `[stage.wasm]` table, to change, if it is a WebAssembly stage.
+    pub fn wasm_mut(&mut self) -> Option<&mut WasmStageSpec> {
+        match &mut self.kind {
+            StageKind::Wasm(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
+/// One sink (`[[sink]]`): a name, its inputs and exactly one kind table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSpec {
+    /// Unique among all nodes.
+    pub name: String,
+    /// The single upstream node.
+    pub input: Option<String>,
+    /// Several upstream nodes.
+    pub inputs: Option<Vec<String>>,
+    /// Where it writes: its one kind table.
+    pub kind: SinkKind,
+}
+
+impl SinkSpec {
+    /// Its `[sink.jsonl]` table, to change, if it is a JSON-lines sink.
+    pub fn jsonl_mut(&mut self) -> Option<&mut JsonlSinkSpec> {
+        match &mut self.kind {
+            SinkKind::Jsonl(j) => Some(j),
+            _ => None,
+        }
+    }
+}
+
+/// A node's keys besides its kind table.
+enum NodeKey {
+    Name,
+    Input,
+    Inputs,
+    Kind(&'static str),
+}
+
+/// Reads one key of a node's map: `name`, `input`/`inputs` where the node has
+/// inputs, or one of `tables`. An unknown key is refused here, while the key is
+/// being read, so the error's path names it (`stage[0].other`).
+struct NodeKeySeed {
+    tables: &'static [&'static str],
+    has_inputs: bool,
+}
+
+impl NodeKeySeed {
+    fn fields(&self) -> Vec<&'static str> {
+        let own: &[&'static str] = if self.has_inputs {
+            &["name", "input", "inputs"]
+        } else {
+            &["name"]
+        };
+        own.iter().chain(self.tables).copied().collect()
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for NodeKeySeed {
+    type Value = NodeKey;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<NodeKey, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for NodeKeySeed {
+    type Value = NodeKey;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a node's key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<NodeKey, E> {
+        match v {
+            "name" => return Ok(NodeKey::Name),
+            "input" if self.has_inputs => return Ok(NodeKey::Input),
+            "inputs" if self.has_inputs => return Ok(NodeKey::Inputs),
+            _ => {}
+        }
+        if let Some(t) = self.tables.iter().find(|t| **t == v) {
+            return Ok(NodeKey::Kind(t));
+        }
+        let fields = self.fields();
+        let hint = closest(v, fields.iter().copied())
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default();
+        let all: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+        Err(E::custom(format!(
+            "unknown field `{v}`, expected one of {}{hint}",
+            all.join(", ")
+        )))
+    }
+}
+
+/// A node's map as read: its name, inputs and kind.
+struct NodeParts<K> {
+    name: String,
+    input: Option<String>,
+    inputs: Option<Vec<String>>,
+    kind: K,
+}
+
+/// Reads a node's map: `name`, `input`/`inputs` if `has_inputs`, and exactly one
+/// of `tables`, whose value `read` deserializes (through `map`, so error paths
+/// run through the kind table: `source[0].jsonl.schema[0].type`).
+fn read_node<'de, A, K>(
+    mut map: A,
+    tables: &'static [&'static str],
+    has_inputs: bool,
+    read: fn(&str, &mut A) -> Result<K, A::Error>,
+) -> Result<NodeParts<K>, A::Error>
+where
+    A: MapAccess<'de>,
+{
+    let (mut name, mut input, mut inputs) = (None, None, None);
+    let mut kind: Option<(&str, K)> = None;
+    let mut extra: Vec<&str> = Vec::new();
+    while let Some(key) = map.next_key_seed(NodeKeySeed { tables, has_inputs })? {
+        match key {
+            NodeKey::Name => {
+                if name.is_some() {
+                    return Err(de::Error::duplicate_field("name"));
+                }
+                name = Some(map.next_value::<String>()?);
+            }
+            NodeKey::Input => {
+                if input.is_some() {
+                    return Err(de::Error::duplicate_field("input"));
+                }
+                input = Some(map.next_value::<Option<String>>()?);
+            }
+            NodeKey::Inputs => {
+                if inputs.is_some() {
+                    return Err(de::Error::duplicate_field("inputs"));
+                }
+                inputs = Some(map.next_value::<Option<Vec<String>>>()?);
+            }
+            NodeKey::Kind(table) => {
+                if kind.as_ref().is_some_and(|(t, _)| *t == table) || extra.contains(&table) {
+                    return Err(de::Error::duplicate_field(table));
+                }
+                if kind.is_some() {
+                    // Read past it, to name every kind table in the error.
+                    map.next_value::<de::IgnoredAny>()?;
+                    extra.push(table);
+                } else {
+                    kind = Some((table, read(table, &mut map)?));
+                }
+            }
+        }
+    }
+    let name = name.ok_or_else(|| de::Error::missing_field("name"))?;
+    let Some((first, kind)) = kind else {
+        let all: Vec<String> = tables.iter().map(|t| format!("`{t}`")).collect();
+        return Err(de::Error::custom(format!(
+            "needs one kind table: one of {}",
+            all.join(", ")
+        )));
+    };
+    if !extra.is_empty() {
+        let set: Vec<String> = std::iter::once(first)
+            .chain(extra.iter().copied())
+            .map(|t| format!("`{t}`"))
+            .collect();
+        return Err(de::Error::custom(format!(
+            "has {} kind tables ({}); keep exactly one",
+            set.len(),
+            set.join(", ")
+        )));
+    }
+    Ok(NodeParts {
+        name,
+        input: input.flatten(),
+        inputs: inputs.flatten(),
+        kind,
+    })
+}
+
+/// The visitor of one node type's map.
+struct NodeVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de> de::Visitor<'de> for NodeVisitor<SourceSpec> {
+    type Value = SourceSpec;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a [[source]] table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SourceSpec, A::Error> {
+        let n = read_node(map, SourceKind::TABLES, false, SourceKind::next_value)?;
+        Ok(SourceSpec {
+            name: n.name,
+            kind: n.kind,
+        })
+    }
+}
+
+impl<'de> de::Visitor<'de> for NodeVisitor<StageSpec> {
+    type Value = StageSpec;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a [[stage]] table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StageSpec, A::Error> {
+        let n = read_node(map, StageKind::TABLES, true, StageKind::next_value)?;
+        Ok(StageSpec {
+            name: n.name,
+            input: n.input,
+            inputs: n.inputs,
+            kind: n.kind,
+        })
+    }
+}
+
+impl<'de> de::Visitor<'de> for NodeVisitor<SinkSpec> {
+    type Value = SinkSpec;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a [[sink]] table")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SinkSpec, A::Error> {
+        let n = read_node(map, SinkKind::TABLES, true, SinkKind::next_value)?;
+        Ok(SinkSpec {
+            name: n.name,
+            input: n.input,
+            inputs: n.inputs,
+            kind: n.kind,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(NodeVisitor::<Self>(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for StageSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(NodeVisitor::<Self>(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(NodeVisitor::<Self>(std::marker::PhantomData))
+    }
+}
+
+/// Writes a node as it is read: `name`, `input`/`inputs` when set, then the kind
+/// table.
+fn write_node<S: Serializer>(
+    s: S,
+    name: &str,
+    input: Option<&String>,
+    inputs: Option<&Vec<String>>,
+    kind: impl FnOnce(&mut S::SerializeMap) -> Result<(), S::Error>,
+) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(None)?;
+    map.serialize_entry("name", name)?;
+    if let Some(i) = input {
+        map.serialize_entry("input", i)?;
+    }
+    if let Some(i) = inputs {
+        map.serialize_entry("inputs", i)?;
+    }
+    kind(&mut map)?;
+    map.end()
+}
+
+impl Serialize for SourceSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_node(s, &self.name, None, None, |m| self.kind.serialize_entry(m))
+    }
+}
+
+impl Serialize for StageSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_node(
+            s,
+            &self.name,
+            self.input.as_ref(),
+            self.inputs.as_ref(),
+            |m| self.kind.serialize_entry(m),
+        )
+    }
+}
+
+impl Serialize for SinkSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        write_node(
+            s,
+            &self.name,
+            self.input.as_ref(),
+            self.inputs.as_ref(),
+            |m| self.kind.serialize_entry(m),
+        )
+    }
 }
 
 /// A WebAssembly featurizer stage.
@@ -268,29 +702,39 @@ impl WasmStageSpec {
     }
 }
 
-fn empty_params() -> serde_json::Value {
-    serde_json::Value::Object(serde_json::Map::new())
+/// A WebAssembly stage checks itself like any kind, but is built by the plan
+/// (`crate::plan`), which holds the sandbox and the component store.
+impl OperatorConfig for WasmStageSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.component.is_some() == self.krate.is_some() {
+            return Err(SpecError::invalid(
+                key,
+                "set exactly one of `component` (a .wasm file) and `crate` (a stage crate to build)",
+            ));
+        }
+        if self.limits.fuel == 0 {
+            return Err(SpecError::invalid(
+                format!("{key}.limits.fuel"),
+                "must be greater than 0",
+            ));
+        }
+        if self.limits.deadline.0.is_zero() {
+            return Err(SpecError::invalid(
+                format!("{key}.limits.deadline"),
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Err(NodeError::Bug(format!(
+            "`{}`: a WebAssembly stage is built by the plan, with the sandbox",
+            cx.key
+        )))
+    }
 }
 
-/// One sink (`[[sink]]`): a name, its inputs and exactly one kind table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkSpec {
-    /// Unique among all nodes.
-    pub name: String,
-    /// The single upstream node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<String>,
-    /// Several upstream nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<Vec<String>>,
-    /// A JSON-lines file (`[sink.jsonl]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jsonl: Option<JsonlSinkSpec>,
-    /// Feature vectors as a JSON-lines file (`[sink.vectors]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vectors: Option<crate::connectors::VectorsSinkSpec>,
-    /// Feature vectors POSTed to a model server (`[sink.http]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<crate::connectors::HttpSinkSpec>,
+fn empty_params() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
 }

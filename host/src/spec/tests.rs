@@ -37,7 +37,7 @@ fn err(text: &str) -> String {
 #[test]
 fn a_good_file_parses_with_defaults_and_validates_in_order() {
     let spec = PipelineSpec::from_toml(GOOD, "p.toml").unwrap();
-    let w = spec.stages[0].wasm.as_ref().unwrap();
+    let w = spec.stages[0].wasm().unwrap();
     assert_eq!(w.limits.fuel, 1000);
     assert_eq!(w.limits.memory, crate::units::ByteSize::mib(16));
     assert_eq!(
@@ -162,14 +162,14 @@ fn json_specs_parse_like_toml() {
 #[test]
 fn source_threads_are_optional_and_zero_is_refused_by_key() {
     let spec = PipelineSpec::from_toml(GOOD, "p.toml").unwrap();
-    assert_eq!(spec.sources[0].jsonl.as_ref().unwrap().threads, None);
+    assert_eq!(spec.sources[0].jsonl().unwrap().threads, None);
     let text = GOOD.replace(
         "path = \"events.jsonl\"",
         "path = \"events.jsonl\"\nthreads = 1",
     );
     let spec = PipelineSpec::from_toml(&text, "p.toml").unwrap();
     assert_eq!(
-        spec.sources[0].jsonl.as_ref().unwrap().threads,
+        spec.sources[0].jsonl().unwrap().threads,
         std::num::NonZeroUsize::new(1)
     );
     let e = err(&GOOD.replace(
@@ -177,4 +177,129 @@ fn source_threads_are_optional_and_zero_is_refused_by_key() {
         "path = \"events.jsonl\"\nthreads = 0",
     ));
     assert!(e.contains("`source[0].jsonl.threads`"), "{e}");
+}
+
+#[test]
+fn a_node_needs_exactly_one_kind_table() {
+    let e = err(&GOOD.replace("[sink.jsonl]\npath = \"out.jsonl\"\n", ""));
+    assert_eq!(
+        e,
+        "p.toml: line 21 column 1: `sink[0]`: needs one kind table: one of `jsonl`, `vectors`, `http`"
+    );
+    let e = err(&GOOD.replace(
+        "[source.jsonl]",
+        "[source.sequence]\ncount = 3\n[source.jsonl]",
+    ));
+    assert_eq!(
+        e,
+        "p.toml: line 4 column 1: `source[0]`: has 2 kind tables (`jsonl`, `sequence`); keep exactly one"
+    );
+}
+
+#[test]
+fn an_unknown_node_key_is_named_with_a_suggestion() {
+    let e = err(&GOOD.replace("[stage.wasm]", "[stage.wasn]"));
+    assert_eq!(
+        e,
+        "p.toml: line 16 column 8: `stage[0].wasn`: unknown field `wasn`, expected one of \
+         `name`, `input`, `inputs`, `wasm`, `map`, `filter`, `batch`, `sample`, `split`, \
+         `sort`, `group`, `session` (did you mean `wasm`?)"
+    );
+    let e = err(&GOOD.replace("input = \"events\"", "inpt = \"events\""));
+    assert!(
+        e.contains("`stage[0].inpt`: unknown field `inpt`")
+            && e.ends_with("(did you mean `input`?)"),
+        "{e}"
+    );
+    // A source has no inputs.
+    let e = err(&GOOD.replace("name = \"events\"", "name = \"events\"\ninput = \"x\""));
+    assert!(
+        e.contains(
+            "`source[0].input`: unknown field `input`, expected one of `name`, `jsonl`, `sequence`"
+        ),
+        "{e}"
+    );
+    let e = err(&GOOD.replace("name = \"out\"\n", ""));
+    assert!(e.contains("`sink[0]`: missing field `name`"), "{e}");
+}
+
+#[test]
+fn kinds_are_read_into_their_variants_and_written_back_in_the_same_shape() {
+    let text = r#"
+name = "k"
+[[source]]
+name = "n"
+[source.sequence]
+count = 10
+rate = 5.0
+[[stage]]
+name = "s"
+input = "n"
+[stage.sort]
+by = [{ column = "n", descending = true }]
+[[stage]]
+name = "b"
+inputs = ["s"]
+[stage.batch]
+max_rows = 4
+[[sink]]
+name = "v"
+input = "b"
+[sink.vectors]
+path = "v.jsonl"
+"#;
+    let spec = PipelineSpec::from_toml(text, "p.toml").unwrap();
+    let SourceKind::Sequence(q) = &spec.sources[0].kind else {
+        panic!("{:?}", spec.sources[0].kind)
+    };
+    assert_eq!((q.count, q.rate), (Some(10), Some(5.0)));
+    assert_eq!(spec.stages[0].kind.table(), "sort");
+    assert_eq!(
+        spec.stages[1].inputs.as_deref(),
+        Some(&["s".to_owned()][..])
+    );
+    assert!(matches!(spec.sinks[0].kind, SinkKind::Vectors(_)));
+    spec.validate().unwrap();
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(
+        json["stage"][1],
+        serde_json::json!({ "name": "b", "inputs": ["s"], "batch": { "max_rows": 4 } })
+    );
+    assert_eq!(json["source"][0]["name"], "n");
+    assert_eq!(json["source"][0]["sequence"]["count"], 10);
+    let back = PipelineSpec::from_json(&json.to_string(), "api").unwrap();
+    assert_eq!(back, spec);
+    let toml_text = toml::to_string(&spec).unwrap();
+    assert_eq!(PipelineSpec::from_toml(&toml_text, "again").unwrap(), spec);
+}
+
+#[test]
+fn each_kind_checks_its_own_table_under_its_key() {
+    let e = err(&GOOD.replace(
+        "schema = [",
+        "schema = [\n  { name = \"price\", type = \"int64\" },",
+    ));
+    assert_eq!(
+        e,
+        "`source[0].jsonl.schema[2].name`: column `price` is listed twice"
+    );
+    let jsonl = &GOOD[GOOD.find("[source.jsonl]").unwrap()..GOOD.find("[[stage]]").unwrap()];
+    let e = err(&GOOD.replace(jsonl, "[source.sequence]\nrate = 0.0\n\n"));
+    assert_eq!(
+        e,
+        "`source[0].sequence.rate`: must be a positive number of records per second"
+    );
+    let e = err(&GOOD.replace(
+        "[sink.jsonl]\npath = \"out.jsonl\"",
+        "[sink.http]\nurl = \"https://x\"\nprotocol = \"kserve\"",
+    ));
+    assert!(
+        e.starts_with("`sink[0].http.url`: `https://x` is not an http:// URL"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace(
+        "[stage.wasm]\ncomponent = \"bucketize.wasm\"\nparams = { input = \"price\", boundaries = [0, 10], output = \"b\" }\nlimits = { fuel = 1000, memory = \"16MiB\", deadline = \"250ms\" }",
+        "[stage.group]\nby = []\naggregates = [{ name = \"n\", op = \"count\" }]",
+    ));
+    assert_eq!(e, "`stage[0].group.by`: needs at least one key column");
 }

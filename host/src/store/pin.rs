@@ -67,10 +67,10 @@ pub fn pin(
     let mut pinned = spec.clone();
     let mut stages = Vec::new();
     for stage in &mut pinned.stages {
-        let Some(w) = stage.wasm.as_mut() else {
+        let name = stage.name.clone();
+        let Some(w) = stage.wasm_mut() else {
             continue;
         };
-        let name = stage.name.clone();
         let (source, bytes, label) = match (&w.component, &w.krate) {
             (Some(c), _) if c.to_str().is_some_and(is_reference) => {
                 let r = c.to_str().expect("checked").to_owned();
@@ -184,12 +184,15 @@ pub fn diff(a: &super::PipelineVersion, b: &super::PipelineVersion) -> Vec<Strin
             out.push(format!("+ stage {name} (sha256:{})", short(&y.digest)));
         }
     }
+    // Everything but the WebAssembly stages' tables, compared above.
     let strip = |v: &super::PipelineVersion| {
-        let mut s = v.spec.clone();
-        for st in &mut s.stages {
-            st.wasm = None;
+        let mut s = serde_json::to_value(&v.spec).expect("serializes");
+        for st in s["stage"].as_array_mut().into_iter().flatten() {
+            if let Some(st) = st.as_object_mut() {
+                st.remove("wasm");
+            }
         }
-        serde_json::to_value(&s).expect("serializes")
+        s
     };
     if strip(a) != strip(b) {
         out.push("~ sources, sinks, settings or graph changed".to_owned());

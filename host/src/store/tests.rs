@@ -87,3 +87,57 @@ fn file_paths_are_not_references() {
     assert!(!is_reference("bucketize.wasm"));
     assert!(!is_reference("out/x"));
 }
+
+#[test]
+fn a_stored_version_reads_back_every_node_kind_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut spec = PipelineSpec::from_toml(
+        r#"
+name = "kinds"
+[[source]]
+name = "events"
+[source.jsonl]
+path = "e.jsonl"
+schema = [{ name = "k", type = "utf8", required = true }, { name = "x", type = "float64" }]
+rejects = "bad.jsonl"
+[[stage]]
+name = "clip"
+input = "events"
+[stage.map]
+transforms = [{ clip = { column = "x", min = 0, max = 1 } }]
+[[stage]]
+name = "tag"
+input = "clip"
+[stage.wasm]
+component = "sha256:00"
+params = { mode = "tag" }
+[[stage]]
+name = "ordered"
+inputs = ["tag"]
+[stage.sort]
+by = [{ column = "k" }]
+[[sink]]
+name = "out"
+input = "ordered"
+[sink.http]
+url = "http://127.0.0.1:1/v1/models/m:predict"
+protocol = "tf_serving"
+"#,
+        "k.toml",
+    )
+    .unwrap();
+    spec.base_dir = dir.path().to_path_buf();
+    let v = store
+        .add_version(spec.clone(), vec![], BTreeMap::new(), "ana", None)
+        .unwrap();
+    let back = store.version("kinds", v.version).unwrap().runnable_spec();
+    assert_eq!(back, spec);
+    assert_eq!(
+        back.sources[0].rejects(),
+        Some(std::path::Path::new("bad.jsonl"))
+    );
+    let kinds: Vec<&str> = back.stages.iter().map(|s| s.kind.table()).collect();
+    assert_eq!(kinds, ["map", "wasm", "sort"]);
+    assert_eq!(back.stages[1].wasm().unwrap().params["mode"], "tag");
+}

@@ -43,7 +43,7 @@ use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::node::config::FieldSpec;
+use crate::node::config::{BuildCx, FieldSpec, SourceConfig, SourceNode, SpecError};
 use crate::node::{DeadLetter, Emitter, NodeError, Source};
 
 mod builders;
@@ -123,14 +123,13 @@ impl JsonlSource {
     /// as many as the machine has cores, at most 8.
     ///
     /// # Errors
-    /// The file cannot be opened.
+    /// [`NodeError::Io`] naming the file when it cannot be opened.
     pub fn open(
         spec: &JsonlSourceSpec,
         path: PathBuf,
         default_batch_rows: NonZeroUsize,
-    ) -> std::io::Result<Self> {
-        let file = File::open(&path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    ) -> Result<Self, NodeError> {
+        let file = File::open(&path).map_err(|e| NodeError::io(path.display(), e))?;
         let batch_rows = spec.batch_rows.unwrap_or(default_batch_rows);
         let source = Self::from_file(
             file,
@@ -367,4 +366,34 @@ pub fn parse_lines(
     let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
     let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
     Ok((batch, letters))
+}
+
+impl SourceConfig for JsonlSourceSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.schema.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{key}.schema"),
+                "is empty; list the columns to read",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (f, field) in self.schema.iter().enumerate() {
+            if !seen.insert(field.name.as_str()) {
+                return Err(SpecError::invalid(
+                    format!("{key}.schema[{f}].name"),
+                    format!("column `{}` is listed twice", field.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<SourceNode, NodeError> {
+        let source = JsonlSource::open(self, cx.resolve(&self.path), cx.batch_rows)?;
+        Ok(SourceNode::Sync(Box::new(source)))
+    }
+
+    fn rejects(&self) -> Option<&std::path::Path> {
+        self.rejects.as_deref()
+    }
 }

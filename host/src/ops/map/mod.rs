@@ -48,7 +48,7 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Schema};
 use serde::{Deserialize, Serialize};
 
 use super::{FNV_OFFSET, ScalarValue, column, fnv1a, nulls_false};
-use crate::node::config::{FieldType, SpecError};
+use crate::node::config::{BuildCx, FieldType, OperatorConfig, SpecError};
 use crate::node::{Emitter, NodeError, Operator};
 
 /// A map stage's configuration.
@@ -595,6 +595,17 @@ fn apply(t: &Transform, batch: RecordBatch, what: &str) -> Result<RecordBatch, N
                 .collect();
             Ok(batch.project(&idx)?)
         }
+    }
+}
+
+/// Checked by building: [`MapOp::new`] refuses a bad configuration, naming the key.
+impl OperatorConfig for MapSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        MapOp::new(key, self).map(drop)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(MapOp::new(cx.key, self)?))
     }
 }
 

@@ -1,0 +1,223 @@
+//! Session windows across crashes, as a user meets them: a stored pipeline
+//! (JSON lines → session → JSON lines) run by the real `weir` binary, killed
+//! with SIGKILL twice at points that differ from run to run, resumed each time,
+//! and compared with an uninterrupted run of the same file: every session
+//! exactly once, none lost, none counted twice. The session state travels in
+//! the aligned checkpoints (`exec::barrier`), not in held acknowledgements.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENTS: u64 = 1_000_000;
+
+fn weir(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Bursts of three users taking turns (about 13 events each, 10 ms apart), a
+/// user returning long after the 2 s gap: many sessions, several open at once.
+fn write_events(path: &Path) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..EVENTS {
+        let user = ((i / 40) * 3 + i % 3) % 997;
+        writeln!(
+            f,
+            "{{\"u\": \"user{user}\", \"ts\": {}, \"v\": {}}}",
+            i * 10,
+            i % 101
+        )
+        .unwrap();
+    }
+}
+
+const PIPELINE: &str = r#"name = "sessions"
+[settings]
+checkpoint_interval = "25ms"
+channel_batches = 2
+
+[[source]]
+name = "events"
+[source.jsonl]
+path = "events.jsonl"
+batch_rows = 500
+threads = 1
+schema = [
+  { name = "u", type = "utf8", required = true },
+  { name = "ts", type = "int64", required = true },
+  { name = "v", type = "int64" },
+]
+
+[[stage]]
+name = "windows"
+input = "events"
+[stage.session]
+key = ["u"]
+time = "ts"
+gap = "2s"
+aggregates = [
+  { name = "n", op = "count" },
+  { name = "total", op = "sum", column = "v" },
+  { name = "first_v", op = "first", column = "v" },
+  { name = "last_v", op = "last", column = "v" },
+]
+
+[[sink]]
+name = "out"
+input = "windows"
+[sink.jsonl]
+path = "out.jsonl"
+"#;
+
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Starts `weir run sessions [--resume]` and waits until its in-progress
+/// output holds `bytes`.
+fn start_and_wait(dir: &Path, resume: bool, bytes: u64) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "sessions", "--quiet"]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    let mut child = cmd
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let progress = dir.join("out.jsonl.weir-inprogress");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it was interrupted; make the input larger");
+        }
+        if std::fs::metadata(&progress).is_ok_and(|m| m.len() >= bytes) {
+            return child;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
+    let reference = tempfile::tempdir().unwrap();
+    let r = reference.path();
+    write_events(&r.join("events.jsonl"));
+    std::fs::write(r.join("pipeline.toml"), PIPELINE).unwrap();
+    let (ok, _, err) = weir(r, &["run", "--quiet", "pipeline.toml"]);
+    assert!(ok, "{err}");
+    let expected = sorted_lines(&r.join("out.jsonl"));
+    let total = std::fs::metadata(r.join("out.jsonl")).unwrap().len();
+    assert!(expected.len() > 10_000, "{} sessions", expected.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(r.join("events.jsonl"), d.join("events.jsonl")).unwrap();
+    std::fs::write(d.join("pipeline.toml"), PIPELINE).unwrap();
+    let (ok, _, err) = weir(d, &["pipeline", "apply", "pipeline.toml"]);
+    assert!(ok, "{err}");
+    // Two kill points that differ from run to run, the second further on.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    let first = total * (20 + nanos % 25) / 100;
+    let second = total * (55 + (nanos / 7) % 25) / 100;
+    let mut operator_states = Vec::new();
+    for (i, at) in [first, second].into_iter().enumerate() {
+        let mut child = start_and_wait(d, i > 0, at);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let store = weir::store::Store::open(&d.join("data")).unwrap();
+        let c = store
+            .checkpoint("sessions")
+            .unwrap()
+            .expect("a checkpoint in the store");
+        assert!(!c.complete);
+        let state = c
+            .operators
+            .get("windows")
+            .expect("the session state is checkpointed");
+        assert!(state.is_file(), "{state:?} exists");
+        operator_states.push(state.clone());
+        println!(
+            "killed at {at} of {total} bytes; checkpoint at {}",
+            c.sources["events"]
+        );
+    }
+    let (ok, out, err) = weir(d, &["run", "sessions", "--quiet", "--resume"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("resumed from the checkpoint of"), "{out}");
+    let got = sorted_lines(&d.join("out.jsonl"));
+    let missing = expected
+        .iter()
+        .filter(|l| got.binary_search(l).is_err())
+        .count();
+    let mut twice = got.clone();
+    twice.dedup();
+    assert_eq!(missing, 0, "sessions missing");
+    assert_eq!(got.len() - twice.len(), 0, "sessions written twice");
+    assert_eq!(got, expected);
+    // The states of superseded checkpoints are removed.
+    assert!(
+        !operator_states[0].exists(),
+        "{:?} is removed",
+        operator_states[0]
+    );
+}
+
+#[test]
+fn sessions_stopped_cleanly_and_resumed_equal_an_uninterrupted_run() {
+    let reference = tempfile::tempdir().unwrap();
+    let r = reference.path();
+    write_events(&r.join("events.jsonl"));
+    std::fs::write(r.join("pipeline.toml"), PIPELINE).unwrap();
+    let (ok, _, err) = weir(r, &["run", "--quiet", "pipeline.toml"]);
+    assert!(ok, "{err}");
+    let expected = sorted_lines(&r.join("out.jsonl"));
+    let total = std::fs::metadata(r.join("out.jsonl")).unwrap().len();
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(r.join("events.jsonl"), d.join("events.jsonl")).unwrap();
+    std::fs::write(d.join("pipeline.toml"), PIPELINE).unwrap();
+    let (ok, _, err) = weir(d, &["pipeline", "apply", "pipeline.toml"]);
+    assert!(ok, "{err}");
+    let child = start_and_wait(d, false, total / 3);
+    let (ok, _, err) = weir(d, &["pipeline", "stop", "sessions"]);
+    assert!(ok, "{err}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let c = weir::store::Store::open(&d.join("data"))
+        .unwrap()
+        .checkpoint("sessions")
+        .unwrap()
+        .unwrap();
+    assert!(c.operators.contains_key("windows"), "{c:?}");
+    let (ok, _, err) = weir(d, &["run", "sessions", "--quiet", "--resume"]);
+    assert!(ok, "{err}");
+    assert_eq!(sorted_lines(&d.join("out.jsonl")), expected);
+}
