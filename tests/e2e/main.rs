@@ -5,6 +5,7 @@ mod backpressure;
 mod clickstream;
 mod executor;
 mod lineage;
+mod online_store;
 mod ops;
 mod quickstart;
 mod sandbox;

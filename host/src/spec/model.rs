@@ -264,6 +264,8 @@ kinds! {
         Vectors(crate::connectors::VectorsSinkSpec) = "vectors",
         /// Feature vectors POSTed to a model server (`[sink.http]`).
         Http(crate::connectors::HttpSinkSpec) = "http",
+        /// Feature vectors in Redis, the online store model serving reads (`[sink.redis]`).
+        Redis(crate::connectors::RedisSinkSpec) = "redis",
     }
 }
 

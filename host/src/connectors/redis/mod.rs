@@ -75,7 +75,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
 use serde::{Deserialize, Serialize};
 
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
 use crate::node::{AsyncSink, BoxFuture, Durability, Lineage, NodeError};
 use crate::units::Millis;
 
@@ -751,6 +751,17 @@ pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://{}", &url[..s], &url[at + 1..]),
         _ => url.to_owned(),
+    }
+}
+
+impl SinkConfig for RedisSinkSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        RedisSink::new(key, self).map(drop)
+    }
+
+    /// Connects on the first batch, not here.
+    fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError> {
+        Ok(SinkNode::Async(Box::new(RedisSink::new(cx.key, self)?)))
     }
 }
 
