@@ -90,7 +90,8 @@ pub const EVENT_TIME_FIELD: &str = "_event_time_ms";
 /// The field holding a vector's lineage (JSON).
 pub const LINEAGE_FIELD: &str = "_lineage";
 
-/// Entities per script call: measured fastest (16 and 256 were slower).
+/// Entities per script call: measured fastest (16 and 256 were slower, one
+/// call per entity much slower; see docs/redis.md).
 const KEYS_PER_CALL: usize = 64;
 
 /// At most this many features per vector: the script hands a vector's fields
@@ -217,6 +218,8 @@ pub struct RedisSink {
     script: redis::Script,
     bound: Option<Bound>,
     stats: RedisSinkStats,
+    /// [`KEYS_PER_CALL`], changed only by the measurement that chose it.
+    keys_per_call: usize,
 }
 
 /// The columns of one input schema, resolved.
@@ -311,6 +314,7 @@ impl RedisSink {
             script: redis::Script::new(GUARD),
             bound: None,
             stats: RedisSinkStats::default(),
+            keys_per_call: KEYS_PER_CALL,
         })
     }
 
@@ -642,10 +646,10 @@ impl RedisSink {
         }
         let mut buf = Vec::with_capacity(64);
         let mut key = Vec::with_capacity(self.spec.prefix.len() + 24);
-        let mut events_ms = Vec::with_capacity(KEYS_PER_CALL);
+        let mut events_ms = Vec::with_capacity(self.keys_per_call);
         let mut chunk = range.start;
         while chunk < range.end {
-            let end = (chunk + KEYS_PER_CALL).min(range.end);
+            let end = (chunk + self.keys_per_call).min(range.end);
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(self.script.get_hash()).arg(end - chunk);
             events_ms.clear();
