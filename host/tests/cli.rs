@@ -100,3 +100,129 @@ path = "out.jsonl"
         "{\"price\":2.5,\"cents\":250.0}\n{\"price\":null,\"cents\":null}\n{\"price\":4.0,\"cents\":400.0}\n"
     );
 }
+
+/// `weir features get` and `weir lineage --redis` on vectors a `[sink.redis]`
+/// stored, against the server named by `WEIR_TEST_REDIS_URL`.
+#[test]
+fn features_get_and_lineage_read_stored_vectors() {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    };
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use weir::connectors::RedisSink;
+    use weir::node::{AsyncSink, Lineage, SourceSpan, StageLineage};
+
+    let Ok(url) = std::env::var("WEIR_TEST_REDIS_URL") else {
+        eprintln!("skipped: WEIR_TEST_REDIS_URL is not set");
+        return;
+    };
+    let prefix = format!("weir-test:cli:{}", std::process::id());
+    let spec = toml::from_str(&format!(
+        "url = \"{url}\"\nprefix = \"{prefix}\"\nentity = \"user\"\nevent_time = \"ts\""
+    ))
+    .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Utf8, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("clicks", DataType::Int64, true),
+        Field::new("ctr", DataType::Float64, true),
+        Field::new("country", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["u1", "u2"])),
+            Arc::new(TimestampMillisecondArray::from(vec![
+                1_704_067_200_000,
+                1_704_067_260_000,
+            ])),
+            Arc::new(Int64Array::from(vec![Some(12), None])),
+            Arc::new(Float64Array::from(vec![0.25, 0.5])),
+            Arc::new(StringArray::from(vec![Some("DE"), Some("FR")])),
+        ],
+    )
+    .unwrap();
+    let digest = "3f".repeat(32);
+    let lineage = Arc::new(Lineage {
+        pipeline: "clicks".into(),
+        version: Some(2),
+        sources: vec![SourceSpan {
+            source: "events".into(),
+            from: Some("events.jsonl:0".into()),
+            to: Some("events.jsonl:4096".into()),
+        }],
+        stages: vec![StageLineage {
+            stage: "featurize".into(),
+            digest: digest.clone(),
+            params_hash: "0a".repeat(32),
+        }],
+    });
+    let mut sink = RedisSink::new("sink[0].redis", &spec).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(sink.write(&batch, &lineage))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = weir(
+        &[
+            "features", "get", "--redis", &url, "--prefix", &prefix, "u1", "u2", "nobody",
+        ],
+        dir.path(),
+    );
+    let (lok, lout, lerr) = weir(
+        &["lineage", "--redis", &url, "--prefix", &prefix, "u1"],
+        dir.path(),
+    );
+    let (mok, _, merr) = weir(
+        &["lineage", "--redis", &url, "--prefix", &prefix, "nobody"],
+        dir.path(),
+    );
+    // Clean up before asserting.
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(
+            &[
+                prefix.clone(),
+                format!("{prefix}:u1"),
+                format!("{prefix}:u2"),
+            ][..],
+        )
+        .query(&mut c)
+        .unwrap();
+
+    assert!(ok, "{err}");
+    let lineage_json = serde_json::to_string(&*lineage).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "{{\"entity\":\"u1\",\"event_time_ms\":1704067200000,\"features\":{{\"clicks\":12,\"country\":\"DE\",\"ctr\":0.25}},\"lineage\":{lineage_json}}}\n\
+             {{\"entity\":\"u2\",\"event_time_ms\":1704067260000,\"features\":{{\"country\":\"FR\",\"ctr\":0.5}},\"lineage\":{lineage_json}}}\n\
+             {{\"entity\":\"nobody\",\"features\":null}}\n"
+        )
+    );
+    assert!(lok, "{lerr}");
+    assert_eq!(
+        lout,
+        format!(
+            "{prefix}:u1: pipeline clicks version 2, event time 1704067200000 ms\n  \
+             stage featurize sha256:{digest} params sha256:{}\n  \
+             source events positions events.jsonl:0..events.jsonl:4096\n",
+            "0a".repeat(32)
+        )
+    );
+    assert!(!mok);
+    assert!(
+        merr.contains(&format!("no vector is stored under {prefix}:nobody")),
+        "{merr}"
+    );
+}

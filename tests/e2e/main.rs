@@ -6,6 +6,7 @@ mod clickstream;
 mod executor;
 mod files;
 mod lineage;
+mod online_store;
 mod ops;
 mod quickstart;
 mod sandbox;

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the run or check failed, 2 the command line was wrong.
 
 mod component_cmd;
+mod features_cmd;
 mod live_cmd;
 mod pipeline_cmd;
 mod stage_cmd;
@@ -65,9 +66,20 @@ enum Command {
     /// Which code and which input made a run's output, or one output record.
     Lineage {
         /// A run id (printed in the run summary), or `<output.jsonl>:<line>` for a
-        /// `[sink.jsonl]` written with `lineage = true`.
+        /// `[sink.jsonl]` written with `lineage = true`, or with `--redis` an
+        /// entity whose vector a `[sink.redis]` stored.
         run: String,
+        /// Read the lineage stored with an entity's vector on this Redis server
+        /// (`redis://host:port[/db]`).
+        #[arg(long, requires = "prefix")]
+        redis: Option<String>,
+        /// The `[sink.redis]` prefix (with `--redis`).
+        #[arg(long, requires = "redis")]
+        prefix: Option<String>,
     },
+    /// Stored feature vectors, as model serving reads them.
+    #[command(subcommand)]
+    Features(features_cmd::FeaturesCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -143,7 +155,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(cmd) => stage_cmd::dispatch(cmd, &data_dir),
         Command::Component(cmd) => component_cmd::dispatch(cmd, &data_dir),
         Command::Pipeline(cmd) => pipeline_cmd::dispatch(cmd, &data_dir),
-        Command::Lineage { run } => match run.rsplit_once(':') {
+        Command::Features(cmd) => features_cmd::dispatch(cmd),
+        Command::Lineage {
+            run,
+            redis: Some(url),
+            prefix: Some(prefix),
+        } => features_cmd::lineage(&url, &prefix, &run),
+        Command::Lineage { run, .. } => match run.rsplit_once(':') {
             Some((file, line)) if std::path::Path::new(file).is_file() => {
                 let line = line
                     .parse()

@@ -12,9 +12,11 @@ pub mod http;
 pub(crate) mod jsonl_sink;
 mod jsonl_source;
 pub mod parquet;
+pub mod redis;
 mod sequence;
 pub mod vectors;
 
+pub use self::redis::{RedisSink, RedisSinkSpec};
 pub use csv::{CsvSink, CsvSinkSpec, CsvSource, CsvSourceSpec};
 pub use http::{HttpSink, HttpSinkSpec};
 pub use jsonl_sink::{JsonlSink, JsonlSinkSpec, LineageLine, lineage_of_line, lineage_path};

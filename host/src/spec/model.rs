@@ -272,6 +272,8 @@ kinds! {
         Parquet(crate::connectors::ParquetSinkSpec) = "parquet",
         /// A CSV file (`[sink.csv]`).
         Csv(crate::connectors::CsvSinkSpec) = "csv",
+        /// Feature vectors in Redis, the online store model serving reads (`[sink.redis]`).
+        Redis(crate::connectors::RedisSinkSpec) = "redis",
     }
 }
 
