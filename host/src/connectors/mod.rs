@@ -7,7 +7,6 @@
 pub mod csv;
 mod files;
 pub mod http;
-#[cfg(feature = "jetstream")]
 pub mod jetstream;
 pub(crate) mod jsonl_sink;
 mod jsonl_source;

@@ -226,6 +226,8 @@ kinds! {
         Jsonl(JsonlSourceSpec) = "jsonl",
         /// A generator of numbered records (`[source.sequence]`).
         Sequence(crate::connectors::SequenceSourceSpec) = "sequence",
+        /// A durable pull consumer on a NATS JetStream stream (`[source.jetstream]`).
+        Jetstream(crate::connectors::jetstream::JetStreamSourceSpec) = "jetstream",
     }
 }
 
@@ -264,6 +266,8 @@ kinds! {
         Vectors(crate::connectors::VectorsSinkSpec) = "vectors",
         /// Feature vectors POSTed to a model server (`[sink.http]`).
         Http(crate::connectors::HttpSinkSpec) = "http",
+        /// Rows published to NATS JetStream (`[sink.jetstream]`).
+        Jetstream(crate::connectors::jetstream::JetStreamSinkSpec) = "jetstream",
     }
 }
 

@@ -50,7 +50,7 @@ use sha2::Digest as _;
 
 use super::{connect, default_url, service, valid_name};
 use crate::batch::json::{JsonOptions, rows_as_arrays, write_object_lines};
-use crate::node::config::SpecError;
+use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
 use crate::node::{AsyncSink, BoxFuture, Durability, Lineage, NodeError};
 
 /// `[sink.jetstream]`: rows published to a subject a stream captures.
@@ -114,12 +114,8 @@ pub enum MsgId {
     Key(Vec<String>),
 }
 
-impl JetStreamSinkSpec {
-    /// Checks what serde cannot, naming the key under `key` (`sink[0].jetstream`).
-    ///
-    /// # Errors
-    /// [`SpecError::Invalid`] naming the offending key.
-    pub fn check(&self, key: &str) -> Result<(), SpecError> {
+impl SinkConfig for JetStreamSinkSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
         if self.subject.is_empty()
             || self.subject.contains([' ', '*', '>'])
             || self.subject.split('.').any(str::is_empty)
@@ -156,6 +152,15 @@ impl JetStreamSinkSpec {
         }
         Ok(())
     }
+
+    /// The sink; it connects on its first write.
+    fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError> {
+        Ok(SinkNode::Async(Box::new(JetStreamSink::new(
+            self.clone(),
+            cx.pipeline,
+            cx.name,
+        ))))
+    }
 }
 
 /// The connection, made on the first write.
@@ -177,7 +182,7 @@ pub struct JetStreamSink {
 }
 
 impl JetStreamSink {
-    /// A sink for `spec` (checked with [`JetStreamSinkSpec::check`]) named
+    /// A sink for `spec` (checked with [`SinkConfig::check`]) named
     /// `name` in `pipeline` (both go into the message ids). Does not connect.
     pub fn new(spec: JetStreamSinkSpec, pipeline: &str, name: &str) -> Self {
         Self {

@@ -68,9 +68,9 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{connect, default_url, service, valid_name};
+use super::{connect, default_durable, default_url, service, valid_name};
 use crate::connectors::{parse_records, schema_of};
-use crate::node::config::{FieldSpec, SpecError};
+use crate::node::config::{BuildCx, FieldSpec, SourceConfig, SourceNode, SpecError};
 use crate::node::{AsyncSource, BoxFuture, DeadLetter, Emitter, NodeError};
 use crate::units::Millis;
 
@@ -256,13 +256,8 @@ impl<'de> Deserialize<'de> for Deliver {
     }
 }
 
-impl JetStreamSourceSpec {
-    /// Checks what serde cannot, naming the key under `key`
-    /// (`source[0].jetstream`).
-    ///
-    /// # Errors
-    /// [`SpecError::Invalid`] naming the offending key.
-    pub fn check(&self, key: &str) -> Result<(), SpecError> {
+impl SourceConfig for JetStreamSourceSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
         if !valid_name(&self.stream) {
             return Err(SpecError::invalid(
                 format!("{key}.stream"),
@@ -293,8 +288,17 @@ impl JetStreamSourceSpec {
         if self.schema.is_empty() {
             return Err(SpecError::invalid(
                 format!("{key}.schema"),
-                "name at least one field to read",
+                "is empty; list the columns to read",
             ));
+        }
+        let mut seen = HashSet::new();
+        for (f, field) in self.schema.iter().enumerate() {
+            if !seen.insert(field.name.as_str()) {
+                return Err(SpecError::invalid(
+                    format!("{key}.schema[{f}].name"),
+                    format!("column `{}` is listed twice", field.name),
+                ));
+            }
         }
         self.deliver
             .policy()
@@ -312,6 +316,20 @@ impl JetStreamSourceSpec {
             ));
         }
         Ok(())
+    }
+
+    /// The source, named `weir_{pipeline}_{source}` on the server unless
+    /// `durable` says otherwise; it connects on its first read.
+    fn build(&self, cx: &BuildCx) -> Result<SourceNode, NodeError> {
+        Ok(SourceNode::Async(Box::new(JetStreamSource::new(
+            self.clone(),
+            default_durable(cx.pipeline, cx.name),
+            cx.batch_rows,
+        ))))
+    }
+
+    fn rejects(&self) -> Option<&std::path::Path> {
+        self.rejects.as_deref()
     }
 }
 
@@ -393,7 +411,7 @@ const GATE_CHECK: Duration = Duration::from_millis(250);
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
 impl JetStreamSource {
-    /// A source for `spec` (checked with [`JetStreamSourceSpec::check`]), named
+    /// A source for `spec` (checked with [`SourceConfig::check`]), named
     /// `durable` on the server unless the spec names it, emitting `batch_rows`
     /// messages per batch unless the spec says otherwise. Does not connect.
     pub fn new(spec: JetStreamSourceSpec, durable: String, batch_rows: NonZeroUsize) -> Self {
@@ -750,9 +768,14 @@ impl JetStreamSource {
                 last.ackable = true;
             } else if let Some(done) = self.held.take() {
                 // Everything emitted is committed already: acknowledge it now.
-                conn.client
-                    .publish(done, Bytes::from_static(b"+ACK"))
-                    .await
+                let ack = async {
+                    conn.client
+                        .publish(done, Bytes::from_static(b"+ACK"))
+                        .await?;
+                    conn.client.flush().await?;
+                    Ok::<(), async_nats::Error>(())
+                };
+                ack.await
                     .map_err(|e| service(&self.spec.url, true, format!("acknowledging: {e}")))?;
             }
         }
@@ -860,6 +883,12 @@ impl AsyncSource for JetStreamSource {
                 .expect("a position was emitted, so connected");
             conn.client
                 .publish(u.reply, Bytes::from_static(b"+ACK"))
+                .await
+                .map_err(|e| self.fail(true, format!("acknowledging up to {position}: {e}")))?;
+            // Onto the socket now: the last commit of a run is followed by the
+            // connection's close, which would drop a buffered ack.
+            conn.client
+                .flush()
                 .await
                 .map_err(|e| self.fail(true, format!("acknowledging up to {position}: {e}")))?;
             Ok(())

@@ -12,7 +12,7 @@ use arrow::datatypes::Int64Type;
 use async_nats::jetstream;
 
 use super::*;
-use crate::node::config::{FieldSpec, FieldType};
+use crate::node::config::{FieldSpec, FieldType, SinkConfig, SourceConfig};
 use crate::node::{AsyncSink, AsyncSource, DeadLetter, Emitter, Lineage, SourceSpan};
 use crate::units::Millis;
 
@@ -945,4 +945,94 @@ fn default_durable_names_are_valid_consumer_names() {
         "weir_click_stream_src_1"
     );
     assert!(valid_name(&default_durable("a>b*c", "d/e")));
+}
+
+/// Runs the pipeline `text` (in `dir`) to its end.
+async fn run_pipeline(text: &str, dir: &std::path::Path) -> crate::exec::RunSummary {
+    let mut spec = crate::spec::PipelineSpec::from_toml(text, "pipeline.toml").unwrap();
+    spec.base_dir = dir.to_path_buf();
+    let env = crate::plan::RunEnv {
+        sandbox: crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap(),
+        data_dir: dir.join("data"),
+        store: None,
+    };
+    let plan = crate::plan::Plan::build(spec, &env).unwrap();
+    crate::exec::run(plan, &env, &crate::exec::RunOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_file_moves_a_stream_into_another_acknowledging_everything() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    let n = 5_000u64;
+    // Every 1000th message is corrupt.
+    publish(
+        &js,
+        &format!("{s}.in"),
+        (1..=n).map(|i| {
+            if i % 1000 == 0 {
+                format!("{{\"id\": {i}, oops")
+            } else {
+                event(i)
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        r#"name = "relay"
+[settings]
+batch_rows = 512
+
+[[source]]
+name = "events"
+[source.jetstream]
+url = "{url}"
+stream = "{s}"
+subject = "{s}.in"
+stop_when_drained = true
+rejects = "rejects.jsonl"
+schema = [{{ name = "id", type = "int64", required = true }}, {{ name = "user", type = "utf8" }}]
+
+[[sink]]
+name = "out"
+input = "events"
+[sink.jetstream]
+url = "{url}"
+subject = "{s}.out"
+stream = "{s}"
+"#
+    );
+    let summary = run_pipeline(&pipeline, dir.path()).await;
+    assert_eq!(summary.records_in(), n - 5);
+    assert_eq!(count_on(&js, &s, &format!("{s}.out")).await, n - 5);
+    let info = floor_reaches(&js, &s, "weir_relay_events", n).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (n, 0)
+    );
+    let rejects = std::fs::read_to_string(dir.path().join("rejects.jsonl")).unwrap();
+    let positions: Vec<String> = rejects
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["position"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=5)
+            .map(|k| format!("{s}:{}", k * 1000))
+            .collect::<Vec<_>>()
+    );
+
+    // Running it again finds nothing new, and publishes nothing twice.
+    let summary = run_pipeline(&pipeline, dir.path()).await;
+    assert_eq!(summary.records_in(), 0);
+    assert_eq!(count_on(&js, &s, &format!("{s}.out")).await, n - 5);
 }
