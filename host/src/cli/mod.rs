@@ -4,6 +4,7 @@
 
 mod component_cmd;
 mod live_cmd;
+mod nats_cmd;
 mod pipeline_cmd;
 mod stage_cmd;
 
@@ -62,6 +63,9 @@ enum Command {
     /// Pipeline versions: apply, history, diff, rollback.
     #[command(subcommand)]
     Pipeline(pipeline_cmd::PipelineCommand),
+    /// NATS JetStream: publish a JSON-lines file to a subject.
+    #[command(subcommand)]
+    Nats(nats_cmd::NatsCommand),
     /// Which code and which input made a run's output, or one output record.
     Lineage {
         /// A run id (printed in the run summary), or `<output.jsonl>:<line>` for a
@@ -143,6 +147,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(cmd) => stage_cmd::dispatch(cmd, &data_dir),
         Command::Component(cmd) => component_cmd::dispatch(cmd, &data_dir),
         Command::Pipeline(cmd) => pipeline_cmd::dispatch(cmd, &data_dir),
+        Command::Nats(cmd) => nats_cmd::dispatch(cmd),
         Command::Lineage { run } => match run.rsplit_once(':') {
             Some((file, line)) if std::path::Path::new(file).is_file() => {
                 let line = line

@@ -22,11 +22,13 @@
 //! Neither connects when it is built (`weir validate` builds plans): the first
 //! read or write does.
 
+mod publish;
 mod sink;
 mod source;
 #[cfg(test)]
 mod tests;
 
+pub use publish::{Published, publish_lines};
 pub use sink::{JetStreamSink, JetStreamSinkSpec, MsgId, Per};
 pub use source::{Deliver, JetStreamSource, JetStreamSourceSpec};
 

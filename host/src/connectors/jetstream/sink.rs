@@ -366,40 +366,18 @@ impl AsyncSink for JetStreamSink {
                 return Ok(());
             }
             let messages = self.messages(batch, lineage)?;
+            let max_inflight = self.spec.max_inflight.get();
             let url = self.spec.url.clone();
             let subject = self.subject.clone();
-            let max_inflight = self.spec.max_inflight.get();
             let js = self.connect().await?.js.clone();
-            let mut inflight = FuturesUnordered::new();
-            let (mut stored, mut duplicates) = (0u64, 0u64);
-            let mut settle = |ack: Result<async_nats::jetstream::publish::PublishAck, _>| {
-                let ack = ack.map_err(|e: async_nats::jetstream::context::PublishError| {
-                    publish_error(&url, &subject, &e)
-                })?;
-                if ack.duplicate {
-                    duplicates += 1;
-                } else {
-                    stored += 1;
-                }
-                Ok::<(), NodeError>(())
-            };
-            for (payload, id) in messages {
-                if inflight.len() >= max_inflight
-                    && let Some(ack) = inflight.next().await
-                {
-                    settle(ack)?;
-                }
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, payload)
-                    .await
-                    .map_err(|e| publish_error(&url, &subject, &e))?;
-                inflight.push(ack.into_future());
-            }
-            while let Some(ack) = inflight.next().await {
-                settle(ack)?;
-            }
+            let (stored, duplicates) = publish_all(
+                &js,
+                &url,
+                &subject,
+                messages.into_iter().map(|(p, id)| (p, Some(id))),
+                max_inflight,
+            )
+            .await?;
             if duplicates > 0 {
                 tracing::debug!(%subject, duplicates, "messages already in the stream (a replay)");
             }
@@ -424,6 +402,54 @@ impl AsyncSink for JetStreamSink {
             Ok(())
         })
     }
+}
+
+/// Publishes `messages` (payload, optional `Nats-Msg-Id`) on `subject`, at most
+/// `max_inflight` awaiting their acks at once, and returns once every one is
+/// acknowledged: (stored, duplicates the server already had).
+///
+/// # Errors
+/// The first publish the server refused or did not acknowledge in time.
+pub(super) async fn publish_all(
+    js: &async_nats::jetstream::Context,
+    url: &str,
+    subject: &async_nats::Subject,
+    messages: impl IntoIterator<Item = (Bytes, Option<String>)>,
+    max_inflight: usize,
+) -> Result<(u64, u64), NodeError> {
+    let mut inflight = FuturesUnordered::new();
+    let (mut stored, mut duplicates) = (0u64, 0u64);
+    let mut settle = |ack: Result<async_nats::jetstream::publish::PublishAck, _>| {
+        let ack = ack.map_err(|e: async_nats::jetstream::context::PublishError| {
+            publish_error(url, subject, &e)
+        })?;
+        if ack.duplicate {
+            duplicates += 1;
+        } else {
+            stored += 1;
+        }
+        Ok::<(), NodeError>(())
+    };
+    for (payload, id) in messages {
+        if inflight.len() >= max_inflight
+            && let Some(ack) = inflight.next().await
+        {
+            settle(ack)?;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| publish_error(url, subject, &e))?;
+        inflight.push(ack.into_future());
+    }
+    while let Some(ack) = inflight.next().await {
+        settle(ack)?;
+    }
+    Ok((stored, duplicates))
 }
 
 fn publish_error(
