@@ -5,6 +5,7 @@
 mod component_cmd;
 mod features_cmd;
 mod live_cmd;
+mod nats_cmd;
 mod pipeline_cmd;
 mod stage_cmd;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Pipeline versions: apply, history, diff, rollback.
     #[command(subcommand)]
     Pipeline(pipeline_cmd::PipelineCommand),
+    /// NATS JetStream: publish a JSON-lines file to a subject.
+    #[command(subcommand)]
+    Nats(nats_cmd::NatsCommand),
     /// Which code and which input made a run's output, or one output record.
     Lineage {
         /// A run id (printed in the run summary), or `<output.jsonl>:<line>` for a
@@ -155,6 +159,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stage(cmd) => stage_cmd::dispatch(cmd, &data_dir),
         Command::Component(cmd) => component_cmd::dispatch(cmd, &data_dir),
         Command::Pipeline(cmd) => pipeline_cmd::dispatch(cmd, &data_dir),
+        Command::Nats(cmd) => nats_cmd::dispatch(cmd),
         Command::Features(cmd) => features_cmd::dispatch(cmd),
         Command::Lineage {
             run,

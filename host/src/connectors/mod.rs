@@ -9,6 +9,7 @@
 pub mod csv;
 mod files;
 pub mod http;
+pub mod jetstream;
 pub(crate) mod jsonl_sink;
 mod jsonl_source;
 pub mod parquet;
@@ -20,7 +21,9 @@ pub use self::redis::{RedisSink, RedisSinkSpec};
 pub use csv::{CsvSink, CsvSinkSpec, CsvSource, CsvSourceSpec};
 pub use http::{HttpSink, HttpSinkSpec};
 pub use jsonl_sink::{JsonlSink, JsonlSinkSpec, LineageLine, lineage_of_line, lineage_path};
-pub use jsonl_source::{JsonlSource, JsonlSourceSpec, parse_lines, parse_pieces, schema_of};
+pub use jsonl_source::{
+    JsonlSource, JsonlSourceSpec, parse_lines, parse_pieces, parse_records, schema_of,
+};
 pub use parquet::{ParquetSink, ParquetSinkSpec, ParquetSource, ParquetSourceSpec};
 pub use sequence::{SequenceSource, SequenceSourceSpec, default_sequence_column};
 pub use vectors::{VectorsSink, VectorsSinkSpec};

@@ -230,6 +230,8 @@ kinds! {
         Parquet(crate::connectors::ParquetSourceSpec) = "parquet",
         /// CSV files with a typed schema (`[source.csv]`).
         Csv(crate::connectors::CsvSourceSpec) = "csv",
+        /// A durable pull consumer on a NATS JetStream stream (`[source.jetstream]`).
+        Jetstream(crate::connectors::jetstream::JetStreamSourceSpec) = "jetstream",
     }
 }
 
@@ -274,6 +276,8 @@ kinds! {
         Csv(crate::connectors::CsvSinkSpec) = "csv",
         /// Feature vectors in Redis, the online store model serving reads (`[sink.redis]`).
         Redis(crate::connectors::RedisSinkSpec) = "redis",
+        /// Rows published to NATS JetStream (`[sink.jetstream]`).
+        Jetstream(crate::connectors::jetstream::JetStreamSinkSpec) = "jetstream",
     }
 }
 

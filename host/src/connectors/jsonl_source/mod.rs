@@ -310,7 +310,29 @@ pub fn parse_lines(
     fields: &[FieldSpec],
     schema: &SchemaRef,
 ) -> Result<(RecordBatch, Vec<DeadLetter>), NodeError> {
-    let estimate = newlines(chunk) + 1;
+    parse_records(lines_of(chunk), newlines(chunk) + 1, fields, schema, |i| {
+        format!("{file}:{}", first_line + i as u64)
+    })
+}
+
+/// Parses records, one JSON object each, into one batch plus the dead letters
+/// of the corrupt ones, by the rules of [`parse_lines`] (which calls it with the
+/// lines of a chunk): the one parser of every source that reads JSON records. A
+/// record may hold newlines (a message payload), which are JSON whitespace
+/// here; a blank record is skipped, so a source for which blank is corrupt
+/// judges that first. `estimate` is the expected number of records (a capacity
+/// hint) and `position(i)` names the `i`-th record (0-based) in a dead letter;
+/// it is only called for those.
+///
+/// # Errors
+/// Only an internal Arrow failure (the builders disagree), which is a bug.
+pub fn parse_records<'a>(
+    records: impl Iterator<Item = &'a [u8]>,
+    estimate: usize,
+    fields: &[FieldSpec],
+    schema: &SchemaRef,
+    position: impl Fn(usize) -> String,
+) -> Result<(RecordBatch, Vec<DeadLetter>), NodeError> {
     let mut builders: Vec<ColumnBuilder> = fields
         .iter()
         .map(|f| ColumnBuilder::new(f.data_type, estimate))
@@ -318,16 +340,15 @@ pub fn parse_lines(
     let mut letters = Vec::new();
     let mut cells: Vec<Cell<'_>> = Vec::with_capacity(fields.len());
     let mut hints: Vec<Option<usize>> = Vec::with_capacity(fields.len());
-    for (i, raw) in lines_of(chunk).enumerate() {
+    for (i, raw) in records.enumerate() {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let line_no = first_line + i as u64;
         let letter = |reason: String, detail: String| DeadLetter {
             reason,
             detail,
-            position: format!("{file}:{line_no}"),
+            position: position(i),
             record: String::from_utf8_lossy(line).into_owned(),
         };
         cells.clear();

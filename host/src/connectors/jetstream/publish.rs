@@ -1,0 +1,94 @@
+//! Publishing a JSON-lines file to a subject (`weir nats publish`): how
+//! examples and tests fill a stream with the events a pipeline then reads.
+
+use std::io::BufRead;
+
+use bytes::Bytes;
+
+use super::sink::publish_all;
+use super::{connect, service, valid_name};
+use crate::node::NodeError;
+
+/// What [`publish_lines`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Published {
+    /// Messages the stream stored.
+    pub stored: u64,
+    /// Messages the stream already held (same `Nats-Msg-Id` within its
+    /// duplicate window).
+    pub duplicates: u64,
+    /// Blank lines, not published.
+    pub blank: u64,
+}
+
+/// Lines published per window of unacknowledged publishes.
+const WINDOW: usize = 4096;
+
+/// Publishes each non-blank line of `input` as one message on `subject`,
+/// pipelined, and returns once the server acknowledged every one. Lines are
+/// published as they are: the reading source judges them (a corrupt line
+/// becomes its dead letter there). With `create_stream`, a stream of that name
+/// capturing `subject` is created first if there is none. With `id_prefix`,
+/// line `n` (from 1) gets the `Nats-Msg-Id` `{id_prefix}:{n}`, so publishing the
+/// same file again within the stream's duplicate window stores nothing twice.
+///
+/// # Errors
+/// The server is unreachable or refuses a publish (no stream captures the
+/// subject), the stream cannot be created, or `input` cannot be read.
+pub async fn publish_lines(
+    url: &str,
+    subject: &str,
+    create_stream: Option<&str>,
+    id_prefix: Option<&str>,
+    mut input: impl BufRead,
+) -> Result<Published, NodeError> {
+    let client = connect(url).await?;
+    let js = async_nats::jetstream::context::ContextBuilder::new()
+        .max_ack_inflight(WINDOW)
+        .build(client);
+    if let Some(name) = create_stream {
+        if !valid_name(name) {
+            return Err(NodeError::config(format!(
+                "`{name}` is not a stream name (no spaces, `.`, `*`, `>` or slashes)"
+            )));
+        }
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| service(url, false, format!("cannot create stream `{name}`: {e}")))?;
+    }
+    let subject = async_nats::Subject::from(subject);
+    let mut out = Published::default();
+    let mut line_no = 0u64;
+    let mut window = Vec::with_capacity(WINDOW);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| NodeError::io("the input", e))?;
+        if n > 0 {
+            line_no += 1;
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if text.iter().all(u8::is_ascii_whitespace) {
+                out.blank += 1;
+            } else {
+                let id = id_prefix.map(|p| format!("{p}:{line_no}"));
+                window.push((Bytes::copy_from_slice(text), id));
+            }
+        }
+        if window.len() == WINDOW || (n == 0 && !window.is_empty()) {
+            let (stored, duplicates) =
+                publish_all(&js, url, &subject, window.drain(..), WINDOW).await?;
+            out.stored += stored;
+            out.duplicates += duplicates;
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+    }
+}

@@ -1,0 +1,1038 @@
+//! Tests against a real JetStream server (`WEIR_TEST_NATS_URL`; skipped with a
+//! message when unset). Each test has its own streams, named at random and
+//! deleted afterwards; the configuration tests need no server.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use async_nats::jetstream;
+
+use super::*;
+use crate::node::config::{FieldSpec, FieldType, SinkConfig, SourceConfig};
+use crate::node::{AsyncSink, AsyncSource, DeadLetter, Emitter, Lineage, SourceSpan};
+use crate::units::Millis;
+
+fn nats_url() -> Option<String> {
+    match std::env::var("WEIR_TEST_NATS_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("skipped: WEIR_TEST_NATS_URL is not set");
+            None
+        }
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Streams made for one test, deleted when it ends (passing or not).
+struct Streams {
+    url: String,
+    names: Vec<String>,
+}
+
+impl Streams {
+    /// A stream capturing `{name}.>`.
+    async fn create(&mut self, js: &jetstream::Context) -> String {
+        let name = unique("weir_test");
+        js.create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            ..Default::default()
+        })
+        .await
+        .expect("creating a test stream");
+        self.names.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        let (url, names) = (self.url.clone(), std::mem::take(&mut self.names));
+        // A runtime of its own: the test's may be gone or inside a panic.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(client) = async_nats::connect(&url).await {
+                    let js = jetstream::new(client);
+                    for n in names {
+                        let _ = js.delete_stream(&n).await;
+                    }
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+async fn setup(url: &str) -> (jetstream::Context, Streams) {
+    let client = async_nats::connect(url)
+        .await
+        .expect("WEIR_TEST_NATS_URL is set, so the server must be reachable");
+    (
+        jetstream::new(client),
+        Streams {
+            url: url.to_owned(),
+            names: Vec::new(),
+        },
+    )
+}
+
+fn fields() -> Vec<FieldSpec> {
+    let f = |name: &str, t, required| FieldSpec {
+        name: name.into(),
+        data_type: t,
+        required,
+        min: None,
+        max: None,
+    };
+    vec![
+        f("id", FieldType::Int64, true),
+        f("user", FieldType::Utf8, false),
+    ]
+}
+
+fn event(i: u64) -> String {
+    format!(r#"{{"id":{i},"user":"u{}"}}"#, i % 7)
+}
+
+/// Publishes `payloads` on `subject`, waiting for every ack.
+async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    payloads: impl IntoIterator<Item = String>,
+) {
+    // Awaited in windows: the client allows 5,000 unacknowledged publishes.
+    let mut acks = Vec::new();
+    for p in payloads {
+        acks.push(js.publish(subject.to_owned(), p.into()).await.unwrap());
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+fn source_spec(url: &str, stream: &str) -> JetStreamSourceSpec {
+    JetStreamSourceSpec {
+        url: url.to_owned(),
+        stream: stream.to_owned(),
+        subject: Some(format!("{stream}.in")),
+        durable: None,
+        deliver: Deliver::All,
+        batch: None,
+        max_wait: Millis(Duration::from_millis(50)),
+        max_ack_pending: None,
+        max_deliver: NonZeroU32::new(5).unwrap(),
+        ack_wait: Millis(Duration::from_secs(30)),
+        schema: fields(),
+        rejects: None,
+        create_stream: false,
+        stop_when_drained: true,
+    }
+}
+
+fn source(spec: JetStreamSourceSpec, batch: usize) -> JetStreamSource {
+    spec.check("source[0].jetstream").unwrap();
+    JetStreamSource::new(
+        spec,
+        "weir_test_durable".into(),
+        NonZeroUsize::new(batch).unwrap(),
+    )
+}
+
+/// What one call of `next_batch` gave.
+struct Call {
+    more: bool,
+    batches: Vec<(RecordBatch, Option<String>)>,
+    letters: Vec<DeadLetter>,
+    counters: std::collections::BTreeMap<String, u64>,
+}
+
+async fn call(src: &mut JetStreamSource) -> Call {
+    let mut out = Emitter::default();
+    let more = src.next_batch(&mut out).await.unwrap();
+    let letters = std::mem::take(&mut out.dead_letters);
+    let counters = out.counters().clone();
+    let batches = out
+        .take_output()
+        .into_iter()
+        .map(|(b, _, p)| (b, p))
+        .collect();
+    Call {
+        more,
+        batches,
+        letters,
+        counters,
+    }
+}
+
+fn ids(b: &RecordBatch) -> Vec<i64> {
+    b.column(0).as_primitive::<Int64Type>().values().to_vec()
+}
+
+async fn consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> jetstream::consumer::Info {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .consumer_info(durable)
+        .await
+        .unwrap()
+}
+
+/// The consumer's info once its ack floor reached `seq` (acks are sent without
+/// waiting for the server, so it may take a moment).
+async fn floor_reaches(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+    seq: u64,
+) -> jetstream::consumer::Info {
+    let started = Instant::now();
+    loop {
+        let info = consumer_info(js, stream, durable).await;
+        if info.ack_floor.stream_sequence >= seq || started.elapsed() > Duration::from_secs(5) {
+            return info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn lineage(source: &str, from: Option<String>, to: Option<String>) -> Arc<Lineage> {
+    Arc::new(Lineage {
+        pipeline: "p".into(),
+        version: None,
+        sources: vec![SourceSpan {
+            source: source.into(),
+            from,
+            to,
+        }],
+        stages: Vec::new(),
+    })
+}
+
+fn sink_spec(url: &str, stream: &str) -> JetStreamSinkSpec {
+    JetStreamSinkSpec {
+        url: url.to_owned(),
+        subject: format!("{stream}.out"),
+        stream: Some(stream.to_owned()),
+        per: Per::Row,
+        id: MsgId::Content,
+        columns: None,
+        float_decimals: None,
+        max_inflight: NonZeroUsize::new(4096).unwrap(),
+    }
+}
+
+/// Messages the stream holds on `subject`.
+async fn count_on(js: &jetstream::Context, stream: &str, subject: &str) -> u64 {
+    use futures_util::TryStreamExt as _;
+    let s = js.get_stream(stream).await.unwrap();
+    let mut subjects = s.info_with_subjects(subject).await.unwrap();
+    let mut total = 0;
+    while let Some((_, n)) = subjects.try_next().await.unwrap() {
+        total += n as u64;
+    }
+    total
+}
+
+/// Reads from the source and writes into the sink until the source is drained,
+/// committing each position once the sink has it, as the executor does.
+async fn pump(src: &mut JetStreamSource, sink: &mut JetStreamSink) -> (Vec<i64>, Vec<DeadLetter>) {
+    let (mut seen, mut letters) = (Vec::new(), Vec::new());
+    let mut previous = None;
+    loop {
+        let c = call(src).await;
+        letters.extend(c.letters);
+        for (b, p) in c.batches {
+            seen.extend(ids(&b));
+            sink.write(&b, &lineage("in", previous.clone(), p.clone()))
+                .await
+                .unwrap();
+            if let Some(p) = p {
+                src.commit(&p).await.unwrap();
+                previous = Some(p);
+            }
+        }
+        if !c.more {
+            return (seen, letters);
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_message_is_consumed_acknowledged_and_in_the_sink() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    let n = 10_000u64;
+    publish(&js, &format!("{s}.in"), (1..=n).map(event)).await;
+
+    let mut src = source(source_spec(&url, &s), 1000);
+    let mut sink = JetStreamSink::new(sink_spec(&url, &s), "p", "out");
+    let (seen, letters) = pump(&mut src, &mut sink).await;
+    assert!(letters.is_empty(), "{letters:?}");
+    assert_eq!(
+        seen,
+        (1..=n as i64).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+
+    let info = floor_reaches(&js, &s, src.durable(), n).await;
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(
+        info.ack_floor.stream_sequence, n,
+        "the ack floor is the last sequence"
+    );
+    assert_eq!(info.num_pending, 0);
+    assert_eq!(info.config.ack_policy, jetstream::consumer::AckPolicy::All);
+
+    assert_eq!(sink.published(), n);
+    assert_eq!(count_on(&js, &s, &format!("{s}.out")).await, n);
+    // The sink's messages are the rows as JSON, in order.
+    let stream = js.get_stream(&s).await.unwrap();
+    let first = stream.get_raw_message(n + 1).await.unwrap();
+    assert_eq!(first.subject.as_str(), format!("{s}.out"));
+    assert_eq!(std::str::from_utf8(&first.payload).unwrap(), event(1));
+    let id = first
+        .headers
+        .get("Nats-Msg-Id")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(
+        id.starts_with("p/out/") && id.len() == "p/out/".len() + 32,
+        "{id}"
+    );
+    let last = stream.get_raw_message(2 * n).await.unwrap();
+    assert_eq!(std::str::from_utf8(&last.payload).unwrap(), event(n));
+}
+
+#[tokio::test]
+async fn corrupt_messages_become_dead_letters_with_reason_and_sequence() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    let payloads = [
+        event(1),
+        r#"{"id":"2","user":"u"}"#.to_owned(),
+        "not json".to_owned(),
+        String::new(),
+        "{\n  \"id\": 5,\n  \"user\": \"pretty\"\n}".to_owned(),
+        r#"{"user":"nobody"}"#.to_owned(),
+        event(7),
+    ];
+    publish(&js, &format!("{s}.in"), payloads).await;
+    let mut src = source(source_spec(&url, &s), 100);
+    let mut sink = JetStreamSink::new(sink_spec(&url, &s), "p", "out");
+    let (seen, letters) = pump(&mut src, &mut sink).await;
+    assert_eq!(
+        seen,
+        vec![1, 5, 7],
+        "a payload across lines is still one JSON object"
+    );
+    let got: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|l| (l.reason.as_str(), l.position.as_str()))
+        .collect();
+    let at = |n: u64| format!("{s}:{n}");
+    let (p2, p3, p4, p6) = (at(2), at(3), at(4), at(6));
+    let mut got = got;
+    got.sort_by_key(|(_, p)| p.to_owned());
+    assert_eq!(
+        got,
+        vec![
+            ("id:type", p2.as_str()),
+            ("invalid_json", p3.as_str()),
+            ("empty", p4.as_str()),
+            ("id:missing", p6.as_str()),
+        ]
+    );
+    assert_eq!(
+        letters
+            .iter()
+            .find(|l| l.reason == "invalid_json")
+            .unwrap()
+            .record,
+        "not json"
+    );
+    // Dead letters are committed with their batch: nothing stays pending.
+    let info = floor_reaches(&js, &s, src.durable(), 7).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (7, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_message_never_committed_becomes_a_dead_letter_after_max_deliver() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    publish(&js, &format!("{s}.in"), (1..=3).map(event)).await;
+    let spec = JetStreamSourceSpec {
+        max_deliver: NonZeroU32::new(3).unwrap(),
+        ack_wait: Millis(Duration::from_secs(1)),
+        max_wait: Millis(Duration::from_millis(200)),
+        stop_when_drained: false,
+        ..source_spec(&url, &s)
+    };
+    // Two runs read the messages and crash before committing.
+    for delivery in 1..=2 {
+        let mut src = source(spec.clone(), 10);
+        let mut rows = Vec::new();
+        let started = Instant::now();
+        while rows.len() < 3 && started.elapsed() < Duration::from_secs(10) {
+            let c = call(&mut src).await;
+            assert!(c.letters.is_empty(), "delivery {delivery}: {:?}", c.letters);
+            rows.extend(c.batches.iter().flat_map(|(b, _)| ids(b)));
+        }
+        assert_eq!(rows, vec![1, 2, 3], "delivery {delivery}");
+        drop(src);
+    }
+    // The third delivery is the last: dead letters, then committed.
+    let mut src = source(spec.clone(), 10);
+    let mut letters = Vec::new();
+    let mut last = None;
+    let started = Instant::now();
+    while letters.len() < 3 && started.elapsed() < Duration::from_secs(10) {
+        let c = call(&mut src).await;
+        letters.extend(c.letters);
+        for (b, p) in c.batches {
+            assert_eq!(b.num_rows(), 0, "not decoded again");
+            last = p.or(last);
+        }
+    }
+    let reasons: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|l| (l.reason.as_str(), l.position.as_str()))
+        .collect();
+    let at: Vec<String> = (1..=3).map(|n| format!("{s}:{n}")).collect();
+    assert_eq!(
+        reasons,
+        at.iter()
+            .map(|p| ("max_deliver", p.as_str()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        letters[0].detail.contains("delivered 3 times"),
+        "{}",
+        letters[0].detail
+    );
+    assert_eq!(letters[0].record, event(1));
+    // Every old message came back, so the source acknowledges again.
+    let mut c = call(&mut src).await;
+    while c.batches.iter().any(|(b, _)| b.num_rows() > 0) {
+        c = call(&mut src).await;
+    }
+    src.commit(&last.expect("a position")).await.unwrap();
+    let info = floor_reaches(&js, &s, src.durable(), 3).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (3, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_consumer_acks_nothing_until_the_old_messages_came_back() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    publish(&js, &format!("{s}.in"), (1..=20).map(event)).await;
+    let spec = JetStreamSourceSpec {
+        ack_wait: Millis(Duration::from_secs(1)),
+        stop_when_drained: false,
+        ..source_spec(&url, &s)
+    };
+    // A run reads 1..=10 and crashes before committing.
+    let mut first = source(spec.clone(), 10);
+    let c = call(&mut first).await;
+    assert_eq!(
+        c.batches
+            .iter()
+            .flat_map(|(b, _)| ids(b))
+            .collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    drop(first);
+
+    // The next run gets 11..=20 first; committing them must not ack 1..=10.
+    let mut src = source(spec, 10);
+    let mut seen = Vec::new();
+    let mut committed = None;
+    let started = Instant::now();
+    while seen.len() < 20 && started.elapsed() < Duration::from_secs(10) {
+        let c = call(&mut src).await;
+        for (b, p) in c.batches {
+            seen.extend(ids(&b));
+            if let Some(p) = p {
+                src.commit(&p).await.unwrap();
+                committed = Some(p);
+            }
+        }
+        if seen.len() < 20 {
+            let info = consumer_info(&js, &s, src.durable()).await;
+            assert_eq!(
+                info.ack_floor.stream_sequence, 0,
+                "nothing acked while 1..=10 are out (seen {seen:?})"
+            );
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    // Once the source has seen that nothing of the earlier run is out any
+    // more (it asks as it goes on reading), its commits acknowledge again. A
+    // batch made only of redeliveries has a position of its own (`20.n`).
+    assert!(committed.is_some());
+    let started = Instant::now();
+    while consumer_info(&js, &s, src.durable())
+        .await
+        .ack_floor
+        .stream_sequence
+        < 20
+        && started.elapsed() < Duration::from_secs(5)
+    {
+        let c = call(&mut src).await;
+        for (_, p) in c.batches {
+            let p = p.expect("every batch has a position");
+            assert!(p == "20" || p.starts_with("20."), "{p}");
+            src.commit(&p).await.unwrap();
+        }
+    }
+    let info = floor_reaches(&js, &s, src.durable(), 20).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (20, 0)
+    );
+}
+
+#[tokio::test]
+async fn the_sinks_message_ids_make_a_replay_a_no_op() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    let fields = fields();
+    let batch = crate::connectors::parse_lines(
+        (1..=500)
+            .map(event)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_bytes(),
+        1,
+        "x",
+        &fields,
+        &crate::connectors::schema_of(&fields),
+    )
+    .unwrap()
+    .0;
+    let lin = lineage("in", Some("0".into()), Some("500".into()));
+    for (id, subject) in [
+        (MsgId::Content, "content"),
+        (MsgId::Lineage, "lineage"),
+        (MsgId::Key(vec!["id".into()]), "key"),
+    ] {
+        let spec = JetStreamSinkSpec {
+            subject: format!("{s}.{subject}"),
+            id,
+            ..sink_spec(&url, &s)
+        };
+        let mut sink = JetStreamSink::new(spec.clone(), "p", "out");
+        sink.write(&batch, &lin).await.unwrap();
+        // A replay after a crash: a new process publishing the same rows.
+        let mut replay = JetStreamSink::new(spec, "p", "out");
+        replay.write(&batch, &lin).await.unwrap();
+        assert_eq!(
+            (sink.published(), replay.published(), replay.duplicates()),
+            (500, 0, 500),
+            "{subject}"
+        );
+        assert_eq!(
+            count_on(&js, &s, &format!("{s}.{subject}")).await,
+            500,
+            "{subject}"
+        );
+    }
+    // A replay whose batches are cut elsewhere: content ids still match.
+    let spec = JetStreamSinkSpec {
+        subject: format!("{s}.content"),
+        ..sink_spec(&url, &s)
+    };
+    let mut replay = JetStreamSink::new(spec, "p", "out");
+    replay.write(&batch.slice(0, 123), &lin).await.unwrap();
+    replay.write(&batch.slice(123, 377), &lin).await.unwrap();
+    assert_eq!((replay.published(), replay.duplicates()), (0, 500));
+    // Per batch: one message, a JSON array of the rows, deduplicated too.
+    let spec = JetStreamSinkSpec {
+        subject: format!("{s}.batch"),
+        per: Per::Batch,
+        ..sink_spec(&url, &s)
+    };
+    let mut sink = JetStreamSink::new(spec.clone(), "p", "out");
+    sink.write(&batch, &lin).await.unwrap();
+    sink.write(&batch, &lin).await.unwrap();
+    assert_eq!((sink.published(), sink.duplicates()), (1, 1));
+    assert_eq!(count_on(&js, &s, &format!("{s}.batch")).await, 1);
+    let stream = js.get_stream(&s).await.unwrap();
+    let msg = stream
+        .get_last_raw_message_by_subject(&format!("{s}.batch"))
+        .await
+        .unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(rows.len(), 500);
+    assert_eq!(
+        rows[499],
+        serde_json::json!({"id": 500, "user": format!("u{}", 500 % 7)})
+    );
+}
+
+#[tokio::test]
+async fn a_sink_naming_a_stream_that_does_not_capture_its_subject_says_so() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    let fields = fields();
+    let batch = crate::connectors::parse_lines(
+        event(1).as_bytes(),
+        1,
+        "x",
+        &fields,
+        &crate::connectors::schema_of(&fields),
+    )
+    .unwrap()
+    .0;
+    let spec = JetStreamSinkSpec {
+        subject: "elsewhere.out".into(),
+        ..sink_spec(&url, &s)
+    };
+    let err = JetStreamSink::new(spec, "p", "out")
+        .write(&batch, &lineage("in", None, None))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not capture `elsewhere.out`"), "{err}");
+}
+
+#[tokio::test]
+async fn seek_resumes_after_a_sequence() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    publish(&js, &format!("{s}.in"), (1..=100).map(event)).await;
+
+    // No consumer yet: it is created to start after the checkpoint.
+    let mut src = source(source_spec(&url, &s), 1000);
+    src.seek("40").await.unwrap();
+    let c = call(&mut src).await;
+    let got: Vec<i64> = c.batches.iter().flat_map(|(b, _)| ids(b)).collect();
+    assert_eq!(got, (41..=100).collect::<Vec<_>>());
+    assert_eq!(c.batches.last().unwrap().1.as_deref(), Some("100"));
+
+    // A consumer that delivers from 31 while the checkpoint says 40, as when a
+    // run crashed between its checkpoint and its ack: 31..=40 come again,
+    // are skipped, and are acknowledged with the next commit.
+    let stream = js.get_stream(&s).await.unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("behind".into()),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: 31,
+            },
+            ack_policy: jetstream::consumer::AckPolicy::All,
+            filter_subject: format!("{s}.in"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let spec = JetStreamSourceSpec {
+        durable: Some("behind".into()),
+        ..source_spec(&url, &s)
+    };
+    let mut resumed = source(spec, 1000);
+    resumed.seek("40").await.unwrap();
+    let c = call(&mut resumed).await;
+    let got: Vec<i64> = c.batches.iter().flat_map(|(b, _)| ids(b)).collect();
+    assert_eq!(got, (41..=100).collect::<Vec<_>>());
+    assert_eq!(c.counters.get("skipped_committed"), Some(&10));
+    resumed.commit("100").await.unwrap();
+    let info = floor_reaches(&js, &s, "behind", 100).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (100, 0)
+    );
+}
+
+#[tokio::test]
+async fn max_ack_pending_bounds_what_is_in_flight() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    publish(&js, &format!("{s}.in"), (1..=500).map(event)).await;
+    let spec = JetStreamSourceSpec {
+        max_ack_pending: NonZeroUsize::new(50),
+        stop_when_drained: false,
+        ..source_spec(&url, &s)
+    };
+    let mut src = source(spec, 20);
+    // Without commits the server stops at 50 messages.
+    let mut read = 0;
+    let mut positions = Vec::new();
+    for _ in 0..10 {
+        let c = call(&mut src).await;
+        for (b, p) in c.batches {
+            read += b.num_rows();
+            positions.extend(p);
+        }
+        let info = consumer_info(&js, &s, src.durable()).await;
+        assert!(
+            info.num_ack_pending <= 50,
+            "{} unacknowledged",
+            info.num_ack_pending
+        );
+    }
+    assert_eq!(read, 50, "the slow pipeline held the stream back");
+    // Committing lets the rest through, never more than 50 out at once.
+    for p in &positions {
+        src.commit(p).await.unwrap();
+    }
+    let started = Instant::now();
+    while read < 500 && started.elapsed() < Duration::from_secs(20) {
+        let c = call(&mut src).await;
+        let info = consumer_info(&js, &s, src.durable()).await;
+        assert!(
+            info.num_ack_pending <= 50,
+            "{} unacknowledged",
+            info.num_ack_pending
+        );
+        for (b, p) in c.batches {
+            read += b.num_rows();
+            if let Some(p) = p {
+                src.commit(&p).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(read, 500);
+    let info = floor_reaches(&js, &s, src.durable(), 500).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (500, 0)
+    );
+}
+
+#[tokio::test]
+async fn deliver_policies_choose_where_a_new_consumer_starts() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    publish(&js, &format!("{s}.in"), (1..=10).map(event)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cut = time_now_rfc3339();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publish(&js, &format!("{s}.in"), (11..=15).map(event)).await;
+    for (deliver, want) in [
+        (Deliver::All, (1..=15).collect::<Vec<i64>>()),
+        (Deliver::Sequence(8), (8..=15).collect()),
+        (Deliver::Time(cut.clone()), (11..=15).collect()),
+        (Deliver::New, vec![]),
+    ] {
+        let spec = JetStreamSourceSpec {
+            durable: Some(unique("d")),
+            deliver: deliver.clone(),
+            ..source_spec(&url, &s)
+        };
+        let mut src = source(spec, 100);
+        let c = call(&mut src).await;
+        let got: Vec<i64> = c.batches.iter().flat_map(|(b, _)| ids(b)).collect();
+        assert_eq!(got, want, "{deliver:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_stream_is_a_config_error_unless_created() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let name = unique("weir_test");
+    let mut src = source(source_spec(&url, &name), 10);
+    let err = call_err(&mut src).await;
+    assert!(
+        err.contains(&format!("there is no stream `{name}`")),
+        "{err}"
+    );
+    streams.names.push(name.clone());
+    let spec = JetStreamSourceSpec {
+        create_stream: true,
+        ..source_spec(&url, &name)
+    };
+    let mut src = source(spec, 10);
+    let c = call(&mut src).await;
+    assert!(
+        !c.more && c.batches.is_empty(),
+        "an empty stream is drained at once"
+    );
+    let info = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.config.subjects, vec![format!("{name}.in")]);
+}
+
+async fn call_err(src: &mut JetStreamSource) -> String {
+    let mut out = Emitter::default();
+    src.next_batch(&mut out)
+        .await
+        .err()
+        .expect("an error")
+        .to_string()
+}
+
+fn time_now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[test]
+fn the_source_table_reads_every_deliver_form_and_names_bad_keys() {
+    let parse = |text: &str| toml::from_str::<JetStreamSourceSpec>(text);
+    let base = "stream = \"events\"\nschema = [{ name = \"id\", type = \"int64\" }]\n";
+    let spec = parse(base).unwrap();
+    assert_eq!(spec.url, "nats://127.0.0.1:4222");
+    assert_eq!(spec.deliver, Deliver::All);
+    assert_eq!(spec.max_wait.0, Duration::from_millis(100));
+    assert_eq!(spec.ack_wait.0, Duration::from_secs(30));
+    assert_eq!(spec.max_deliver.get(), 5);
+    for (line, want) in [
+        ("deliver = \"new\"", Deliver::New),
+        ("deliver = { sequence = 42 }", Deliver::Sequence(42)),
+        (
+            "deliver = { time = \"2024-05-01T00:00:00Z\" }",
+            Deliver::Time("2024-05-01T00:00:00Z".into()),
+        ),
+    ] {
+        let spec = parse(&format!("{base}{line}\n")).unwrap();
+        assert_eq!(spec.deliver, want);
+        spec.check("source[0].jetstream").unwrap();
+        let back: JetStreamSourceSpec = toml::from_str(&toml::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec, "round trip");
+    }
+    let err = parse(&format!("{base}deliver = \"last\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown deliver policy `last`"), "{err}");
+    let err = parse(&format!("{base}deliver = {{ seq = 1 }}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown key `seq`"), "{err}");
+    let err = parse(&format!("{base}max_ack_pendng = 5\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `max_ack_pendng`"), "{err}");
+
+    let bad = |line: &str| {
+        parse(&format!("{base}{line}\n"))
+            .unwrap()
+            .check("source[0].jetstream")
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad("deliver = { time = \"yesterday\" }")
+            .starts_with("`source[0].jetstream.deliver`: `yesterday` is not an RFC 3339 time")
+    );
+    assert!(bad("durable = \"a.b\"").starts_with("`source[0].jetstream.durable`"));
+    assert!(bad("ack_wait = \"10ms\"").starts_with("`source[0].jetstream.ack_wait`"));
+    assert!(bad("max_wait = 0").starts_with("`source[0].jetstream.max_wait`"));
+    let err = parse("stream = \"a b\"\nschema = []\n")
+        .unwrap()
+        .check("source[0].jetstream")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("`source[0].jetstream.stream`"), "{err}");
+}
+
+#[test]
+fn the_sink_table_reads_ids_and_names_bad_keys() {
+    let parse = |text: &str| toml::from_str::<JetStreamSinkSpec>(text);
+    let spec = parse("subject = \"features.out\"\n").unwrap();
+    assert_eq!(
+        (spec.per, &spec.id, spec.max_inflight.get()),
+        (Per::Row, &MsgId::Content, 4096)
+    );
+    let spec = parse("subject = \"f.out\"\nid = { key = [\"user\", \"start\"] }\n").unwrap();
+    assert_eq!(spec.id, MsgId::Key(vec!["user".into(), "start".into()]));
+    let spec = parse("subject = \"f.out\"\nid = \"lineage\"\nper = \"batch\"\n").unwrap();
+    assert_eq!((spec.per, spec.id.clone()), (Per::Batch, MsgId::Lineage));
+    spec.check("sink[0].jetstream").unwrap();
+    let bad = |text: &str| {
+        parse(text)
+            .unwrap()
+            .check("sink[0].jetstream")
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad("subject = \"f.*\"\n").starts_with("`sink[0].jetstream.subject`"));
+    assert!(bad("subject = \"f..x\"\n").starts_with("`sink[0].jetstream.subject`"));
+    assert!(bad("subject = \"f\"\nid = { key = [] }\n").starts_with("`sink[0].jetstream.id.key`"));
+    assert!(
+        bad("subject = \"f\"\nper = \"batch\"\nid = { key = [\"a\"] }\n")
+            .starts_with("`sink[0].jetstream.id`")
+    );
+    let err = parse("subject = \"f\"\nper = \"rows\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variant `rows`"), "{err}");
+}
+
+#[test]
+fn default_durable_names_are_valid_consumer_names() {
+    assert_eq!(
+        default_durable("click stream", "src.1"),
+        "weir_click_stream_src_1"
+    );
+    assert!(valid_name(&default_durable("a>b*c", "d/e")));
+}
+
+/// Runs the pipeline `text` (in `dir`) to its end.
+async fn run_pipeline(text: &str, dir: &std::path::Path) -> crate::exec::RunSummary {
+    let mut spec = crate::spec::PipelineSpec::from_toml(text, "pipeline.toml").unwrap();
+    spec.base_dir = dir.to_path_buf();
+    let env = crate::plan::RunEnv {
+        sandbox: crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap(),
+        data_dir: dir.join("data"),
+        store: None,
+    };
+    let plan = crate::plan::Plan::build(spec, &env).unwrap();
+    crate::exec::run(plan, &env, &crate::exec::RunOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_file_moves_a_stream_into_another_acknowledging_everything() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    let n = 5_000u64;
+    // Every 1000th message is corrupt.
+    publish(
+        &js,
+        &format!("{s}.in"),
+        (1..=n).map(|i| {
+            if i % 1000 == 0 {
+                format!("{{\"id\": {i}, oops")
+            } else {
+                event(i)
+            }
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        r#"name = "relay"
+[settings]
+batch_rows = 512
+
+[[source]]
+name = "events"
+[source.jetstream]
+url = "{url}"
+stream = "{s}"
+subject = "{s}.in"
+stop_when_drained = true
+rejects = "rejects.jsonl"
+schema = [{{ name = "id", type = "int64", required = true }}, {{ name = "user", type = "utf8" }}]
+
+[[sink]]
+name = "out"
+input = "events"
+[sink.jetstream]
+url = "{url}"
+subject = "{s}.out"
+stream = "{s}"
+"#
+    );
+    let summary = run_pipeline(&pipeline, dir.path()).await;
+    assert_eq!(summary.records_in(), n - 5);
+    assert_eq!(count_on(&js, &s, &format!("{s}.out")).await, n - 5);
+    let info = floor_reaches(&js, &s, "weir_relay_events", n).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (n, 0)
+    );
+    let rejects = std::fs::read_to_string(dir.path().join("rejects.jsonl")).unwrap();
+    let positions: Vec<String> = rejects
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["position"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        positions,
+        (1..=5)
+            .map(|k| format!("{s}:{}", k * 1000))
+            .collect::<Vec<_>>()
+    );
+
+    // Running it again finds nothing new, and publishes nothing twice.
+    let summary = run_pipeline(&pipeline, dir.path()).await;
+    assert_eq!(summary.records_in(), 0);
+    assert_eq!(count_on(&js, &s, &format!("{s}.out")).await, n - 5);
+}
