@@ -11,4 +11,5 @@ mod ops;
 mod quickstart;
 mod sandbox;
 mod shadow;
+mod streaming;
 mod swap;
