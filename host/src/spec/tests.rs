@@ -184,7 +184,7 @@ fn a_node_needs_exactly_one_kind_table() {
     let e = err(&GOOD.replace("[sink.jsonl]\npath = \"out.jsonl\"\n", ""));
     assert_eq!(
         e,
-        "p.toml: line 21 column 1: `sink[0]`: needs one kind table: one of `jsonl`, `vectors`, `http`, `jetstream`"
+        "p.toml: line 21 column 1: `sink[0]`: needs one kind table: one of `jsonl`, `vectors`, `http`, `parquet`, `csv`, `redis`, `jetstream`"
     );
     let e = err(&GOOD.replace(
         "[source.jsonl]",

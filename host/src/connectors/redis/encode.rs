@@ -18,20 +18,18 @@
 //! A null is not stored: the field is removed from the hash (`HDEL`), so a
 //! value of an older vector never survives next to a newer one.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
-
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Array, Date64Array, Float32Array, Float64Array,
     PrimitiveArray,
 };
 use arrow::datatypes::{
-    DataType, Field, FieldRef, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+    DataType, FieldRef, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
     TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
     TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow::json::writer::{EncoderOptions, NullableEncoder, make_encoder};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use std::fmt::Write as _;
 
 use crate::node::NodeError;
 
@@ -404,11 +402,6 @@ pub fn decode(type_name: Option<&str>, bytes: &[u8]) -> serde_json::Value {
         _ => None,
     };
     parsed.unwrap_or_else(|| Value::String(text.into_owned()))
-}
-
-/// A field named `name` of type `t`, for tests and callers building batches.
-pub fn field(name: &str, t: DataType) -> FieldRef {
-    Arc::new(Field::new(name, t, true))
 }
 
 #[cfg(test)]

@@ -502,10 +502,10 @@ impl RedisSink {
             let range = start..(start + step).min(rows);
             start = range.end;
             let pipe = self.encode(&arrays, lineage.as_deref(), range.clone(), range.start == 0)?;
-            if in_flight.len() >= self.spec.in_flight.get() {
-                if let Some(sent) = in_flight.next().await {
-                    self.settle(sent, &mut failed)?;
-                }
+            if in_flight.len() >= self.spec.in_flight.get()
+                && let Some(sent) = in_flight.next().await
+            {
+                self.settle(sent, &mut failed)?;
             }
             self.stats.pipelines += 1;
             in_flight.push_back(send(conn.clone(), pipe, range));
