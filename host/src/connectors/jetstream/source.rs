@@ -652,6 +652,10 @@ impl JetStreamSource {
                 payload: message.payload,
                 reply,
             });
+            // A backfill at its end need not wait for more.
+            if pending == 0 && self.spec.stop_when_drained {
+                break;
+            }
         }
         Ok(())
     }

@@ -811,8 +811,7 @@ async fn call_err(src: &mut JetStreamSource) -> String {
     let mut out = Emitter::default();
     src.next_batch(&mut out)
         .await
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string()
 }
 
@@ -1035,4 +1034,165 @@ stream = "{s}"
     let summary = run_pipeline(&pipeline, dir.path()).await;
     assert_eq!(summary.records_in(), 0);
     assert_eq!(count_on(&js, &s, &format!("{s}.out")).await, n - 5);
+}
+
+/// Throughput, for docs/jetstream.md: `WEIR_BENCH_EVENTS` small JSON events
+/// (default 1,000,000) published once, then alternating rounds
+/// (`WEIR_BENCH_ROUNDS`, default 5) of (a) a fresh durable consumer reading
+/// them all through the source, committing every batch as the executor does,
+/// into a counting sink, and (b) the sink publishing 200,000 rows of them.
+/// Run optimized: see docs/jetstream.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run with --ignored"]
+async fn bench_ingest_and_publish() {
+    let Some(url) = nats_url() else { return };
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, rounds) = (
+        env("WEIR_BENCH_EVENTS", 1_000_000),
+        env("WEIR_BENCH_ROUNDS", 5),
+    );
+    let (js, mut streams) = setup(&url).await;
+    // WEIR_BENCH_STREAM: a stream of the bench's events kept from an earlier
+    // run (published once, not deleted), to profile reading alone.
+    let kept = std::env::var("WEIR_BENCH_STREAM").ok();
+    let s = match &kept {
+        Some(name) => name.clone(),
+        None => streams.create(&js).await,
+    };
+    let sink_rounds = std::env::var("WEIR_BENCH_NO_SINK").is_err();
+    let clicks = |i: u64| {
+        format!(
+            r#"{{"id":{i},"user":"u{}","event":"click","price":{}.5,"ts":{}}}"#,
+            i % 5000,
+            i % 200,
+            1_700_000_000_000 + i * 10
+        )
+    };
+    let payload_bytes = clicks(n).len();
+    let have = js.get_stream(&s).await.ok();
+    let held = match have {
+        Some(mut st) => st.info().await.unwrap().state.messages,
+        None => {
+            js.create_stream(jetstream::stream::Config {
+                name: s.clone(),
+                subjects: vec![format!("{s}.>")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            0
+        }
+    };
+    let started = Instant::now();
+    if held < n {
+        publish(&js, &format!("{s}.in"), (held + 1..=n).map(clicks)).await;
+    }
+    eprintln!(
+        "published {n} events of ~{payload_bytes} bytes with the plain client in {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut schema = fields();
+    schema.extend([
+        FieldSpec {
+            name: "event".into(),
+            data_type: FieldType::Utf8,
+            required: false,
+            min: None,
+            max: None,
+        },
+        FieldSpec {
+            name: "price".into(),
+            data_type: FieldType::Float64,
+            required: false,
+            min: None,
+            max: None,
+        },
+        FieldSpec {
+            name: "ts".into(),
+            data_type: FieldType::Int64,
+            required: false,
+            min: None,
+            max: None,
+        },
+    ]);
+    let mut ingest = Vec::new();
+    let mut publish_rates = Vec::new();
+    let mut sample: Vec<RecordBatch> = Vec::new();
+    for round in 0..rounds {
+        let spec = JetStreamSourceSpec {
+            durable: Some(unique("bench")),
+            schema: schema.clone(),
+            max_wait: Millis(Duration::from_millis(100)),
+            ..source_spec(&url, &s)
+        };
+        let mut src = source(spec, 4096);
+        let started = Instant::now();
+        let mut rows = 0u64;
+        loop {
+            let mut out = Emitter::default();
+            let more = src.next_batch(&mut out).await.unwrap();
+            assert!(out.dead_letters.is_empty());
+            for (b, _, p) in out.take_output() {
+                rows += b.num_rows() as u64;
+                if sample.iter().map(RecordBatch::num_rows).sum::<usize>() < 200_000 {
+                    sample.push(b);
+                }
+                if let Some(p) = p {
+                    src.commit(&p).await.unwrap();
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(rows, n);
+        ingest.push(n as f64 / secs);
+        eprintln!(
+            "round {round}: ingest {n} in {secs:.3}s = {:.0} events/s",
+            n as f64 / secs
+        );
+        if !sink_rounds {
+            continue;
+        }
+
+        let spec = JetStreamSinkSpec {
+            subject: format!("{s}.out{round}"),
+            stream: None,
+            ..sink_spec(&url, &s)
+        };
+        // A sink name per round: message ids are deduplicated per stream.
+        let mut sink = JetStreamSink::new(spec, "bench", &format!("out{round}"));
+        let lin = lineage("in", None, None);
+        let started = Instant::now();
+        for b in &sample {
+            sink.write(b, &lin).await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let published = sink.published() as f64;
+        publish_rates.push(published / secs);
+        eprintln!(
+            "round {round}: sink published {published} in {secs:.3}s = {:.0} rows/s",
+            published / secs
+        );
+    }
+    let summary = |name: &str, mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        eprintln!(
+            "{name}: median {:.0}/s, min {:.0}/s, max {:.0}/s over {} rounds",
+            v[v.len() / 2],
+            v[0],
+            v[v.len() - 1],
+            v.len()
+        );
+    };
+    summary("ingest", ingest);
+    if sink_rounds {
+        summary("sink", publish_rates);
+    }
 }
