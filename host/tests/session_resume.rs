@@ -121,8 +121,10 @@ fn start_and_wait(dir: &Path, resume: bool, bytes: u64) -> std::process::Child {
     }
 }
 
-#[test]
-fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
+/// An uninterrupted run of the pipeline file over the events, and a second
+/// directory with the same events and the pipeline stored: the reference's
+/// sorted sessions, the byte size of its output, and both directories.
+fn reference_and_stored() -> (tempfile::TempDir, tempfile::TempDir, Vec<String>, u64) {
     let reference = tempfile::tempdir().unwrap();
     let r = reference.path();
     write_events(&r.join("events.jsonl"));
@@ -139,6 +141,13 @@ fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
     std::fs::write(d.join("pipeline.toml"), PIPELINE).unwrap();
     let (ok, _, err) = weir(d, &["pipeline", "apply", "pipeline.toml"]);
     assert!(ok, "{err}");
+    (reference, dir, expected, total)
+}
+
+#[test]
+fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
+    let (_reference, dir, expected, total) = reference_and_stored();
+    let d = dir.path();
     // Two kill points that differ from run to run, the second further on.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -191,21 +200,8 @@ fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
 
 #[test]
 fn sessions_stopped_cleanly_and_resumed_equal_an_uninterrupted_run() {
-    let reference = tempfile::tempdir().unwrap();
-    let r = reference.path();
-    write_events(&r.join("events.jsonl"));
-    std::fs::write(r.join("pipeline.toml"), PIPELINE).unwrap();
-    let (ok, _, err) = weir(r, &["run", "--quiet", "pipeline.toml"]);
-    assert!(ok, "{err}");
-    let expected = sorted_lines(&r.join("out.jsonl"));
-    let total = std::fs::metadata(r.join("out.jsonl")).unwrap().len();
-
-    let dir = tempfile::tempdir().unwrap();
+    let (_reference, dir, expected, total) = reference_and_stored();
     let d = dir.path();
-    std::fs::copy(r.join("events.jsonl"), d.join("events.jsonl")).unwrap();
-    std::fs::write(d.join("pipeline.toml"), PIPELINE).unwrap();
-    let (ok, _, err) = weir(d, &["pipeline", "apply", "pipeline.toml"]);
-    assert!(ok, "{err}");
     let child = start_and_wait(d, false, total / 3);
     let (ok, _, err) = weir(d, &["pipeline", "stop", "sessions"]);
     assert!(ok, "{err}");

@@ -68,6 +68,14 @@ pub enum PipelineCommand {
         /// The pipeline's name.
         name: String,
     },
+    /// Print the pipeline's last checkpoint as JSON: the run that wrote it,
+    /// each source's position, each sink's state, each stateful operator's state
+    /// file, and whether the run was complete; what `weir run NAME --resume`
+    /// continues from.
+    Checkpoint {
+        /// The pipeline's name.
+        name: String,
+    },
     /// Make an earlier version active again.
     Rollback {
         /// The pipeline's name.
@@ -154,6 +162,15 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
         | PipelineCommand::Status { .. }
         | PipelineCommand::Stop { .. } => {
             unreachable!("handled above")
+        }
+        PipelineCommand::Checkpoint { name } => {
+            let Some(c) = store.checkpoint(&name)? else {
+                bail!(
+                    "pipeline `{name}` has no checkpoint (it was never run by name, or its store was reset)"
+                );
+            };
+            println!("{}", serde_json::to_string_pretty(&c)?);
+            Ok(())
         }
         PipelineCommand::Rollback { name, to } => {
             store

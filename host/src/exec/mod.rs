@@ -586,7 +586,7 @@ impl Checkpointer {
                 .as_millis() as u64,
         };
         let saved = {
-            let checkpoint = checkpoint.clone();
+            let (checkpoint, lineage) = (checkpoint.clone(), lineage.clone());
             tokio::task::spawn_blocking(move || {
                 letters.flush().map_err(|e| e.to_string())?;
                 store.save(&checkpoint, &lineage).map_err(|e| e.to_string())
@@ -596,10 +596,7 @@ impl Checkpointer {
             .and_then(|r| r)
         };
         if let Err(message) = saved {
-            return Err(RunError::Checkpoint {
-                pipeline: self.pipeline.clone(),
-                message,
-            });
+            return Err(self.unsaved(lineage, message));
         }
         barriers.committed.send_replace((a.id, a.sources));
         if let Some(old) = self.last.replace(checkpoint) {
@@ -673,20 +670,24 @@ impl Checkpointer {
                 self.last = Some(checkpoint);
                 Ok(())
             }
-            Err(message) => {
-                // Keep the records for the next attempt.
-                let mut pending = self
-                    .shared
-                    .lineage
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let newer = std::mem::replace(&mut *pending, lineage);
-                pending.extend(newer);
-                Err(RunError::Checkpoint {
-                    pipeline: self.pipeline.clone(),
-                    message,
-                })
-            }
+            Err(message) => Err(self.unsaved(lineage, message)),
+        }
+    }
+
+    /// A save that failed: its lineage records go back in front of those
+    /// gathered since, so the next save (the final one of a run that handles
+    /// the error) still writes them.
+    fn unsaved(&self, lineage: Vec<LineageRecord>, message: String) -> RunError {
+        let mut pending = self
+            .shared
+            .lineage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let newer = std::mem::replace(&mut *pending, lineage);
+        pending.extend(newer);
+        RunError::Checkpoint {
+            pipeline: self.pipeline.clone(),
+            message,
         }
     }
 }

@@ -28,15 +28,16 @@
 //! `seq`.
 //!
 //! **Restart.** A durable consumer keeps, on the server, what the previous run
-//! had read and not acknowledged; the server redelivers those messages only once
-//! their `ack_wait` has passed, after newer ones. Acknowledging a newer message
-//! would then (AckPolicy::All) acknowledge the old ones before they were
-//! reprocessed. So when the consumer has messages pending at start, the source
-//! holds its acks back (it keeps reading and emitting) until every one of them
-//! has come back, which it checks against the consumer's `num_ack_pending`, and
-//! acknowledges from the first position after that. Delivery counts survive
-//! the restart, which is what makes `max_deliver` work for a message that
-//! crashes the pipeline every time.
+//! had read and not acknowledged, and would redeliver it only once its
+//! `ack_wait` has passed, after newer messages; acknowledging a newer message
+//! first (AckPolicy::All) would acknowledge the old ones unprocessed. So a
+//! consumer found with messages pending (the previous run was killed) is
+//! deleted and created again to start right after the resume point: the
+//! checkpoint, or the consumer's ack floor when the run does not resume. The
+//! restarted run reads on at once, with no wait and no gap. Delivery counts
+//! start again with the new consumer, so `max_deliver` counts the deliveries
+//! within a run (a pipeline slower than `ack_wait`); a consumer left clean (a
+//! stopped run) is kept as it is.
 //!
 //! **Dead letters after `max_deliver`.** The server is told not to limit
 //! deliveries: the source itself turns a message on its `max_deliver`-th
@@ -45,10 +46,11 @@
 //! next commit, rather than being dropped by the server without a trace.
 //!
 //! **Seek.** The executor's checkpoint (a stream sequence) and the durable
-//! consumer's ack floor normally agree. If the consumer does not exist it is
-//! created to start after the checkpoint; if it exists its ack floor decides
-//! where delivery starts, and messages at or before the checkpoint that come
-//! again are skipped (they are already durable downstream) and acknowledged.
+//! consumer's ack floor normally agree. If the consumer does not exist, or
+//! holds unacknowledged messages, or is behind the checkpoint, it is created
+//! to start after the checkpoint; messages at or before the checkpoint that
+//! come again all the same are skipped (they are already durable downstream)
+//! and acknowledged.
 //!
 //! **Backpressure.** `max_ack_pending` bounds the messages delivered and not
 //! yet acknowledged. A slow pipeline commits late, so the server stops
@@ -347,21 +349,6 @@ struct Got {
 struct Unacked {
     position: String,
     reply: async_nats::Subject,
-    /// False while the source holds acks back after a restart (see the module
-    /// docs): committing this position acknowledges nothing yet.
-    ackable: bool,
-}
-
-/// What a restarted consumer had delivered and not acknowledged, until all of
-/// it has come back.
-struct Gate {
-    /// The highest stream sequence delivered before this run.
-    old_top: u64,
-    /// Distinct sequences at or below `old_top` read in this run.
-    old_seen: HashSet<u64>,
-    /// Distinct sequences above `old_top` read in this run.
-    new_seen: HashSet<u64>,
-    checked: Option<Instant>,
 }
 
 /// The connection, made on first use.
@@ -394,17 +381,14 @@ pub struct JetStreamSource {
     /// The checkpoint a resumed run continues after: messages at or before it
     /// are durable downstream already.
     resumed_after: u64,
-    gate: Option<Gate>,
-    /// The newest committed position's message, while the gate held its ack
-    /// back.
-    held: Option<async_nats::Subject>,
     /// The stream (with its filter) had nothing left when last asked.
     drained: bool,
+    /// When the batch being gathered is emitted however full it is. Kept
+    /// across calls: the executor drops a waiting call at every checkpoint
+    /// barrier, and a deadline that started again with each call would never
+    /// come while barriers are more frequent than `max_wait`.
+    deadline: Option<Instant>,
 }
-
-/// How often a restarted source asks the server whether its old pending
-/// messages have all come back.
-const GATE_CHECK: Duration = Duration::from_millis(250);
 
 /// How long a pull request waits on the server before it expires and is
 /// renewed; the idle heartbeat is a tenth of it.
@@ -432,9 +416,8 @@ impl JetStreamSource {
             high_reply: None,
             redelivered_batches: 0,
             resumed_after: 0,
-            gate: None,
-            held: None,
             drained: false,
+            deadline: None,
         }
     }
 
@@ -502,41 +485,52 @@ impl JetStreamSource {
                 return Err(self.fail(true, format!("stream `{}`: {e}", self.spec.stream)));
             }
         };
-        let consumer = match stream.consumer_info(&self.durable).await {
-            Ok(info) => {
-                self.check_existing(&info)?;
-                let floor = info.ack_floor.stream_sequence;
-                if self.resumed_after > floor {
-                    tracing::info!(
-                        consumer = %self.durable, floor, checkpoint = self.resumed_after,
-                        "the consumer's ack floor is behind the checkpoint: messages up to the checkpoint come again and are skipped"
-                    );
-                }
-                if info.num_ack_pending > 0 {
-                    tracing::info!(
-                        consumer = %self.durable, pending = info.num_ack_pending,
-                        "messages of an earlier run are unacknowledged: acks wait until they are redelivered"
-                    );
-                    self.gate = Some(Gate {
-                        old_top: info.delivered.stream_sequence,
-                        old_seen: HashSet::new(),
-                        new_seen: HashSet::new(),
-                        checked: None,
-                    });
-                }
-                self.high = self.high.max(floor);
-                let config = self.consumer_config(info.config.deliver_policy);
-                consumer::Consumer::new(config, info, js.clone())
-            }
+        let existing = match stream.consumer_info(&self.durable).await {
+            Ok(info) => Some(info),
             Err(e)
                 if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
             {
-                let deliver = if self.resumed_after > 0 {
-                    DeliverPolicy::ByStartSequence {
-                        start_sequence: self.resumed_after + 1,
+                None
+            }
+            Err(e) => return Err(self.fail(true, format!("consumer `{}`: {e}", self.durable))),
+        };
+        let consumer = match existing {
+            Some(info)
+                if info.num_ack_pending == 0
+                    && self.resumed_after <= info.ack_floor.stream_sequence =>
+            {
+                self.check_existing(&info)?;
+                self.high = self.high.max(info.ack_floor.stream_sequence);
+                let config = self.consumer_config(info.config.deliver_policy);
+                consumer::Consumer::new(config, info, js.clone())
+            }
+            existing => {
+                let deliver = match existing {
+                    Some(info) => {
+                        self.check_existing(&info)?;
+                        // Pending messages of a killed run, or a consumer behind the
+                        // checkpoint: start again right after the resume point.
+                        let after = self.resumed_after.max(info.ack_floor.stream_sequence);
+                        tracing::info!(
+                            consumer = %self.durable, pending = info.num_ack_pending,
+                            floor = info.ack_floor.stream_sequence, after,
+                            "the consumer holds unacknowledged messages of an earlier run: recreating it to start after the resume point"
+                        );
+                        stream.delete_consumer(&self.durable).await.map_err(|e| {
+                            self.fail(
+                                true,
+                                format!("cannot recreate consumer `{}`: {e}", self.durable),
+                            )
+                        })?;
+                        self.high = self.high.max(after);
+                        DeliverPolicy::ByStartSequence {
+                            start_sequence: after + 1,
+                        }
                     }
-                } else {
-                    self.spec.deliver.policy().map_err(NodeError::config)?
+                    None if self.resumed_after > 0 => DeliverPolicy::ByStartSequence {
+                        start_sequence: self.resumed_after + 1,
+                    },
+                    None => self.spec.deliver.policy().map_err(NodeError::config)?,
                 };
                 stream
                     .create_consumer(self.consumer_config(deliver))
@@ -548,7 +542,6 @@ impl JetStreamSource {
                         )
                     })?
             }
-            Err(e) => return Err(self.fail(true, format!("consumer `{}`: {e}", self.durable))),
         };
         let messages = consumer
             .stream()
@@ -599,10 +592,13 @@ impl JetStreamSource {
         Ok(())
     }
 
-    /// Reads until `batch` messages are gathered or `max_wait` has passed.
-    /// Cancel-safe: what is read goes to `self.gathered` at once.
+    /// Reads until `batch` messages are gathered or `max_wait` has passed
+    /// since the first call for this batch. Cancel-safe: what is read goes to
+    /// `self.gathered` at once, and the deadline stays.
     async fn gather(&mut self) -> Result<(), NodeError> {
-        let deadline = Instant::now() + self.spec.max_wait.0;
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + self.spec.max_wait.0);
         let url = self.spec.url.clone();
         let conn = self.conn.as_mut().expect("connected");
         while self.gathered.len() < self.batch {
@@ -673,13 +669,6 @@ impl JetStreamSource {
             if top.is_none_or(|t| g.seq > t.seq) {
                 top = Some(g);
             }
-            if let Some(gate) = &mut self.gate {
-                if g.seq <= gate.old_top {
-                    gate.old_seen.insert(g.seq);
-                } else {
-                    gate.new_seen.insert(g.seq);
-                }
-            }
             if g.seq <= self.resumed_after {
                 skipped += 1;
             } else if g.delivered >= max_deliver {
@@ -735,62 +724,14 @@ impl JetStreamSource {
             // The message at `high` (every one before it was emitted by now);
             // before any, this batch's newest, at or below the resume point.
             reply: self.high_reply.clone().unwrap_or_else(|| top.reply.clone()),
-            ackable: self.gate.is_none(),
         });
         out.push_at(batch, Some(position));
         self.drained = gathered.last().is_some_and(|g| g.pending == 0);
         Ok(())
     }
 
-    /// After a restart: whether every message of the earlier run has come
-    /// back, by the server's count of what is pending. Opens the gate (makes the
-    /// newest position ackable) when it has.
-    async fn check_gate(&mut self) -> Result<(), NodeError> {
-        let Some(gate) = &mut self.gate else {
-            return Ok(());
-        };
-        if gate.checked.is_some_and(|t| t.elapsed() < GATE_CHECK) {
-            return Ok(());
-        }
-        gate.checked = Some(Instant::now());
-        let conn = self.conn.as_mut().expect("connected");
-        let info = conn
-            .consumer
-            .get_info()
-            .await
-            .map_err(|e| service(&self.spec.url, true, format!("consumer info: {e}")))?;
-        // Nothing is acknowledged while gated, so what is pending is what this
-        // run read above the old top, plus the old messages still out.
-        let old_out = info.num_ack_pending.saturating_sub(gate.new_seen.len());
-        if old_out <= gate.old_seen.len() {
-            tracing::info!(
-                consumer = %self.durable, redelivered = gate.old_seen.len(),
-                "every message of the earlier run came back: acknowledging again"
-            );
-            self.gate = None;
-            if let Some(last) = self.unacked.back_mut() {
-                last.ackable = true;
-            } else if let Some(done) = self.held.take() {
-                // Everything emitted is committed already: acknowledge it now.
-                let ack = async {
-                    conn.client
-                        .publish(done, Bytes::from_static(b"+ACK"))
-                        .await?;
-                    conn.client.flush().await?;
-                    Ok::<(), async_nats::Error>(())
-                };
-                ack.await
-                    .map_err(|e| service(&self.spec.url, true, format!("acknowledging: {e}")))?;
-            }
-        }
-        Ok(())
-    }
-
     /// Whether the consumer has nothing more to deliver now.
     async fn nothing_left(&mut self) -> Result<bool, NodeError> {
-        if self.gate.is_some() {
-            return Ok(false);
-        }
         let conn = self.conn.as_mut().expect("connected");
         let info = conn
             .consumer
@@ -823,19 +764,18 @@ impl AsyncSource for JetStreamSource {
         Box::pin(async move {
             self.connect().await?;
             self.gather().await?;
+            self.deadline = None;
             if self.gathered.is_empty() {
                 if self.spec.stop_when_drained && self.nothing_left().await? {
                     return Ok(false);
                 }
-                self.check_gate().await?;
                 return Ok(true);
             }
             let full = self.gathered.len() >= self.batch;
             self.emit(out)?;
-            self.check_gate().await?;
             // A short batch whose last message left nothing pending: the
             // stream is drained for now.
-            Ok(!(self.spec.stop_when_drained && !full && self.drained && self.gate.is_none()))
+            Ok(!(self.spec.stop_when_drained && !full && self.drained))
         })
     }
 
@@ -877,10 +817,6 @@ impl AsyncSource for JetStreamSource {
             let Some(u) = last else {
                 return Ok(());
             };
-            if !u.ackable {
-                self.held = Some(u.reply);
-                return Ok(());
-            }
             let conn = self
                 .conn
                 .as_ref()

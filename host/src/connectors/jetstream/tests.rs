@@ -406,32 +406,23 @@ async fn a_message_never_committed_becomes_a_dead_letter_after_max_deliver() {
         stop_when_drained: false,
         ..source_spec(&url, &s)
     };
-    // Two runs read the messages and crash before committing.
-    for delivery in 1..=2 {
-        let mut src = source(spec.clone(), 10);
-        let mut rows = Vec::new();
-        let started = Instant::now();
-        while rows.len() < 3 && started.elapsed() < Duration::from_secs(10) {
-            let c = call(&mut src).await;
-            assert!(c.letters.is_empty(), "delivery {delivery}: {:?}", c.letters);
-            rows.extend(c.batches.iter().flat_map(|(b, _)| ids(b)));
-        }
-        assert_eq!(rows, vec![1, 2, 3], "delivery {delivery}");
-        drop(src);
-    }
-    // The third delivery is the last: dead letters, then committed.
-    let mut src = source(spec.clone(), 10);
+    // A pipeline slower than `ack_wait`: nothing is committed, so the server
+    // delivers the messages again; the first two deliveries are decoded, the
+    // third is the last and makes dead letters.
+    let mut src = source(spec, 10);
+    let mut rows = Vec::new();
     let mut letters = Vec::new();
-    let mut last = None;
+    let mut positions = Vec::new();
     let started = Instant::now();
-    while letters.len() < 3 && started.elapsed() < Duration::from_secs(10) {
+    while letters.len() < 3 && started.elapsed() < Duration::from_secs(15) {
         let c = call(&mut src).await;
         letters.extend(c.letters);
         for (b, p) in c.batches {
-            assert_eq!(b.num_rows(), 0, "not decoded again");
-            last = p.or(last);
+            rows.extend(ids(&b));
+            positions.extend(p);
         }
     }
+    assert_eq!(rows, vec![1, 2, 3, 1, 2, 3], "two deliveries decoded");
     let reasons: Vec<(&str, &str)> = letters
         .iter()
         .map(|l| (l.reason.as_str(), l.position.as_str()))
@@ -449,12 +440,13 @@ async fn a_message_never_committed_becomes_a_dead_letter_after_max_deliver() {
         letters[0].detail
     );
     assert_eq!(letters[0].record, event(1));
-    // Every old message came back, so the source acknowledges again.
-    let mut c = call(&mut src).await;
-    while c.batches.iter().any(|(b, _)| b.num_rows() > 0) {
-        c = call(&mut src).await;
-    }
-    src.commit(&last.expect("a position")).await.unwrap();
+    // Redeliveries get positions of their own after the first batch's.
+    assert_eq!(positions[0], "3");
+    assert!(
+        positions[1..].iter().all(|p| p.starts_with("3.")),
+        "{positions:?}"
+    );
+    src.commit(positions.last().unwrap()).await.unwrap();
     let info = floor_reaches(&js, &s, src.durable(), 3).await;
     assert_eq!(
         (info.ack_floor.stream_sequence, info.num_ack_pending),
@@ -463,76 +455,115 @@ async fn a_message_never_committed_becomes_a_dead_letter_after_max_deliver() {
 }
 
 #[tokio::test]
-async fn a_restarted_consumer_acks_nothing_until_the_old_messages_came_back() {
+async fn a_batch_is_emitted_at_max_wait_even_when_calls_are_dropped_sooner() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    publish(&js, &format!("{s}.in"), (1..=3).map(event)).await;
+    // As the executor does at every checkpoint barrier: a call waiting for the
+    // batch to fill is dropped after 40 ms, well before `max_wait`.
+    let spec = JetStreamSourceSpec {
+        max_wait: Millis(Duration::from_millis(300)),
+        stop_when_drained: false,
+        ..source_spec(&url, &s)
+    };
+    let mut src = source(spec, 100);
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut dropped = 0;
+    while got.is_empty() && started.elapsed() < Duration::from_secs(5) {
+        let mut out = Emitter::default();
+        match tokio::time::timeout(Duration::from_millis(40), src.next_batch(&mut out)).await {
+            Ok(r) => {
+                r.unwrap();
+                got.extend(out.take_output().into_iter().flat_map(|(b, _, _)| ids(&b)));
+            }
+            Err(_) => dropped += 1,
+        }
+    }
+    assert_eq!(got, vec![1, 2, 3], "after {dropped} dropped calls");
+    assert!(dropped >= 5, "{dropped} calls dropped before the batch");
+}
+
+#[tokio::test]
+async fn a_killed_runs_unacknowledged_messages_come_again_at_once_in_order() {
     let Some(url) = nats_url() else { return };
     let (js, mut streams) = setup(&url).await;
     let s = streams.create(&js).await;
     publish(&js, &format!("{s}.in"), (1..=20).map(event)).await;
+    // The default ack_wait (30 s): waiting it out would fail the test's bound.
     let spec = JetStreamSourceSpec {
-        ack_wait: Millis(Duration::from_secs(1)),
         stop_when_drained: false,
         ..source_spec(&url, &s)
     };
-    // A run reads 1..=10 and crashes before committing.
-    let mut first = source(spec.clone(), 10);
+    // A run reads 1..=10, commits 1..=5 and is killed.
+    let mut first = source(spec.clone(), 5);
     let c = call(&mut first).await;
-    assert_eq!(
-        c.batches
-            .iter()
-            .flat_map(|(b, _)| ids(b))
-            .collect::<Vec<_>>(),
-        (1..=10).collect::<Vec<_>>()
-    );
+    let (b, p) = &c.batches[0];
+    assert_eq!(ids(b), (1..=5).collect::<Vec<_>>());
+    first.commit(p.as_deref().unwrap()).await.unwrap();
+    let c = call(&mut first).await;
+    assert_eq!(ids(&c.batches[0].0), (6..=10).collect::<Vec<_>>());
+    let durable = first.durable().to_owned();
+    floor_reaches(&js, &s, &durable, 5).await;
     drop(first);
+    let info = consumer_info(&js, &s, &durable).await;
+    // 6..=10 were emitted, and the client had pulled ahead of them.
+    assert!(
+        info.num_ack_pending >= 5,
+        "6..=10 are out, unacknowledged: {}",
+        info.num_ack_pending
+    );
 
-    // The next run gets 11..=20 first; committing them must not ack 1..=10.
-    let mut src = source(spec, 10);
+    // The next run starts right after the ack floor: 6..=20, in order, now.
+    let mut src = source(spec, 5);
     let mut seen = Vec::new();
-    let mut committed = None;
     let started = Instant::now();
-    while seen.len() < 20 && started.elapsed() < Duration::from_secs(10) {
+    while seen.len() < 15 && started.elapsed() < Duration::from_secs(10) {
         let c = call(&mut src).await;
         for (b, p) in c.batches {
             seen.extend(ids(&b));
-            if let Some(p) = p {
-                src.commit(&p).await.unwrap();
-                committed = Some(p);
-            }
-        }
-        if seen.len() < 20 {
-            let info = consumer_info(&js, &s, src.durable()).await;
-            assert_eq!(
-                info.ack_floor.stream_sequence, 0,
-                "nothing acked while 1..=10 are out (seen {seen:?})"
-            );
+            src.commit(&p.unwrap()).await.unwrap();
         }
     }
-    seen.sort_unstable();
-    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
-    // Once the source has seen that nothing of the earlier run is out any
-    // more (it asks as it goes on reading), its commits acknowledge again. A
-    // batch made only of redeliveries has a position of its own (`20.n`).
-    assert!(committed.is_some());
-    let started = Instant::now();
-    while consumer_info(&js, &s, src.durable())
-        .await
-        .ack_floor
-        .stream_sequence
-        < 20
-        && started.elapsed() < Duration::from_secs(5)
-    {
-        let c = call(&mut src).await;
-        for (_, p) in c.batches {
-            let p = p.expect("every batch has a position");
-            assert!(p == "20" || p.starts_with("20."), "{p}");
-            src.commit(&p).await.unwrap();
-        }
-    }
+    assert_eq!(seen, (6..=20).collect::<Vec<_>>());
     let info = floor_reaches(&js, &s, src.durable(), 20).await;
     assert_eq!(
         (info.ack_floor.stream_sequence, info.num_ack_pending),
         (20, 0)
     );
+}
+
+#[tokio::test]
+async fn a_resumed_run_starts_after_its_checkpoint_whatever_the_consumer_holds() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    publish(&js, &format!("{s}.in"), (1..=20).map(event)).await;
+    let spec = JetStreamSourceSpec {
+        stop_when_drained: false,
+        ..source_spec(&url, &s)
+    };
+    // A run reads 1..=12 and acknowledges nothing (its checkpoint, at 8, was
+    // saved; the kill came before the commit reached the server).
+    let mut first = source(spec.clone(), 4);
+    for _ in 0..3 {
+        call(&mut first).await;
+    }
+    drop(first);
+    let mut src = source(spec, 4);
+    src.seek("8").await.unwrap();
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while seen.len() < 12 && started.elapsed() < Duration::from_secs(10) {
+        let c = call(&mut src).await;
+        for (b, p) in c.batches {
+            seen.extend(ids(&b));
+            src.commit(&p.unwrap()).await.unwrap();
+        }
+    }
+    assert_eq!(seen, (9..=20).collect::<Vec<_>>());
+    floor_reaches(&js, &s, src.durable(), 20).await;
 }
 
 #[tokio::test]
@@ -656,9 +687,9 @@ async fn seek_resumes_after_a_sequence() {
     assert_eq!(got, (41..=100).collect::<Vec<_>>());
     assert_eq!(c.batches.last().unwrap().1.as_deref(), Some("100"));
 
-    // A consumer that delivers from 31 while the checkpoint says 40, as when a
-    // run crashed between its checkpoint and its ack: 31..=40 come again,
-    // are skipped, and are acknowledged with the next commit.
+    // A consumer that would deliver from 31 while the checkpoint says 40, as
+    // when a run crashed between its checkpoint and its ack: it is created
+    // again to start at 41, so nothing comes twice.
     let stream = js.get_stream(&s).await.unwrap();
     stream
         .create_consumer(jetstream::consumer::pull::Config {
@@ -681,7 +712,11 @@ async fn seek_resumes_after_a_sequence() {
     let c = call(&mut resumed).await;
     let got: Vec<i64> = c.batches.iter().flat_map(|(b, _)| ids(b)).collect();
     assert_eq!(got, (41..=100).collect::<Vec<_>>());
-    assert_eq!(c.counters.get("skipped_committed"), Some(&10));
+    assert_eq!(c.counters.get("skipped_committed"), None);
+    assert_eq!(
+        consumer_info(&js, &s, "behind").await.config.deliver_policy,
+        jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: 41 }
+    );
     resumed.commit("100").await.unwrap();
     let info = floor_reaches(&js, &s, "behind", 100).await;
     assert_eq!(
