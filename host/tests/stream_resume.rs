@@ -282,7 +282,14 @@ fn a_stream_pipeline_killed_twice_and_resumed_equals_an_uninterrupted_run() {
         pipeline(&nats, &stream, &redis, &reference_prefix),
     )
     .unwrap();
+    // Session windows on a stream run stored, with checkpoints: a run from the
+    // file is refused, saying so.
     let (ok, _, err) = weir(r, &["run", "--quiet", "pipeline.toml"]);
+    assert!(!ok);
+    assert!(err.contains("Store the pipeline"), "{err}");
+    let (ok, _, err) = weir(r, &["pipeline", "apply", "pipeline.toml"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = weir(r, &["run", "--quiet", "stream-sessions"]);
     assert!(ok, "{err}");
     let expected = sorted_lines(&r.join("sessions.jsonl"));
     let total = std::fs::metadata(r.join("sessions.jsonl")).unwrap().len();

@@ -13,7 +13,7 @@ use serde_json::Value;
 use weir::connectors::redis::read_vectors;
 use weir::spec::{PipelineSpec, SinkKind, SourceKind};
 use weir_e2e::clicks::{ClickConfig, generate};
-use weir_e2e::{repo_root, run_spec};
+use weir_e2e::{repo_root, run_spec, run_spec_checkpointed};
 
 fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now()
@@ -84,7 +84,8 @@ async fn the_stream_variants_vectors_equal_the_file_variants_latest_sessions() {
         }
         other => panic!("the stream variant writes Redis, not {other:?}"),
     }
-    let summary = run_spec(online, d).await.unwrap();
+    // Session windows on a stream run with checkpoints, as `weir run NAME`.
+    let summary = run_spec_checkpointed(online, d).await.unwrap();
     assert_eq!(
         summary.nodes[0].rows_out, 19_815,
         "every good event read from the stream"

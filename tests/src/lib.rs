@@ -86,3 +86,31 @@ pub fn toml_path(p: &Path) -> String {
 pub fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
+
+/// As [`run_spec`], with the checkpoints of a stored pipeline kept in a store
+/// in `dir` (as `weir run NAME` keeps them): what a pipeline with session
+/// windows on a broker's stream needs, since its state is checkpointed and the
+/// stream acknowledged at each checkpoint.
+///
+/// # Errors
+/// Whatever opening the store, planning or running returns.
+pub async fn run_spec_checkpointed(spec: PipelineSpec, dir: &Path) -> Result<RunSummary, RunError> {
+    let store = weir::store::Store::open(&dir.join("data")).map_err(|e| RunError::Checkpoint {
+        pipeline: spec.name.clone(),
+        message: e.to_string(),
+    })?;
+    let mut env = env(dir);
+    env.store = Some(store.clone());
+    let plan = tokio::task::spawn_blocking({
+        let env = env.clone();
+        move || Plan::build(spec, &env)
+    })
+    .await
+    .expect("planning does not panic")?;
+    let checkpoints: std::sync::Arc<dyn weir::node::CheckpointStore> = std::sync::Arc::new(store);
+    let options = RunOptions {
+        checkpoints: Some(checkpoints),
+        ..RunOptions::default()
+    };
+    weir::exec::run(plan, &env, &options).await
+}

@@ -199,6 +199,9 @@ pub async fn run_with(
         memory,
         ..
     } = plan;
+    if options.checkpoints.is_none() {
+        refuse_held_acknowledgements(&spec)?;
+    }
     // Operators whose state outlives a checkpoint make the run take aligned
     // checkpoints ([`barrier`]).
     let mut stateful = vec![false; nodes.len()];
@@ -537,6 +540,30 @@ pub async fn run_with(
         dead_letter_file: letters_path.exists().then_some(letters_path),
         resumed_from: resumed,
         checkpoint,
+    })
+}
+
+/// A run that keeps no checkpoint (a pipeline run from a file) cannot hold a
+/// broker's messages in session windows: nothing would be acknowledged until
+/// the run ends, so the broker would stop delivering at its bound and deliver
+/// everything again after its ack wait. Refused before anything is opened.
+fn refuse_held_acknowledgements(spec: &crate::spec::PipelineSpec) -> Result<(), RunError> {
+    let Some(source) = spec.sources.iter().find(|s| s.kind.config().acknowledges()) else {
+        return Ok(());
+    };
+    let Some(stage) = spec.stages.iter().find(|s| s.kind.config().holds_input()) else {
+        return Ok(());
+    };
+    Err(RunError::Node {
+        node: stage.name.clone(),
+        error: NodeError::config(format!(
+            "`{}` holds rows for as long as their key is active, and source `{}` must have its \
+             messages acknowledged as the run goes on; a pipeline run from a file keeps no \
+             checkpoint, so nothing would be acknowledged until the run ends. Store the pipeline \
+             (`weir pipeline apply FILE`) and run it by name (`weir run NAME`): its session state \
+             is then checkpointed and the stream acknowledged at each checkpoint",
+            stage.name, source.name
+        )),
     })
 }
 

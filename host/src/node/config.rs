@@ -252,6 +252,15 @@ pub trait SourceConfig {
     fn rejects(&self) -> Option<&std::path::Path> {
         None
     }
+
+    /// Whether what the source reads must be acknowledged while the run goes
+    /// on: a broker bounds what a consumer holds unacknowledged (JetStream's
+    /// `max_ack_pending` and `ack_wait`). An operator that holds input for as
+    /// long as a key stays active ([`OperatorConfig::holds_input`]) may then
+    /// only run with aligned checkpoints. Default: false (a file waits).
+    fn acknowledges(&self) -> bool {
+        false
+    }
 }
 
 /// The configuration of one operator kind (a `[stage.<kind>]` table): it checks
@@ -272,6 +281,14 @@ pub trait OperatorConfig {
     /// # Errors
     /// A [`NodeError`] saying why.
     fn build(&self, cx: &BuildCx) -> Result<Box<dyn super::Operator>, NodeError>;
+
+    /// Whether the operator holds rows, and so the acknowledgements of their
+    /// input, for as long as their key stays active (session windows): on an
+    /// unbounded input, until the run ends, unless its state is checkpointed.
+    /// Default: false.
+    fn holds_input(&self) -> bool {
+        false
+    }
 }
 
 /// The configuration of one sink kind (a `[sink.<kind>]` table): it checks itself

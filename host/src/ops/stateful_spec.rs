@@ -232,6 +232,10 @@ impl OperatorConfig for SessionSpec {
             cx.memory,
         )))
     }
+
+    fn holds_input(&self) -> bool {
+        true
+    }
 }
 
 fn validate_aggregates(key: &str, aggs: &[AggregateSpec]) -> Result<(), SpecError> {

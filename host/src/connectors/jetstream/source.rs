@@ -333,6 +333,10 @@ impl SourceConfig for JetStreamSourceSpec {
     fn rejects(&self) -> Option<&std::path::Path> {
         self.rejects.as_deref()
     }
+
+    fn acknowledges(&self) -> bool {
+        true
+    }
 }
 
 /// A message read and not yet emitted.
@@ -388,7 +392,15 @@ pub struct JetStreamSource {
     /// barrier, and a deadline that started again with each call would never
     /// come while barriers are more frequent than `max_wait`.
     deadline: Option<Instant>,
+    /// When an idle source last asked whether it is held at `max_ack_pending`.
+    stall_checked: Option<Instant>,
+    /// The ack floor when the source was first found held there, and when.
+    stalled: Option<(u64, Instant)>,
 }
+
+/// How long an idle source must find the server holding back messages at
+/// `max_ack_pending`, with no acknowledgement meanwhile, before it says so.
+const STALL_CHECK: Duration = Duration::from_secs(10);
 
 /// How long a pull request waits on the server before it expires and is
 /// renewed; the idle heartbeat is a tenth of it.
@@ -418,6 +430,8 @@ impl JetStreamSource {
             resumed_after: 0,
             drained: false,
             deadline: None,
+            stall_checked: None,
+            stalled: None,
         }
     }
 
@@ -730,6 +744,49 @@ impl JetStreamSource {
         Ok(())
     }
 
+    /// An idle source, every second at most: if the server has held back
+    /// messages for [`STALL_CHECK`] because `max_ack_pending` are
+    /// unacknowledged, and nothing was acknowledged meanwhile, the pipeline
+    /// commits nothing (a sort or group holds its input until the stream ends)
+    /// and the run would wait for ever: say so, and what to change.
+    async fn warn_if_stalled(&mut self) -> Result<(), NodeError> {
+        if self
+            .stall_checked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.stall_checked = Some(Instant::now());
+        let conn = self.conn.as_mut().expect("connected");
+        let info = conn
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| service(&self.spec.url, true, format!("consumer info: {e}")))?;
+        let bound = usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX);
+        let floor = info.ack_floor.stream_sequence;
+        if info.num_pending == 0 || info.num_ack_pending < bound {
+            self.stalled = None;
+            return Ok(());
+        }
+        let since = match self.stalled {
+            Some((f, since)) if f == floor => since,
+            _ => self.stalled.insert((floor, Instant::now())).1,
+        };
+        if since.elapsed() >= STALL_CHECK {
+            self.stalled = Some((floor, Instant::now()));
+            tracing::warn!(
+                consumer = %self.durable, unacknowledged = info.num_ack_pending,
+                waiting = info.num_pending,
+                "the server holds back messages: max_ack_pending are unacknowledged and the pipeline \
+                 has committed none for {}s. An operator holding its input until the stream ends \
+                 (sort, group) needs max_ack_pending above the stream's size",
+                STALL_CHECK.as_secs()
+            );
+        }
+        Ok(())
+    }
+
     /// Whether the consumer has nothing more to deliver now.
     async fn nothing_left(&mut self) -> Result<bool, NodeError> {
         let conn = self.conn.as_mut().expect("connected");
@@ -769,6 +826,7 @@ impl AsyncSource for JetStreamSource {
                 if self.spec.stop_when_drained && self.nothing_left().await? {
                     return Ok(false);
                 }
+                self.warn_if_stalled().await?;
                 return Ok(true);
             }
             let full = self.gathered.len() >= self.batch;
