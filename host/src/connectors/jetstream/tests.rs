@@ -1116,6 +1116,12 @@ async fn bench_ingest_and_publish() {
             js.create_stream(jetstream::stream::Config {
                 name: s.clone(),
                 subjects: vec![format!("{s}.>")],
+                // WEIR_BENCH_STORAGE=memory: the server's memory store, to
+                // tell its file store's cost apart.
+                storage: match std::env::var("WEIR_BENCH_STORAGE").as_deref() {
+                    Ok("memory") => jetstream::stream::StorageType::Memory,
+                    _ => jetstream::stream::StorageType::File,
+                },
                 ..Default::default()
             })
             .await
