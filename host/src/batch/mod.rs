@@ -418,24 +418,69 @@ fn column_from_wit(
         }
         ColumnValues::Utf8(Utf8Values { offsets, data }) => {
             check_len(offsets.len().saturating_sub(1))?;
-            if offsets.len() != rows + 1 {
-                return Err(BatchError::Utf8 {
-                    column: name.to_owned(),
-                    reason: format!("{} offsets for {rows} rows (need rows + 1)", offsets.len()),
-                });
-            }
-            let utf8_err = |reason: String| BatchError::Utf8 {
-                column: name.to_owned(),
-                reason,
-            };
-            let offsets = OffsetBuffer::<i32>::new(ScalarBuffer::from(offsets));
-            Arc::new(
-                StringArray::try_new(offsets, Buffer::from_vec(data), nulls)
-                    .map_err(|e| utf8_err(e.to_string()))?,
-            )
+            strings_from_wit(name, rows, offsets, data, nulls)?
         }
     };
     Ok(array)
+}
+
+/// A string column from a stage's offsets and bytes, every invariant checked
+/// here, in passes that vectorize: offsets start at 0 or later, never decrease
+/// and end within the bytes; the bytes they span are UTF-8 and every offset
+/// falls on a character boundary (for ASCII bytes, all of them do, so the
+/// per-offset check is skipped). Arrow's own checks (`OffsetBuffer::new` panics
+/// on bad offsets) would then only repeat these, a branch per offset.
+fn strings_from_wit(
+    name: &str,
+    rows: usize,
+    offsets: Vec<i32>,
+    data: Vec<u8>,
+    nulls: Option<NullBuffer>,
+) -> Result<ArrayRef, BatchError> {
+    let bad = |reason: String| BatchError::Utf8 {
+        column: name.to_owned(),
+        reason,
+    };
+    if offsets.len() != rows + 1 {
+        return Err(bad(format!(
+            "{} offsets for {rows} rows (need rows + 1)",
+            offsets.len()
+        )));
+    }
+    let decreasing = offsets[1..]
+        .iter()
+        .zip(&offsets[..rows])
+        .fold(false, |bad, (next, prev)| bad | (next < prev));
+    let (first, last) = (offsets[0], offsets[rows]);
+    if first < 0 || decreasing {
+        return Err(bad("offsets are negative or decreasing".to_owned()));
+    }
+    let (first, last) = (first as usize, last as usize);
+    if last > data.len() {
+        return Err(bad(format!(
+            "offsets end at {last}, past the {}-byte buffer",
+            data.len()
+        )));
+    }
+    let spanned = &data[first..last];
+    if !spanned.is_ascii() {
+        let text = std::str::from_utf8(spanned)
+            .map_err(|e| bad(format!("the bytes are not UTF-8: {e}")))?;
+        if let Some(o) = offsets
+            .iter()
+            .find(|&&o| !text.is_char_boundary(o as usize - first))
+        {
+            return Err(bad(format!("offset {o} splits a UTF-8 character")));
+        }
+    }
+    // SAFETY: checked above: the offsets are non-negative, never decrease and end
+    // within `data`; the bytes they span are UTF-8 and every offset is on a
+    // character boundary; `nulls` covers `rows` rows (`bitmap_from_wit`).
+    let array = unsafe {
+        let offsets = OffsetBuffer::<i32>::new_unchecked(ScalarBuffer::from(offsets));
+        StringArray::new_unchecked(offsets, Buffer::from_vec(data), nulls)
+    };
+    Ok(Arc::new(array))
 }
 
 fn bitmap_from_wit(

@@ -150,6 +150,38 @@ fn malformed_guest_batches_are_refused() {
     };
     assert!(from_wit(bad_offsets).is_err());
 
+    // Offsets that decrease, or that split a character, are refused (not a panic).
+    let strings = |offsets: Vec<i32>, data: &[u8]| WitBatch {
+        num_rows: offsets.len() as u32 - 1,
+        columns: vec![col(ColumnValues::Utf8(Utf8Values {
+            offsets,
+            data: data.to_vec(),
+        }))],
+    };
+    assert_eq!(
+        from_wit(strings(vec![0, 2, 1], b"ab"))
+            .unwrap_err()
+            .to_string(),
+        "column `x`: offsets are negative or decreasing"
+    );
+    assert_eq!(
+        from_wit(strings(vec![-1, 1], b"ab"))
+            .unwrap_err()
+            .to_string(),
+        "column `x`: offsets are negative or decreasing"
+    );
+    assert_eq!(
+        from_wit(strings(vec![0, 1, 3], "éa".as_bytes()))
+            .unwrap_err()
+            .to_string(),
+        "column `x`: offset 1 splits a UTF-8 character"
+    );
+    let ok = from_wit(strings(vec![0, 2, 3], "éa".as_bytes())).unwrap();
+    assert_eq!(
+        format!("{:?}", ok.column(0)),
+        format!("{:?}", StringArray::from(vec!["é", "a"]))
+    );
+
     let short_bitmap = WitBatch {
         num_rows: 9,
         columns: vec![WitColumn {
