@@ -340,7 +340,7 @@ fn bitmap_bytes(bits: &BooleanBuffer) -> Cow<'_, [u8]> {
     if bits.offset() == 0 {
         let len = bits.len().div_ceil(8);
         Cow::Borrowed(&bits.inner().as_slice()[..len])
-    } else if bits.offset() % 8 == 0 {
+    } else if bits.offset().is_multiple_of(8) {
         let start = bits.offset() / 8;
         Cow::Borrowed(&bits.inner().as_slice()[start..start + bits.len().div_ceil(8)])
     } else {
