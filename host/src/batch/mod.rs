@@ -15,15 +15,21 @@
 //!  │ values: [u8]     │ ─copy→ │ data: list<u8>   │   no per-string cost
 //! ```
 //!
-//! No conversion loops over rows for primitive columns: values move as whole buffers
-//! (`to_vec` one way, `Vec` → `ScalarBuffer` without a copy the other way). Strings
-//! cross as one byte buffer plus offsets, because `list<string>` costs ~137 ns per
-//! string at the boundary.
+//! No conversion loops over rows for primitive columns, and no host-side copy on
+//! the way in: [`to_wit`] gives a [`WitInput`] that *borrows* the Arrow buffers
+//! (names, values, bitmaps, string bytes and offsets), and the call lowers them
+//! into the guest's memory straight from there. Only what Arrow lays out
+//! differently is copied first: a bitmap that starts mid-byte (a sliced array)
+//! and string offsets that do not start at 0. On the way back the stage's vectors
+//! become Arrow buffers without a copy (`Vec` → `ScalarBuffer`). Strings cross as
+//! one byte buffer plus offsets, because `list<string>` costs ~137 ns per string
+//! at the boundary.
 //!
 //! Invariants checked on the way in (a guest is untrusted): every column has
 //! `num-rows` values, offsets are monotonic and in bounds, string data is UTF-8,
 //! bitmaps are long enough, column names are unique.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -33,7 +39,10 @@ use arrow::array::{
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 
-use crate::wit::{ColumnValues, Utf8Values, WitBatch, WitColumn};
+use crate::wit::{
+    BatchRef, ColumnRef, ColumnValues, ColumnValuesRef, Utf8Values, Utf8ValuesRef, WitBatch,
+    WitColumn,
+};
 
 pub mod json;
 #[cfg(test)]
@@ -121,32 +130,143 @@ pub enum BatchError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
-/// Converts an Arrow batch into the WIT batch a stage receives.
+/// A batch laid out for the boundary, borrowing the Arrow batch it was made from:
+/// what [`to_wit`] gives. [`WitInput::with_param`] hands it to a call as the
+/// contract's `batch`.
+#[derive(Debug)]
+pub struct WitInput<'a> {
+    num_rows: u32,
+    columns: Vec<InputColumn<'a>>,
+}
+
+#[derive(Debug)]
+struct InputColumn<'a> {
+    name: &'a str,
+    values: InputValues<'a>,
+    validity: Option<Cow<'a, [u8]>>,
+}
+
+#[derive(Debug)]
+enum InputValues<'a> {
+    Boolean(Cow<'a, [u8]>),
+    Int32(&'a [i32]),
+    Int64(&'a [i64]),
+    Float32(&'a [f32]),
+    Float64(&'a [f64]),
+    Utf8 {
+        offsets: Cow<'a, [i32]>,
+        data: &'a [u8],
+    },
+    TimestampMs(&'a [i64]),
+}
+
+impl<'a> WitInput<'a> {
+    /// Calls `f` with the batch as the contract's `batch` parameter, borrowing
+    /// this input (the parameter's column list lives only for the call).
+    pub fn with_param<R>(&self, f: impl FnOnce(BatchRef<'_>) -> R) -> R {
+        let columns: Vec<ColumnRef<'_>> = self
+            .columns
+            .iter()
+            .map(|c| ColumnRef {
+                name: c.name,
+                values: match &c.values {
+                    InputValues::Boolean(b) => ColumnValuesRef::Boolean(b),
+                    InputValues::Int32(v) => ColumnValuesRef::Int32(v),
+                    InputValues::Int64(v) => ColumnValuesRef::Int64(v),
+                    InputValues::Float32(v) => ColumnValuesRef::Float32(v),
+                    InputValues::Float64(v) => ColumnValuesRef::Float64(v),
+                    InputValues::Utf8 { offsets, data } => {
+                        ColumnValuesRef::Utf8(Utf8ValuesRef { offsets, data })
+                    }
+                    InputValues::TimestampMs(v) => ColumnValuesRef::TimestampMs(v),
+                },
+                validity: c.validity.as_deref(),
+            })
+            .collect();
+        f(BatchRef {
+            num_rows: self.num_rows,
+            columns: &columns,
+        })
+    }
+
+    /// The batch as the stage would receive it, owned: what a guest lifts from
+    /// its memory, for tests and for code that keeps it past the call.
+    pub fn to_owned_batch(&self) -> WitBatch {
+        WitBatch {
+            num_rows: self.num_rows,
+            columns: self
+                .columns
+                .iter()
+                .map(|c| WitColumn {
+                    name: c.name.to_owned(),
+                    values: match &c.values {
+                        InputValues::Boolean(b) => ColumnValues::Boolean(b.to_vec()),
+                        InputValues::Int32(v) => ColumnValues::Int32(v.to_vec()),
+                        InputValues::Int64(v) => ColumnValues::Int64(v.to_vec()),
+                        InputValues::Float32(v) => ColumnValues::Float32(v.to_vec()),
+                        InputValues::Float64(v) => ColumnValues::Float64(v.to_vec()),
+                        InputValues::Utf8 { offsets, data } => ColumnValues::Utf8(Utf8Values {
+                            offsets: offsets.to_vec(),
+                            data: data.to_vec(),
+                        }),
+                        InputValues::TimestampMs(v) => ColumnValues::TimestampMs(v.to_vec()),
+                    },
+                    validity: c.validity.as_deref().map(<[u8]>::to_vec),
+                })
+                .collect(),
+        }
+    }
+
+    /// Bytes the batch occupies when it crosses: what the per-call crossing cap
+    /// counts.
+    pub fn size(&self) -> usize {
+        self.columns
+            .iter()
+            .map(|c| {
+                let values = match &c.values {
+                    InputValues::Boolean(b) => b.len(),
+                    InputValues::Int32(v) => v.len() * 4,
+                    InputValues::Int64(v) | InputValues::TimestampMs(v) => v.len() * 8,
+                    InputValues::Float32(v) => v.len() * 4,
+                    InputValues::Float64(v) => v.len() * 8,
+                    InputValues::Utf8 { offsets, data } => offsets.len() * 4 + data.len(),
+                };
+                c.name.len() + values + c.validity.as_ref().map_or(0, |v| v.len())
+            })
+            .sum()
+    }
+}
+
+/// Lays an Arrow batch out as the WIT batch a stage receives, borrowing its
+/// buffers (see the module docs).
 ///
 /// # Errors
 /// [`BatchError::UnsupportedType`] for a column of a type the contract lacks.
-pub fn to_wit(batch: &RecordBatch) -> Result<WitBatch, BatchError> {
-    let schema = batch.schema();
-    let columns = schema
+pub fn to_wit(batch: &RecordBatch) -> Result<WitInput<'_>, BatchError> {
+    let columns = batch
+        .schema_ref()
         .fields()
         .iter()
         .zip(batch.columns())
         .map(|(field, array)| column_to_wit(field.name(), array))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(WitBatch {
+    Ok(WitInput {
         num_rows: u32::try_from(batch.num_rows()).expect("batches hold fewer than 2^32 rows"),
         columns,
     })
 }
 
-/// Converts only the columns of `batch` named in `columns`, in that order: what a
+/// Lays out only the columns of `batch` named in `columns`, in that order: what a
 /// stage with a projection receives, without assembling a projected batch first.
 ///
 /// # Errors
 /// [`BatchError::MissingColumn`] naming the first column the batch lacks;
 /// [`BatchError::UnsupportedType`] as for [`to_wit`].
-pub fn to_wit_projected(batch: &RecordBatch, columns: &[String]) -> Result<WitBatch, BatchError> {
-    let schema = batch.schema();
+pub fn to_wit_projected<'a>(
+    batch: &'a RecordBatch,
+    columns: &'a [String],
+) -> Result<WitInput<'a>, BatchError> {
+    let schema = batch.schema_ref();
     let columns = columns
         .iter()
         .map(|c| {
@@ -156,34 +276,28 @@ pub fn to_wit_projected(batch: &RecordBatch, columns: &[String]) -> Result<WitBa
             column_to_wit(c, batch.column(i))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(WitBatch {
+    Ok(WitInput {
         num_rows: u32::try_from(batch.num_rows()).expect("batches hold fewer than 2^32 rows"),
         columns,
     })
 }
 
-fn column_to_wit(name: &str, array: &ArrayRef) -> Result<WitColumn, BatchError> {
+fn column_to_wit<'a>(name: &'a str, array: &'a ArrayRef) -> Result<InputColumn<'a>, BatchError> {
     let values = match array.data_type() {
         DataType::Boolean => {
             let a = array
                 .as_any()
                 .downcast_ref::<BooleanArray>()
                 .expect("type checked");
-            ColumnValues::Boolean(bitmap_bytes(a.values()))
+            InputValues::Boolean(bitmap_bytes(a.values()))
         }
-        DataType::Int32 => ColumnValues::Int32(primitive::<Int32Array>(array).values().to_vec()),
-        DataType::Int64 => ColumnValues::Int64(primitive::<Int64Array>(array).values().to_vec()),
-        DataType::Float32 => {
-            ColumnValues::Float32(primitive::<Float32Array>(array).values().to_vec())
+        DataType::Int32 => InputValues::Int32(primitive::<Int32Array>(array).values()),
+        DataType::Int64 => InputValues::Int64(primitive::<Int64Array>(array).values()),
+        DataType::Float32 => InputValues::Float32(primitive::<Float32Array>(array).values()),
+        DataType::Float64 => InputValues::Float64(primitive::<Float64Array>(array).values()),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            InputValues::TimestampMs(primitive::<TimestampMillisecondArray>(array).values())
         }
-        DataType::Float64 => {
-            ColumnValues::Float64(primitive::<Float64Array>(array).values().to_vec())
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => ColumnValues::TimestampMs(
-            primitive::<TimestampMillisecondArray>(array)
-                .values()
-                .to_vec(),
-        ),
         DataType::Utf8 => {
             let a = array
                 .as_any()
@@ -192,12 +306,12 @@ fn column_to_wit(name: &str, array: &ArrayRef) -> Result<WitColumn, BatchError> 
             let offsets = a.value_offsets();
             let (first, last) = (offsets[0], offsets[offsets.len() - 1]);
             let offsets = if first == 0 {
-                offsets.to_vec()
+                Cow::Borrowed(offsets)
             } else {
-                offsets.iter().map(|o| o - first).collect()
+                Cow::Owned(offsets.iter().map(|o| o - first).collect())
             };
-            let data = a.value_data()[first as usize..last as usize].to_vec();
-            ColumnValues::Utf8(Utf8Values { offsets, data })
+            let data = &a.value_data()[first as usize..last as usize];
+            InputValues::Utf8 { offsets, data }
         }
         other => {
             return Err(BatchError::UnsupportedType {
@@ -206,9 +320,11 @@ fn column_to_wit(name: &str, array: &ArrayRef) -> Result<WitColumn, BatchError> 
             });
         }
     };
-    let validity = array.logical_nulls().map(|n| bitmap_bytes(n.inner()));
-    Ok(WitColumn {
-        name: name.to_owned(),
+    // For the types that cross, the logical nulls are the physical ones, which
+    // can be borrowed.
+    let validity = array.nulls().map(|n| bitmap_bytes(n.inner()));
+    Ok(InputColumn {
+        name,
         values,
         validity,
     })
@@ -218,13 +334,17 @@ fn primitive<A: 'static>(array: &ArrayRef) -> &A {
     array.as_any().downcast_ref::<A>().expect("type checked")
 }
 
-/// The bytes of a bit-packed buffer, realigned to start at bit 0.
-fn bitmap_bytes(bits: &BooleanBuffer) -> Vec<u8> {
+/// The bytes of a bit-packed buffer, realigned to start at bit 0: borrowed when
+/// it already does, copied when it starts mid-byte.
+fn bitmap_bytes(bits: &BooleanBuffer) -> Cow<'_, [u8]> {
     if bits.offset() == 0 {
         let len = bits.len().div_ceil(8);
-        bits.inner().as_slice()[..len].to_vec()
+        Cow::Borrowed(&bits.inner().as_slice()[..len])
+    } else if bits.offset().is_multiple_of(8) {
+        let start = bits.offset() / 8;
+        Cow::Borrowed(&bits.inner().as_slice()[start..start + bits.len().div_ceil(8)])
     } else {
-        bits.sliced().as_slice().to_vec()
+        Cow::Owned(bits.sliced().as_slice().to_vec())
     }
 }
 
@@ -298,24 +418,69 @@ fn column_from_wit(
         }
         ColumnValues::Utf8(Utf8Values { offsets, data }) => {
             check_len(offsets.len().saturating_sub(1))?;
-            if offsets.len() != rows + 1 {
-                return Err(BatchError::Utf8 {
-                    column: name.to_owned(),
-                    reason: format!("{} offsets for {rows} rows (need rows + 1)", offsets.len()),
-                });
-            }
-            let utf8_err = |reason: String| BatchError::Utf8 {
-                column: name.to_owned(),
-                reason,
-            };
-            let offsets = OffsetBuffer::<i32>::new(ScalarBuffer::from(offsets));
-            Arc::new(
-                StringArray::try_new(offsets, Buffer::from_vec(data), nulls)
-                    .map_err(|e| utf8_err(e.to_string()))?,
-            )
+            strings_from_wit(name, rows, offsets, data, nulls)?
         }
     };
     Ok(array)
+}
+
+/// A string column from a stage's offsets and bytes, every invariant checked
+/// here, in passes that vectorize: offsets start at 0 or later, never decrease
+/// and end within the bytes; the bytes they span are UTF-8 and every offset
+/// falls on a character boundary (for ASCII bytes, all of them do, so the
+/// per-offset check is skipped). Arrow's own checks (`OffsetBuffer::new` panics
+/// on bad offsets) would then only repeat these, a branch per offset.
+fn strings_from_wit(
+    name: &str,
+    rows: usize,
+    offsets: Vec<i32>,
+    data: Vec<u8>,
+    nulls: Option<NullBuffer>,
+) -> Result<ArrayRef, BatchError> {
+    let bad = |reason: String| BatchError::Utf8 {
+        column: name.to_owned(),
+        reason,
+    };
+    if offsets.len() != rows + 1 {
+        return Err(bad(format!(
+            "{} offsets for {rows} rows (need rows + 1)",
+            offsets.len()
+        )));
+    }
+    let decreasing = offsets[1..]
+        .iter()
+        .zip(&offsets[..rows])
+        .fold(false, |bad, (next, prev)| bad | (next < prev));
+    let (first, last) = (offsets[0], offsets[rows]);
+    if first < 0 || decreasing {
+        return Err(bad("offsets are negative or decreasing".to_owned()));
+    }
+    let (first, last) = (first as usize, last as usize);
+    if last > data.len() {
+        return Err(bad(format!(
+            "offsets end at {last}, past the {}-byte buffer",
+            data.len()
+        )));
+    }
+    let spanned = &data[first..last];
+    if !spanned.is_ascii() {
+        let text = std::str::from_utf8(spanned)
+            .map_err(|e| bad(format!("the bytes are not UTF-8: {e}")))?;
+        if let Some(o) = offsets
+            .iter()
+            .find(|&&o| !text.is_char_boundary(o as usize - first))
+        {
+            return Err(bad(format!("offset {o} splits a UTF-8 character")));
+        }
+    }
+    // SAFETY: checked above: the offsets are non-negative, never decrease and end
+    // within `data`; the bytes they span are UTF-8 and every offset is on a
+    // character boundary; `nulls` covers `rows` rows (`bitmap_from_wit`).
+    let array = unsafe {
+        let offsets = OffsetBuffer::<i32>::new_unchecked(ScalarBuffer::from(offsets));
+        StringArray::new_unchecked(offsets, Buffer::from_vec(data), nulls)
+    };
+    Ok(Arc::new(array))
 }
 
 fn bitmap_from_wit(

@@ -57,7 +57,7 @@ fn every_supported_type_round_trips_with_nulls() {
             ])),
         ),
     ]);
-    let back = from_wit(to_wit(&b).unwrap()).unwrap();
+    let back = from_wit(to_wit(&b).unwrap().to_owned_batch()).unwrap();
     assert_eq!(back.num_rows(), 3);
     for (a, z) in b.columns().iter().zip(back.columns()) {
         assert_eq!(a.to_data().data_type(), z.to_data().data_type());
@@ -81,7 +81,7 @@ fn sliced_arrays_cross_with_their_own_offsets() {
         Some(4.0),
     ]));
     let b = batch(vec![("s", s), ("f", f)]).slice(1, 3);
-    let wit = to_wit(&b).unwrap();
+    let wit = to_wit(&b).unwrap().to_owned_batch();
     match &wit.columns[0].values {
         ColumnValues::Utf8(u) => {
             assert_eq!(u.offsets, vec![0, 0, 3, 4]);
@@ -149,6 +149,38 @@ fn malformed_guest_batches_are_refused() {
         }))],
     };
     assert!(from_wit(bad_offsets).is_err());
+
+    // Offsets that decrease, or that split a character, are refused (not a panic).
+    let strings = |offsets: Vec<i32>, data: &[u8]| WitBatch {
+        num_rows: offsets.len() as u32 - 1,
+        columns: vec![col(ColumnValues::Utf8(Utf8Values {
+            offsets,
+            data: data.to_vec(),
+        }))],
+    };
+    assert_eq!(
+        from_wit(strings(vec![0, 2, 1], b"ab"))
+            .unwrap_err()
+            .to_string(),
+        "column `x`: offsets are negative or decreasing"
+    );
+    assert_eq!(
+        from_wit(strings(vec![-1, 1], b"ab"))
+            .unwrap_err()
+            .to_string(),
+        "column `x`: offsets are negative or decreasing"
+    );
+    assert_eq!(
+        from_wit(strings(vec![0, 1, 3], "éa".as_bytes()))
+            .unwrap_err()
+            .to_string(),
+        "column `x`: offset 1 splits a UTF-8 character"
+    );
+    let ok = from_wit(strings(vec![0, 2, 3], "éa".as_bytes())).unwrap();
+    assert_eq!(
+        format!("{:?}", ok.column(0)),
+        format!("{:?}", StringArray::from(vec!["é", "a"]))
+    );
 
     let short_bitmap = WitBatch {
         num_rows: 9,
@@ -226,7 +258,7 @@ fn arb_batch() -> impl Strategy<Value = RecordBatch> {
 proptest! {
     #[test]
     fn random_batches_round_trip(b in arb_batch()) {
-        let back = from_wit(to_wit(&b).unwrap()).unwrap();
+        let back = from_wit(to_wit(&b).unwrap().to_owned_batch()).unwrap();
         prop_assert_eq!(back.num_rows(), b.num_rows());
         prop_assert_eq!(back.schema().fields().len(), b.schema().fields().len());
         for (a, z) in b.columns().iter().zip(back.columns()) {
@@ -248,7 +280,8 @@ fn a_projection_converts_only_the_named_columns_in_their_order() {
         ),
     ])
     .unwrap();
-    let wit = to_wit_projected(&b, &["c".to_owned(), "a".to_owned()]).unwrap();
+    let columns = ["c".to_owned(), "a".to_owned()];
+    let wit = to_wit_projected(&b, &columns).unwrap().to_owned_batch();
     let back = from_wit(wit).unwrap();
     let schema = back.schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();

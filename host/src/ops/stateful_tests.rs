@@ -661,6 +661,45 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Pending rows are released from the batches they arrived in, several at a
+    /// time, and a key's rows may interleave across them: whatever the batch
+    /// boundaries, every session, its first and last value included, and every
+    /// dead letter are those of the whole input in one batch.
+    #[test]
+    fn batch_boundaries_do_not_change_the_sessions(
+        evs in proptest::collection::vec((0u8..4, 0i64..300, 0i64..100), 1..200),
+        per_batch in 1usize..24,
+        out_of_orderness in 0i64..4,
+    ) {
+        let mut t = 0i64;
+        let rows_: Vec<(String, i64, i64)> = evs
+            .iter()
+            .map(|&(u, dt, v)| {
+                t += dt;
+                // Some events behind by up to twice the bound: a few are late.
+                (format!("u{u}"), t - (v % 3) * out_of_orderness * 100, v)
+            })
+            .collect();
+        let as_batch = |c: &[(String, i64, i64)]| {
+            let r: Vec<(&str, i64, i64)> = c.iter().map(|(u, t, v)| (u.as_str(), *t, *v)).collect();
+            events(&r)
+        };
+        let spec = session(json!({"out_of_orderness": out_of_orderness * 100}));
+        let (_, whole) = sessions(spec.clone(), vec![as_batch(&rows_)]);
+        let (_, split) = sessions(spec, rows_.chunks(per_batch).map(as_batch).collect());
+        proptest::prop_assert_eq!(sorted_rows(&split.batches), sorted_rows(&whole.batches));
+        let letters = |e: &Emitter| -> Vec<String> {
+            e.dead_letters
+                .iter()
+                .map(|d| format!("{} {} {} {}", d.reason, d.detail, d.position, d.record))
+                .collect()
+        };
+        proptest::prop_assert_eq!(letters(&split), letters(&whole));
+    }
+}
+
 #[test]
 fn a_snapshot_keeps_only_the_rows_of_open_sessions() {
     let dir = tempfile::tempdir().unwrap();

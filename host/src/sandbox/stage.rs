@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use wasmtime::component::{Func, TypedFunc};
 use wasmtime::{Store, Trap};
 
-use super::bindings::{Featurizer, FeaturizerPre, WitBatch};
+use super::bindings::{BatchRef, Featurizer, FeaturizerPre, WitBatch, WitStageError};
 use super::error::{LoadError, StageFailure};
 use super::limits::{Grants, StageLimits};
 use super::outputs::{self, DeclaredOutputs};
@@ -47,8 +48,14 @@ pub struct StageStats {
 
 struct Live {
     store: Store<StageState>,
-    bindings: Featurizer,
+    /// The `process` export, its signature checked against [`Process`] when the
+    /// instance was made: called with a batch that borrows the Arrow buffers.
+    process: Func,
 }
+
+/// `process` as the host calls it: the batch borrowed ([`BatchRef`]), the result
+/// owned, so the input is lowered from the Arrow buffers without a host copy.
+type Process<'a> = TypedFunc<(BatchRef<'a>,), (Result<WitBatch, WitStageError>,)>;
 
 /// A featurizer ready to process batches. See the module docs for its lifecycle.
 pub struct FeaturizerStage {
@@ -214,6 +221,8 @@ impl FeaturizerStage {
                 size: Some(ByteSize(size as u64)),
             });
         }
+        // Before the conversion, which borrows the projection for the call.
+        self.ensure_live()?;
         let input_error = |error| StageFailure::Batch {
             stage: self.name.to_string(),
             direction: "input",
@@ -224,10 +233,16 @@ impl FeaturizerStage {
             None => batch::to_wit(input),
         }
         .map_err(input_error)?;
-        self.ensure_live()?;
         let live = self.live.as_mut().expect("ensured above");
         arm(&mut live.store, &self.limits, &self.sandbox, started);
-        let result = live.bindings.call_process(&mut live.store, &wit);
+        // SAFETY: `instantiate` checked the signature with `Func::typed` for this
+        // very type; only the borrow's lifetime differs, which is no part of it.
+        let process: Process<'_> = unsafe { TypedFunc::new_unchecked(live.process) };
+        let result = wit.with_param(|batch| {
+            process
+                .call(&mut live.store, (batch,))
+                .map(|(result,)| result)
+        });
         let fuel_left = live.store.get_fuel().unwrap_or(0);
         self.stats.fuel_used += self.limits.fuel.saturating_sub(fuel_left);
         self.stats.calls += 1;
@@ -337,12 +352,23 @@ impl FeaturizerStage {
         store.set_hostcall_fuel(self.limits.max_crossing.as_usize());
         arm(&mut store, &self.limits, &self.sandbox, Instant::now());
         self.stats.instantiations += 1;
-        let bindings = match self.pre.instantiate(&mut store) {
-            Ok(b) => b,
+        let instance = match self.pre.instance_pre().instantiate(&mut store) {
+            Ok(i) => i,
             Err(e) => return Err(classify(&self.name, &self.limits, &mut store, e)),
         };
+        let instantiate_error = |e: wasmtime::Error| StageFailure::Instantiate {
+            stage: self.name.to_string(),
+            message: format!("{e:#}"),
+        };
+        let bindings = Featurizer::new(&mut store, &instance).map_err(instantiate_error)?;
+        let process = instance
+            .get_func(&mut store, "process")
+            .ok_or_else(|| wasmtime::format_err!("the component exports no `process`"))
+            .and_then(|f| f.typed::<(BatchRef<'_>,), (Result<WitBatch, WitStageError>,)>(&store))
+            .map(|typed| *typed.func())
+            .map_err(instantiate_error)?;
         match bindings.call_init(&mut store, params) {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Ok(())) => Ok(Live { store, process }),
             Ok(Err(message)) => Err(StageFailure::Init {
                 stage: self.name.to_string(),
                 message,

@@ -48,8 +48,18 @@ pub(super) fn record<'a>(
     }
     let mut position = 0;
     loop {
-        let Some(key) = p.string() else {
-            return false;
+        // Lines of one file repeat their keys in the same order: the key the
+        // previous line had here is checked in place first, which skips scanning
+        // it as a string and searching the fields for it.
+        let hint = hints.get(position).copied().flatten();
+        let field = match hint.filter(|&i| p.key_is(&fields[i].name)) {
+            Some(i) => Some(i),
+            None => {
+                let Some(key) = p.string() else {
+                    return false;
+                };
+                KeySeed::at(fields, hints, position).find(key)
+            }
         };
         p.skip_ws();
         if !p.eat(b':') {
@@ -59,7 +69,6 @@ pub(super) fn record<'a>(
         let Some(value) = p.value() else {
             return false;
         };
-        let field = KeySeed::at(fields, hints, position).find(key);
         remember_key(hints, position, field);
         position += 1;
         if let Some(i) = field {
@@ -117,6 +126,26 @@ impl<'a> Parser<'a> {
         self.at = start + len + 1;
         // Both ends are ASCII quotes, so they are character boundaries.
         self.text.get(start..start + len)
+    }
+
+    /// Whether the next token is the string `name`, written without escapes; if
+    /// so, moves past it. Exactly what [`Parser::string`] would read as `name`:
+    /// a name holding a quote, a backslash or a control character is written
+    /// escaped, so it never matches here (the line is valid UTF-8 already).
+    fn key_is(&mut self, name: &str) -> bool {
+        let name = name.as_bytes();
+        let start = self.at + 1;
+        let end = start + name.len();
+        let hit = self.peek() == Some(b'"')
+            && self.bytes.get(end) == Some(&b'"')
+            && self.bytes[start..end]
+                .iter()
+                .zip(name)
+                .all(|(&b, &n)| b == n && n != b'"' && n != b'\\' && n >= 0x20);
+        if hit {
+            self.at = end + 1;
+        }
+        hit
     }
 
     fn literal(&mut self, word: &[u8]) -> bool {

@@ -42,7 +42,8 @@ fn canonical(t: &DataType) -> Option<DataType> {
 
 struct Agg {
     name: String,
-    filter: Option<(usize, serde_json::Value)>,
+    /// The index of its filter in [`Aggregates::filters`].
+    filter: Option<usize>,
     acc: Box<dyn Accumulator>,
     /// Per slot: heap bytes held beyond the fixed per-slot size (strings, sets, lists).
     extra: Vec<usize>,
@@ -51,6 +52,9 @@ struct Agg {
 /// The accumulators of a list of aggregates over slots.
 pub(crate) struct Aggregates {
     aggs: Vec<Agg>,
+    /// The distinct filters (column, value): aggregates often share one (`count`
+    /// and `sum` of the purchases), and each costs a pass over every batch.
+    filters: Vec<(usize, serde_json::Value)>,
     slots: usize,
     extra_total: usize,
 }
@@ -83,6 +87,7 @@ impl Aggregates {
         schema: &arrow::datatypes::Schema,
     ) -> Result<Self, NodeError> {
         let mut aggs = Vec::with_capacity(specs.len());
+        let mut filters: Vec<(usize, serde_json::Value)> = Vec::new();
         for spec in specs {
             let column = spec
                 .column
@@ -101,7 +106,14 @@ impl Aggregates {
                 .filter
                 .as_ref()
                 .map(|f| {
-                    Ok::<_, NodeError>((col(schema, &f.column, "filter column")?, f.equals.clone()))
+                    let filter = (col(schema, &f.column, "filter column")?, f.equals.clone());
+                    Ok::<_, NodeError>(match filters.iter().position(|g| *g == filter) {
+                        Some(k) => k,
+                        None => {
+                            filters.push(filter);
+                            filters.len() - 1
+                        }
+                    })
                 })
                 .transpose()?;
             let acc = accumulator(spec, column, &input_type, &canon)?;
@@ -114,6 +126,7 @@ impl Aggregates {
         }
         Ok(Self {
             aggs,
+            filters,
             slots: 0,
             extra_total: 0,
         })
@@ -163,16 +176,16 @@ impl Aggregates {
         if let Some(max) = slots.iter().max() {
             self.ensure_slots(max + 1);
         }
+        let masks = self
+            .filters
+            .iter()
+            .map(|(i, v)| filter_mask(batch.column(*i), v))
+            .collect::<Result<Vec<_>, _>>()?;
         for a in &mut self.aggs {
-            let mask = a
-                .filter
-                .as_ref()
-                .map(|(i, v)| filter_mask(batch.column(*i), v))
-                .transpose()?;
             let feed = Feed {
                 rows,
                 slots,
-                mask: mask.as_ref(),
+                mask: a.filter.map(|k| &masks[k]),
             };
             let delta = a.acc.update(batch, &feed, &mut a.extra)?;
             self.extra_total = self.extra_total.saturating_add_signed(delta);

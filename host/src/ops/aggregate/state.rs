@@ -196,6 +196,8 @@ trait Canonical: Send + 'static {
     fn insert(set: &mut Self::Set, a: &Self::Array, r: usize) -> Option<usize>;
     /// The distinct values in `set`.
     fn distinct(set: &Self::Set) -> usize;
+    /// Empties `set` for a new slot, keeping a small allocation for reuse.
+    fn clear(set: &mut Self::Set);
     /// An array of `values`.
     fn build<'v>(values: impl Iterator<Item = Option<&'v Self::Value>>) -> ArrayRef;
     /// A list array, one list per item of `lists`.
@@ -245,6 +247,9 @@ impl Canonical for I64 {
     }
     fn distinct(set: &HashSet<i64>) -> usize {
         set.len()
+    }
+    fn clear(set: &mut HashSet<i64>) {
+        clear_hash_set(set);
     }
     fn build<'v>(values: impl Iterator<Item = Option<&'v i64>>) -> ArrayRef {
         Arc::new(Int64Array::from_iter(values.map(|v| v.copied())))
@@ -297,6 +302,9 @@ impl Canonical for F64 {
     fn distinct(set: &HashSet<u64>) -> usize {
         set.len()
     }
+    fn clear(set: &mut HashSet<u64>) {
+        clear_hash_set(set);
+    }
     fn build<'v>(values: impl Iterator<Item = Option<&'v f64>>) -> ArrayRef {
         Arc::new(Float64Array::from_iter(values.map(|v| v.copied())))
     }
@@ -345,6 +353,9 @@ impl Canonical for Str {
     }
     fn distinct(set: &StrSet) -> usize {
         set.len()
+    }
+    fn clear(set: &mut StrSet) {
+        set.clear();
     }
     fn build<'v>(values: impl Iterator<Item = Option<&'v String>>) -> ArrayRef {
         Arc::new(StringArray::from_iter(
@@ -651,8 +662,24 @@ impl<C: Canonical> Accumulator for Distinct<C> {
             slots.iter().map(|&s| C::distinct(&self.sets[s]) as i64),
         )))
     }
+    /// The set keeps a small allocation for the slot's next session: a session
+    /// window frees and reuses a slot per session, and allocating the set anew
+    /// for each one was most of what `count_distinct` cost.
     fn reset(&mut self, slot: usize) {
-        self.sets[slot] = Default::default();
+        C::clear(&mut self.sets[slot]);
+    }
+}
+
+/// Values a cleared hash set may keep room for; a larger one is freed, so what a
+/// reset slot holds stays small next to the per-slot estimate.
+const KEPT_CAPACITY: usize = 32;
+
+/// Empties `set`, keeping its table only when it is small.
+fn clear_hash_set<T>(set: &mut HashSet<T>) {
+    if set.capacity() <= KEPT_CAPACITY {
+        set.clear();
+    } else {
+        *set = HashSet::default();
     }
 }
 

@@ -31,6 +31,9 @@ impl StrSet {
     /// Values a set holds before it moves to a hash set.
     const SMALL: usize = 32;
 
+    /// The most value bytes a cleared small set keeps room for.
+    const KEPT_BYTES: usize = 1024;
+
     /// Adds `x`; true when it was not there yet.
     pub(crate) fn insert(&mut self, x: &str) -> bool {
         use std::hash::BuildHasher;
@@ -38,10 +41,12 @@ impl StrSet {
         let h = foldhash::fast::FixedState::with_seed(0).hash_one(x);
         match self {
             StrSet::Empty => {
-                *self = StrSet::Small {
-                    bytes: x.as_bytes().to_vec(),
-                    entries: vec![(h, 0, x.len() as u32)],
-                };
+                // Room for a few values at once: most sets grow past one.
+                let mut bytes = Vec::with_capacity(x.len().max(16) * 4);
+                bytes.extend_from_slice(x.as_bytes());
+                let mut entries = Vec::with_capacity(8);
+                entries.push((h, 0, x.len() as u32));
+                *self = StrSet::Small { bytes, entries };
                 true
             }
             StrSet::Small { bytes, entries } => {
@@ -78,6 +83,19 @@ impl StrSet {
         }
     }
 
+    /// Empties the set. A small set keeps its two buffers (at most
+    /// [`StrSet::KEPT_BYTES`] of values), so a slot reused for the next session
+    /// or group fills them again without allocating; a large one is freed.
+    pub(crate) fn clear(&mut self) {
+        match self {
+            StrSet::Small { bytes, entries } if bytes.capacity() <= Self::KEPT_BYTES => {
+                bytes.clear();
+                entries.clear();
+            }
+            _ => *self = StrSet::Empty,
+        }
+    }
+
     /// The number of distinct values.
     pub(crate) fn len(&self) -> usize {
         match self {
@@ -101,6 +119,25 @@ mod tests {
             let mut set = StrSet::default();
             let mut want = std::collections::HashSet::new();
             for v in &values {
+                prop_assert_eq!(set.insert(v), want.insert(v.clone()));
+            }
+            prop_assert_eq!(set.len(), want.len());
+        }
+
+        /// A cleared set, small or large, counts like a new one.
+        #[test]
+        fn a_cleared_set_counts_like_a_new_one(
+            first in proptest::collection::vec("[a-c]{0,3}", 0..200),
+            then in proptest::collection::vec("[a-d]{0,2}", 0..60),
+        ) {
+            let mut set = StrSet::default();
+            for v in &first {
+                set.insert(v);
+            }
+            set.clear();
+            prop_assert_eq!(set.len(), 0);
+            let mut want = std::collections::HashSet::new();
+            for v in &then {
                 prop_assert_eq!(set.insert(v), want.insert(v.clone()));
             }
             prop_assert_eq!(set.len(), want.len());

@@ -27,10 +27,16 @@
 //! closed by one batch are ordered by key and start. When the input ends, every
 //! pending row is released and every open session closed.
 //!
+//! Pending rows are held as the batches they arrived in and released as row
+//! selections over those batches ([`pending`]): releasing a row copies nothing,
+//! and a session's rows are fed to the aggregates straight from their batches.
+//!
 //! State (pending rows, open sessions' accumulators and keys) reserves from the
 //! run's memory pool. Window state cannot spill: when the pool refuses, the run
 //! fails with the refusal, which names this operator; raise `settings.memory`, or
 //! lower `out_of_orderness`/`allowed_lateness` (which bound the pending rows).
+
+mod pending;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -39,10 +45,15 @@ use std::collections::BinaryHeap;
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
-use arrow::compute::{cast, filter_record_batch, interleave_record_batch};
+use arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::buffer::ScalarBuffer;
+use arrow::compute::{
+    cast, filter, filter_record_batch, interleave_record_batch, take_record_batch,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
+
+use pending::{Pending, Ready};
 
 use super::aggregate::Aggregates;
 use super::stateful_spec::SessionSpec;
@@ -87,8 +98,8 @@ pub struct SessionOperator {
     init: Option<Init>,
     /// The largest event time seen.
     max_ts: Option<i64>,
-    pending: Vec<RecordBatch>,
-    pending_min: Option<i64>,
+    /// Rows not yet released, in the batches they arrived in.
+    pending: Pending,
     /// Each key with an open session, to its index in `states`: one hash lookup
     /// per row finds a row's session state, and everything after is indexing.
     index: HashMap<Key, u32>,
@@ -142,8 +153,7 @@ impl SessionOperator {
             spec,
             init: None,
             max_ts: None,
-            pending: Vec::new(),
-            pending_min: None,
+            pending: Pending::default(),
             index: HashMap::default(),
             states: Vec::new(),
             free_states: Vec::new(),
@@ -218,86 +228,90 @@ impl SessionOperator {
     /// Moves rows with event time before `point` (all rows if `None`) from pending
     /// into sessions, then closes the sessions `point` has passed.
     fn release(&mut self, point: Option<i64>, out: &mut Emitter) -> Result<(), NodeError> {
-        let due = match (point, self.pending_min) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(p), Some(m)) => m < p,
-        };
-        if due {
+        if self.pending.due(point) {
             let init = self.init.as_ref().expect("initialised");
-            let pending = std::mem::take(&mut self.pending);
-            self.pending_min = None;
-            let (ready, keep) = split_at_point(&pending, init.time_col, point)?;
-            if let Some(keep) = keep {
-                self.pending_min = time_of(&keep, init.time_col)?.iter().flatten().min();
-                self.pending.push(keep);
-            }
-            if let Some(ready) = ready {
-                self.assign(&ready)?;
-            }
+            let ready = self.pending.release(point, &init.keys)?;
+            self.assign(&ready)?;
         }
         self.close_passed(point, out)
     }
 
+    /// Holds the rows of `batch` (event times `ts`) until they are released.
+    fn hold(&mut self, batch: RecordBatch, ts: ScalarBuffer<i64>) -> Result<(), NodeError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let init = self.init.as_ref().expect("initialised");
+        let keys = init
+            .keys
+            .convert_columns(&key_columns(&batch, &init.key_cols))?;
+        self.pending.push(batch, ts, keys);
+        Ok(())
+    }
+
     /// Feeds final rows into their keys' sessions, each key's in (time, arrival)
-    /// order.
-    fn assign(&mut self, ready: &RecordBatch) -> Result<(), NodeError> {
-        if ready.num_rows() == 0 {
+    /// order. `ready` is in arrival order, source after source.
+    fn assign(&mut self, ready: &[Ready]) -> Result<(), NodeError> {
+        let n: usize = ready.iter().map(|r| r.rows.len()).sum();
+        if n == 0 {
             return Ok(());
         }
         let init = self.init.as_mut().expect("initialised");
-        let ts = time_of(ready, init.time_col)?;
-        let key_arrays: Vec<ArrayRef> = init
-            .key_cols
-            .iter()
-            .map(|&i| ready.column(i).clone())
-            .collect();
-        let keys = init.keys.convert_columns(&key_arrays)?;
-        // Each row's key as the index of its state: ordering then compares
-        // integers, and each key's open session is found with one lookup per row.
-        // Within a key, rows are in (time, arrival) order, which is all the
-        // sessions depend on (closed rows are ordered by key when emitted).
-        let n = ready.num_rows();
-        let mut key_of: Vec<u32> = Vec::with_capacity(n);
-        for r in 0..n {
-            let key = keys.row(r).data();
-            let i = match self.index.get(key) {
-                Some(&i) => i,
-                None => {
-                    let key = Key::from(key);
-                    let state = KeyState {
-                        key: key.clone(),
-                        open: None,
-                    };
-                    let i = match self.free_states.pop() {
-                        Some(i) => {
-                            self.states[i as usize] = state;
-                            i
-                        }
-                        None => {
-                            self.states.push(state);
-                            u32::try_from(self.states.len() - 1)
-                                .expect("fewer than 2^32 open sessions")
-                        }
-                    };
-                    self.key_bytes += key.len();
-                    self.index.insert(key, i);
-                    i
-                }
-            };
-            key_of.push(i);
+        // Each row as (its key's state index, event time, arrival), arrival being
+        // its position over the sources in order; `at[arrival]` is (source, row).
+        // Ordering then compares integers in place, and each key's open session is
+        // found with one lookup per row. Within a key, rows are in (time, arrival)
+        // order, which is all the sessions depend on (closed rows are ordered by
+        // key when emitted).
+        let mut order: Vec<(u32, i64, u32)> = Vec::with_capacity(n);
+        let mut at: Vec<(u32, u32)> = Vec::with_capacity(n);
+        for (s, source) in ready.iter().enumerate() {
+            for &r in &source.rows {
+                let key = source.keys.row(r as usize).data();
+                let i = match self.index.get(key) {
+                    Some(&i) => i,
+                    None => {
+                        let key = Key::from(key);
+                        let state = KeyState {
+                            key: key.clone(),
+                            open: None,
+                        };
+                        let i = match self.free_states.pop() {
+                            Some(i) => {
+                                self.states[i as usize] = state;
+                                i
+                            }
+                            None => {
+                                self.states.push(state);
+                                u32::try_from(self.states.len() - 1)
+                                    .expect("fewer than 2^32 open sessions")
+                            }
+                        };
+                        self.key_bytes += key.len();
+                        self.index.insert(key, i);
+                        i
+                    }
+                };
+                let arrival = u32::try_from(at.len()).expect("fewer than 2^32 rows released");
+                order.push((i, source.ts[r as usize], arrival));
+                at.push((s as u32, r));
+            }
         }
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_unstable_by_key(|&r| (key_of[r], ts.value(r), r));
+        order.sort_unstable();
         let mut seqs: Option<Vec<u64>> = self.log.as_ref().map(|_| vec![0; n]);
         let mut slots = Vec::with_capacity(n);
         let mut closed = Vec::new();
-        for run in order.chunk_by(|&a, &b| key_of[a] == key_of[b]) {
-            let i = key_of[run[0]];
+        // Whether each key's rows come from the sources in source order, so that
+        // feeding the aggregates source by source keeps every session's order.
+        let mut in_source_order = true;
+        for run in order.chunk_by(|a, b| a.0 == b.0) {
+            let i = run[0].0;
+            in_source_order &= run
+                .windows(2)
+                .all(|w| at[w[0].2 as usize].0 <= at[w[1].2 as usize].0);
             let state = &mut self.states[i as usize];
             let mut cur = state.open.take();
-            for &r in run {
-                let t = ts.value(r);
+            for &(_, t, arrival) in run {
                 if let Some(o) = cur.as_mut().filter(|o| {
                     t - o.end <= self.gap && self.max_length.is_none_or(|m| t - o.start <= m)
                 }) {
@@ -305,7 +319,7 @@ impl SessionOperator {
                     o.end = o.end.max(t);
                     slots.push(o.slot);
                     if let Some(s) = seqs.as_mut() {
-                        s[r] = o.seq;
+                        s[arrival as usize] = o.seq;
                     }
                     continue;
                 }
@@ -336,17 +350,51 @@ impl SessionOperator {
                 });
                 slots.push(slot);
                 if let Some(s) = seqs.as_mut() {
-                    s[r] = seq;
+                    s[arrival as usize] = seq;
                 }
             }
             state.open = cur;
         }
         // A session closed by a new one of its key has all its rows here (they
         // come first in the order); its slot is freed only after the update.
-        init.aggs.update(ready, &order, &slots)?;
+        if let [source] = ready {
+            let rows: Vec<usize> = order.iter().map(|o| at[o.2 as usize].1 as usize).collect();
+            init.aggs.update(&source.batch, &rows, &slots)?;
+        } else if in_source_order {
+            // Source by source, straight from the batches: every session still
+            // sees its rows in (time, arrival) order.
+            for (s, source) in ready.iter().enumerate() {
+                let (rows, slots): (Vec<usize>, Vec<usize>) = order
+                    .iter()
+                    .zip(&slots)
+                    .filter(|(o, _)| at[o.2 as usize].0 as usize == s)
+                    .map(|(o, &slot)| (at[o.2 as usize].1 as usize, slot))
+                    .unzip();
+                if !rows.is_empty() {
+                    init.aggs.update(&source.batch, &rows, &slots)?;
+                }
+            }
+        } else {
+            // A key's rows interleave across sources (an event that arrived after
+            // a later one of its key, across a batch boundary): gather the rows
+            // into one batch, in arrival order, and feed that.
+            let refs: Vec<&RecordBatch> = ready.iter().map(|r| &r.batch).collect();
+            let pairs: Vec<(usize, usize)> =
+                at.iter().map(|&(s, r)| (s as usize, r as usize)).collect();
+            let gathered = interleave_record_batch(&refs, &pairs)?;
+            let rows: Vec<usize> = order.iter().map(|o| o.2 as usize).collect();
+            init.aggs.update(&gathered, &rows, &slots)?;
+        }
         self.closed.extend(closed);
         if let (Some(log), Some(seqs)) = (self.log.as_mut(), seqs) {
-            log.push((ready.clone(), seqs));
+            let mut from = 0;
+            for source in ready {
+                let to = from + source.rows.len();
+                if to > from {
+                    log.push((source.to_batch()?, seqs[from..to].to_vec()));
+                }
+                from = to;
+            }
         }
         Ok(())
     }
@@ -465,11 +513,7 @@ impl SessionOperator {
 
     fn reserve(&mut self) -> Result<(), NodeError> {
         let init = self.init.as_ref().expect("initialised");
-        let pending: usize = self
-            .pending
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum();
+        let pending = self.pending.bytes();
         let keys = 2 * self.key_bytes + 96 * self.index.len();
         let log: usize = self
             .log
@@ -482,47 +526,16 @@ impl SessionOperator {
     }
 }
 
-/// Splits the pending batches into the rows before `point` (all rows if `None`) and
-/// the rest, copying each row at most once: a batch that is wholly on one side is
-/// passed on as it is, and rows from several batches are gathered in one pass.
-/// Both sides keep arrival order.
-fn split_at_point(
-    pending: &[RecordBatch],
-    time_col: usize,
-    point: Option<i64>,
-) -> Result<(Option<RecordBatch>, Option<RecordBatch>), NodeError> {
-    let mut ready: Vec<(usize, usize)> = Vec::new();
-    let mut keep: Vec<(usize, usize)> = Vec::new();
-    for (b, batch) in pending.iter().enumerate() {
-        let ts = time_of(batch, time_col)?;
-        for (r, t) in ts.values().iter().enumerate() {
-            // Pending rows have an event time: null ones became dead letters.
-            if point.is_none_or(|p| *t < p) {
-                ready.push((b, r));
-            } else {
-                keep.push((b, r));
-            }
-        }
-    }
-    let gather = |rows: &[(usize, usize)]| -> Result<Option<RecordBatch>, NodeError> {
-        let Some(&(first, _)) = rows.first() else {
-            return Ok(None);
-        };
-        let whole = pending[first].num_rows();
-        if rows.len() == whole && rows.iter().all(|&(b, _)| b == first) {
-            return Ok(Some(pending[first].clone()));
-        }
-        let refs: Vec<&RecordBatch> = pending.iter().collect();
-        Ok(Some(interleave_record_batch(&refs, rows)?))
-    };
-    Ok((gather(&ready)?, gather(&keep)?))
-}
-
 /// The event-time column as epoch milliseconds.
 fn time_of(batch: &RecordBatch, col: usize) -> Result<Int64Array, NodeError> {
     Ok(cast(batch.column(col), &DataType::Int64)?
         .as_primitive()
         .clone())
+}
+
+/// The key columns of `batch`.
+fn key_columns(batch: &RecordBatch, cols: &[usize]) -> Vec<ArrayRef> {
+    cols.iter().map(|&i| batch.column(i).clone()).collect()
 }
 
 impl Operator for SessionOperator {
@@ -568,8 +581,20 @@ impl Operator for SessionOperator {
             }
         }
         if !late.is_empty() || !nulls.is_empty() {
-            let rows = rows_as_objects(&batch, None, JsonOptions::default())
-                .map_err(|e| NodeError::Config(format!("{}: {e}", self.name)))?;
+            // Only the failing rows become JSON: late (in row order), then nulls.
+            let failing: Vec<u32> = late
+                .iter()
+                .map(|&(i, _, _)| i as u32)
+                .chain(nulls.iter().map(|&i| i as u32))
+                .collect();
+            let failing = take_record_batch(&batch, &UInt32Array::from(failing))?;
+            let mut rows = rows_as_objects(&failing, None, JsonOptions::default())
+                .map_err(|e| NodeError::Config(format!("{}: {e}", self.name)))?
+                .into_iter();
+            let mut record = || {
+                serde_json::Value::Object(rows.next().expect("one object per failing row"))
+                    .to_string()
+            };
             let ooo = ms(self.spec.out_of_orderness);
             for (i, t, max) in late {
                 out.dead_letter(DeadLetter {
@@ -580,7 +605,7 @@ impl Operator for SessionOperator {
                         max - ooo
                     ),
                     position: format!("row {}", self.rows_seen + i as u64),
-                    record: serde_json::Value::Object(rows[i].clone()).to_string(),
+                    record: record(),
                 });
             }
             for i in nulls {
@@ -588,24 +613,21 @@ impl Operator for SessionOperator {
                     reason: "time:null".into(),
                     detail: format!("event time `{}` is null", self.spec.time),
                     position: format!("row {}", self.rows_seen + i as u64),
-                    record: serde_json::Value::Object(rows[i].clone()).to_string(),
+                    record: record(),
                 });
             }
         }
         self.rows_seen += batch.num_rows() as u64;
-        let kept = if keep.iter().all(|&k| k) {
-            batch
+        let (kept, ts) = if keep.iter().all(|&k| k) {
+            (batch, ts)
         } else {
-            filter_record_batch(&batch, &BooleanArray::from(keep))?
+            let keep = BooleanArray::from(keep);
+            let ts = filter(&ts, &keep)?
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .clone();
+            (filter_record_batch(&batch, &keep)?, ts)
         };
-        if kept.num_rows() > 0 {
-            let min = time_of(&kept, init.time_col)?.iter().flatten().min();
-            self.pending_min = match (self.pending_min, min) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            self.pending.push(kept);
-        }
+        self.hold(kept, ts.values().clone())?;
         self.release(self.release_point(), out)?;
         self.reserve()
     }
@@ -647,12 +669,8 @@ impl Operator for SessionOperator {
             })
             .to_string(),
         );
-        let held = self
-            .log
-            .iter()
-            .flatten()
-            .map(|(b, _)| b)
-            .chain(&self.pending);
+        let pending = self.pending.batches()?;
+        let held = self.log.iter().flatten().map(|(b, _)| b).chain(&pending);
         // The input's columns (none when nothing is held).
         let fields = held
             .clone()
@@ -719,18 +737,19 @@ impl Operator for SessionOperator {
             return Ok(());
         }
         self.init(&plain)?;
+        let init = self.init.as_ref().expect("initialised");
+        let col = init.time_col;
         if !open.is_empty() {
             let all = arrow::compute::concat_batches(&plain, &open)?;
-            self.assign(&all)?;
+            let ts = time_of(&all, col)?.values().clone();
+            let keys = init
+                .keys
+                .convert_columns(&key_columns(&all, &init.key_cols))?;
+            self.assign(&[Ready::whole(all, ts, keys)])?;
         }
-        let col = self.init.as_ref().expect("initialised").time_col;
         for b in pending {
-            let min = time_of(&b, col)?.iter().flatten().min();
-            self.pending_min = match (self.pending_min, min) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            self.pending.push(b);
+            let ts = time_of(&b, col)?.values().clone();
+            self.hold(b, ts)?;
         }
         self.reserve()
     }
