@@ -5,25 +5,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+mod common;
+use common::{start_and_wait, weir};
 const LINES: u64 = 600_000;
-
-fn weir(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A pipeline `copy` over `events.jsonl` (`LINES` records `{"n": i, …}`, every
 /// 1000th line corrupt), applied to the store.
@@ -79,36 +64,17 @@ fn expected() -> impl Iterator<Item = u64> {
     (0..LINES).filter(|i| i % 1000 != 999)
 }
 
-/// Starts `weir run copy` and waits until its in-progress output holds `bytes`.
-fn start_and_wait(dir: &Path, bytes: u64) -> std::process::Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "copy", "--quiet", "--data-dir"])
-        .arg(dir.join("data"))
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let progress = dir.join("out.jsonl.weir-inprogress");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it was interrupted; make the input larger");
-        }
-        if std::fs::metadata(&progress).is_ok_and(|m| m.len() >= bytes) {
-            return child;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 #[test]
 fn a_run_killed_mid_way_and_resumed_delivers_every_record_at_least_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let mut child = start_and_wait(d, 6 << 20);
+    let mut child = start_and_wait(
+        d,
+        &["run", "copy", "--quiet"],
+        "out.jsonl.weir-inprogress",
+        6 << 20,
+    );
     // SIGKILL: nothing runs on the way out.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -158,7 +124,12 @@ fn a_run_stopped_cleanly_and_resumed_reads_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let child = start_and_wait(d, 6 << 20);
+    let child = start_and_wait(
+        d,
+        &["run", "copy", "--quiet"],
+        "out.jsonl.weir-inprogress",
+        6 << 20,
+    );
     let (ok, _, err) = weir(d, &["pipeline", "stop", "copy"]);
     assert!(ok, "{err}");
     let out = child.wait_with_output().unwrap();

@@ -7,25 +7,10 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+mod common;
+use common::{sorted_lines, start_and_wait, weir};
 const EVENTS: u64 = 1_000_000;
-
-fn weir(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Bursts of three users taking turns (about 13 events each, 10 ms apart), a
 /// user returning long after the 2 s gap: many sessions, several open at once.
@@ -81,46 +66,6 @@ input = "windows"
 path = "out.jsonl"
 "#;
 
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    v.sort();
-    v
-}
-
-/// Starts `weir run sessions [--resume]` and waits until its in-progress
-/// output holds `bytes`.
-fn start_and_wait(dir: &Path, resume: bool, bytes: u64) -> std::process::Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(["run", "sessions", "--quiet"]);
-    if resume {
-        cmd.arg("--resume");
-    }
-    let mut child = cmd
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let progress = dir.join("out.jsonl.weir-inprogress");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it was interrupted; make the input larger");
-        }
-        if std::fs::metadata(&progress).is_ok_and(|m| m.len() >= bytes) {
-            return child;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// An uninterrupted run of the pipeline file over the events, and a second
 /// directory with the same events and the pipeline stored: the reference's
 /// sorted sessions, the byte size of its output, and both directories.
@@ -157,7 +102,16 @@ fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
     let second = total * (55 + (nanos / 7) % 25) / 100;
     let mut operator_states = Vec::new();
     for (i, at) in [first, second].into_iter().enumerate() {
-        let mut child = start_and_wait(d, i > 0, at);
+        let mut child = start_and_wait(
+            d,
+            if i > 0 {
+                &["run", "sessions", "--quiet", "--resume"]
+            } else {
+                &["run", "sessions", "--quiet"]
+            },
+            "out.jsonl.weir-inprogress",
+            at,
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         let store = weir::store::Store::open(&d.join("data")).unwrap();
@@ -202,7 +156,12 @@ fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
 fn sessions_stopped_cleanly_and_resumed_equal_an_uninterrupted_run() {
     let (_reference, dir, expected, total) = reference_and_stored();
     let d = dir.path();
-    let child = start_and_wait(d, false, total / 3);
+    let child = start_and_wait(
+        d,
+        &["run", "sessions", "--quiet"],
+        "out.jsonl.weir-inprogress",
+        total / 3,
+    );
     let (ok, _, err) = weir(d, &["pipeline", "stop", "sessions"]);
     assert!(ok, "{err}");
     let out = child.wait_with_output().unwrap();

@@ -15,27 +15,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
+mod common;
+use common::{sorted_lines, start_and_wait, weir};
 const EVENTS: u64 = 200_000;
-
-fn weir(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Bursts of three users taking turns (about 13 events each, 10 ms apart), a
 /// user returning long after the 2 s gap: many sessions, several open at once.
@@ -115,16 +101,6 @@ path = "raw.jsonl"
     )
 }
 
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    v.sort();
-    v
-}
-
 /// The `id` of every line of the raw sink's file.
 fn raw_ids(path: &Path) -> Vec<u64> {
     std::fs::read_to_string(path)
@@ -136,36 +112,6 @@ fn raw_ids(path: &Path) -> Vec<u64> {
                 .unwrap()
         })
         .collect()
-}
-
-/// Starts `weir run stream-sessions [--resume]` and waits until its
-/// in-progress session output holds `bytes`.
-fn start_and_wait(dir: &Path, resume: bool, bytes: u64) -> std::process::Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(["run", "stream-sessions", "--quiet"]);
-    if resume {
-        cmd.arg("--resume");
-    }
-    let mut child = cmd
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let progress = dir.join("sessions.jsonl.weir-inprogress");
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the run ended ({status}) before it was interrupted; publish more events");
-        }
-        if std::fs::metadata(&progress).is_ok_and(|m| m.len() >= bytes) {
-            return child;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The vectors stored under `prefix` for `users`, without their lineage (which
@@ -318,7 +264,16 @@ fn a_stream_pipeline_killed_twice_and_resumed_equals_an_uninterrupted_run() {
     let first = total * (20 + nanos % 25) / 100;
     let second = total * (55 + (nanos / 7) % 25) / 100;
     for (i, at) in [first, second].into_iter().enumerate() {
-        let mut child = start_and_wait(d, i > 0, at);
+        let mut child = start_and_wait(
+            d,
+            if i > 0 {
+                &["run", "stream-sessions", "--quiet", "--resume"]
+            } else {
+                &["run", "stream-sessions", "--quiet"]
+            },
+            "sessions.jsonl.weir-inprogress",
+            at,
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         let store = weir::store::Store::open(&d.join("data")).unwrap();

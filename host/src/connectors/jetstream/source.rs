@@ -744,30 +744,40 @@ impl JetStreamSource {
         Ok(())
     }
 
-    /// An idle source, every second at most: if the server has held back
-    /// messages for [`STALL_CHECK`] because `max_ack_pending` are
-    /// unacknowledged, and nothing was acknowledged meanwhile, the pipeline
-    /// commits nothing (a sort or group holds its input until the stream ends)
-    /// and the run would wait for ever: say so, and what to change.
-    async fn warn_if_stalled(&mut self) -> Result<(), NodeError> {
-        if self
-            .stall_checked
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return Ok(());
-        }
-        self.stall_checked = Some(Instant::now());
+    /// The consumer's info from the server.
+    async fn info(&mut self) -> Result<consumer::Info, NodeError> {
         let conn = self.conn.as_mut().expect("connected");
-        let info = conn
-            .consumer
+        conn.consumer
             .get_info()
             .await
-            .map_err(|e| service(&self.spec.url, true, format!("consumer info: {e}")))?;
+            .map_err(|e| service(&self.spec.url, true, format!("consumer info: {e}")))
+    }
+
+    /// A call that gathered nothing: whether the stream is drained (a
+    /// backfill then ends), from one look at the consumer, every second at most
+    /// unless draining matters. The same look watches for a stall: if the
+    /// server has held back messages for [`STALL_CHECK`] because
+    /// `max_ack_pending` are unacknowledged, and nothing was acknowledged
+    /// meanwhile, the pipeline commits nothing (a sort or group holds its input
+    /// until the stream ends) and the run would wait for ever: say so, and what
+    /// to change.
+    async fn idle(&mut self) -> Result<bool, NodeError> {
+        let due = self
+            .stall_checked
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if !due && !self.spec.stop_when_drained {
+            return Ok(false);
+        }
+        let info = self.info().await?;
+        if self.spec.stop_when_drained && info.num_pending == 0 {
+            return Ok(true);
+        }
+        self.stall_checked = Some(Instant::now());
         let bound = usize::try_from(info.config.max_ack_pending).unwrap_or(usize::MAX);
         let floor = info.ack_floor.stream_sequence;
         if info.num_pending == 0 || info.num_ack_pending < bound {
             self.stalled = None;
-            return Ok(());
+            return Ok(false);
         }
         let since = match self.stalled {
             Some((f, since)) if f == floor => since,
@@ -784,18 +794,7 @@ impl JetStreamSource {
                 STALL_CHECK.as_secs()
             );
         }
-        Ok(())
-    }
-
-    /// Whether the consumer has nothing more to deliver now.
-    async fn nothing_left(&mut self) -> Result<bool, NodeError> {
-        let conn = self.conn.as_mut().expect("connected");
-        let info = conn
-            .consumer
-            .get_info()
-            .await
-            .map_err(|e| service(&self.spec.url, true, format!("consumer info: {e}")))?;
-        Ok(info.num_pending == 0)
+        Ok(false)
     }
 }
 
@@ -823,11 +822,7 @@ impl AsyncSource for JetStreamSource {
             self.gather().await?;
             self.deadline = None;
             if self.gathered.is_empty() {
-                if self.spec.stop_when_drained && self.nothing_left().await? {
-                    return Ok(false);
-                }
-                self.warn_if_stalled().await?;
-                return Ok(true);
+                return Ok(!self.idle().await?);
             }
             let full = self.gathered.len() >= self.batch;
             self.emit(out)?;
