@@ -129,6 +129,51 @@ path = "out.jsonl"
         .collect();
     assert_eq!(got, want);
 
+    // The same file in messages of 64 lines, read with payload = "lines".
+    let batched = format!("{name}_lines");
+    let _cleanup_batched = Stream(url.clone(), batched.clone());
+    let subject = format!("{batched}.events");
+    let (ok, out, err) = weir(
+        &[
+            "nats",
+            "publish",
+            "events.jsonl",
+            "--url",
+            &url,
+            "--subject",
+            &subject,
+            "--create-stream",
+            &batched,
+            "--lines-per-message",
+            "64",
+        ],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    // 1000 lines: 15 messages of 64 and one of 40.
+    assert!(
+        out.starts_with(&format!("published 16 messages to {subject} in ")),
+        "{out}"
+    );
+    assert!(out.ends_with("; 1000 lines in them\n"), "{out}");
+    let text = std::fs::read_to_string(dir.path().join("pipeline.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        text.replace(
+            &format!("stream = \"{name}\""),
+            &format!("stream = \"{batched}\"\npayload = \"lines\""),
+        )
+        .replace("out.jsonl", "out-lines.jsonl"),
+    )
+    .unwrap();
+    let (ok, _, err) = weir(
+        &["run", "--quiet", "pipeline.toml", "--data-dir", "data"],
+        dir.path(),
+    );
+    assert!(ok, "{err}");
+    let got = std::fs::read_to_string(dir.path().join("out-lines.jsonl")).unwrap();
+    assert_eq!(got, want);
+
     let (ok, _, err) = weir(
         &["nats", "publish", "missing.jsonl", "--subject", "x.y"],
         dir.path(),

@@ -61,6 +61,7 @@ async fn the_stream_variants_vectors_equal_the_file_variants_latest_sessions() {
         &subject,
         Some(&stream),
         None,
+        std::num::NonZeroUsize::MIN,
         std::io::BufReader::new(std::fs::File::open(&data).unwrap()),
     )
     .await

@@ -8,8 +8,9 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum NatsCommand {
-    /// Publish each line of a JSON-lines file (`-` for stdin) as one message,
-    /// pipelined, and wait until the server stored every one.
+    /// Publish the lines of a JSON-lines file (`-` for stdin), one message per
+    /// line (or per `--lines-per-message` lines), pipelined, and wait until
+    /// the server stored every one.
     Publish {
         /// The file; `-` reads stdin.
         file: PathBuf,
@@ -28,6 +29,11 @@ pub enum NatsCommand {
         /// stores nothing twice.
         #[arg(long, value_name = "PREFIX")]
         msg_id_prefix: Option<String>,
+        /// Put N lines in each message, joined by newlines: a source reads
+        /// them with `payload = "lines"`. The server's cost is per message, so
+        /// a producer that batches its events goes further on the same server.
+        #[arg(long, value_name = "N", default_value = "1")]
+        lines_per_message: std::num::NonZeroUsize,
     },
 }
 
@@ -39,6 +45,7 @@ pub fn dispatch(cmd: NatsCommand) -> anyhow::Result<()> {
             url,
             create_stream,
             msg_id_prefix,
+            lines_per_message,
         } => {
             let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
                 Box::new(std::io::BufReader::new(std::io::stdin()))
@@ -57,15 +64,21 @@ pub fn dispatch(cmd: NatsCommand) -> anyhow::Result<()> {
                 &subject,
                 create_stream.as_deref(),
                 msg_id_prefix.as_deref(),
+                lines_per_message,
                 input,
             ))?;
             let secs = started.elapsed().as_secs_f64();
             println!(
-                "published {} messages to {subject} in {secs:.2}s ({:.0}/s); {} already in the stream, {} blank lines skipped",
+                "published {} messages to {subject} in {secs:.2}s ({:.0}/s); {} already in the stream, {} blank lines skipped{}",
                 done.stored,
                 (done.stored + done.duplicates) as f64 / secs.max(1e-9),
                 done.duplicates,
-                done.blank
+                done.blank,
+                if lines_per_message.get() > 1 {
+                    format!("; {} lines in them", done.lines)
+                } else {
+                    String::new()
+                }
             );
             Ok(())
         }

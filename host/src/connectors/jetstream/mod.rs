@@ -30,7 +30,7 @@ mod tests;
 
 pub use publish::{Published, publish_lines};
 pub use sink::{JetStreamSink, JetStreamSinkSpec, MsgId, Per};
-pub use source::{Deliver, JetStreamSource, JetStreamSourceSpec};
+pub use source::{Deliver, JetStreamSource, JetStreamSourceSpec, Payload};
 
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 //! examples and tests fill a stream with the events a pipeline then reads.
 
 use std::io::BufRead;
+use std::num::NonZeroUsize;
 
 use bytes::Bytes;
 
@@ -17,20 +18,25 @@ pub struct Published {
     /// Messages the stream already held (same `Nats-Msg-Id` within its
     /// duplicate window).
     pub duplicates: u64,
+    /// Lines published, in the messages stored or already held.
+    pub lines: u64,
     /// Blank lines, not published.
     pub blank: u64,
 }
 
-/// Lines published per window of unacknowledged publishes.
+/// Messages published per window of unacknowledged publishes.
 const WINDOW: usize = 4096;
 
-/// Publishes each non-blank line of `input` as one message on `subject`,
-/// pipelined, and returns once the server acknowledged every one. Lines are
-/// published as they are: the reading source judges them (a corrupt line
+/// Publishes the non-blank lines of `input` on `subject`, `per_message` lines
+/// to a message (joined by newlines: what a source with `payload = "lines"`
+/// reads; 1 makes each line a message of its own, for `payload = "object"`),
+/// pipelined, and returns once the server acknowledged every message. Lines
+/// are published as they are: the reading source judges them (a corrupt line
 /// becomes its dead letter there). With `create_stream`, a stream of that name
-/// capturing `subject` is created first if there is none. With `id_prefix`,
-/// line `n` (from 1) gets the `Nats-Msg-Id` `{id_prefix}:{n}`, so publishing the
-/// same file again within the stream's duplicate window stores nothing twice.
+/// capturing `subject` is created first if there is none. With `id_prefix`, the
+/// message whose first line is line `n` of the input (from 1) gets the
+/// `Nats-Msg-Id` `{id_prefix}:{n}`, so publishing the same file again the same
+/// way within the stream's duplicate window stores nothing twice.
 ///
 /// # Errors
 /// The server is unreachable or refuses a publish (no stream captures the
@@ -40,6 +46,7 @@ pub async fn publish_lines(
     subject: &str,
     create_stream: Option<&str>,
     id_prefix: Option<&str>,
+    per_message: NonZeroUsize,
     mut input: impl BufRead,
 ) -> Result<Published, NodeError> {
     let client = connect(url).await?;
@@ -65,6 +72,9 @@ pub async fn publish_lines(
     let mut line_no = 0u64;
     let mut window = Vec::with_capacity(WINDOW);
     let mut line = Vec::new();
+    // The message being filled: its lines, and the input line it starts at.
+    let mut message: Vec<u8> = Vec::new();
+    let (mut in_message, mut first_line) = (0usize, 0u64);
     loop {
         line.clear();
         let n = input
@@ -77,9 +87,21 @@ pub async fn publish_lines(
             if text.iter().all(u8::is_ascii_whitespace) {
                 out.blank += 1;
             } else {
-                let id = id_prefix.map(|p| format!("{p}:{line_no}"));
-                window.push((Bytes::copy_from_slice(text), id));
+                if in_message == 0 {
+                    first_line = line_no;
+                } else {
+                    message.push(b'\n');
+                }
+                message.extend_from_slice(text);
+                in_message += 1;
             }
+        }
+        if in_message > 0 && (in_message == per_message.get() || n == 0) {
+            let id = id_prefix.map(|p| format!("{p}:{first_line}"));
+            window.push((Bytes::copy_from_slice(&message), id));
+            out.lines += in_message as u64;
+            message.clear();
+            in_message = 0;
         }
         if window.len() == WINDOW || (n == 0 && !window.is_empty()) {
             let (stored, duplicates) =

@@ -123,6 +123,13 @@ pub struct JetStreamSourceSpec {
     /// message again. Default: 30 s.
     #[serde(default = "default_ack_wait")]
     pub ack_wait: Millis,
+    /// What a message holds: `"object"` (the default: one JSON object) or
+    /// `"lines"` (JSON lines: one object per line, as a JSON-lines file holds
+    /// them, which `weir nats publish --lines-per-message N` sends). A
+    /// producer that batches its events pays the server's per-message cost
+    /// once per batch; the records of one message share its position.
+    #[serde(default, skip_serializing_if = "Payload::is_object")]
+    pub payload: Payload,
     /// The columns to read, in order: the JSON-lines source's schema, with the
     /// same rules for what makes a record corrupt.
     pub schema: Vec<FieldSpec>,
@@ -152,6 +159,25 @@ fn default_max_deliver() -> NonZeroU32 {
 
 fn default_ack_wait() -> Millis {
     Millis(Duration::from_secs(30))
+}
+
+/// How the records of a message are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// One JSON object per message.
+    #[default]
+    Object,
+    /// JSON lines: one object per line; blank lines are skipped, and a corrupt
+    /// line is a dead letter of its own (position `stream:sequence:line`)
+    /// while the message's other lines are read.
+    Lines,
+}
+
+impl Payload {
+    fn is_object(&self) -> bool {
+        *self == Self::Object
+    }
 }
 
 /// Where a new consumer starts reading.
@@ -709,13 +735,34 @@ impl JetStreamSource {
         if skipped > 0 {
             out.count("skipped_committed", skipped);
         }
-        let (batch, letters) = parse_records(
-            kept.iter().map(|g| &g.payload[..]),
-            kept.len(),
-            &self.fields,
-            &self.schema,
-            |i| format!("{stream}:{}", kept[i].seq),
-        )?;
+        let (batch, letters) = match self.spec.payload {
+            Payload::Object => parse_records(
+                kept.iter().map(|g| &g.payload[..]),
+                kept.len(),
+                &self.fields,
+                &self.schema,
+                |i| format!("{stream}:{}", kept[i].seq),
+            )?,
+            Payload::Lines => {
+                // Each record's message (an index into `kept`) and line (from 1).
+                let mut origin: Vec<(usize, usize)> = Vec::with_capacity(kept.len());
+                let mut lines: Vec<&[u8]> = Vec::with_capacity(kept.len());
+                for (k, g) in kept.iter().enumerate() {
+                    let payload = g.payload.strip_suffix(b"\n").unwrap_or(&g.payload);
+                    for (l, line) in payload.split(|&b| b == b'\n').enumerate() {
+                        lines.push(line);
+                        origin.push((k, l + 1));
+                    }
+                }
+                parse_records(
+                    lines.iter().copied(),
+                    lines.len(),
+                    &self.fields,
+                    &self.schema,
+                    |i| format!("{stream}:{}:{}", kept[origin[i].0].seq, origin[i].1),
+                )?
+            }
+        };
         for letter in letters {
             out.dead_letter(letter);
         }

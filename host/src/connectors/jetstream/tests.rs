@@ -150,6 +150,7 @@ fn source_spec(url: &str, stream: &str) -> JetStreamSourceSpec {
         max_ack_pending: None,
         max_deliver: NonZeroU32::new(5).unwrap(),
         ack_wait: Millis(Duration::from_secs(30)),
+        payload: Payload::Object,
         schema: fields(),
         rejects: None,
         create_stream: false,
@@ -390,6 +391,50 @@ async fn corrupt_messages_become_dead_letters_with_reason_and_sequence() {
     assert_eq!(
         (info.ack_floor.stream_sequence, info.num_ack_pending),
         (7, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_lines_payload_is_one_record_per_line_and_a_bad_line_is_its_own_dead_letter() {
+    let Some(url) = nats_url() else { return };
+    let (js, mut streams) = setup(&url).await;
+    let s = streams.create(&js).await;
+    let payloads = [
+        // Three records, a trailing newline.
+        format!("{}\n{}\n{}\n", event(1), event(2), event(3)),
+        // A blank line between two records, and a bad third line.
+        format!("{}\n\n{}\n{{\"id\":\"x\"}}", event(4), event(5)),
+        // One record without a newline: as `object` would read it.
+        event(6),
+        String::new(),
+    ];
+    publish(&js, &format!("{s}.in"), payloads).await;
+    let spec = JetStreamSourceSpec {
+        payload: Payload::Lines,
+        ..source_spec(&url, &s)
+    };
+    let mut src = source(spec, 100);
+    let mut sink = JetStreamSink::new(sink_spec(&url, &s), "p", "out");
+    let (seen, letters) = pump(&mut src, &mut sink).await;
+    assert_eq!(seen, vec![1, 2, 3, 4, 5, 6]);
+    let mut got: Vec<(String, String)> = letters
+        .iter()
+        .map(|l| (l.reason.clone(), l.position.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("empty".to_owned(), format!("{s}:4")),
+            ("id:type".to_owned(), format!("{s}:2:4")),
+        ]
+    );
+    let bad = letters.iter().find(|l| l.reason == "id:type").unwrap();
+    assert_eq!(bad.record, r#"{"id":"x"}"#, "the line, not the message");
+    let info = floor_reaches(&js, &s, src.durable(), 4).await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_ack_pending),
+        (4, 0)
     );
 }
 
@@ -1108,6 +1153,17 @@ async fn bench_ingest_and_publish() {
             1_700_000_000_000 + i * 10
         )
     };
+    // WEIR_BENCH_LINES_PER_MESSAGE=k: k events per message, read with
+    // payload = "lines" (a kept stream must have been published the same way).
+    let per = env("WEIR_BENCH_LINES_PER_MESSAGE", 1).max(1);
+    assert_eq!(n % per, 0, "WEIR_BENCH_EVENTS must be a multiple of it");
+    let messages = n / per;
+    let message = |m: u64| {
+        (m * per - per + 1..=m * per)
+            .map(clicks)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let payload_bytes = clicks(n).len();
     let have = js.get_stream(&s).await.ok();
     let held = match have {
@@ -1130,11 +1186,11 @@ async fn bench_ingest_and_publish() {
         }
     };
     let started = Instant::now();
-    if held < n {
-        publish(&js, &format!("{s}.in"), (held + 1..=n).map(clicks)).await;
+    if held < messages {
+        publish(&js, &format!("{s}.in"), (held + 1..=messages).map(message)).await;
     }
     eprintln!(
-        "published {n} events of ~{payload_bytes} bytes with the plain client in {:.2}s",
+        "published {n} events of ~{payload_bytes} bytes, {per} to a message, with the plain client in {:.2}s",
         started.elapsed().as_secs_f64()
     );
     let mut schema = fields();
@@ -1169,9 +1225,15 @@ async fn bench_ingest_and_publish() {
             durable: Some(unique("bench")),
             schema: schema.clone(),
             max_wait: Millis(Duration::from_millis(100)),
+            payload: if per > 1 {
+                Payload::Lines
+            } else {
+                Payload::Object
+            },
             ..source_spec(&url, &s)
         };
-        let mut src = source(spec, 4096);
+        // About 4096 events per batch whatever their packing.
+        let mut src = source(spec, (4096 / per as usize).max(1));
         let started = Instant::now();
         let mut rows = 0u64;
         loop {
