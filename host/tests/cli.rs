@@ -39,6 +39,24 @@ fn validate_prints_the_dag() {
 }
 
 #[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_command_quietly() {
+    // The read end is closed before the child writes: its first write fails
+    // with EPIPE, which must not be a panic (Rust ignores SIGPIPE).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["validate", "examples/quickstart/pipeline.toml"])
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+}
+
+#[test]
 fn validate_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.toml");

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Subcommand;
 
+use crate::cli::out::outln;
 use weir::store::Store;
 
 #[derive(Subcommand)]
@@ -33,7 +34,7 @@ pub fn dispatch(cmd: ComponentCommand, data_dir: &Path) -> anyhow::Result<()> {
             // artifact cache, so the first run using it does not compile.
             let loaded = super::sandbox(data_dir)?.load(&bytes)?;
             let record = store.push_component(&name, &bytes, loaded.world())?;
-            println!(
+            outln!(
                 "{} sha256:{} {} bytes {}",
                 record.reference(),
                 record.digest,
@@ -43,12 +44,16 @@ pub fn dispatch(cmd: ComponentCommand, data_dir: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         ComponentCommand::List => {
-            println!(
+            outln!(
                 "{:<28} {:<19} {:>10} {:<10} {}",
-                "component", "digest", "bytes", "world", "pushed (unix ms)"
+                "component",
+                "digest",
+                "bytes",
+                "world",
+                "pushed (unix ms)"
             );
             for c in store.list_components()? {
-                println!(
+                outln!(
                     "{:<28} sha256:{:<12} {:>10} {:<10} {}",
                     c.reference(),
                     &c.digest[..12],

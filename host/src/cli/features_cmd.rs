@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 
+use crate::cli::out::outln;
 use weir::connectors::redis::{StoredVector, read_vectors};
 
 #[derive(Subcommand)]
@@ -38,7 +39,7 @@ pub fn dispatch(cmd: FeaturesCommand) -> anyhow::Result<()> {
                     Some(v) => v.to_json(),
                     None => serde_json::json!({ "entity": entity, "features": null }),
                 };
-                println!("{line}");
+                outln!("{line}");
             }
             Ok(())
         }
@@ -69,15 +70,17 @@ pub fn lineage(url: &str, prefix: &str, entity: &str) -> anyhow::Result<()> {
     let at = v.event_time_ms.map_or("no event time".to_owned(), |ms| {
         format!("event time {ms} ms")
     });
-    println!("{prefix}:{entity}: pipeline {} {version}, {at}", l.pipeline);
+    outln!("{prefix}:{entity}: pipeline {} {version}, {at}", l.pipeline);
     for s in &l.stages {
-        println!(
+        outln!(
             "  stage {} sha256:{} params sha256:{}",
-            s.stage, s.digest, s.params_hash
+            s.stage,
+            s.digest,
+            s.params_hash
         );
     }
     for s in &l.sources {
-        println!(
+        outln!(
             "  source {} positions {}..{}",
             s.source,
             s.from.as_deref().unwrap_or("start"),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::cli::out::{out, outln};
 use weir::exec::{self, RunOptions};
 use weir::live::LiveRun;
 use weir::live::socket::{self, Request, Response};
@@ -115,7 +116,7 @@ pub fn run(
     if let (Some(store), None) = (&env.store, version) {
         store.append_lineage(&summary.run_id, &control.lineage_log())?;
     }
-    print!("{summary}");
+    out!("{summary}");
     Ok(())
 }
 
@@ -177,14 +178,14 @@ pub fn swap(
                 .map_or("at the end of the stream".to_owned(), |b| {
                     format!("from batch {b}")
                 });
-            println!(
+            outln!(
                 "stage {}: applied {from}: sha256:{} params {}",
                 c.stage,
                 short(&c.digest),
                 c.params
             );
         } else {
-            println!(
+            outln!(
                 "stage {}: refused: {} (still running sha256:{} params {})",
                 c.stage,
                 c.reason.as_deref().unwrap_or("?"),
@@ -194,7 +195,7 @@ pub fn swap(
         }
     }
     if response.changes.is_empty() {
-        println!("nothing to change: the running pipeline already matches");
+        outln!("nothing to change: the running pipeline already matches");
     }
     if !response.ok {
         bail!("not every change was applied");
@@ -205,7 +206,7 @@ pub fn swap(
 /// `weir pipeline stop <name>`.
 pub fn stop(data_dir: &Path, pipeline: &str) -> anyhow::Result<()> {
     ask(data_dir, pipeline, &Request::Stop, Duration::from_secs(10))?;
-    println!("{pipeline} is stopping: the batches already read go through to the sinks");
+    outln!("{pipeline} is stopping: the batches already read go through to the sinks");
     Ok(())
 }
 
@@ -221,9 +222,9 @@ pub fn status(data_dir: &Path, pipeline: &str) -> anyhow::Result<()> {
     let version = status
         .version
         .map_or("from a file".to_owned(), |v| format!("version {v}"));
-    println!("{} running ({version})", status.pipeline);
+    outln!("{} running ({version})", status.pipeline);
     for s in status.stages {
-        println!(
+        outln!(
             "  stage {:<20} sha256:{} params {}",
             s.stage,
             short(&s.digest),
@@ -249,26 +250,28 @@ pub fn lineage_of_line(output: &Path, line: u64) -> anyhow::Result<()> {
     let version = l
         .version
         .map_or("run from a file".to_owned(), |v| format!("version {v}"));
-    println!(
+    outln!(
         "{}:{line}: pipeline {} {version}",
         output.display(),
         l.pipeline
     );
     for s in &l.stages {
-        println!(
+        outln!(
             "  stage {} sha256:{} params sha256:{}",
-            s.stage, s.digest, s.params_hash
+            s.stage,
+            s.digest,
+            s.params_hash
         );
     }
     for s in &l.sources {
-        println!(
+        outln!(
             "  source {} positions {}..{}",
             s.source,
             s.from.as_deref().unwrap_or("start"),
             s.to.as_deref().unwrap_or("?")
         );
     }
-    println!(
+    outln!(
         "  batch: output lines {}..{}",
         entry.first_line,
         entry.first_line + entry.lines - 1

@@ -6,6 +6,7 @@ mod component_cmd;
 mod features_cmd;
 mod live_cmd;
 mod nats_cmd;
+mod out;
 mod pipeline_cmd;
 mod stage_cmd;
 
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use crate::cli::out::{out, outln};
 use weir::exec;
 use weir::sandbox::{Sandbox, SandboxConfig};
 use weir::spec::PipelineSpec;
@@ -133,8 +135,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Validate { pipeline } => {
             let spec = PipelineSpec::from_file(&pipeline)?;
             let dag = spec.validate()?;
-            println!("{} is valid: {} nodes", pipeline.display(), dag.nodes.len());
-            print!("{}", dag.render());
+            outln!("{} is valid: {} nodes", pipeline.display(), dag.nodes.len());
+            out!("{}", dag.render());
             // The output schemas need the nodes themselves (components loaded,
             // files opened), as a run would prepare them.
             let env = weir::plan::RunEnv {
@@ -143,12 +145,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 data_dir: data_dir.clone(),
             };
             let plan = weir::plan::Plan::build(spec, &env)?;
-            println!("output schemas:");
+            outln!("output schemas:");
             for (node, schema) in plan.dag.nodes.iter().zip(&plan.schemas) {
                 match (node.kind, schema) {
                     (weir::node::NodeKind::Sink, _) => {}
-                    (_, Some(s)) => println!("  {}: {}", node.name, weir::node::schema::render(s)),
-                    (_, None) => println!(
+                    (_, Some(s)) => outln!("  {}: {}", node.name, weir::node::schema::render(s)),
+                    (_, None) => outln!(
                         "  {}: learned from its first batch (declare `outputs` to fix it here)",
                         node.name
                     ),

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::cli::out::outln;
 use anyhow::Context as _;
 use clap::Subcommand;
 
@@ -68,7 +69,7 @@ pub fn dispatch(cmd: NatsCommand) -> anyhow::Result<()> {
                 input,
             ))?;
             let secs = started.elapsed().as_secs_f64();
-            println!(
+            outln!(
                 "published {} messages to {subject} in {secs:.2}s ({:.0}/s); {} already in the stream, {} blank lines skipped{}",
                 done.stored,
                 (done.stored + done.duplicates) as f64 / secs.max(1e-9),

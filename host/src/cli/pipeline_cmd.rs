@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
+use crate::cli::out::outln;
 use weir::spec::PipelineSpec;
 use weir::store::{self, Store};
 
@@ -120,9 +121,9 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
             let (pinned, stages) = store::pin(&spec, &store, &super::sandbox(data_dir)?)?;
             let author = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
             let v = store.add_version(pinned, stages, tag_map, &author, comment)?;
-            println!("{} version {} is active", v.pipeline, v.version);
+            outln!("{} version {} is active", v.pipeline, v.version);
             for s in &v.stages {
-                println!(
+                outln!(
                     "  stage {:<20} sha256:{} params {}",
                     s.stage,
                     &s.digest[..12],
@@ -136,7 +137,7 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
             for v in store.history(&name)? {
                 let mark = if Some(v.version) == active { "*" } else { " " };
                 let tags: Vec<String> = v.tags.iter().map(|(k, x)| format!("{k}={x}")).collect();
-                println!(
+                outln!(
                     "{mark} v{:<4} {} by {:<10} [{}] {}",
                     v.version,
                     v.created_ms,
@@ -151,10 +152,10 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
             let (a, b) = (store.version(&name, v1)?, store.version(&name, v2)?);
             let lines = store::diff(&a, &b);
             if lines.is_empty() {
-                println!("v{v1} and v{v2} are the same");
+                outln!("v{v1} and v{v2} are the same");
             }
             for l in lines {
-                println!("{l}");
+                outln!("{l}");
             }
             Ok(())
         }
@@ -169,14 +170,14 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
                     "pipeline `{name}` has no checkpoint (it was never run by name, or its store was reset)"
                 );
             };
-            println!("{}", serde_json::to_string_pretty(&c)?);
+            outln!("{}", serde_json::to_string_pretty(&c)?);
             Ok(())
         }
         PipelineCommand::Rollback { name, to } => {
             store
                 .activate(&name, to)
                 .with_context(|| format!("rolling back {name}"))?;
-            println!("{name} version {to} is active");
+            outln!("{name} version {to} is active");
             Ok(())
         }
     }
@@ -216,7 +217,7 @@ pub fn lineage(run: &str, data_dir: &Path) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        println!(
+        outln!(
             "{} rows {}..{}: {} {} · {} · {}",
             r.sink,
             r.first_row,

@@ -7,6 +7,8 @@ use clap::Subcommand;
 
 use weir::sandbox::build_stage;
 
+use crate::cli::out::outln;
+
 #[derive(Subcommand)]
 pub enum StageCommand {
     /// Scaffold a stage crate: a working featurizer, its Cargo.toml and a README.
@@ -34,19 +36,19 @@ pub fn dispatch(cmd: StageCommand, data_dir: &Path) -> anyhow::Result<()> {
             let sdk =
                 sdk.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"));
             scaffold(&name, &dir, &sdk)?;
-            println!("created stage `{name}` in {}", dir.display());
-            println!("build it with: weir stage build {}", dir.display());
+            outln!("created stage `{name}` in {}", dir.display());
+            outln!("build it with: weir stage build {}", dir.display());
             Ok(())
         }
         StageCommand::Build { dir } => {
             let wasm = build_stage(&dir)?;
             let sandbox = super::sandbox(data_dir)?;
             let loaded = sandbox.load_file(&wasm)?;
-            println!("built {}", wasm.display());
-            println!("  world:   {}", loaded.world().name());
-            println!("  digest:  sha256:{}", loaded.digest());
-            println!("  size:    {} bytes", loaded.size());
-            println!("  imports: {}", loaded.imports().join(", "));
+            outln!("built {}", wasm.display());
+            outln!("  world:   {}", loaded.world().name());
+            outln!("  digest:  sha256:{}", loaded.digest());
+            outln!("  size:    {} bytes", loaded.size());
+            outln!("  imports: {}", loaded.imports().join(", "));
             Ok(())
         }
     }
