@@ -94,9 +94,7 @@ async fn run_example(file: &str) {
     };
     for e in &entries {
         for s in &e.lineage.sources {
-            for l in line(&s.from) + 1..=line(&s.to) {
-                covered[l] = true;
-            }
+            covered[line(&s.from) + 1..=line(&s.to)].fill(true);
         }
     }
     assert!(

@@ -81,12 +81,15 @@ path = "{name}.jsonl"
     assert_eq!(rows.len(), 7);
 }
 
+/// What [`serve`] received: each request's path and JSON body.
+type Requests = Arc<Mutex<Vec<(String, Value)>>>;
+
 /// A tiny HTTP/1.1 server: records each request's path and JSON body, answers
 /// with the next status from `statuses` (then 200).
-fn serve(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+fn serve(statuses: Vec<u16>) -> (String, Requests) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let seen: Requests = Arc::default();
     let statuses = Arc::new(Mutex::new(statuses.into_iter()));
     let record = seen.clone();
     std::thread::spawn(move || {

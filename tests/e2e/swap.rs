@@ -256,10 +256,16 @@ async fn params_code_and_rollback_swaps_change_versions_only_between_batches() {
             .iter()
             .any(|&s| t >= s && t <= s + Duration::from_millis(60))
     };
-    let (swap_gaps, steady): (Vec<(Instant, Duration)>, Vec<(Instant, Duration)>) =
-        gaps.iter().partition(|(t, _)| near_swap(*t));
-    let swap_gaps: Vec<Duration> = swap_gaps.iter().map(|g| g.1).collect();
-    let steady: Vec<Duration> = steady.iter().map(|g| g.1).collect();
+    let (swap_gaps, steady): (Vec<Duration>, Vec<Duration>) = (
+        gaps.iter()
+            .filter(|(t, _)| near_swap(*t))
+            .map(|g| g.1)
+            .collect(),
+        gaps.iter()
+            .filter(|(t, _)| !near_swap(*t))
+            .map(|g| g.1)
+            .collect(),
+    );
     println!(
         "swap latency: {} batches of {BATCH} rows at 4000 rows/s; steady gap p50 {:?} p99 {:?} max {:?}; \
          during swaps gap max {:?} p99 {:?}",
@@ -281,15 +287,13 @@ async fn broken_swaps_are_refused_or_rolled_back_and_delivery_goes_on() {
     // Fails validation: not a component at all. Refused before reaching the run.
     let err = stage(b"\0asm not really".to_vec(), tag_params(9))
         .await
-        .err()
-        .expect("invalid bytes are refused");
+        .expect_err("invalid bytes are refused");
     assert!(matches!(err, SwapError::Load { .. }), "{err}");
 
     // Fails `init`, as new code: refused off the hot path.
     let err = stage(new_code(&original), r#"{"mode":"fail_init"}"#.to_owned())
         .await
-        .err()
-        .expect("init fails");
+        .expect_err("init fails");
     assert!(
         err.to_string()
             .contains("refusing to start: fail_init mode"),

@@ -107,10 +107,10 @@ pub fn merge_spans(spans: Vec<SourceSpan>) -> Vec<SourceSpan> {
     // A span is a chain's head unless another span ends where it starts.
     let mut has_pred = vec![false; spans.len()];
     for s in &spans {
-        if let Some(&j) = by_start.get(&(s.source.as_str(), s.to.as_deref())) {
-            if s.to.is_some() {
-                has_pred[j] = true;
-            }
+        if let Some(&j) = by_start.get(&(s.source.as_str(), s.to.as_deref()))
+            && s.to.is_some()
+        {
+            has_pred[j] = true;
         }
     }
     let mut used = vec![false; spans.len()];

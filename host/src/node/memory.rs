@@ -132,11 +132,11 @@ impl MemoryPool {
                 Err(actual) => cur = actual,
             }
         }
-        if let Some(parent) = &p.parent {
-            if let Err(e) = parent.try_take(n, consumer, held) {
-                p.used.fetch_sub(n, Ordering::AcqRel);
-                return Err(e);
-            }
+        if let Some(parent) = &p.parent
+            && let Err(e) = parent.try_take(n, consumer, held)
+        {
+            p.used.fetch_sub(n, Ordering::AcqRel);
+            return Err(e);
         }
         p.peak.fetch_max(cur + n, Ordering::Relaxed);
         Ok(())

@@ -254,13 +254,13 @@ fn validate_aggregates(key: &str, aggs: &[AggregateSpec]) -> Result<(), SpecErro
                 "only `sum`, `mean`, `min` and `max` take a default",
             ));
         }
-        if let Some(f) = &a.filter {
-            if !(f.equals.is_string() || f.equals.is_number() || f.equals.is_boolean()) {
-                return Err(SpecError::invalid(
-                    format!("{key}.aggregates[{i}].filter.equals"),
-                    "must be a string, a number or a boolean",
-                ));
-            }
+        if let Some(f) = &a.filter
+            && !(f.equals.is_string() || f.equals.is_number() || f.equals.is_boolean())
+        {
+            return Err(SpecError::invalid(
+                format!("{key}.aggregates[{i}].filter.equals"),
+                "must be a string, a number or a boolean",
+            ));
         }
         if aggs[..i].iter().any(|b| b.name == a.name) {
             return Err(SpecError::invalid(
