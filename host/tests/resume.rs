@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 mod common;
-use common::{start_and_wait, weir};
+use common::{kill_at, start_and_wait, weir};
 const LINES: u64 = 600_000;
 
 /// A pipeline `copy` over `events.jsonl` (`LINES` records `{"n": i, …}`, every
@@ -69,28 +69,12 @@ fn a_run_killed_mid_way_and_resumed_delivers_every_record_at_least_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let mut child = start_and_wait(
-        d,
-        &["run", "copy", "--quiet"],
-        "out.jsonl.weir-inprogress",
-        6 << 20,
-    );
-    // SIGKILL: nothing runs on the way out.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let checkpoint = kill_at(d, "copy", false, "out.jsonl.weir-inprogress", 6 << 20);
     assert!(!d.join("out.jsonl").exists(), "nothing was published");
-
-    let store = weir::store::Store::open(&d.join("data")).unwrap();
-    let checkpoint = store
-        .checkpoint("copy")
-        .unwrap()
-        .expect("a checkpoint in the store");
-    assert!(!checkpoint.complete);
     let position = &checkpoint.sources["events"];
     let line: u64 = position.split_once(':').unwrap().0.parse().unwrap();
     assert!(line > 0 && line < LINES, "mid-run: {position}");
     assert!(checkpoint.sinks.contains_key("out"), "{checkpoint:?}");
-    drop(store);
 
     let (ok, out, err) = weir(d, &["run", "copy", "--quiet", "--resume"]);
     assert!(ok, "{err}");

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 mod common;
-use common::{sorted_lines, start_and_wait, weir};
+use common::{kill_at, kill_points, sorted_lines, start_and_wait, weir};
 const EVENTS: u64 = 1_000_000;
 
 /// Bursts of three users taking turns (about 13 events each, 10 ms apart), a
@@ -94,32 +94,9 @@ fn sessions_killed_twice_and_resumed_equal_an_uninterrupted_run() {
     let (_reference, dir, expected, total) = reference_and_stored();
     let d = dir.path();
     // Two kill points that differ from run to run, the second further on.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    let first = total * (20 + nanos % 25) / 100;
-    let second = total * (55 + (nanos / 7) % 25) / 100;
     let mut operator_states = Vec::new();
-    for (i, at) in [first, second].into_iter().enumerate() {
-        let mut child = start_and_wait(
-            d,
-            if i > 0 {
-                &["run", "sessions", "--quiet", "--resume"]
-            } else {
-                &["run", "sessions", "--quiet"]
-            },
-            "out.jsonl.weir-inprogress",
-            at,
-        );
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let store = weir::store::Store::open(&d.join("data")).unwrap();
-        let c = store
-            .checkpoint("sessions")
-            .unwrap()
-            .expect("a checkpoint in the store");
-        assert!(!c.complete);
+    for (i, at) in kill_points(total).into_iter().enumerate() {
+        let c = kill_at(d, "sessions", i > 0, "out.jsonl.weir-inprogress", at);
         let state = c
             .operators
             .get("windows")

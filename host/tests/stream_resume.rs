@@ -20,7 +20,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 mod common;
-use common::{sorted_lines, start_and_wait, weir};
+use common::{kill_at, kill_points, sorted_lines, weir};
 const EVENTS: u64 = 200_000;
 
 /// Bursts of three users taking turns (about 13 events each, 10 ms apart), a
@@ -257,31 +257,14 @@ fn a_stream_pipeline_killed_twice_and_resumed_equals_an_uninterrupted_run() {
     .unwrap();
     let (ok, _, err) = weir(d, &["pipeline", "apply", "pipeline.toml"]);
     assert!(ok, "{err}");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    let first = total * (20 + nanos % 25) / 100;
-    let second = total * (55 + (nanos / 7) % 25) / 100;
-    for (i, at) in [first, second].into_iter().enumerate() {
-        let mut child = start_and_wait(
+    for (i, at) in kill_points(total).into_iter().enumerate() {
+        let c = kill_at(
             d,
-            if i > 0 {
-                &["run", "stream-sessions", "--quiet", "--resume"]
-            } else {
-                &["run", "stream-sessions", "--quiet"]
-            },
+            "stream-sessions",
+            i > 0,
             "sessions.jsonl.weir-inprogress",
             at,
         );
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let store = weir::store::Store::open(&d.join("data")).unwrap();
-        let c = store
-            .checkpoint("stream-sessions")
-            .unwrap()
-            .expect("a checkpoint in the store");
-        assert!(!c.complete);
         assert!(
             c.operators.contains_key("windows"),
             "the session state is checkpointed"

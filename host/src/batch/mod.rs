@@ -216,25 +216,6 @@ impl<'a> WitInput<'a> {
                 .collect(),
         }
     }
-
-    /// Bytes the batch occupies when it crosses: what the per-call crossing cap
-    /// counts.
-    pub fn size(&self) -> usize {
-        self.columns
-            .iter()
-            .map(|c| {
-                let values = match &c.values {
-                    InputValues::Boolean(b) => b.len(),
-                    InputValues::Int32(v) => v.len() * 4,
-                    InputValues::Int64(v) | InputValues::TimestampMs(v) => v.len() * 8,
-                    InputValues::Float32(v) => v.len() * 4,
-                    InputValues::Float64(v) => v.len() * 8,
-                    InputValues::Utf8 { offsets, data } => offsets.len() * 4 + data.len(),
-                };
-                c.name.len() + values + c.validity.as_ref().map_or(0, |v| v.len())
-            })
-            .sum()
-    }
 }
 
 /// Lays an Arrow batch out as the WIT batch a stage receives, borrowing its

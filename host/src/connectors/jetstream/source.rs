@@ -744,22 +744,25 @@ impl JetStreamSource {
                 |i| format!("{stream}:{}", kept[i].seq),
             )?,
             Payload::Lines => {
-                // Each record's message (an index into `kept`) and line (from 1).
-                let mut origin: Vec<(usize, usize)> = Vec::with_capacity(kept.len());
+                // Where each message's lines start among the records: a dead
+                // letter's message and line are found from it, so nothing is
+                // kept per record.
+                let mut starts: Vec<usize> = Vec::with_capacity(kept.len());
                 let mut lines: Vec<&[u8]> = Vec::with_capacity(kept.len());
-                for (k, g) in kept.iter().enumerate() {
+                for g in &kept {
+                    starts.push(lines.len());
                     let payload = g.payload.strip_suffix(b"\n").unwrap_or(&g.payload);
-                    for (l, line) in payload.split(|&b| b == b'\n').enumerate() {
-                        lines.push(line);
-                        origin.push((k, l + 1));
-                    }
+                    lines.extend(payload.split(|&b| b == b'\n'));
                 }
                 parse_records(
                     lines.iter().copied(),
                     lines.len(),
                     &self.fields,
                     &self.schema,
-                    |i| format!("{stream}:{}:{}", kept[origin[i].0].seq, origin[i].1),
+                    |i| {
+                        let k = starts.partition_point(|&s| s <= i) - 1;
+                        format!("{stream}:{}:{}", kept[k].seq, i - starts[k] + 1)
+                    },
                 )?
             }
         };

@@ -193,6 +193,19 @@ async fn call(src: &mut JetStreamSource) -> Call {
     }
 }
 
+/// The ids `src` emits, committing each batch, until `n` came or 10 s passed.
+async fn read_committing(src: &mut JetStreamSource, n: usize) -> Vec<i64> {
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while seen.len() < n && started.elapsed() < Duration::from_secs(10) {
+        for (b, p) in call(src).await.batches {
+            seen.extend(ids(&b));
+            src.commit(&p.unwrap()).await.unwrap();
+        }
+    }
+    seen
+}
+
 fn ids(b: &RecordBatch) -> Vec<i64> {
     b.column(0).as_primitive::<Int64Type>().values().to_vec()
 }
@@ -562,15 +575,7 @@ async fn a_killed_runs_unacknowledged_messages_come_again_at_once_in_order() {
 
     // The next run starts right after the ack floor: 6..=20, in order, now.
     let mut src = source(spec, 5);
-    let mut seen = Vec::new();
-    let started = Instant::now();
-    while seen.len() < 15 && started.elapsed() < Duration::from_secs(10) {
-        let c = call(&mut src).await;
-        for (b, p) in c.batches {
-            seen.extend(ids(&b));
-            src.commit(&p.unwrap()).await.unwrap();
-        }
-    }
+    let seen = read_committing(&mut src, 15).await;
     assert_eq!(seen, (6..=20).collect::<Vec<_>>());
     let info = floor_reaches(&js, &s, src.durable(), 20).await;
     assert_eq!(
@@ -598,15 +603,7 @@ async fn a_resumed_run_starts_after_its_checkpoint_whatever_the_consumer_holds()
     drop(first);
     let mut src = source(spec, 4);
     src.seek("8").await.unwrap();
-    let mut seen = Vec::new();
-    let started = Instant::now();
-    while seen.len() < 12 && started.elapsed() < Duration::from_secs(10) {
-        let c = call(&mut src).await;
-        for (b, p) in c.batches {
-            seen.extend(ids(&b));
-            src.commit(&p.unwrap()).await.unwrap();
-        }
-    }
+    let seen = read_committing(&mut src, 12).await;
     assert_eq!(seen, (9..=20).collect::<Vec<_>>());
     floor_reaches(&js, &s, src.durable(), 20).await;
 }
