@@ -45,6 +45,7 @@
 pub mod batch;
 pub mod connectors;
 pub mod exec;
+pub mod host;
 pub mod live;
 pub mod node;
 pub mod ops;

@@ -44,11 +44,7 @@ pub fn sandbox() -> Sandbox {
 
 /// A run environment with its data directory in `dir`.
 pub fn env(dir: &Path) -> RunEnv {
-    RunEnv {
-        sandbox: sandbox(),
-        data_dir: dir.join("data"),
-        store: None,
-    }
+    RunEnv::standalone(sandbox(), dir.join("data"))
 }
 
 /// Parses, plans and runs a pipeline given as TOML text whose relative paths

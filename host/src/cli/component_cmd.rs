@@ -25,14 +25,15 @@ pub enum ComponentCommand {
 }
 
 pub fn dispatch(cmd: ComponentCommand, data_dir: &Path) -> anyhow::Result<()> {
-    let store = Store::open(data_dir)?;
+    let tenant = super::tenant(data_dir)?;
+    let store = tenant.store();
     match cmd {
         ComponentCommand::Push { file, name } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             // Loading validates (world, exports, imports) and precompiles into the
             // artifact cache, so the first run using it does not compile.
-            let loaded = super::sandbox(data_dir)?.load(&bytes)?;
+            let loaded = tenant.host().sandbox()?.load(&bytes)?;
             let record = store.push_component(&name, &bytes, loaded.world())?;
             outln!(
                 "{} sha256:{} {} bytes {}",

@@ -2,24 +2,20 @@
 //! swap|stop|status`, which talk to a running pipeline through that socket.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
 use crate::cli::out::{out, outln};
-use weir::exec::{self, RunOptions};
-use weir::live::LiveRun;
+use weir::host::{RunRequest, RunTarget};
 use weir::live::socket::{self, Request, Response};
-use weir::plan::{Plan, RunEnv};
-use weir::spec::PipelineSpec;
-use weir::store::Store;
 
 /// How long `weir pipeline swap` waits for the run's answer: a swap is answered
 /// after the new version's first batch, and a crate may have to build first.
 const SWAP_PATIENCE: Duration = Duration::from_secs(300);
 
-/// `weir run <file | stored pipeline name> [--watch] [--resume]`.
+/// `weir run <file | stored pipeline name> [--watch] [--resume]`: a host
+/// embedded in this process runs it (see [`weir::host`]).
 ///
 /// A stored pipeline keeps a checkpoint in the store as it runs; `--resume`
 /// continues from it (a run without `--resume` starts over and replaces it).
@@ -30,65 +26,20 @@ pub fn run(
     watch: bool,
     resume: bool,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&data_dir)?;
-    // A file if there is one; otherwise the active stored version of that name.
-    let (spec, version) = if pipeline.exists() {
-        (PipelineSpec::from_file(pipeline)?, None)
-    } else {
-        let name = pipeline.to_str().unwrap_or_default();
-        let Some(active) = store.active(name)? else {
-            bail!(
-                "{} is neither a pipeline file nor a pipeline applied to the store",
-                pipeline.display()
-            );
-        };
-        if watch {
-            bail!("--watch needs a pipeline file; `{name}` is a stored pipeline");
-        }
-        (store.version(name, active)?.runnable_spec(), Some(active))
-    };
-    if resume && version.is_none() {
-        bail!(
-            "--resume continues a stored pipeline from its checkpoint; {} is a file (apply it with `weir pipeline apply` first)",
-            pipeline.display()
-        );
-    }
-    let env = RunEnv {
-        sandbox: super::sandbox(&data_dir)?,
-        store: Some(store),
-        data_dir,
-    };
-    let plan = Plan::build(spec, &env)?;
+    let tenant = super::tenant(&data_dir)?;
+    let prepared = tenant.prepare(RunRequest {
+        target: RunTarget::from_arg(pipeline),
+        watch,
+        resume,
+        progress,
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;
-    let control = exec::RunControl::new();
-    control.set_version(version);
-    let live = Arc::new(tokio::sync::Mutex::new(LiveRun::new(
-        &plan,
-        env.clone(),
-        control.clone(),
-    )));
-    let path = socket::socket_path(&env.data_dir, &plan.spec.name);
     let summary = runtime.block_on(async {
-        // Dropped when this block ends, however it ends: the socket file goes too.
-        let _socket = match socket::serve(path, live.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "no control socket for this run");
-                None
-            }
-        };
-        let watcher = watch.then(|| {
-            weir::live::watch::watch(
-                pipeline.to_path_buf(),
-                live.clone(),
-                weir::live::watch::DEFAULT_WATCH_INTERVAL,
-            )
-        });
         let interrupt = tokio::spawn({
-            let control = control.clone();
+            let control = prepared.control().clone();
             async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     eprintln!("\nstopping: the batches already read go through to the sinks");
@@ -96,26 +47,10 @@ pub fn run(
                 }
             }
         });
-        let checkpoints = version.and(env.store.clone()).map(|s| {
-            let s: Arc<dyn weir::node::CheckpointStore> = Arc::new(s);
-            s
-        });
-        let options = RunOptions {
-            progress,
-            checkpoints,
-            resume,
-        };
-        let result = exec::run_with(plan, &env, &options, control.clone()).await;
+        let result = prepared.run().await;
         interrupt.abort();
-        if let Some(w) = watcher {
-            w.abort();
-        }
         result
     })?;
-    // A checkpointed run saved its lineage with its checkpoints.
-    if let (Some(store), None) = (&env.store, version) {
-        store.append_lineage(&summary.run_id, &control.lineage_log())?;
-    }
     out!("{summary}");
     Ok(())
 }
@@ -126,7 +61,7 @@ fn ask(
     request: &Request,
     patience: Duration,
 ) -> anyhow::Result<Response> {
-    let path = socket::socket_path(data_dir, pipeline);
+    let path = socket::socket_path(&super::tenant_dir(data_dir), pipeline);
     Ok(socket::request(&path, request, patience)?)
 }
 

@@ -28,6 +28,10 @@ struct Cli {
     /// Data directory (dead letters, compiled artifacts, store). Default: $WEIR_DATA_DIR or ./.weir
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// The tenant to work as: every component, pipeline, run and file is the
+    /// tenant's own. Default: $WEIR_TENANT or `default`.
+    #[arg(long, global = true)]
+    tenant: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,8 +127,36 @@ fn render_error(e: &anyhow::Error) -> String {
     out
 }
 
+/// The tenant this command works as (set once, from `--tenant` or `$WEIR_TENANT`).
+static TENANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn tenant_name() -> &'static str {
+    TENANT
+        .get()
+        .map_or(weir::store::layout::DEFAULT_TENANT, String::as_str)
+}
+
+/// The command's tenant on the host of `data_dir`: this process owns the
+/// directory if no other does, and talks to its owner otherwise.
+fn tenant(data_dir: &std::path::Path) -> anyhow::Result<weir::host::Tenant> {
+    let host = weir::host::Host::open(data_dir, weir::host::HostOptions::default())?;
+    Ok(host.tenant(tenant_name())?)
+}
+
+/// The tenant's directory, where its runs serve their control sockets.
+fn tenant_dir(data_dir: &std::path::Path) -> PathBuf {
+    weir::store::layout::tenant_dir(data_dir, tenant_name())
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(exec::default_data_dir);
+    // clap's `env` feature is off (it pulls more than this one lookup needs).
+    let tenant = cli
+        .tenant
+        .or_else(|| std::env::var("WEIR_TENANT").ok().filter(|t| !t.is_empty()))
+        .unwrap_or_else(|| weir::store::layout::DEFAULT_TENANT.to_owned());
+    weir::store::layout::check_tenant(&tenant)?;
+    let _ = TENANT.set(tenant);
     match cli.command {
         Command::Run {
             pipeline,
@@ -139,11 +171,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             out!("{}", dag.render());
             // The output schemas need the nodes themselves (components loaded,
             // files opened), as a run would prepare them.
-            let env = weir::plan::RunEnv {
-                sandbox: sandbox(&data_dir)?,
-                store: weir::store::Store::open(&data_dir).ok(),
-                data_dir: data_dir.clone(),
-            };
+            let env = tenant(&data_dir)?.env()?;
             let plan = weir::plan::Plan::build(spec, &env)?;
             outln!("output schemas:");
             for (node, schema) in plan.dag.nodes.iter().zip(&plan.schemas) {
@@ -180,6 +208,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A sandbox caching compiled components in `<data dir>/artifacts`, for
+/// commands that compile without a host (`weir stage build`).
 fn sandbox(data_dir: &std::path::Path) -> anyhow::Result<Sandbox> {
     Ok(Sandbox::new(SandboxConfig {
         artifact_dir: Some(data_dir.join("artifacts")),

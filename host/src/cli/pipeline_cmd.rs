@@ -103,7 +103,8 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
         PipelineCommand::Stop { name } => return super::live_cmd::stop(data_dir, &name),
         other => other,
     };
-    let store = Store::open(data_dir)?;
+    let tenant = super::tenant(data_dir)?;
+    let store = tenant.store().clone();
     match cmd {
         PipelineCommand::Apply {
             file,
@@ -118,7 +119,7 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
                 };
                 tag_map.insert(k.to_owned(), v.to_owned());
             }
-            let (pinned, stages) = store::pin(&spec, &store, &super::sandbox(data_dir)?)?;
+            let (pinned, stages) = store::pin(&spec, &store, &tenant.host().sandbox()?)?;
             let author = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
             let v = store.add_version(pinned, stages, tag_map, &author, comment)?;
             outln!("{} version {} is active", v.pipeline, v.version);
@@ -186,7 +187,7 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
 /// `weir lineage <run>`: the run's output rows by sink, with the pipeline
 /// version, each stage's digest and parameters hash, and the source positions.
 pub fn lineage(run: &str, data_dir: &Path) -> anyhow::Result<()> {
-    let records = Store::open(data_dir)?.lineage(run)?;
+    let records = super::tenant(data_dir)?.store().lineage(run)?;
     if records.is_empty() {
         bail!("no lineage recorded for run `{run}`");
     }

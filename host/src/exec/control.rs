@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
+use super::NodeStats;
 use crate::node::LineageRecord;
 pub use crate::node::swap::{StageChange, SwapApplied, SwapError, SwapReply, SwapRequest};
 
@@ -51,7 +52,13 @@ struct Inner {
     started: watch::Sender<bool>,
     version: Mutex<Option<u64>>,
     lineage: Mutex<Vec<LineageRecord>>,
+    live: Mutex<std::collections::BTreeMap<String, NodeStats>>,
+    published: watch::Sender<u64>,
 }
+
+/// How often a node publishes its counters while it runs, at most: often enough
+/// for a live view, rare enough to cost nothing on the hot path.
+pub const LIVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Default for RunControl {
     fn default() -> Self {
@@ -62,6 +69,8 @@ impl Default for RunControl {
                 started: watch::Sender::new(false),
                 version: Mutex::default(),
                 lineage: Mutex::default(),
+                live: Mutex::default(),
+                published: watch::Sender::new(0),
             }),
         }
     }
@@ -163,6 +172,35 @@ impl RunControl {
     /// Adds a sink's lineage record (consecutive rows sharing one lineage) to
     /// the run's log, or replaces that sink's last record when it is the same
     /// one grown (same first row).
+    /// Every node's counters as last published while the run goes (records in
+    /// and out, time busy and blocked, queue depth, dead letters by reason,
+    /// traps): what a registry or a live view reads. Each node publishes at
+    /// most every [`LIVE_INTERVAL`] and once when it ends.
+    pub fn live_nodes(&self) -> Vec<NodeStats> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Wakes on every publication of [`RunControl::live_nodes`]: the value counts
+    /// publications, so a subscriber that fell behind sees the latest at once.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.published.subscribe()
+    }
+
+    pub(crate) fn publish(&self, stats: &NodeStats) {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stats.name.clone(), stats.clone());
+        self.inner.published.send_modify(|n| *n += 1);
+    }
+
     pub(crate) fn log_written(&self, record: &LineageRecord) {
         let mut log = self.inner.lineage.lock().expect("control lock");
         if let Some(last) = log.iter_mut().rev().find(|r| r.sink == record.sink)

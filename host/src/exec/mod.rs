@@ -169,6 +169,20 @@ pub(crate) struct NodeCx {
     /// The schema the node's output must have (`None`: learned from its first batch).
     pub(crate) output_schema: Option<SchemaRef>,
     pub(crate) memory_watch: crate::node::memory::MemoryWatch,
+    /// When the node last published its counters ([`RunControl::live_nodes`]).
+    pub(crate) published: Mutex<Instant>,
+}
+
+impl NodeCx {
+    /// Publishes the node's counters if [`control::LIVE_INTERVAL`] has passed
+    /// since it last did.
+    pub(crate) fn publish(&self, stats: &NodeStats) {
+        let mut last = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= control::LIVE_INTERVAL {
+            *last = Instant::now();
+            self.control.publish(stats);
+        }
+    }
 }
 
 /// Prepares and runs a pipeline to the end (bounded sources) or until it fails.
@@ -324,6 +338,7 @@ pub async fn run_with(
             pipeline: spec.name.clone(),
             output_schema: schemas[pos].clone(),
             memory_watch: memory.watch.clone(),
+            published: Mutex::new(Instant::now()),
         };
         let rx = receivers[pos].take();
         let id = match (imp, rx) {
@@ -467,7 +482,10 @@ pub async fn run_with(
     let mut failure: Option<RunError> = None;
     while let Some(joined) = tasks.join_next_with_id().await {
         match joined {
-            Ok((_, Ok(s))) => stats.push(s),
+            Ok((_, Ok(s))) => {
+                control.publish(&s);
+                stats.push(s);
+            }
             Ok((_, Err(e))) => {
                 if failure.is_none() {
                     shared.fail();

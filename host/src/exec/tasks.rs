@@ -287,6 +287,7 @@ async fn source_loop(
             .records_read
             .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
         let alive = fan_out(envelopes, outs, &mut stats).await;
+        cx.publish(&stats);
         if barriers.is_none() {
             commit_to(source, cx, &mut committed, tracker.frontier()).await?;
         }
@@ -390,6 +391,7 @@ pub(super) async fn run_operator(
             Some(Input::Data(Envelope { batch, meta })) => {
                 stats.batches_in += 1;
                 stats.rows_in += batch.num_rows() as u64;
+                cx.publish(&stats);
                 (Some(batch), Some(meta))
             }
             _ => (None, None),
@@ -605,6 +607,7 @@ pub(super) async fn run_sink(
                 written.map_err(|e| cx.fail(e))?;
                 stats.batches_out += 1;
                 stats.rows_out += batch.num_rows() as u64;
+                cx.publish(&stats);
                 log.written(&cx, batch.num_rows() as u64, &meta.lineage);
                 match durability {
                     Durability::OnWrite => drop(meta),

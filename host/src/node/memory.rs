@@ -1,10 +1,11 @@
-//! The memory budget: one pool per pipeline run (and optionally one per host),
-//! reservations that operators take *before* they buffer data, and the run's spill
-//! directory.
+//! The memory budget: pools that nest host → tenant → run, reservations that
+//! operators take *before* they buffer data, and the run's spill directory.
 //!
 //! ```text
-//!   host pool (optional, shared by every run on the host)
-//!      ▲ every grow is charged to both
+//!   host pool (the host's; by default ¾ of the container's limit or the machine's memory)
+//!      ▲ every grow is charged to each pool above it
+//!   tenant pool (one per tenant on the host)
+//!      ▲
 //!   run pool (`settings.memory`, default 256 MiB)
 //!      ▲            ▲             ▲
 //!   sort        group        session      ← one Reservation each, named
@@ -19,9 +20,12 @@
 //!
 //! The pool accounts for what operators *hold*; batches travelling in channels are
 //! bounded separately by the channels (`settings.channel_bytes`). [`MemoryWatch`]
-//! covers what neither sees: when the node's available memory (`sysinfo`) falls
-//! under `settings.memory_floor`, sources wait until it recovers, and the time they
-//! waited is a run-summary counter (`memory_paused_ms`).
+//! covers what neither sees: when the memory still available falls under
+//! `settings.memory_floor`, sources wait until it recovers, and the time they
+//! waited is a run-summary counter (`memory_paused_ms`). "Available" is the
+//! container's (its cgroup limit less its use, see [`super::cgroup`]) when it sets
+//! a limit, since that is what the kernel kills at, and the machine's otherwise
+//! ([`MemorySource`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -39,7 +43,7 @@ use crate::units::ByteSize;
 pub struct MemoryError {
     /// Who asked.
     pub consumer: String,
-    /// Which pool refused: `run` or `host`.
+    /// Which pool refused: `run`, `tenant` or `host`.
     pub pool: &'static str,
     /// What it asked for.
     pub requested: ByteSize,
@@ -70,9 +74,16 @@ impl MemoryPool {
         Self::with(limit, "host", None)
     }
 
-    /// A run's pool of `limit` bytes, charged also to `host` when given.
-    pub fn run(limit: ByteSize, host: Option<MemoryPool>) -> Self {
-        Self::with(limit, "run", host)
+    /// A tenant's pool of `limit` bytes on a host: every run of the tenant is
+    /// charged to it, and it to the host's.
+    pub fn tenant(limit: ByteSize, host: MemoryPool) -> Self {
+        Self::with(limit, "tenant", Some(host))
+    }
+
+    /// A run's pool of `limit` bytes, charged also to `parent` (its tenant's or
+    /// the host's pool) when given.
+    pub fn run(limit: ByteSize, parent: Option<MemoryPool>) -> Self {
+        Self::with(limit, "run", parent)
     }
 
     fn with(limit: ByteSize, kind: &'static str, parent: Option<MemoryPool>) -> Self {
@@ -276,49 +287,109 @@ impl SpillDir {
     }
 }
 
-/// Watches the node's available memory; sources ask it before each read.
+/// Where the memory still available is read: the container's cgroup when it
+/// sets a limit, the machine otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemorySource {
+    /// The cgroup's limit less its use.
+    Cgroup(super::cgroup::CgroupMemory),
+    /// The machine's available memory (`sysinfo`).
+    System,
+}
+
+impl MemorySource {
+    /// The cgroup if it sets a limit, else the machine.
+    pub fn detect() -> Self {
+        super::cgroup::CgroupMemory::detect().map_or(Self::System, Self::Cgroup)
+    }
+
+    /// The memory the process may use in all: the cgroup's limit, or the
+    /// machine's total (`None` when the platform gives no figure).
+    pub fn total(&self) -> Option<ByteSize> {
+        match self {
+            Self::Cgroup(c) => Some(ByteSize(c.limit)),
+            Self::System => {
+                let mut system = sysinfo::System::new().ok()?;
+                system.refresh_memory();
+                Some(ByteSize(system.total_memory())).filter(|t| t.0 > 0)
+            }
+        }
+    }
+
+    /// The host pool's default size: three quarters of [`MemorySource::total`],
+    /// leaving a quarter for what pools do not count (channels, the sandbox's
+    /// linear memories, the allocator's slack); 1 GiB when the total is unknown.
+    pub fn default_host_pool(&self) -> ByteSize {
+        self.total()
+            .map_or(ByteSize(1 << 30), |t| ByteSize(t.0 / 4 * 3))
+    }
+}
+
+/// Watches the memory still available ([`MemorySource`]); sources ask it before
+/// each read.
 #[derive(Debug, Clone)]
 pub struct MemoryWatch(Arc<WatchInner>);
 
 #[derive(Debug)]
 struct WatchInner {
     floor: u64,
-    /// `None` when the platform gives no memory figures: the watch is then off.
-    system: Option<Mutex<(sysinfo::System, Instant, u64)>>,
+    /// `None` when off (no floor) or when the platform gives no memory figures.
+    reader: Option<Mutex<(Reader, Instant, u64)>>,
+}
+
+#[derive(Debug)]
+enum Reader {
+    Cgroup(super::cgroup::CgroupMemory),
+    System(Box<sysinfo::System>),
+}
+
+impl Reader {
+    fn available(&mut self) -> u64 {
+        match self {
+            Self::Cgroup(c) => c.available().unwrap_or(u64::MAX),
+            Self::System(s) => {
+                s.refresh_memory();
+                s.available_memory()
+            }
+        }
+    }
 }
 
 /// How often the watch re-reads the node's memory, at most.
 const WATCH_REFRESH: Duration = Duration::from_millis(100);
 
 impl MemoryWatch {
-    /// A watch that holds sources while available memory is under `floor`
-    /// (0 disables it).
-    pub fn new(floor: ByteSize) -> Self {
-        let system = (floor.0 > 0)
-            .then(|| sysinfo::System::new().ok())
+    /// A watch that holds sources while the memory `source` says is available
+    /// is under `floor` (0 disables it).
+    pub fn new(floor: ByteSize, source: &MemorySource) -> Self {
+        let reader = (floor.0 > 0)
+            .then(|| match source {
+                MemorySource::Cgroup(c) => Some(Reader::Cgroup(c.clone())),
+                MemorySource::System => sysinfo::System::new()
+                    .ok()
+                    .map(|s| Reader::System(Box::new(s))),
+            })
             .flatten()
-            .map(|mut system| {
-                system.refresh_memory();
-                let available = system.available_memory();
-                Mutex::new((system, Instant::now(), available))
+            .map(|mut reader| {
+                let available = reader.available();
+                Mutex::new((reader, Instant::now(), available))
             });
         Self(Arc::new(WatchInner {
             floor: floor.0,
-            system,
+            reader,
         }))
     }
 
-    /// The node's available memory, refreshed at most every 100 ms (`u64::MAX`
-    /// when unknown).
+    /// The memory available, refreshed at most every 100 ms (`u64::MAX` when
+    /// unknown).
     pub fn available(&self) -> ByteSize {
-        let Some(system) = &self.0.system else {
+        let Some(reader) = &self.0.reader else {
             return ByteSize(u64::MAX);
         };
-        let mut guard = system.lock().unwrap_or_else(|e| e.into_inner());
-        let (system, at, available) = &mut *guard;
+        let mut guard = reader.lock().unwrap_or_else(|e| e.into_inner());
+        let (reader, at, available) = &mut *guard;
         if at.elapsed() >= WATCH_REFRESH {
-            system.refresh_memory();
-            *available = system.available_memory();
+            *available = reader.available();
             *at = Instant::now();
         }
         ByteSize(*available)
@@ -364,34 +435,24 @@ pub struct RunMemory {
 }
 
 impl RunMemory {
-    /// The budget, spill directory and watch of a run with `budget` and `floor`, spilling
-    /// under `<data_dir>/spill`. The run pool is charged to the host pool when one
-    /// is installed ([`MemoryPool::install_host`]).
+    /// The budget, spill directory and watch of a run with `budget` and `floor`,
+    /// spilling under `<dir>/spill`, its pool charged to `parent` (the tenant's
+    /// pool on a host), its floor read from `source`.
     ///
     /// # Errors
     /// The spill directory cannot be created.
-    pub fn for_run(budget: ByteSize, floor: ByteSize, data_dir: &Path) -> std::io::Result<Self> {
+    pub fn for_run(
+        budget: ByteSize,
+        floor: ByteSize,
+        dir: &Path,
+        parent: Option<MemoryPool>,
+        source: &MemorySource,
+    ) -> std::io::Result<Self> {
         Ok(Self {
-            pool: MemoryPool::run(budget, MemoryPool::installed_host()),
-            spill: SpillDir::new(&data_dir.join("spill"))?,
-            watch: MemoryWatch::new(floor),
+            pool: MemoryPool::run(budget, parent),
+            spill: SpillDir::new(&dir.join("spill"))?,
+            watch: MemoryWatch::new(floor, source),
         })
-    }
-}
-
-static HOST_POOL: std::sync::OnceLock<MemoryPool> = std::sync::OnceLock::new();
-
-impl MemoryPool {
-    /// Installs the process-wide host pool (once; `weir serve` does it at start),
-    /// so runs on this host share one budget besides their own. Returns the pool
-    /// installed, which is the earlier one if there was one.
-    pub fn install_host(limit: ByteSize) -> MemoryPool {
-        HOST_POOL.get_or_init(|| MemoryPool::host(limit)).clone()
-    }
-
-    /// The host pool, if installed.
-    pub fn installed_host() -> Option<MemoryPool> {
-        HOST_POOL.get().cloned()
     }
 }
 
@@ -434,6 +495,54 @@ mod tests {
         b.try_grow(30).unwrap();
         drop(a);
         assert_eq!(host.used(), ByteSize(30));
+    }
+
+    #[test]
+    fn pools_nest_host_tenant_run() {
+        let host = MemoryPool::host(ByteSize(1000));
+        let team = MemoryPool::tenant(ByteSize(100), host.clone());
+        let other = MemoryPool::tenant(ByteSize(900), host.clone());
+        let run = MemoryPool::run(ByteSize(500), Some(team.clone()));
+        let mut a = run.reservation("sort `s`");
+        a.try_grow(80).unwrap();
+        // The run has room, its tenant does not: the tenant pool refuses.
+        let err = a.try_grow(30).unwrap_err();
+        assert_eq!(err.pool, "tenant");
+        assert_eq!(
+            (run.used(), team.used(), host.used()),
+            (ByteSize(80), ByteSize(80), ByteSize(80))
+        );
+        // Another tenant is charged to the same host, not to this tenant.
+        let mut b = MemoryPool::run(ByteSize(1000), Some(other.clone())).reservation("group `g`");
+        b.try_grow(900).unwrap();
+        assert_eq!(b.try_grow(1).unwrap_err().pool, "tenant");
+        drop(a);
+        assert_eq!((team.used(), host.used()), (ByteSize(0), ByteSize(900)));
+    }
+
+    #[test]
+    fn the_floor_follows_the_cgroup_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let cg = t.path().join("cg");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(t.path().join("proc"), "0::/\n").unwrap();
+        std::fs::write(cg.join("memory.max"), "1000000\n").unwrap();
+        std::fs::write(cg.join("memory.current"), "900000\n").unwrap();
+        let cgroup = crate::node::cgroup::CgroupMemory::read(&t.path().join("proc"), &cg).unwrap();
+        let source = MemorySource::Cgroup(cgroup);
+        assert_eq!(source.total(), Some(ByteSize(1_000_000)));
+        assert_eq!(source.default_host_pool(), ByteSize(750_000));
+        // 100 kB left in the container: under a 200 kB floor, sources pause.
+        let watch = MemoryWatch::new(ByteSize(200_000), &source);
+        assert_eq!(watch.available(), ByteSize(100_000));
+        assert!(watch.is_low());
+        // The group frees memory; the next read (after the refresh interval) resumes.
+        std::fs::write(cg.join("memory.current"), "100000\n").unwrap();
+        std::thread::sleep(WATCH_REFRESH);
+        assert_eq!(watch.wait_while_low(), Duration::ZERO);
+        assert!(!watch.is_low());
+        // Without a floor the watch is off, whatever the group holds.
+        assert!(!MemoryWatch::new(ByteSize(0), &source).is_low());
     }
 
     #[test]

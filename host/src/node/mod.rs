@@ -24,6 +24,7 @@
 //!   what the default does.
 
 pub mod ack;
+pub mod cgroup;
 pub mod checkpoint;
 pub mod config;
 mod dead_letter;

@@ -14,7 +14,7 @@ fn memory(limit: u64, dir: &std::path::Path) -> RunMemory {
     RunMemory {
         pool: MemoryPool::run(ByteSize(limit), None),
         spill: SpillDir::new(dir).unwrap(),
-        watch: MemoryWatch::new(ByteSize(0)),
+        watch: MemoryWatch::new(ByteSize(0), &crate::node::memory::MemorySource::System),
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use arrow::datatypes::SchemaRef;
 
 use crate::node::config::BuildCx;
-use crate::node::memory::RunMemory;
+use crate::node::memory::{MemoryPool, MemorySource, RunMemory};
 use crate::node::{NodeError, Operator};
 use crate::ops::wasm::WasmOperator;
 use crate::sandbox::{BuildError, FeaturizerStage, LoadError, Sandbox, StageFailure, build_stage};
@@ -23,16 +23,39 @@ use crate::spec::{Dag, NodeKind, PipelineSpec, SpecError, StageKind, WasmStageSp
 
 mod shadow;
 
-/// What a run needs from its host.
+/// What a run needs from its host. A [`crate::host::Tenant`] makes one for each
+/// run ([`crate::host::Tenant::env`]); a test or an embedding program without a
+/// host makes one with [`RunEnv::standalone`].
 #[derive(Clone)]
 pub struct RunEnv {
     /// The sandbox stages run in.
     pub sandbox: Sandbox,
-    /// The data directory (dead letters, artifacts, store).
+    /// The run's directory for its files: dead-letter exports, operator state,
+    /// spill files, control sockets. On a host, the tenant's directory
+    /// (`<data dir>/tenants/<tenant>`).
     pub data_dir: PathBuf,
-    /// The component store: stages may name components in it (`bucketize@3`,
-    /// `sha256:…`). `None`: only files and crates.
+    /// The component store, as the run's tenant sees it: stages may name
+    /// components in it (`bucketize@3`, `sha256:…`). `None`: only files and crates.
     pub store: Option<crate::store::Store>,
+    /// The pool the run's pool is charged to (the tenant's, on a host); `None`:
+    /// the run's budget alone bounds it.
+    pub memory: Option<MemoryPool>,
+    /// Where the memory floor reads what is available.
+    pub memory_source: MemorySource,
+}
+
+impl RunEnv {
+    /// A run with no host: its files under `data_dir`, no store, no pool above
+    /// its own, the floor read from the container or the machine.
+    pub fn standalone(sandbox: Sandbox, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            sandbox,
+            data_dir: data_dir.into(),
+            store: None,
+            memory: None,
+            memory_source: MemorySource::detect(),
+        }
+    }
 }
 
 /// Why a pipeline could not be prepared.
@@ -124,6 +147,8 @@ impl Plan {
             spec.settings.memory,
             spec.settings.memory_floor,
             &env.data_dir,
+            env.memory.clone(),
+            &env.memory_source,
         )
         .map_err(|e| PlanError::Open {
             node: spec.name.clone(),

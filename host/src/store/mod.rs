@@ -1,7 +1,8 @@
-//! The store: components by digest, pipeline versions, lineage logs, in sled.
+//! The store: components by digest, pipeline versions, lineage logs, checkpoints
+//! and key spaces for node state, per tenant, in sled.
 //!
 //! ```text
-//!   <data dir>/store (sled)
+//!   <data dir>/store (sled), every tree prefixed by its tenant (`default/names`)
 //!     components   sha256 hex        → ComponentRecord (JSON)
 //!     blobs        sha256 hex        → component bytes
 //!     names        "name@0000000003" → sha256 hex      (versions sort numerically)
@@ -9,6 +10,7 @@
 //!     active       pipeline name     → u64 BE
 //!     lineage      "run\0" + u64 BE  → LineageRecord (JSON)
 //!     checkpoints  pipeline name     → Checkpoint (JSON): positions and sink states to resume from
+//!     kv.<space>   bytes             → bytes: node state, caches, dead letters
 //! ```
 //!
 //! Components are content-addressed: pushing the same bytes twice under one name
@@ -16,20 +18,23 @@
 //! sandbox's artifact cache keeps them as files (`<data dir>/artifacts`) so they
 //! can be mapped without copying.
 //!
-//! sled admits one process at a time. A running pipeline and the CLI both need the
-//! store, so neither keeps it open: each operation opens it, does its few reads
-//! and writes, and closes it, retrying for a few seconds while another process
-//! holds it. Operations are small (a version, a component, a run's lineage), so
-//! contention is brief.
+//! One process owns a data directory and keeps the store open for its life; the
+//! others reach it through the owner's socket ([`owner`]). Tenants and the on-disk
+//! format, with the migration from the layout before tenants, are in [`layout`].
 
+pub mod layout;
+pub mod ops;
+pub mod owner;
 mod pin;
 
+pub use owner::Role;
 pub use pin::{PinError, diff, pin};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+
+use ops::{Op, Reply};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +43,8 @@ use crate::sandbox::{StageLimits, World};
 use crate::spec::PipelineSpec;
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "error", rename_all = "snake_case")]
 pub enum StoreError {
     /// sled failed (I/O, corruption), or another process held the store too long.
     #[error("store {path}: {message}")]
@@ -62,7 +68,26 @@ pub enum StoreError {
         /// The reference.
         reference: String,
         /// Why.
-        reason: &'static str,
+        reason: String,
+    },
+    /// A tenant name that could not be a key prefix and a path segment.
+    #[error("tenant `{tenant}` is not a tenant name: {reason}")]
+    BadTenant {
+        /// The name.
+        tenant: String,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory was written by a newer weir.
+    #[error(
+        "the data directory has store format {found}, and this weir reads format {supported} and older: \
+         run a weir at least as new as the one that wrote it, or use another --data-dir"
+    )]
+    Format {
+        /// The format found.
+        found: u32,
+        /// The newest this weir reads.
+        supported: u32,
     },
     /// No such pipeline, or no such version of it.
     #[error("pipeline `{pipeline}` has no version {version}{hint}")]
@@ -174,71 +199,75 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A handle on the store in a data directory; cheap to clone, opens sled per
-/// operation (see the module docs).
-#[derive(Debug, Clone)]
+/// A handle on the store of a data directory, as one tenant sees it. Cheap to
+/// clone; every handle on a directory in a process shares one [`owner::Backend`]
+/// (see the module docs).
+#[derive(Clone)]
 pub struct Store {
-    path: PathBuf,
+    backend: Arc<owner::Backend>,
+    tenant: Arc<str>,
 }
 
-/// One process-wide lock: sled's file lock also refuses a second handle in the
-/// same process, so operations here take turns.
-static IN_PROCESS: Mutex<()> = Mutex::new(());
-
-/// How long an operation waits for another process to release the store.
-const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.backend.data_dir())
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
 
 impl Store {
-    /// The store in `<data_dir>/store`, created if absent.
+    /// The store of `data_dir` as tenant [`layout::DEFAULT_TENANT`], created if
+    /// absent: this process owns it if no other does, and talks to its owner
+    /// otherwise.
     ///
     /// # Errors
-    /// [`StoreError::Db`] when it cannot be created or opened.
+    /// [`StoreError::Db`] when it cannot be created or opened;
+    /// [`StoreError::Format`] when a newer weir wrote it.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let store = Self {
-            path: data_dir.join("store"),
-        };
-        store.with(|_| Ok(()))?;
-        Ok(store)
-    }
-
-    fn db_err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Db {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&sled::Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let _turn = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
-        let started = Instant::now();
-        let db = loop {
-            match sled::Config::new().path(&self.path).open() {
-                Ok(db) => break db,
-                Err(e) if e.to_string().contains("lock") && started.elapsed() < LOCK_PATIENCE => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(self.db_err(e)),
-            }
-        };
-        let out = f(&db)?;
-        db.flush().map_err(|e| self.db_err(e))?;
-        Ok(out)
-    }
-
-    fn tree(&self, db: &sled::Db, name: &str) -> Result<sled::Tree, StoreError> {
-        db.open_tree(name).map_err(|e| self.db_err(e))
-    }
-
-    fn decode<T: for<'de> Deserialize<'de>>(
-        &self,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<T, StoreError> {
-        serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
-            path: self.path.display().to_string(),
-            key: String::from_utf8_lossy(key).into_owned(),
-            message: e.to_string(),
+        Ok(Self {
+            backend: owner::Backend::get(data_dir)?,
+            tenant: Arc::from(layout::DEFAULT_TENANT),
         })
+    }
+
+    /// The same store as `tenant` sees it.
+    ///
+    /// # Errors
+    /// [`StoreError::BadTenant`] when the name could not be a key prefix and a path.
+    pub fn for_tenant(&self, tenant: &str) -> Result<Self, StoreError> {
+        layout::check_tenant(tenant)?;
+        Ok(Self {
+            backend: self.backend.clone(),
+            tenant: Arc::from(tenant),
+        })
+    }
+
+    /// The tenant this handle reads and writes as.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Whether this process owns the data directory or is a client of its owner.
+    pub fn role(&self) -> Role {
+        self.backend.role()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.backend.data_dir()
+    }
+
+    fn run(&self, op: Op) -> Result<Reply, StoreError> {
+        self.backend.run(&self.tenant, op)
+    }
+
+    fn unexpected(&self, reply: Reply) -> StoreError {
+        StoreError::Db {
+            path: self.data_dir().join("store").display().to_string(),
+            message: format!("the owner answered with an unexpected reply: {reply:?}"),
+        }
     }
 
     /// Records a component already validated by the sandbox under `name`; the
@@ -252,51 +281,14 @@ impl Store {
         bytes: &[u8],
         world: World,
     ) -> Result<ComponentRecord, StoreError> {
-        let digest = crate::sandbox::digest(bytes);
-        self.with(|db| {
-            let names = self.tree(db, "names")?;
-            let components = self.tree(db, "components")?;
-            let mut last = 0;
-            for item in names.scan_prefix(format!("{name}@")) {
-                let (key, value) = item.map_err(|e| self.db_err(e))?;
-                let version: u64 = String::from_utf8_lossy(&key[name.len() + 1..])
-                    .parse()
-                    .unwrap_or(0);
-                if value.as_ref() == digest.as_bytes() {
-                    let record = ComponentRecord {
-                        name: name.to_owned(),
-                        version,
-                        ..self.decode(
-                            &key,
-                            &components
-                                .get(&digest)
-                                .map_err(|e| self.db_err(e))?
-                                .unwrap_or_default(),
-                        )?
-                    };
-                    return Ok(record);
-                }
-                last = last.max(version);
-            }
-            let record = ComponentRecord {
-                name: name.to_owned(),
-                version: last + 1,
-                digest: digest.clone(),
-                size: bytes.len() as u64,
-                world,
-                created_ms: now_ms(),
-            };
-            self.tree(db, "blobs")?
-                .insert(&digest, bytes)
-                .map_err(|e| self.db_err(e))?;
-            components
-                .insert(&digest, serde_json::to_vec(&record).expect("serializes"))
-                .map_err(|e| self.db_err(e))?;
-            names
-                .insert(format!("{name}@{:010}", record.version), digest.as_bytes())
-                .map_err(|e| self.db_err(e))?;
-            Ok(record)
-        })
+        match self.run(Op::PushComponent {
+            name: name.to_owned(),
+            bytes: ops::Bytes(bytes.to_vec()),
+            world,
+        })? {
+            Reply::Component(c) => Ok(c),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// Every `name@version`, by name then version.
@@ -304,26 +296,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`] or [`StoreError::Corrupt`].
     pub fn list_components(&self) -> Result<Vec<ComponentRecord>, StoreError> {
-        self.with(|db| {
-            let components = self.tree(db, "components")?;
-            let mut out = Vec::new();
-            for item in self.tree(db, "names")?.iter() {
-                let (key, digest) = item.map_err(|e| self.db_err(e))?;
-                let key_text = String::from_utf8_lossy(&key).into_owned();
-                let (name, version) = key_text.rsplit_once('@').unwrap_or((&key_text, "0"));
-                let meta = components
-                    .get(&digest)
-                    .map_err(|e| self.db_err(e))?
-                    .unwrap_or_default();
-                let base: ComponentRecord = self.decode(&key, &meta)?;
-                out.push(ComponentRecord {
-                    name: name.to_owned(),
-                    version: version.parse().unwrap_or(0),
-                    ..base
-                });
-            }
-            Ok(out)
-        })
+        match self.run(Op::ListComponents)? {
+            Reply::Components(c) => Ok(c),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// The digest a reference names: `sha256:<hex>`, `name@version`, or `name`
@@ -333,63 +309,12 @@ impl Store {
     /// [`StoreError::UnknownComponent`] (listing the name's versions) or
     /// [`StoreError::BadReference`].
     pub fn resolve(&self, reference: &str) -> Result<String, StoreError> {
-        let bad = |reason| StoreError::BadReference {
+        match self.run(Op::Resolve {
             reference: reference.to_owned(),
-            reason,
-        };
-        self.with(|db| {
-            if let Some(hex) = reference.strip_prefix("sha256:") {
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(bad("a digest is `sha256:` and 64 hex digits"));
-                }
-                let hex = hex.to_ascii_lowercase();
-                if self
-                    .tree(db, "blobs")?
-                    .contains_key(&hex)
-                    .map_err(|e| self.db_err(e))?
-                {
-                    return Ok(hex);
-                }
-                return Err(StoreError::UnknownComponent {
-                    reference: reference.to_owned(),
-                    hint: String::new(),
-                });
-            }
-            let (name, version) = match reference.split_once('@') {
-                Some((n, v)) => (
-                    n,
-                    Some(
-                        v.parse::<u64>()
-                            .map_err(|_| bad("the version after `@` is a number"))?,
-                    ),
-                ),
-                None => (reference, None),
-            };
-            let names = self.tree(db, "names")?;
-            let mut found: Vec<(u64, String)> = Vec::new();
-            for item in names.scan_prefix(format!("{name}@")) {
-                let (key, digest) = item.map_err(|e| self.db_err(e))?;
-                let v: u64 = String::from_utf8_lossy(&key[name.len() + 1..])
-                    .parse()
-                    .unwrap_or(0);
-                found.push((v, String::from_utf8_lossy(&digest).into_owned()));
-            }
-            let hit = match version {
-                Some(v) => found.iter().find(|(fv, _)| *fv == v),
-                None => found.last(),
-            };
-            hit.map(|(_, d)| d.clone())
-                .ok_or_else(|| StoreError::UnknownComponent {
-                    reference: reference.to_owned(),
-                    hint: if found.is_empty() {
-                        String::new()
-                    } else {
-                        let vs: Vec<String> =
-                            found.iter().map(|(v, _)| format!("{name}@{v}")).collect();
-                        format!(" (it has {})", vs.join(", "))
-                    },
-                })
-        })
+        })? {
+            Reply::Digest(d) => Ok(d),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// The bytes of the component with `digest`.
@@ -397,16 +322,16 @@ impl Store {
     /// # Errors
     /// [`StoreError::UnknownComponent`] or [`StoreError::Db`].
     pub fn component_bytes(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
-        self.with(|db| {
-            self.tree(db, "blobs")?
-                .get(digest)
-                .map_err(|e| self.db_err(e))?
-                .map(|v| v.to_vec())
-                .ok_or_else(|| StoreError::UnknownComponent {
-                    reference: format!("sha256:{digest}"),
-                    hint: String::new(),
-                })
-        })
+        match self.run(Op::ComponentBytes {
+            digest: digest.to_owned(),
+        })? {
+            Reply::Bytes(Some(b)) => Ok(b.0),
+            Reply::Bytes(None) => Err(StoreError::UnknownComponent {
+                reference: format!("sha256:{digest}"),
+                hint: String::new(),
+            }),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// Stores a new immutable version of `spec.name` (numbered after the last) and
@@ -422,39 +347,16 @@ impl Store {
         author: &str,
         comment: Option<String>,
     ) -> Result<PipelineVersion, StoreError> {
-        self.with(|db| {
-            let versions = self.tree(db, "versions")?;
-            let prefix = version_key(&spec.name, 0);
-            let prefix = &prefix[..prefix.len() - 8];
-            let last = versions
-                .scan_prefix(prefix)
-                .keys()
-                .filter_map(Result::ok)
-                .filter_map(|k| k[prefix.len()..].try_into().ok().map(u64::from_be_bytes))
-                .max()
-                .unwrap_or(0);
-            let version = PipelineVersion {
-                pipeline: spec.name.clone(),
-                version: last + 1,
-                base_dir: spec.base_dir.clone(),
-                spec,
-                stages,
-                tags,
-                author: author.to_owned(),
-                comment,
-                created_ms: now_ms(),
-            };
-            versions
-                .insert(
-                    version_key(&version.pipeline, version.version),
-                    serde_json::to_vec(&version).expect("serializes"),
-                )
-                .map_err(|e| self.db_err(e))?;
-            self.tree(db, "active")?
-                .insert(version.pipeline.as_bytes(), &version.version.to_be_bytes())
-                .map_err(|e| self.db_err(e))?;
-            Ok(version)
-        })
+        match self.run(Op::AddVersion {
+            spec: Box::new(spec),
+            stages,
+            tags,
+            author: author.to_owned(),
+            comment,
+        })? {
+            Reply::Version(v) => Ok(*v),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// Every version of `pipeline`, oldest first.
@@ -462,18 +364,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`] or [`StoreError::Corrupt`].
     pub fn history(&self, pipeline: &str) -> Result<Vec<PipelineVersion>, StoreError> {
-        self.with(|db| {
-            let key = version_key(pipeline, 0);
-            let mut out = Vec::new();
-            for item in self
-                .tree(db, "versions")?
-                .scan_prefix(&key[..key.len() - 8])
-            {
-                let (k, v) = item.map_err(|e| self.db_err(e))?;
-                out.push(self.decode(&k, &v)?);
-            }
-            Ok(out)
-        })
+        match self.run(Op::History {
+            pipeline: pipeline.to_owned(),
+        })? {
+            Reply::Versions(v) => Ok(v),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// Version `version` of `pipeline`.
@@ -502,13 +398,12 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub fn active(&self, pipeline: &str) -> Result<Option<u64>, StoreError> {
-        self.with(|db| {
-            Ok(self
-                .tree(db, "active")?
-                .get(pipeline)
-                .map_err(|e| self.db_err(e))?
-                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
-        })
+        match self.run(Op::Active {
+            pipeline: pipeline.to_owned(),
+        })? {
+            Reply::Number(n) => Ok(n),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// Makes an existing version active (a rollback, or a roll forward).
@@ -516,14 +411,13 @@ impl Store {
     /// # Errors
     /// [`StoreError::UnknownVersion`].
     pub fn activate(&self, pipeline: &str, version: u64) -> Result<PipelineVersion, StoreError> {
-        let v = self.version(pipeline, version)?;
-        self.with(|db| {
-            self.tree(db, "active")?
-                .insert(pipeline.as_bytes(), &version.to_be_bytes())
-                .map_err(|e| self.db_err(e))?;
-            Ok(())
-        })?;
-        Ok(v)
+        match self.run(Op::Activate {
+            pipeline: pipeline.to_owned(),
+            version,
+        })? {
+            Reply::Number(_) => self.version(pipeline, version),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// Appends a run's lineage log (see [`crate::exec::RunControl::lineage_log`]).
@@ -535,38 +429,14 @@ impl Store {
         run_id: &str,
         records: &[LineageRecord],
     ) -> Result<(), StoreError> {
-        self.with(|db| self.append_lineage_in(db, run_id, records))
-    }
-
-    /// Appends after the run's last record, so a run's log can be written in
-    /// pieces (with each checkpoint).
-    fn append_lineage_in(
-        &self,
-        db: &sled::Db,
-        run_id: &str,
-        records: &[LineageRecord],
-    ) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        let tree = self.tree(db, "lineage")?;
-        let prefix = version_key(run_id, 0);
-        let prefix = &prefix[..prefix.len() - 8];
-        let next = match tree.scan_prefix(prefix).last() {
-            Some(item) => {
-                let (k, _) = item.map_err(|e| self.db_err(e))?;
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&k[k.len() - 8..]);
-                u64::from_be_bytes(n) + 1
-            }
-            None => 0,
-        };
-        let mut batch = sled::Batch::default();
-        for (i, r) in records.iter().enumerate() {
-            let value = serde_json::to_vec(r).map_err(|e| self.db_err(e))?;
-            batch.insert(version_key(run_id, next + i as u64), value);
-        }
-        tree.apply_batch(batch).map_err(|e| self.db_err(e))
+        self.run(Op::AppendLineage {
+            run: run_id.to_owned(),
+            records: records.to_vec(),
+        })
+        .map(drop)
     }
 
     /// The pipeline's last checkpoint.
@@ -574,20 +444,16 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`] or [`StoreError::Corrupt`].
     pub fn checkpoint(&self, pipeline: &str) -> Result<Option<Checkpoint>, StoreError> {
-        self.with(|db| {
-            match self
-                .tree(db, "checkpoints")?
-                .get(pipeline.as_bytes())
-                .map_err(|e| self.db_err(e))?
-            {
-                Some(v) => Ok(Some(self.decode(pipeline.as_bytes(), &v)?)),
-                None => Ok(None),
-            }
-        })
+        match self.run(Op::Checkpoint {
+            pipeline: pipeline.to_owned(),
+        })? {
+            Reply::Checkpoint(c) => Ok(c.map(|c| *c)),
+            r => Err(self.unexpected(r)),
+        }
     }
 
     /// Replaces the pipeline's checkpoint and appends lineage records of its run,
-    /// in one open of the store.
+    /// in one operation.
     ///
     /// # Errors
     /// [`StoreError::Db`].
@@ -596,14 +462,11 @@ impl Store {
         checkpoint: &Checkpoint,
         lineage: &[LineageRecord],
     ) -> Result<(), StoreError> {
-        self.with(|db| {
-            self.append_lineage_in(db, &checkpoint.run, lineage)?;
-            let value = serde_json::to_vec(checkpoint).map_err(|e| self.db_err(e))?;
-            self.tree(db, "checkpoints")?
-                .insert(checkpoint.pipeline.as_bytes(), value)
-                .map_err(|e| self.db_err(e))?;
-            Ok(())
+        self.run(Op::SaveCheckpoint {
+            checkpoint: Box::new(checkpoint.clone()),
+            lineage: lineage.to_vec(),
         })
+        .map(drop)
     }
 
     /// Forgets the pipeline's checkpoint.
@@ -611,12 +474,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`].
     pub fn clear_checkpoint(&self, pipeline: &str) -> Result<(), StoreError> {
-        self.with(|db| {
-            self.tree(db, "checkpoints")?
-                .remove(pipeline.as_bytes())
-                .map_err(|e| self.db_err(e))?;
-            Ok(())
+        self.run(Op::ClearCheckpoint {
+            pipeline: pipeline.to_owned(),
         })
+        .map(drop)
     }
 
     /// A run's lineage log, in order.
@@ -624,15 +485,72 @@ impl Store {
     /// # Errors
     /// [`StoreError::Db`] or [`StoreError::Corrupt`].
     pub fn lineage(&self, run_id: &str) -> Result<Vec<LineageRecord>, StoreError> {
-        self.with(|db| {
-            let key = version_key(run_id, 0);
-            let mut out = Vec::new();
-            for item in self.tree(db, "lineage")?.scan_prefix(&key[..key.len() - 8]) {
-                let (k, v) = item.map_err(|e| self.db_err(e))?;
-                out.push(self.decode(&k, &v)?);
-            }
-            Ok(out)
+        match self.run(Op::Lineage {
+            run: run_id.to_owned(),
+        })? {
+            Reply::Lineage(l) => Ok(l),
+            r => Err(self.unexpected(r)),
+        }
+    }
+
+    /// Stores `value` under `key` in the tenant's key space `space` (node state,
+    /// caches, dead letters): durable when this returns.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn kv_put(&self, space: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.run(Op::KvPut {
+            space: space.to_owned(),
+            key: ops::Bytes(key.to_vec()),
+            value: ops::Bytes(value.to_vec()),
         })
+        .map(drop)
+    }
+
+    /// The value under `key` in `space`, if any.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn kv_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.run(Op::KvGet {
+            space: space.to_owned(),
+            key: ops::Bytes(key.to_vec()),
+        })? {
+            Reply::Bytes(b) => Ok(b.map(|b| b.0)),
+            r => Err(self.unexpected(r)),
+        }
+    }
+
+    /// Removes `key` from `space`.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn kv_remove(&self, space: &str, key: &[u8]) -> Result<(), StoreError> {
+        self.run(Op::KvRemove {
+            space: space.to_owned(),
+            key: ops::Bytes(key.to_vec()),
+        })
+        .map(drop)
+    }
+
+    /// Up to `limit` entries of `space` whose keys start with `prefix`, in key order.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn kv_scan(
+        &self,
+        space: &str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        match self.run(Op::KvScan {
+            space: space.to_owned(),
+            prefix: ops::Bytes(prefix.to_vec()),
+            limit,
+        })? {
+            Reply::Entries(e) => Ok(e.into_iter().map(|(k, v)| (k.0, v.0)).collect()),
+            r => Err(self.unexpected(r)),
+        }
     }
 }
 

@@ -1027,11 +1027,10 @@ fn default_durable_names_are_valid_consumer_names() {
 async fn run_pipeline(text: &str, dir: &std::path::Path) -> crate::exec::RunSummary {
     let mut spec = crate::spec::PipelineSpec::from_toml(text, "pipeline.toml").unwrap();
     spec.base_dir = dir.to_path_buf();
-    let env = crate::plan::RunEnv {
-        sandbox: crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap(),
-        data_dir: dir.join("data"),
-        store: None,
-    };
+    let env = crate::plan::RunEnv::standalone(
+        crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap(),
+        dir.join("data"),
+    );
     let plan = crate::plan::Plan::build(spec, &env).unwrap();
     crate::exec::run(plan, &env, &crate::exec::RunOptions::default())
         .await
