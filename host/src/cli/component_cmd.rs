@@ -25,7 +25,7 @@ pub enum ComponentCommand {
 }
 
 pub fn dispatch(cmd: ComponentCommand, data_dir: &Path) -> anyhow::Result<()> {
-    let tenant = super::tenant(data_dir)?;
+    let tenant = super::open_tenant(data_dir)?;
     let store = tenant.store();
     match cmd {
         ComponentCommand::Push { file, name } => {

@@ -26,7 +26,7 @@ pub fn run(
     watch: bool,
     resume: bool,
 ) -> anyhow::Result<()> {
-    let tenant = super::tenant(&data_dir)?;
+    let tenant = super::open_tenant(&data_dir)?;
     let prepared = tenant.prepare(RunRequest {
         target: RunTarget::from_arg(pipeline),
         watch,

@@ -138,7 +138,7 @@ fn tenant_name() -> &'static str {
 
 /// The command's tenant on the host of `data_dir`: this process owns the
 /// directory if no other does, and talks to its owner otherwise.
-fn tenant(data_dir: &std::path::Path) -> anyhow::Result<weir::host::Tenant> {
+fn open_tenant(data_dir: &std::path::Path) -> anyhow::Result<weir::host::Tenant> {
     let host = weir::host::Host::open(data_dir, weir::host::HostOptions::default())?;
     Ok(host.tenant(tenant_name())?)
 }
@@ -171,7 +171,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             out!("{}", dag.render());
             // The output schemas need the nodes themselves (components loaded,
             // files opened), as a run would prepare them.
-            let env = tenant(&data_dir)?.env()?;
+            let env = open_tenant(&data_dir)?.env()?;
             let plan = weir::plan::Plan::build(spec, &env)?;
             outln!("output schemas:");
             for (node, schema) in plan.dag.nodes.iter().zip(&plan.schemas) {

@@ -103,7 +103,7 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
         PipelineCommand::Stop { name } => return super::live_cmd::stop(data_dir, &name),
         other => other,
     };
-    let tenant = super::tenant(data_dir)?;
+    let tenant = super::open_tenant(data_dir)?;
     let store = tenant.store().clone();
     match cmd {
         PipelineCommand::Apply {
@@ -187,7 +187,7 @@ pub fn dispatch(cmd: PipelineCommand, data_dir: &Path) -> anyhow::Result<()> {
 /// `weir lineage <run>`: the run's output rows by sink, with the pipeline
 /// version, each stage's digest and parameters hash, and the source positions.
 pub fn lineage(run: &str, data_dir: &Path) -> anyhow::Result<()> {
-    let records = super::tenant(data_dir)?.store().lineage(run)?;
+    let records = super::open_tenant(data_dir)?.store().lineage(run)?;
     if records.is_empty() {
         bail!("no lineage recorded for run `{run}`");
     }
