@@ -16,6 +16,8 @@ use crate::node::config::{FieldSpec, FieldType, SinkConfig, SourceConfig};
 use crate::node::{AsyncSink, AsyncSource, DeadLetter, Emitter, Lineage, SourceSpan};
 use crate::units::Millis;
 
+// The one test-support file, also included by the other service tests here.
+#[allow(clippy::duplicate_mod)]
 #[path = "../../../../tests/src/services.rs"]
 mod services;
 

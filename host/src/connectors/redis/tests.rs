@@ -12,6 +12,8 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use super::*;
 use crate::node::{SourceSpan, StageLineage};
 
+// The one test-support file, also included by the other service tests here.
+#[allow(clippy::duplicate_mod)]
 #[path = "../../../../tests/src/services.rs"]
 mod services;
 
