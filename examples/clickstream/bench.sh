@@ -115,6 +115,44 @@ input = "per_user"
 path = "users.jsonl"
 TOML
 } > out/spill-group.toml
+# A sort feeding a group in one run under the same budget: the group's
+# partitions compete with the sort for the pool. Its groups must be the group
+# alone's (sums up to floating-point summation order).
+{ header spill-sort-group; cat <<'TOML'
+[[stage]]
+name = "by_user_ts"
+input = "events"
+[stage.sort]
+by = [{ column = "user_id" }, { column = "ts", descending = true }]
+[[stage]]
+name = "per_user"
+input = "by_user_ts"
+[stage.group]
+by = ["user_id"]
+aggregates = [
+  { name = "n", op = "count" },
+  { name = "items", op = "count_distinct", column = "item_id" },
+  { name = "spend", op = "sum", column = "price" },
+]
+[[sink]]
+name = "users"
+input = "per_user"
+[sink.jsonl]
+path = "users-after-sort.jsonl"
+TOML
+} > out/spill-sort-group.toml
 measure weir-sort-16MiB "$target/release/weir" run out/spill-sort.toml
 measure weir-group-16MiB "$target/release/weir" run out/spill-group.toml
+measure weir-sort-group-16MiB "$target/release/weir" run out/spill-sort-group.toml
+python3 - <<'PY'
+import json, math
+def groups(path):
+    return {r["user_id"]: r for r in map(json.loads, open(path))}
+a, b = groups("out/users.jsonl"), groups("out/users-after-sort.jsonl")
+same = a.keys() == b.keys() and all(
+    a[u]["n"] == b[u]["n"] and a[u]["items"] == b[u]["items"]
+    and math.isclose(a[u]["spend"] or 0, b[u]["spend"] or 0, rel_tol=1e-9, abs_tol=1e-9)
+    for u in a)
+print(f"sort -> group: {len(b)} groups, {'the same as' if same else 'DIFFERENT from'} the group alone")
+PY
 echo "spill files left: $(find "${WEIR_DATA_DIR:-.weir}/spill" -type f 2>/dev/null | wc -l)"

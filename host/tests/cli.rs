@@ -3,6 +3,9 @@
 use std::path::Path;
 use std::process::Command;
 
+#[path = "../../tests/src/services.rs"]
+mod services;
+
 fn weir(args: &[&str], cwd: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
@@ -120,7 +123,8 @@ path = "out.jsonl"
 }
 
 /// `weir features get` and `weir lineage --redis` on vectors a `[sink.redis]`
-/// stored, against the server named by `WEIR_TEST_REDIS_URL`.
+/// stored, against a real server (`WEIR_TEST_REDIS_URL`, by default the local
+/// one; see `tests/src/services.rs`).
 #[test]
 fn features_get_and_lineage_read_stored_vectors() {
     use std::sync::Arc;
@@ -132,8 +136,7 @@ fn features_get_and_lineage_read_stored_vectors() {
     use weir::connectors::RedisSink;
     use weir::node::{AsyncSink, Lineage, SourceSpan, StageLineage};
 
-    let Ok(url) = std::env::var("WEIR_TEST_REDIS_URL") else {
-        eprintln!("skipped: WEIR_TEST_REDIS_URL is not set");
+    let Some(url) = services::url(services::Service::Redis) else {
         return;
     };
     let prefix = format!("weir-test:cli:{}", std::process::id());

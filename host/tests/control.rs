@@ -163,6 +163,20 @@ fn tag_runs(rows: &[(i64, i64)]) -> Vec<(i64, usize)> {
     runs
 }
 
+/// Polls `done` (every 100 ms, up to a minute) until it holds; on timeout,
+/// fails naming `what` with `context()`.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "waited a minute for {what}: {}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn swaps_through_the_control_socket_take_effect_between_batches() {
     let dir = tempfile::tempdir().unwrap();
@@ -236,7 +250,9 @@ fn swaps_through_the_control_socket_take_effect_between_batches() {
         "{err}"
     );
 
-    std::thread::sleep(Duration::from_millis(200));
+    // No wait before the stop: the swap's reply came once the stage had
+    // processed a batch with tag 2, and a stop lets every batch already read
+    // through to the sink.
     let (ok, out, err) = cli(d, &["pipeline", "stop", "sockdemo"]);
     assert!(ok, "{err}");
     assert_eq!(
@@ -304,39 +320,53 @@ fn edits_of_the_watched_file_become_swaps_and_structural_edits_are_refused() {
     let run = Running::start(d, &["run", "--quiet", "--watch", "p.toml"], &socket);
 
     let status = || cli(d, &["pipeline", "status", "watchdemo"]).1;
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !status().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "status never showed {needle}: {}",
-                status()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&file, pipeline("watchdemo", "rate = 2000", 3, "")).unwrap();
-    wait_for(r#""tag":3"#);
+    // Version 1 has written a batch: the lineage side file (8 KiB buffered,
+    // one line per batch) has its first bytes.
+    wait_until(
+        "a batch reaches the sink",
+        || {
+            std::fs::metadata(d.join("out.jsonl.lineage.jsonl.weir-inprogress"))
+                .is_ok_and(|m| m.len() > 0)
+        },
+        || run.stderr(),
+    );
+    // The watcher reads the file's time and text when it starts; an edit made
+    // before that would look like its starting text. Saved again (with a new
+    // comment, so the text changes) until the status shows it.
+    let (mut saves, mut saved) = (0, None::<Instant>);
+    wait_until(
+        "the edit is applied",
+        || {
+            if status().contains(r#""tag":3"#) {
+                return true;
+            }
+            // Three watch intervals between saves.
+            if saved.is_none_or(|t| t.elapsed() >= Duration::from_millis(1500)) {
+                saves += 1;
+                saved = Some(Instant::now());
+                let text = pipeline("watchdemo", "rate = 2000", 3, "");
+                std::fs::write(&file, format!("{text}# save {saves}\n")).unwrap();
+            }
+            false
+        },
+        status,
+    );
 
     // A new node needs a restart: refused, logged, the run goes on with tag 3.
     let more =
         "\n[[sink]]\nname = \"more\"\ninput = \"tag\"\n[sink.jsonl]\npath = \"more.jsonl\"\n";
     std::fs::write(&file, pipeline("watchdemo", "rate = 2000", 4, more)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !run
-        .stderr()
-        .contains("not applied to the running pipeline: nodes added: more")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal logged: {}",
+    wait_until(
+        "the refusal is logged",
+        || {
             run.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+                .contains("not applied to the running pipeline: nodes added: more")
+        },
+        || run.stderr(),
+    );
+    // The status showed tag 3 once the swap had run a batch with it, so a
+    // stop now still writes tag-3 rows.
     assert!(status().contains(r#""tag":3"#));
-    std::thread::sleep(Duration::from_millis(200));
 
     let (ok, _, err) = cli(d, &["pipeline", "stop", "watchdemo"]);
     assert!(ok, "{err}");

@@ -1,10 +1,13 @@
 //! `weir nats publish` and a `[source.jetstream]` pipeline, through the `weir`
-//! binary, against the real JetStream server (`WEIR_TEST_NATS_URL`; skipped
-//! with a message when unset). The test's stream is named at random and
+//! binary, against a real JetStream server (`WEIR_TEST_NATS_URL`, by default
+//! the local one; see `tests/src/services.rs` for the address and for skipping). The test's stream is named at random and
 //! deleted afterwards.
 
 use std::path::Path;
 use std::process::Command;
+
+#[path = "../../tests/src/services.rs"]
+mod services;
 
 fn weir(args: &[&str], cwd: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -38,12 +41,8 @@ impl Drop for Stream {
 
 #[test]
 fn publish_a_file_then_read_it_back_through_a_pipeline() {
-    let url = match std::env::var("WEIR_TEST_NATS_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            eprintln!("skipped: WEIR_TEST_NATS_URL is not set");
-            return;
-        }
+    let Some(url) = services::url(services::Service::Nats) else {
+        return;
     };
     let name = format!(
         "weir_test_cli_{}_{}",

@@ -105,6 +105,8 @@ path = "out.jsonl"
 struct Quiet {
     schema: arrow::datatypes::SchemaRef,
     sent: bool,
+    /// Told when the source starts waiting: the test stops it then.
+    waiting: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl weir::node::AsyncSource for Quiet {
@@ -118,6 +120,7 @@ impl weir::node::AsyncSource for Quiet {
     ) -> weir::node::BoxFuture<'a, Result<bool, weir::exec::NodeError>> {
         Box::pin(async move {
             if self.sent {
+                self.waiting.notify_one();
                 std::future::pending::<()>().await;
             }
             self.sent = true;
@@ -153,9 +156,11 @@ path = "out.jsonl"
     let env = weir_e2e::env(dir.path());
     let mut plan = weir::exec::Plan::build(spec, &env).unwrap();
     let schema = plan.schemas[0].clone().unwrap();
+    let waiting = std::sync::Arc::new(tokio::sync::Notify::new());
     plan.nodes[0] = weir::exec::NodeImpl::Source(weir::plan::SourceNode::Async(Box::new(Quiet {
         schema,
         sent: false,
+        waiting: waiting.clone(),
     })));
     let control = weir::exec::RunControl::new();
     let run = tokio::spawn({
@@ -165,7 +170,9 @@ path = "out.jsonl"
         }
     });
     control.started().await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting.notified())
+        .await
+        .expect("the source sends its batch and waits for more");
     let asked = std::time::Instant::now();
     control.stop();
     let summary = tokio::time::timeout(std::time::Duration::from_secs(5), run)
@@ -181,4 +188,137 @@ path = "out.jsonl"
         3,
         "what was read before the stop is written"
     );
+}
+
+/// An async source that sends its script's batches, each after its wait on
+/// tokio's clock, then waits for input that never comes. It records when it
+/// sent its first batch.
+struct Scripted {
+    schema: arrow::datatypes::SchemaRef,
+    script: std::collections::VecDeque<(std::time::Duration, Vec<i64>)>,
+    started: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
+}
+
+impl weir::node::AsyncSource for Scripted {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn next_batch<'a>(
+        &'a mut self,
+        out: &'a mut weir::exec::Emitter,
+    ) -> weir::node::BoxFuture<'a, Result<bool, weir::exec::NodeError>> {
+        Box::pin(async move {
+            let Some((wait, rows)) = self.script.pop_front() else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep(wait).await;
+            let _ = self.started.set(tokio::time::Instant::now());
+            let last = *rows.last().unwrap();
+            let batch = arrow::array::RecordBatch::try_new(
+                self.schema.clone(),
+                vec![std::sync::Arc::new(arrow::array::Int64Array::from(rows))],
+            )?;
+            out.push_at(batch, Some(last.to_string()));
+            Ok(true)
+        })
+    }
+}
+
+/// A sink that hands each batch's `n` values to the test.
+struct Forward(tokio::sync::mpsc::UnboundedSender<Vec<i64>>);
+
+impl weir::exec::Sink for Forward {
+    fn write(
+        &mut self,
+        batch: &arrow::array::RecordBatch,
+        _lineage: &weir::node::Lineage,
+    ) -> Result<(), weir::exec::NodeError> {
+        use arrow::array::AsArray;
+        let n = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let _ = self.0.send(n.values().to_vec());
+        Ok(())
+    }
+}
+
+/// `batch` with `linger`, on a paused clock: a partial batch goes out when its
+/// oldest row has waited `linger` (rows arriving meanwhile join it, they do not
+/// restart the timer), a full batch goes out at once, and what is left of it
+/// waits `linger` again.
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_goes_out_when_its_oldest_row_has_lingered() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "linger"
+[[source]]
+name = "numbers"
+[source.sequence]
+count = 1
+[[stage]]
+name = "rebatch"
+input = "numbers"
+[stage.batch]
+max_rows = 10
+linger = "50ms"
+[[sink]]
+name = "out"
+input = "rebatch"
+[sink.jsonl]
+path = "unused.jsonl"
+"#;
+    let mut spec = weir::spec::PipelineSpec::from_toml(text, "test.toml").unwrap();
+    spec.base_dir = dir.path().to_path_buf();
+    let env = weir_e2e::env(dir.path());
+    let mut plan = weir::exec::Plan::build(spec, &env).unwrap();
+    let schema = plan.schemas[0].clone().unwrap();
+    let started = std::sync::Arc::new(std::sync::OnceLock::new());
+    let ms = Duration::from_millis;
+    plan.nodes[0] =
+        weir::exec::NodeImpl::Source(weir::plan::SourceNode::Async(Box::new(Scripted {
+            schema,
+            script: [
+                (ms(0), vec![1, 2, 3]),
+                (ms(30), vec![4, 5]),
+                (ms(100), (6..=17).collect()),
+            ]
+            .into(),
+            started: started.clone(),
+        })));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    *plan.nodes.last_mut().unwrap() =
+        weir::exec::NodeImpl::Sink(weir::plan::SinkNode::Sync(Box::new(Forward(tx))));
+    let control = weir::exec::RunControl::new();
+    let run = tokio::spawn({
+        let control = control.clone();
+        async move {
+            weir::exec::run_with(plan, &env, &weir::exec::RunOptions::default(), control).await
+        }
+    });
+    let mut arrivals = Vec::new();
+    for _ in 0..3 {
+        let rows = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("a batch within a minute of virtual time")
+            .expect("the run goes on");
+        let at = tokio::time::Instant::now() - *started.get().unwrap();
+        arrivals.push((at, rows));
+    }
+    assert_eq!(
+        arrivals,
+        [
+            (ms(50), vec![1, 2, 3, 4, 5]),
+            (ms(130), (6..=15).collect()),
+            (ms(180), vec![16, 17]),
+        ]
+    );
+    control.stop();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the stop ends the run")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.node("out").unwrap().rows_out, 17);
 }

@@ -1,6 +1,6 @@
 //! The clickstream example with its sessions written to Redis, the online
-//! store, against the server named by `WEIR_TEST_REDIS_URL` (skipped, saying
-//! so, when it is unset): every user's stored vector is that user's latest
+//! store, against a real server (`WEIR_TEST_REDIS_URL`, by default the local
+//! one; see `weir_e2e::services` for skipping): every user's stored vector is that user's latest
 //! session, and it traces to the featurizer's digest and to input positions.
 
 use std::collections::BTreeMap;
@@ -10,12 +10,12 @@ use weir::connectors::RedisSinkSpec;
 use weir::connectors::redis::read_vectors;
 use weir::spec::{PipelineSpec, SinkKind};
 use weir_e2e::clicks::{ClickConfig, generate};
+use weir_e2e::services::{self, Service};
 use weir_e2e::{component, repo_root, run_spec};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_in_redis_are_each_users_latest_and_name_their_code_and_input() {
-    let Ok(url) = std::env::var("WEIR_TEST_REDIS_URL") else {
-        eprintln!("skipped: WEIR_TEST_REDIS_URL is not set");
+    let Some(url) = services::url(Service::Redis) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -3,9 +3,9 @@
 //! stream and written to Redis (`examples/streaming/pipeline.toml`), and the
 //! same features from the JSON-lines file written to Parquet
 //! (`pipeline-file.toml`). Every user's vector in Redis equals, feature by
-//! feature, that user's latest session in the Parquet file. Needs
-//! `WEIR_TEST_NATS_URL` and `WEIR_TEST_REDIS_URL` (skipped, saying so, when
-//! either is unset).
+//! feature, that user's latest session in the Parquet file. Needs NATS and
+//! Redis (`WEIR_TEST_NATS_URL`, `WEIR_TEST_REDIS_URL`, by default the local
+//! servers; see `weir_e2e::services` for skipping).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +13,7 @@ use serde_json::Value;
 use weir::connectors::redis::read_vectors;
 use weir::spec::{PipelineSpec, SinkKind, SourceKind};
 use weir_e2e::clicks::{ClickConfig, generate};
+use weir_e2e::services::{self, Service};
 use weir_e2e::{repo_root, run_spec, run_spec_checkpointed};
 
 fn unique(prefix: &str) -> String {
@@ -25,11 +26,7 @@ fn unique(prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stream_variants_vectors_equal_the_file_variants_latest_sessions() {
-    let (Ok(nats), Ok(redis_url)) = (
-        std::env::var("WEIR_TEST_NATS_URL"),
-        std::env::var("WEIR_TEST_REDIS_URL"),
-    ) else {
-        eprintln!("skipped: WEIR_TEST_NATS_URL or WEIR_TEST_REDIS_URL is not set");
+    let Some([nats, redis_url]) = services::urls([Service::Nats, Service::Redis]) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -22,6 +22,7 @@ use weir::spec::PipelineSpec;
 use weir_e2e::{component, env, sandbox, toml_path};
 
 const HOSTILE: &str = "tests/fixtures/hostile";
+const NOOP: &str = "tests/fixtures/noop";
 const BATCH: usize = 50;
 
 /// What the sink saw: per batch, its arrival time and its `(n, tag)` rows.
@@ -164,8 +165,18 @@ fn assert_exactly_once(seen: &[(Instant, Vec<(i64, i64)>)]) -> Vec<(i64, i64)> {
     rows
 }
 
-fn pause() -> tokio::time::Sleep {
-    tokio::time::sleep(Duration::from_millis(250))
+/// Waits until the sink has received `more` batches beyond those it had, so
+/// the version running now has written some; fails after a minute.
+async fn batches_pass(r: &Running, more: usize) {
+    let target = r.seen.lock().unwrap().len() + more;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while r.seen.lock().unwrap().len() < target {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {more} batches in a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn percentile(mut xs: Vec<Duration>, p: f64) -> Duration {
@@ -182,7 +193,7 @@ async fn params_code_and_rollback_swaps_change_versions_only_between_batches() {
     let mut swap_times = Vec::new();
     let mut first_batches = Vec::new();
 
-    pause().await;
+    batches_pass(&r, 20).await;
     swap_times.push(Instant::now());
     let a = r
         .control
@@ -191,21 +202,21 @@ async fn params_code_and_rollback_swaps_change_versions_only_between_batches() {
         .expect("params swap");
     first_batches.push(a.first_batch.unwrap());
 
-    pause().await;
+    batches_pass(&r, 20).await;
     let code = stage(new_code(&original), tag_params(3)).await.unwrap();
     swap_times.push(Instant::now());
     let b = r.control.swap("tag", code).await.expect("code swap");
     assert_ne!(b.digest, a.digest, "new code has a new digest");
     first_batches.push(b.first_batch.unwrap());
 
-    pause().await;
+    batches_pass(&r, 20).await;
     let back = stage(original.clone(), tag_params(1)).await.unwrap();
     swap_times.push(Instant::now());
     let c = r.control.swap("tag", back).await.expect("rollback");
     assert_eq!(c.digest, a.digest);
     first_batches.push(c.first_batch.unwrap());
 
-    pause().await;
+    batches_pass(&r, 20).await;
     let lineage = r.control.lineage_log();
     let (summary, seen) = stop(r).await;
     let rows = assert_exactly_once(&seen);
@@ -282,7 +293,7 @@ async fn params_code_and_rollback_swaps_change_versions_only_between_batches() {
 async fn broken_swaps_are_refused_or_rolled_back_and_delivery_goes_on() {
     let original = std::fs::read(component(HOSTILE)).unwrap();
     let r = start(4000).await;
-    pause().await;
+    batches_pass(&r, 3).await;
 
     // Fails validation: not a component at all. Refused before reaching the run.
     let err = stage(b"\0asm not really".to_vec(), tag_params(9))
@@ -347,7 +358,7 @@ async fn broken_swaps_are_refused_or_rolled_back_and_delivery_goes_on() {
         "no swappable stage `tga` in the running pipeline (stages: tag)"
     );
 
-    pause().await;
+    batches_pass(&r, 3).await;
     let (summary, seen) = stop(r).await;
     let rows = assert_exactly_once(&seen);
     assert!(
@@ -360,20 +371,23 @@ async fn broken_swaps_are_refused_or_rolled_back_and_delivery_goes_on() {
 }
 
 /// Features from version 1, then 2, then rolled back to 1 are identical to the
-/// first run's: a version pins its components by digest in the store.
+/// first run's: a version pins its components by digest in the store. Both
+/// versions name the same component file, which holds the `tag` fixture for
+/// version 1 and is then overwritten with the `noop` fixture (no `tag` column)
+/// for version 2: a rollback that read the file instead of the pinned digest
+/// would write version 2's rows.
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_reproduces_the_first_versions_features() {
     use weir::store::{Store, pin};
+    const ROWS: i64 = 500;
     let dir = tempfile::tempdir().unwrap();
-    let hostile = component(HOSTILE);
-    let text = |tag: i64| {
-        format!(
-            "name = \"pinned\"\n[[source]]\nname = \"numbers\"\n[source.sequence]\ncount = 500\nbatch_rows = 64\n\
-             [[stage]]\nname = \"tag\"\ninput = \"numbers\"\n[stage.wasm]\ncomponent = {}\nparams = {{ mode = \"tag\", tag = {tag} }}\n\
-             [[sink]]\nname = \"out\"\ninput = \"tag\"\n[sink.jsonl]\npath = \"out.jsonl\"\n",
-            toml_path(&hostile)
-        )
-    };
+    let file = dir.path().join("stage.wasm");
+    let text = format!(
+        "name = \"pinned\"\n[[source]]\nname = \"numbers\"\n[source.sequence]\ncount = {ROWS}\nbatch_rows = 64\n\
+         [[stage]]\nname = \"tag\"\ninput = \"numbers\"\n[stage.wasm]\ncomponent = {}\nparams = {{ mode = \"tag\", tag = 1 }}\n\
+         [[sink]]\nname = \"out\"\ninput = \"tag\"\n[sink.jsonl]\npath = \"out.jsonl\"\n",
+        toml_path(&file)
+    );
     let mut env = env(dir.path());
     let store = Store::open(&env.data_dir).unwrap();
     env.store = Some(store.clone());
@@ -391,11 +405,13 @@ async fn rollback_reproduces_the_first_versions_features() {
         weir::exec::run(plan, &env, &RunOptions::default())
             .await
             .unwrap();
-        std::fs::read(env.data_dir.parent().unwrap().join("out.jsonl")).unwrap()
+        std::fs::read_to_string(env.data_dir.parent().unwrap().join("out.jsonl")).unwrap()
     };
     let mut outputs = Vec::new();
-    for tag in [1, 2] {
-        let mut spec = PipelineSpec::from_toml(&text(tag), "p.toml").unwrap();
+    let mut digests = Vec::new();
+    for fixture in [HOSTILE, NOOP] {
+        std::fs::copy(component(fixture), &file).unwrap();
+        let mut spec = PipelineSpec::from_toml(&text, "p.toml").unwrap();
         spec.base_dir = dir.path().to_path_buf();
         let (pinned, stages) = pin(&spec, &store, &sandbox()).unwrap();
         let pinned_to = pinned.stages[0].wasm().unwrap().component.clone().unwrap();
@@ -404,24 +420,36 @@ async fn rollback_reproduces_the_first_versions_features() {
             "{}",
             pinned_to.display()
         );
+        digests.push(pinned_to);
         store
             .add_version(pinned, stages, Default::default(), "test", None)
             .unwrap();
         outputs.push(run_active(env.clone(), store.clone()).await);
     }
+    assert_ne!(digests[0], digests[1], "two different components");
+    let lines = |row: &dyn Fn(i64) -> String| (0..ROWS).map(|n| row(n) + "\n").collect::<String>();
+    let version_1 = lines(&|n| format!(r#"{{"n":{n},"tag":1}}"#));
+    assert_eq!(outputs[0], version_1, "version 1 tags every row");
+    assert_eq!(
+        outputs[1],
+        lines(&|n| format!(r#"{{"n":{n}}}"#)),
+        "version 2 passes rows through"
+    );
+
+    // The file still holds version 2's component.
     store.activate("pinned", 1).unwrap();
     let again = run_active(env.clone(), store.clone()).await;
-    assert_ne!(outputs[0], outputs[1]);
     assert_eq!(
-        again, outputs[0],
+        again, version_1,
         "rollback reproduces version 1's features byte for byte"
     );
     let diff = weir::store::diff(
         &store.version("pinned", 1).unwrap(),
         &store.version("pinned", 2).unwrap(),
     );
-    assert_eq!(
-        diff,
-        [r#"~ stage tag: params {"mode":"tag","tag":1} → {"mode":"tag","tag":2}"#]
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert!(
+        diff[0].starts_with("~ stage tag: component sha256:"),
+        "{diff:?}"
     );
 }

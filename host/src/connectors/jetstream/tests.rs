@@ -1,5 +1,5 @@
-//! Tests against a real JetStream server (`WEIR_TEST_NATS_URL`; skipped with a
-//! message when unset). Each test has its own streams, named at random and
+//! Tests against a real JetStream server (`WEIR_TEST_NATS_URL`, by default the
+//! local one; see `tests/src/services.rs` for the address and for skipping). Each test has its own streams, named at random and
 //! deleted afterwards; the configuration tests need no server.
 
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -16,14 +16,14 @@ use crate::node::config::{FieldSpec, FieldType, SinkConfig, SourceConfig};
 use crate::node::{AsyncSink, AsyncSource, DeadLetter, Emitter, Lineage, SourceSpan};
 use crate::units::Millis;
 
+// The one test-support file, also included by the other service tests here.
+#[allow(clippy::duplicate_mod)]
+#[path = "../../../../tests/src/services.rs"]
+mod services;
+
+/// The server's address, or `None` when the run skips NATS tests.
 fn nats_url() -> Option<String> {
-    match std::env::var("WEIR_TEST_NATS_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            eprintln!("skipped: WEIR_TEST_NATS_URL is not set");
-            None
-        }
-    }
+    services::url(services::Service::Nats)
 }
 
 /// A name no other test (or earlier run) uses.
@@ -89,7 +89,7 @@ impl Drop for Streams {
 async fn setup(url: &str) -> (jetstream::Context, Streams) {
     let client = async_nats::connect(url)
         .await
-        .expect("WEIR_TEST_NATS_URL is set, so the server must be reachable");
+        .expect("the server answered a moment ago, so it must be reachable");
     (
         jetstream::new(client),
         Streams {
@@ -1112,7 +1112,33 @@ stream = "{s}"
     assert_eq!(count_on(&js, &s, &format!("{s}.out")).await, n - 5);
 }
 
-/// Throughput, for docs/jetstream.md: `WEIR_BENCH_EVENTS` small JSON events
+/// The CPU time (user and system, seconds) a local `nats-server` process has
+/// used, from `/proc`; `None` when there is none on this machine.
+fn nats_server_cpu() -> Option<f64> {
+    let ticks: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let dir = e.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() != "nats-server" {
+            return None;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Fields after the parenthesised command: utime and stime are the
+        // 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let (user, system): (f64, f64) =
+            (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+        Some((user + system) / ticks)
+    })
+}
+
+/// Throughput, for docs/jetstream.md (with the local `nats-server`'s CPU time
+/// per round, read from `/proc`): `WEIR_BENCH_EVENTS` small JSON events
 /// (default 1,000,000) published once, then alternating rounds
 /// (`WEIR_BENCH_ROUNDS`, default 5) of (a) a fresh durable consumer reading
 /// them all through the source, committing every batch as the executor does,
@@ -1230,6 +1256,7 @@ async fn bench_ingest_and_publish() {
         };
         // About 4096 events per batch whatever their packing.
         let mut src = source(spec, (4096 / per as usize).max(1));
+        let server_cpu = nats_server_cpu();
         let started = Instant::now();
         let mut rows = 0u64;
         loop {
@@ -1256,6 +1283,13 @@ async fn bench_ingest_and_publish() {
             "round {round}: ingest {n} in {secs:.3}s = {:.0} events/s",
             n as f64 / secs
         );
+        if let (Some(before), Some(after)) = (server_cpu, nats_server_cpu()) {
+            eprintln!(
+                "round {round}: nats-server CPU {:.2}s, {:.2}s per 1M events",
+                after - before,
+                (after - before) * 1e6 / n as f64
+            );
+        }
         if !sink_rounds {
             continue;
         }

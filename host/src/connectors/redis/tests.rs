@@ -1,6 +1,7 @@
-//! The Redis sink against the real server named by `WEIR_TEST_REDIS_URL`
-//! (skipped, saying so, when it is unset). Each test writes under a prefix of
-//! its own and deletes its keys afterwards, even when it fails.
+//! The Redis sink against a real server (`WEIR_TEST_REDIS_URL`, by default
+//! the local one; see `tests/src/services.rs` for the address and for
+//! skipping). Each test writes under a prefix of its own and deletes its keys
+//! afterwards, even when it fails.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,14 +12,14 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use super::*;
 use crate::node::{SourceSpan, StageLineage};
 
+// The one test-support file, also included by the other service tests here.
+#[allow(clippy::duplicate_mod)]
+#[path = "../../../../tests/src/services.rs"]
+mod services;
+
+/// The server's address, or `None` when the run skips Redis tests.
 fn url() -> Option<String> {
-    match std::env::var("WEIR_TEST_REDIS_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            eprintln!("skipped: WEIR_TEST_REDIS_URL is not set");
-            None
-        }
-    }
+    services::url(services::Service::Redis)
 }
 
 /// A prefix no other test uses; its keys are deleted when this is dropped.
