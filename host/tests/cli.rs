@@ -295,8 +295,8 @@ fn validate_prints_every_schema_and_refuses_a_missing_column_naming_node_and_col
         out,
         "p.toml is valid: 4 nodes\n\
          source events\n \
-         stage sessions <- events\n  \
-         stage per_user <- sessions\n   \
+         stage sessions <- events\n \
+         stage per_user <- sessions\n  \
          sink out <- per_user\n\
          output schemas:\n  \
          events: user_id: Utf8, ts: Int64, price: Float64\n  \
