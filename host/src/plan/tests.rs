@@ -19,11 +19,10 @@ fn build(text: &str) -> Result<Plan, PlanError> {
     std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
     let mut spec = PipelineSpec::from_toml(text, "p.toml").unwrap();
     spec.base_dir = dir.path().to_path_buf();
-    let env = RunEnv {
-        sandbox: Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap(),
-        data_dir: dir.path().join("data"),
-        store: None,
-    };
+    let env = RunEnv::standalone(
+        Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap(),
+        dir.path().join("data"),
+    );
     Plan::build(spec, &env)
 }
 
