@@ -247,3 +247,108 @@ fn features_get_and_lineage_read_stored_vectors() {
         "{merr}"
     );
 }
+
+/// A pipeline reading `user_id`, `ts`, `price` from `in.jsonl` into sessions,
+/// then a group per user, then `sink`.
+fn sessions_pipeline(session_key: &str, group_key: &str, sink: &str) -> String {
+    format!(
+        r#"name = "p"
+[[source]]
+name = "events"
+[source.jsonl]
+path = "in.jsonl"
+schema = [{{ name = "user_id", type = "utf8" }}, {{ name = "ts", type = "int64" }}, {{ name = "price", type = "float64" }}]
+[[stage]]
+name = "sessions"
+input = "events"
+[stage.session]
+key = ["{session_key}"]
+time = "ts"
+gap = "30m"
+aggregates = [{{ name = "n", op = "count" }}, {{ name = "spend", op = "sum", column = "price" }}]
+[[stage]]
+name = "per_user"
+input = "sessions"
+[stage.group]
+by = ["{group_key}"]
+aggregates = [{{ name = "sessions", op = "count" }}, {{ name = "last_end", op = "max", column = "session_end" }}]
+[[sink]]
+name = "out"
+input = "per_user"
+{sink}
+"#
+    )
+}
+
+#[test]
+fn validate_prints_every_schema_and_refuses_a_missing_column_naming_node_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
+    let validate = |text: &str| {
+        std::fs::write(dir.path().join("p.toml"), text).unwrap();
+        weir(&["validate", "p.toml"], dir.path())
+    };
+    let (ok, out, err) = validate(&sessions_pipeline(
+        "user_id",
+        "user_id",
+        "[sink.jsonl]\npath = \"out.jsonl\"",
+    ));
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "p.toml is valid: 4 nodes\n\
+         source events\n \
+         stage sessions <- events\n \
+         stage per_user <- sessions\n  \
+         sink out <- per_user\n\
+         output schemas:\n  \
+         events: user_id: Utf8, ts: Int64, price: Float64\n  \
+         sessions: user_id: Utf8, session_start: Int64, session_end: Int64, n: Int64, spend: Float64\n  \
+         per_user: user_id: Utf8, sessions: Int64, last_end: Int64\n"
+    );
+    let refused = |text: &str| {
+        let (ok, out, err) = validate(text);
+        assert!(!ok, "{out}");
+        err
+    };
+    assert_eq!(
+        refused(&sessions_pipeline(
+            "user_id",
+            "user_id",
+            "[sink.redis]\nurl = \"redis://127.0.0.1:1\"\nprefix = \"f\"\nentity = \"uid\"\nevent_time = \"last_end\""
+        )),
+        "error: `out`: `sink[0].redis.entity`: column `uid` is not in the input (columns: user_id, sessions, last_end)\n"
+    );
+    assert_eq!(
+        refused(&sessions_pipeline(
+            "user_id",
+            "user_id",
+            "[sink.parquet]\npath = \"lake\"\npartition_by = \"day\""
+        )),
+        "error: `out`: `sink[0].parquet.partition_by`: column `day` is not in the input (columns: user_id, sessions, last_end)\n"
+    );
+    assert_eq!(
+        refused(&sessions_pipeline(
+            "user_id",
+            "user_id",
+            "[sink.jetstream]\nsubject = \"users\"\nid = { key = [\"user\"] }"
+        )),
+        "error: `out`: `sink[0].jetstream.id.key`: column `user` is not in the input (columns: user_id, sessions, last_end)\n"
+    );
+    assert_eq!(
+        refused(&sessions_pipeline(
+            "user_id",
+            "user",
+            "[sink.jsonl]\npath = \"out.jsonl\""
+        )),
+        "error: `per_user`: key `user` is not a column of the input (it has: user_id, session_start, session_end, n, spend)\n"
+    );
+    assert_eq!(
+        refused(&sessions_pipeline(
+            "uid",
+            "user_id",
+            "[sink.jsonl]\npath = \"out.jsonl\""
+        )),
+        "error: `sessions`: key column `uid` is not a column of the input (it has: user_id, ts, price)\n"
+    );
+}

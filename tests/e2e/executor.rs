@@ -322,3 +322,129 @@ path = "unused.jsonl"
         .unwrap();
     assert_eq!(summary.node("out").unwrap().rows_out, 17);
 }
+
+/// A dead-letter store kept in memory, as a host would give one.
+#[derive(Default)]
+struct Kept(std::sync::Mutex<Vec<weir::node::DeadLetterRecord>>);
+
+impl weir::node::DeadLetterStore for Kept {
+    fn append(
+        &self,
+        records: Vec<weir::node::DeadLetterRecord>,
+        _hold: Vec<weir::node::Meta>,
+    ) -> Result<(), weir::node::DeadLetterError> {
+        // Kept in memory: durable as soon as it is here, so the hold goes.
+        self.0.lock().unwrap().extend(records);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), weir::node::DeadLetterError> {
+        Ok(())
+    }
+
+    fn location(&self, pipeline: &str, node: &str) -> String {
+        format!("memory:{pipeline}/{node}")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_given_by_the_host_receives_typed_records_and_rejects_files_still_get_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"k\":1}\nnot json\n{\"k\":-2}\n{\"k\":3}\n",
+    )
+    .unwrap();
+    let mut spec = weir::spec::PipelineSpec::from_toml(
+        r#"
+name = "typed"
+[[source]]
+name = "in"
+[source.jsonl]
+path = "in.jsonl"
+rejects = "rejects.jsonl"
+schema = [{ name = "k", type = "int64", required = true }]
+[[stage]]
+name = "positive"
+input = "in"
+[stage.filter]
+dead_letter = true
+all = [{ range = { column = "k", min = 0 } }]
+[[sink]]
+name = "out"
+input = "positive"
+[sink.jsonl]
+path = "out.jsonl"
+"#,
+        "typed.toml",
+    )
+    .unwrap();
+    spec.base_dir = dir.path().to_path_buf();
+    let env = weir_e2e::env(dir.path());
+    let plan = weir::plan::Plan::build(spec, &env).unwrap();
+    let kept = std::sync::Arc::new(Kept::default());
+    let options = weir::exec::RunOptions {
+        dead_letters: Some(kept.clone()),
+        tenant: Some("acme".into()),
+        ..Default::default()
+    };
+    let summary = weir::exec::run(plan, &env, &options).await.unwrap();
+    let records = kept.0.lock().unwrap().clone();
+    let seen: Vec<(&str, &str, &str, &str, &str, &[u8])> = records
+        .iter()
+        .map(|r| {
+            (
+                r.tenant.as_str(),
+                r.node.as_str(),
+                r.fault.as_str(),
+                r.reason.as_str(),
+                r.position.as_str(),
+                r.payload.bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "acme",
+                "in",
+                "data",
+                "invalid_json",
+                "in.jsonl:2",
+                &b"not json"[..]
+            ),
+            (
+                "acme",
+                "positive",
+                "data",
+                "filter:range(k)",
+                "row 1",
+                &b"{\"k\":-2}"[..]
+            ),
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.pipeline == "typed" && r.version.is_none() && r.component.is_none())
+    );
+    // The source's own file is kept as an export of its letters alone.
+    let rejects = read_jsonl(&dir.path().join("rejects.jsonl"));
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0]["tenant"], "acme");
+    assert_eq!(rejects[0]["fault"], "data");
+    assert_eq!(rejects[0]["record"], "not json");
+    // Counted by fault in the summary; no run file, since the host keeps them.
+    assert_eq!(
+        summary.dead_letters_by_fault(),
+        std::collections::BTreeMap::from([("data", 2)])
+    );
+    assert!(summary.dead_letter_file.is_none());
+    assert!(
+        summary
+            .to_string()
+            .contains("dead letters by fault: data 2"),
+        "{summary}"
+    );
+}

@@ -94,7 +94,7 @@ pub fn toml_str(s: &str) -> String {
 pub async fn run_spec_checkpointed(spec: PipelineSpec, dir: &Path) -> Result<RunSummary, RunError> {
     let store = weir::store::Store::open(&dir.join("data")).map_err(|e| RunError::Checkpoint {
         pipeline: spec.name.clone(),
-        message: e.to_string(),
+        error: Box::new(e),
     })?;
     let mut env = env(dir);
     env.store = Some(store.clone());

@@ -151,12 +151,12 @@ fn tenant_dir(data_dir: &std::path::Path) -> PathBuf {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli.data_dir.unwrap_or_else(exec::default_data_dir);
     // clap's `env` feature is off (it pulls more than this one lookup needs).
-    let tenant = cli
+    let name = cli
         .tenant
         .or_else(|| std::env::var("WEIR_TENANT").ok().filter(|t| !t.is_empty()))
         .unwrap_or_else(|| weir::store::layout::DEFAULT_TENANT.to_owned());
-    weir::store::layout::check_tenant(&tenant)?;
-    let _ = TENANT.set(tenant);
+    weir::store::layout::check_tenant(&name)?;
+    let _ = TENANT.set(name);
     match cli.command {
         Command::Run {
             pipeline,

@@ -84,13 +84,30 @@ pub enum RunError {
     #[error(transparent)]
     DeadLetters(#[from] crate::node::DeadLetterError),
     /// The checkpoint could not be read or written.
-    #[error("checkpoint of `{pipeline}`: {message}")]
+    #[error("checkpoint of `{pipeline}`: {error}")]
     Checkpoint {
         /// The pipeline.
         pipeline: String,
-        /// Why.
-        message: String,
+        /// Why: the store's own error (or the dead-letter store's, whose
+        /// records must be durable before a checkpoint is saved).
+        #[source]
+        error: crate::node::BoxError,
     },
+}
+
+impl RunError {
+    /// Whose fault the failure is: a node's own ([`NodeError::fault`]), the
+    /// spec's for a plan refused, weir's for a panic, a local file's for a
+    /// checkpoint or dead letters not kept.
+    pub fn fault(&self) -> crate::node::Fault {
+        use crate::node::Fault;
+        match self {
+            Self::Plan(p) => p.fault(),
+            Self::Node { error, .. } => error.fault(),
+            Self::Panic { .. } => Fault::Bug,
+            Self::DeadLetters(_) | Self::Checkpoint { .. } => Fault::Io,
+        }
+    }
 }
 
 /// How to run a plan.
@@ -104,7 +121,18 @@ pub struct RunOptions {
     /// Continue from the pipeline's last checkpoint instead of starting over.
     /// Without one the run starts from the beginning.
     pub resume: bool,
+    /// Where dead letters go, given by the host (one store may serve every
+    /// run). `None`: a JSON-lines file per run under the data directory
+    /// ([`FileDeadLetters`]). Either way a source that names its own `rejects`
+    /// file gets its letters there too.
+    pub dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    /// The tenant the run belongs to, stamped on its dead letters. `None`:
+    /// [`DEFAULT_TENANT`].
+    pub tenant: Option<String>,
 }
+
+/// The tenant of a run that names none (the CLI's).
+pub const DEFAULT_TENANT: &str = "default";
 
 impl std::fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +140,8 @@ impl std::fmt::Debug for RunOptions {
             .field("progress", &self.progress)
             .field("checkpoints", &self.checkpoints.is_some())
             .field("resume", &self.resume)
+            .field("dead_letters", &self.dead_letters.is_some())
+            .field("tenant", &self.tenant)
             .finish()
     }
 }
@@ -119,6 +149,8 @@ impl std::fmt::Debug for RunOptions {
 /// Shared by the tasks of a run.
 pub(crate) struct RunShared {
     pub(crate) letters: Arc<dyn DeadLetterStore>,
+    /// What each dead letter is stamped with.
+    pub(crate) stamp: crate::node::LetterStamp,
     pub(crate) records_read: AtomicU64,
     /// Set by a failing node before it drops its input or its output channels,
     /// so a sink that sees its input end because of the failure does not publish
@@ -168,6 +200,8 @@ pub(crate) struct NodeCx {
     pub(crate) pipeline: String,
     /// The schema the node's output must have (`None`: learned from its first batch).
     pub(crate) output_schema: Option<SchemaRef>,
+    /// The digest of the node's component (WebAssembly stages).
+    pub(crate) component: Option<String>,
     pub(crate) memory_watch: crate::node::memory::MemoryWatch,
     /// When the node last published its counters ([`RunControl::live_nodes`]).
     pub(crate) published: Mutex<Instant>,
@@ -211,6 +245,7 @@ pub async fn run_with(
         mut nodes,
         schemas,
         memory,
+        digests,
         ..
     } = plan;
     if options.checkpoints.is_none() {
@@ -233,9 +268,9 @@ pub async fn run_with(
             .unwrap_or_default()
             .as_millis()
     );
-    let checkpoint_err = |e: crate::node::BoxError| RunError::Checkpoint {
+    let checkpoint_err = |error: crate::node::BoxError| RunError::Checkpoint {
         pipeline: spec.name.clone(),
-        message: e.to_string(),
+        error,
     };
     let resumed = match (&options.checkpoints, options.resume) {
         (Some(store), true) => store.load(&spec.name).map_err(checkpoint_err)?,
@@ -256,12 +291,11 @@ pub async fn run_with(
         .iter()
         .filter_map(|s| Some((s.name.clone(), spec.resolve(s.rejects()?))))
         .collect();
-    let letters = Arc::new(FileDeadLetters::new(
-        letters_path.clone(),
-        own_letters,
-        &spec.name,
-        &run_id,
-    ));
+    let letters: Arc<dyn DeadLetterStore> = match &options.dead_letters {
+        None => Arc::new(FileDeadLetters::new(letters_path.clone(), own_letters)),
+        Some(store) if own_letters.is_empty() => store.clone(),
+        Some(store) => Arc::new(crate::node::WithExports::new(store.clone(), own_letters)),
+    };
 
     let trackers: Vec<(usize, Arc<CommitTracker>)> = dag
         .nodes
@@ -277,6 +311,15 @@ pub async fn run_with(
         .collect();
     let shared = Arc::new(RunShared {
         letters: letters.clone(),
+        stamp: crate::node::LetterStamp {
+            tenant: options
+                .tenant
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+            pipeline: spec.name.clone(),
+            version: control.version(),
+            run: run_id.clone(),
+        },
         records_read: AtomicU64::new(0),
         failed: AtomicBool::new(false),
         trackers: trackers.iter().map(|(_, t)| t.clone()).collect(),
@@ -337,6 +380,10 @@ pub async fn run_with(
             settings: spec.settings.clone(),
             pipeline: spec.name.clone(),
             output_schema: schemas[pos].clone(),
+            component: digests
+                .iter()
+                .find(|(n, _)| *n == node.name)
+                .map(|(_, d)| d.clone()),
             memory_watch: memory.watch.clone(),
             published: Mutex::new(Instant::now()),
         };
@@ -555,7 +602,8 @@ pub async fn run_with(
         run_id,
         nodes: stats,
         wall: started.elapsed(),
-        dead_letter_file: letters_path.exists().then_some(letters_path),
+        dead_letter_file: (options.dead_letters.is_none() && letters_path.exists())
+            .then_some(letters_path),
         resumed_from: resumed,
         checkpoint,
     })
@@ -632,16 +680,16 @@ impl Checkpointer {
         };
         let saved = {
             let (checkpoint, lineage) = (checkpoint.clone(), lineage.clone());
-            tokio::task::spawn_blocking(move || {
-                letters.flush().map_err(|e| e.to_string())?;
-                store.save(&checkpoint, &lineage).map_err(|e| e.to_string())
+            tokio::task::spawn_blocking(move || -> Result<(), crate::node::BoxError> {
+                letters.flush()?;
+                store.save(&checkpoint, &lineage)
             })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| -> crate::node::BoxError { Box::new(e) })
             .and_then(|r| r)
         };
-        if let Err(message) = saved {
-            return Err(self.unsaved(lineage, message));
+        if let Err(error) = saved {
+            return Err(self.unsaved(lineage, error));
         }
         barriers.committed.send_replace((a.id, a.sources));
         if let Some(old) = self.last.replace(checkpoint) {
@@ -707,22 +755,22 @@ impl Checkpointer {
             let (store, checkpoint, lineage) = (store.clone(), checkpoint.clone(), lineage.clone());
             tokio::task::spawn_blocking(move || store.save(&checkpoint, &lineage))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| -> crate::node::BoxError { Box::new(e) })
+                .and_then(|r| r)
         };
         match saved {
             Ok(()) => {
                 self.last = Some(checkpoint);
                 Ok(())
             }
-            Err(message) => Err(self.unsaved(lineage, message)),
+            Err(error) => Err(self.unsaved(lineage, error)),
         }
     }
 
     /// A save that failed: its lineage records go back in front of those
     /// gathered since, so the next save (the final one of a run that handles
     /// the error) still writes them.
-    fn unsaved(&self, lineage: Vec<LineageRecord>, message: String) -> RunError {
+    fn unsaved(&self, lineage: Vec<LineageRecord>, error: crate::node::BoxError) -> RunError {
         let mut pending = self
             .shared
             .lineage
@@ -732,7 +780,7 @@ impl Checkpointer {
         pending.extend(newer);
         RunError::Checkpoint {
             pipeline: self.pipeline.clone(),
-            message,
+            error,
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct NodeStats {
     pub max_queue_bytes: ByteSize,
     /// Named counters: dead letters by reason, rows dropped per predicate, …
     pub counters: BTreeMap<String, u64>,
+    /// Dead letters by whose fault they are ([`crate::node::Fault::as_str`]:
+    /// `data`, `stage`, …).
+    pub dead_letters_by_fault: BTreeMap<&'static str, u64>,
 }
 
 impl NodeStats {
@@ -51,6 +54,7 @@ impl NodeStats {
             max_queue_batches: 0,
             max_queue_bytes: ByteSize(0),
             counters: BTreeMap::new(),
+            dead_letters_by_fault: BTreeMap::new(),
         }
     }
 
@@ -107,6 +111,17 @@ impl RunSummary {
             .sum()
     }
 
+    /// Dead letters of every node by whose fault they are.
+    pub fn dead_letters_by_fault(&self) -> BTreeMap<&'static str, u64> {
+        let mut all = BTreeMap::new();
+        for n in &self.nodes {
+            for (k, v) in &n.dead_letters_by_fault {
+                *all.entry(*k).or_default() += v;
+            }
+        }
+        all
+    }
+
     /// Records per second over the wall time, counting every record read (good or
     /// corrupt).
     pub fn records_per_second(&self) -> f64 {
@@ -152,6 +167,11 @@ impl fmt::Display for RunSummary {
             self.wall.as_secs_f64(),
             self.records_per_second()
         )?;
+        let by_fault = self.dead_letters_by_fault();
+        if !by_fault.is_empty() {
+            let list: Vec<String> = by_fault.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            writeln!(f, "  dead letters by fault: {}", list.join(", "))?;
+        }
         if let Some(c) = &self.resumed_from {
             writeln!(f, "  resumed from the checkpoint of {}", c.run)?;
         }

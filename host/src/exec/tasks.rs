@@ -42,6 +42,7 @@ async fn on_blocking<T: Send + 'static, R: Send + 'static>(
 impl NodeCx {
     /// Fails the run for `error` (see the module docs).
     fn fail(&self, error: NodeError) -> RunError {
+        tracing::error!(node = %self.name, fault = %error.fault(), "node failed: {error}");
         self.shared.fail();
         RunError::Node {
             node: self.name.clone(),
@@ -70,14 +71,34 @@ impl NodeCx {
         }
     }
 
+    /// Stamps `letters` with where they happened, counts them by fault in
+    /// `stats`, and appends them to the run's store, which keeps `hold` until
+    /// they are durable.
     fn keep_letters(
         &self,
         letters: Vec<crate::node::DeadLetter>,
         hold: Vec<Meta>,
+        stats: &mut NodeStats,
     ) -> Result<(), RunError> {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let records = letters
+            .into_iter()
+            .map(|l| {
+                *stats
+                    .dead_letters_by_fault
+                    .entry(l.fault.as_str())
+                    .or_default() += 1;
+                self.shared
+                    .stamp
+                    .record(&self.name, self.component.as_deref(), l, at_ms)
+            })
+            .collect();
         self.shared
             .letters
-            .append(&self.name, letters, hold)
+            .append(records, hold)
             .map_err(|e| self.fail_run(RunError::DeadLetters(e)))
     }
 }
@@ -279,7 +300,7 @@ async fn source_loop(
         let letters = std::mem::take(&mut out.dead_letters);
         if !letters.is_empty() {
             let hold = envelopes.iter().map(|e| e.meta.clone()).collect();
-            cx.keep_letters(letters, hold)?;
+            cx.keep_letters(letters, hold, &mut stats)?;
         }
         merge(&mut stats, std::mem::take(&mut out.counters));
         let rows: usize = envelopes.iter().map(|e| e.batch.num_rows()).sum();
@@ -485,7 +506,7 @@ async fn emit(
 ) -> Result<bool, RunError> {
     let letters = std::mem::take(&mut emitted.dead_letters);
     if !letters.is_empty() {
-        cx.keep_letters(letters, input.into_iter().collect())?;
+        cx.keep_letters(letters, input.into_iter().collect(), stats)?;
     }
     merge(stats, std::mem::take(&mut emitted.counters));
     let mut envelopes = Vec::new();

@@ -186,6 +186,8 @@ impl PreparedRun {
             progress: request.progress,
             checkpoints,
             resume: request.resume,
+            dead_letters: None,
+            tenant: Some(tenant.name().to_owned()),
         };
         let result = exec::run_with(plan, &env, &options, control.clone()).await;
         if let Some(w) = watcher {

@@ -310,4 +310,31 @@ pub trait SinkConfig {
     /// # Errors
     /// A [`NodeError`] saying why, naming the file or key.
     fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError>;
+
+    /// Checks the schema of what the sink will receive, when the plan is built
+    /// (`weir validate` runs it): every column its table names (an entity, a
+    /// partition, a message key) is in `input` and of a type it can write, so
+    /// such a mistake fails before the run rather than at the first write.
+    /// `key` is the table's key path (`sink[0].redis`). Called only when the
+    /// plan knows the input's schema (not after a stage whose output is learned
+    /// from its first batch); the sink checks its first batch as well.
+    ///
+    /// The default accepts any input (a sink that writes whatever it gets).
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming the key and the column.
+    fn check_input(&self, key: &str, input: &arrow::datatypes::Schema) -> Result<(), NodeError> {
+        let _ = (key, input);
+        Ok(())
+    }
+}
+
+/// The names of `schema`'s columns, `a, b, c`: what a refusal of a column lists.
+pub fn column_list(schema: &arrow::datatypes::Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

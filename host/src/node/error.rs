@@ -32,7 +32,7 @@ pub enum Resource {
 }
 
 /// Whose fault an error is, without its details: what policies and metrics key on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "fault")]
 pub enum Fault {
     /// Bad input data.
@@ -57,6 +57,34 @@ pub enum Fault {
     Io,
     /// A bug in weir.
     Bug,
+}
+
+impl Fault {
+    /// A short stable name for counters and listings: `data`, `stage`,
+    /// `stage_trap`, `stage_transient`, `resource`, `service`,
+    /// `service_transient`, `config`, `io`, `bug`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Data => "data",
+            Self::Stage { trap: true, .. } => "stage_trap",
+            Self::Stage {
+                transient: true, ..
+            } => "stage_transient",
+            Self::Stage { .. } => "stage",
+            Self::Resource => "resource",
+            Self::Service { transient: true } => "service_transient",
+            Self::Service { .. } => "service",
+            Self::Config => "config",
+            Self::Io => "io",
+            Self::Bug => "bug",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why a node failed. The executor adds the node's name.
@@ -160,8 +188,31 @@ impl NodeError {
     }
 }
 
-/// An Arrow kernel refusing its input is a configuration mismatch: the plan let
-/// a type through that the kernel cannot take.
+impl NodeError {
+    /// An Arrow kernel's error, by whose fault it is. Called where a kernel runs
+    /// on the rows themselves (a cast, a comparison, arithmetic): the plan fixed
+    /// the types, so a cast that fails on a value (`"abc"` as an integer), a
+    /// parse error, a division by zero, an overflow or a computation refused for
+    /// a value is the data's fault ([`NodeError::Data`]), which a skip policy may
+    /// skip. Anything else (a type the kernel does not support, a schema that
+    /// does not fit, a bad argument) is the configuration's, as [`From`] says.
+    pub fn kernel(e: arrow::error::ArrowError) -> Self {
+        use arrow::error::ArrowError as A;
+        match e {
+            A::CastError(_)
+            | A::ParseError(_)
+            | A::ComputeError(_)
+            | A::DivideByZero
+            | A::ArithmeticOverflow(_) => Self::data(e.to_string()),
+            e => Self::from(e),
+        }
+    }
+}
+
+/// An Arrow error outside a kernel's work on values (building a batch, a
+/// schema, IPC) is a configuration mismatch: the plan let a type through that
+/// the call cannot take. Kernels running on values map theirs with
+/// [`NodeError::kernel`].
 impl From<arrow::error::ArrowError> for NodeError {
     fn from(e: arrow::error::ArrowError) -> Self {
         Self::Config(e.to_string())
@@ -209,5 +260,39 @@ mod tests {
         assert_eq!(e.fault(), Fault::Data);
         assert_eq!(e.to_string(), "`ts` is not an integer (row 3)");
         assert_eq!(NodeError::Bug("x".into()).fault(), Fault::Bug);
+    }
+
+    #[test]
+    fn a_kernel_refusing_a_value_is_a_data_fault() {
+        let strings: arrow::array::ArrayRef =
+            std::sync::Arc::new(arrow::array::StringArray::from(vec!["12", "abc"]));
+        let strict = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        let e = arrow::compute::cast_with_options(
+            &strings,
+            &arrow::datatypes::DataType::Int64,
+            &strict,
+        )
+        .unwrap_err();
+        let e = NodeError::kernel(e);
+        assert_eq!(e.fault(), Fault::Data);
+        assert_eq!(
+            e.to_string(),
+            "Cast error: Cannot cast string 'abc' to value of Int64 type"
+        );
+        let e = NodeError::kernel(arrow::error::ArrowError::DivideByZero);
+        assert_eq!(e.fault(), Fault::Data);
+        let e = NodeError::kernel(arrow::error::ArrowError::SchemaError("x".into()));
+        assert_eq!(e.fault(), Fault::Config);
+        assert_eq!(
+            Fault::Stage {
+                transient: false,
+                trap: true
+            }
+            .as_str(),
+            "stage_trap"
+        );
     }
 }

@@ -44,7 +44,10 @@ use arrow::datatypes::SchemaRef;
 
 pub use ack::{AckToken, CommitTracker, Position};
 pub use checkpoint::{Checkpoint, CheckpointStore};
-pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterStore, FileDeadLetters};
+pub use dead_letter::{
+    DeadLetter, DeadLetterError, DeadLetterRecord, DeadLetterStore, FileDeadLetters, LetterStamp,
+    Payload, WithExports,
+};
 pub use envelope::{Envelope, Meta, MetaSet};
 pub use error::{BoxError, Fault, NodeError, Resource};
 pub use lineage::{Lineage, LineageRecord, SourceSpan, StageLineage};
@@ -300,10 +303,18 @@ pub trait Operator: Send + 'static {
     /// `outputs`); the executor then holds every later batch to it. Default: the
     /// input's schema (operators that only select rows).
     ///
+    /// The plan calls it once, before the first batch, whenever the input's
+    /// schema is known then, and every batch that reaches the operator has that
+    /// schema: an operator binds its columns here (names to positions, output
+    /// types fixed), so a missing column fails `weir validate` rather than the
+    /// first batch. When the plan cannot know the input (it follows a stage whose
+    /// output is learned), it is not called and the operator binds to its first
+    /// batch instead.
+    ///
     /// # Errors
     /// [`NodeError::Config`] naming the column the operator needs and the input
     /// lacks, or its wrong type.
-    fn output_schema(&self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {
         Ok(Some(input.clone()))
     }
 

@@ -26,13 +26,13 @@
 //! JSON: this is how "missing label" rows are kept for inspection while "corrupt"
 //! ones are told apart by their reason.
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, Scalar};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, Scalar};
 use arrow::compute::kernels::{boolean, cmp};
 use arrow::compute::{cast, filter_record_batch, is_not_null};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use super::{ScalarValue, column, nulls_false};
+use super::{ScalarValue, nulls_false};
 use crate::batch::json::{JsonOptions, rows_as_objects};
 use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::{DeadLetter, Emitter, NodeError, Operator};
@@ -160,81 +160,192 @@ impl Predicate {
     /// # Errors
     /// [`NodeError::Config`] for a missing column or a value of the wrong type.
     pub fn eval(&self, batch: &RecordBatch) -> Result<BooleanArray, NodeError> {
+        self.bind(batch.schema_ref())?.eval(batch)
+    }
+
+    /// The predicate with its columns resolved against `schema`: each column
+    /// found and of a type the predicate can compare, each value cast to its
+    /// column's type once.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming the predicate and the column: missing, not
+    /// numeric for `range`, or a value that cannot be read as the column's type.
+    pub fn bind(&self, schema: &Schema) -> Result<Bound, NodeError> {
         let what = format!("filter {}", self.label());
-        let mask = match self {
+        let find = |name: &str| {
+            schema.index_of(name).map_err(|_| {
+                let have: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("`{}`", f.name()))
+                    .collect();
+                NodeError::Config(format!(
+                    "{what}: the input has no column `{name}` (it has {})",
+                    have.join(", ")
+                ))
+            })
+        };
+        let scalar = |col: usize, v: &ScalarValue| {
+            v.to_array(schema.field(col).data_type())
+                .map(Scalar::new)
+                .map_err(|e| NodeError::Config(format!("{what}: {e}")))
+        };
+        Ok(match self {
             Self::NotNull(cols) => {
-                let mut m = BooleanArray::from(vec![true; batch.num_rows()]);
-                for c in cols {
-                    m = boolean::and(&m, &is_not_null(column(batch, c, &what)?)?)?;
-                }
-                m
+                Bound::NotNull(cols.iter().map(|c| find(c)).collect::<Result<_, _>>()?)
             }
             Self::Range(r) => {
-                let col = column(batch, &r.column, &what)?;
-                if !col.data_type().is_numeric() && !col.data_type().is_temporal() {
+                let col = find(&r.column)?;
+                let t = schema.field(col).data_type();
+                if !t.is_numeric() && !t.is_temporal() {
                     return Err(NodeError::Config(format!(
-                        "{what}: column `{}` is {}, not numeric",
-                        r.column,
-                        col.data_type()
+                        "{what}: column `{}` is {t}, not numeric",
+                        r.column
                     )));
                 }
-                let x = cast(col, &DataType::Float64)?;
-                let mut m = BooleanArray::from(vec![true; batch.num_rows()]);
-                if let Some(lo) = r.min {
-                    let s = Scalar::new(arrow::array::Float64Array::from(vec![lo]));
-                    let c = if r.min_inclusive {
-                        cmp::gt_eq(&x, &s)?
-                    } else {
-                        cmp::gt(&x, &s)?
-                    };
-                    m = boolean::and(&m, &nulls_false(&c))?;
+                Bound::Range {
+                    col,
+                    min: r.min.map(|v| (v, r.min_inclusive)),
+                    max: r.max.map(|v| (v, r.max_inclusive)),
                 }
-                if let Some(hi) = r.max {
-                    let s = Scalar::new(arrow::array::Float64Array::from(vec![hi]));
-                    let c = if r.max_inclusive {
-                        cmp::lt_eq(&x, &s)?
-                    } else {
-                        cmp::lt(&x, &s)?
-                    };
-                    m = boolean::and(&m, &nulls_false(&c))?;
-                }
-                m
             }
             Self::In(i) => {
-                let col = column(batch, &i.column, &what)?;
-                let mut m = BooleanArray::from(vec![false; batch.num_rows()]);
-                for v in &i.values {
-                    m = boolean::or(&m, &nulls_false(&equals(col, v, &what)?))?;
+                let col = find(&i.column)?;
+                Bound::In {
+                    col,
+                    values: i
+                        .values
+                        .iter()
+                        .map(|v| scalar(col, v))
+                        .collect::<Result<_, _>>()?,
+                }
+            }
+            Self::Equals(e) => {
+                let col = find(&e.column)?;
+                Bound::Equals {
+                    col,
+                    value: scalar(col, &e.value)?,
+                }
+            }
+            Self::All(ps) => Bound::All(
+                ps.iter()
+                    .map(|p| p.bind(schema))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Self::Any(ps) => Bound::Any(
+                ps.iter()
+                    .map(|p| p.bind(schema))
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+}
+
+/// A [`Predicate`] bound to an input schema ([`Predicate::bind`]): columns by
+/// position, values already of their column's type.
+#[derive(Debug)]
+pub enum Bound {
+    /// Every listed column is non-null.
+    NotNull(Vec<usize>),
+    /// A numeric column within bounds (value, inclusive).
+    Range {
+        /// The column.
+        col: usize,
+        /// Lower bound and whether it passes.
+        min: Option<(f64, bool)>,
+        /// Upper bound and whether it passes.
+        max: Option<(f64, bool)>,
+    },
+    /// A column equal to one of the values.
+    In {
+        /// The column.
+        col: usize,
+        /// The values, of the column's type.
+        values: Vec<Scalar<ArrayRef>>,
+    },
+    /// A column equal to the value.
+    Equals {
+        /// The column.
+        col: usize,
+        /// The value, of the column's type.
+        value: Scalar<ArrayRef>,
+    },
+    /// Every nested predicate holds.
+    All(Vec<Bound>),
+    /// At least one nested predicate holds.
+    Any(Vec<Bound>),
+}
+
+impl Bound {
+    /// The rows of `batch` (of the schema it was bound to) that match, as a
+    /// mask without nulls.
+    ///
+    /// # Errors
+    /// A kernel refusing a value ([`NodeError::kernel`]).
+    pub fn eval(&self, batch: &RecordBatch) -> Result<BooleanArray, NodeError> {
+        let k = NodeError::kernel;
+        let n = batch.num_rows();
+        let mask = match self {
+            Self::NotNull(cols) => {
+                let mut m = BooleanArray::from(vec![true; n]);
+                for &c in cols {
+                    m = boolean::and(&m, &is_not_null(batch.column(c)).map_err(k)?).map_err(k)?;
                 }
                 m
             }
-            Self::Equals(e) => {
-                nulls_false(&equals(column(batch, &e.column, &what)?, &e.value, &what)?)
+            Self::Range { col, min, max } => {
+                let x = cast(batch.column(*col), &DataType::Float64).map_err(k)?;
+                let mut m = BooleanArray::from(vec![true; n]);
+                if let Some((lo, inclusive)) = *min {
+                    let s = Scalar::new(arrow::array::Float64Array::from(vec![lo]));
+                    let c = if inclusive {
+                        cmp::gt_eq(&x, &s)
+                    } else {
+                        cmp::gt(&x, &s)
+                    }
+                    .map_err(k)?;
+                    m = boolean::and(&m, &nulls_false(&c)).map_err(k)?;
+                }
+                if let Some((hi, inclusive)) = *max {
+                    let s = Scalar::new(arrow::array::Float64Array::from(vec![hi]));
+                    let c = if inclusive {
+                        cmp::lt_eq(&x, &s)
+                    } else {
+                        cmp::lt(&x, &s)
+                    }
+                    .map_err(k)?;
+                    m = boolean::and(&m, &nulls_false(&c)).map_err(k)?;
+                }
+                m
+            }
+            Self::In { col, values } => {
+                let mut m = BooleanArray::from(vec![false; n]);
+                for v in values {
+                    let c = cmp::eq(batch.column(*col), v).map_err(k)?;
+                    m = boolean::or(&m, &nulls_false(&c)).map_err(k)?;
+                }
+                m
+            }
+            Self::Equals { col, value } => {
+                nulls_false(&cmp::eq(batch.column(*col), value).map_err(k)?)
             }
             Self::All(ps) => {
-                let mut m = BooleanArray::from(vec![true; batch.num_rows()]);
+                let mut m = BooleanArray::from(vec![true; n]);
                 for p in ps {
-                    m = boolean::and(&m, &p.eval(batch)?)?;
+                    m = boolean::and(&m, &p.eval(batch)?).map_err(k)?;
                 }
                 m
             }
             Self::Any(ps) => {
-                let mut m = BooleanArray::from(vec![false; batch.num_rows()]);
+                let mut m = BooleanArray::from(vec![false; n]);
                 for p in ps {
-                    m = boolean::or(&m, &p.eval(batch)?)?;
+                    m = boolean::or(&m, &p.eval(batch)?).map_err(k)?;
                 }
                 m
             }
         };
         Ok(nulls_false(&mask))
     }
-}
-
-fn equals(col: &ArrayRef, v: &ScalarValue, what: &str) -> Result<BooleanArray, NodeError> {
-    let value = v
-        .to_array(col.data_type())
-        .map_err(|e| NodeError::Config(format!("{what}: {e}")))?;
-    Ok(cmp::eq(col, &Scalar::new(value))?)
 }
 
 fn check_list(key: &str, list: &[Predicate]) -> Result<(), SpecError> {
@@ -258,6 +369,9 @@ pub struct FilterOp {
     dead_letter: bool,
     /// Rows seen so far, for dead letters' positions.
     seen: u64,
+    /// The predicates bound to the input: by the plan when it knows the
+    /// input's schema, else to the first batch.
+    bound: Option<(SchemaRef, Vec<Bound>)>,
 }
 
 impl FilterOp {
@@ -290,17 +404,43 @@ impl FilterOp {
             labels,
             dead_letter: spec.dead_letter,
             seen: 0,
+            bound: None,
         })
     }
 }
 
+impl FilterOp {
+    /// Binds every predicate to `schema`, unless it is bound to it already.
+    fn bind(&mut self, schema: &SchemaRef) -> Result<&[Bound], NodeError> {
+        let fresh = match &self.bound {
+            Some((s, _)) => !crate::node::schema::matches(s, schema),
+            None => true,
+        };
+        if fresh {
+            let bound = self
+                .predicates
+                .iter()
+                .map(|p| p.bind(schema))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.bound = Some((schema.clone(), bound));
+        }
+        Ok(self.bound.as_ref().map_or(&[], |(_, b)| b.as_slice()))
+    }
+}
+
 impl Operator for FilterOp {
+    /// The input's schema, once every predicate's columns are found in it.
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {
+        self.bind(input)?;
+        Ok(Some(input.clone()))
+    }
+
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
         let n = batch.num_rows();
         let first = self.seen;
         self.seen += n as u64;
         let masks = self
-            .predicates
+            .bind(batch.schema_ref())?
             .iter()
             .map(|p| p.eval(&batch))
             .collect::<Result<Vec<_>, _>>()?;
@@ -350,6 +490,7 @@ impl Operator for FilterOp {
                     letters.push((
                         i,
                         DeadLetter {
+                            fault: crate::node::Fault::Data,
                             reason: reason.clone(),
                             detail: format!("row failed `{}`", &reason["filter:".len()..]),
                             position: format!("row {}", first + i as u64),

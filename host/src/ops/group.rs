@@ -43,12 +43,65 @@ pub struct GroupOperator {
     memory: RunMemory,
     reservation: Reservation,
     batch_rows: usize,
-    input: Option<SchemaRef>,
-    output: Option<SchemaRef>,
-    key_cols: Vec<usize>,
+    /// The input's schema, the output's and the key columns: fixed by the plan
+    /// when it knows the input, else by the first batch.
+    bound: Option<Bound>,
     buffered: Vec<RecordBatch>,
     partitions: Vec<(std::path::PathBuf, Writer)>,
     emit: Emit,
+}
+
+/// What a group binds to its input: cheap to clone (two `Arc`s and the key
+/// positions), so each call takes its own copy while it changes the operator.
+#[derive(Clone)]
+struct Bound {
+    input: SchemaRef,
+    output: SchemaRef,
+    key_cols: Vec<usize>,
+}
+
+impl Bound {
+    /// The group of `spec` over `input`: its key columns found, its aggregates
+    /// typed.
+    fn new(spec: &GroupSpec, input: &SchemaRef) -> Result<Self, NodeError> {
+        let mut fields: Vec<Field> = Vec::new();
+        let mut key_cols = Vec::new();
+        for k in &spec.by {
+            let i = input.index_of(k).map_err(|_| {
+                NodeError::Config(format!(
+                    "key `{k}` is not a column of the input (it has: {})",
+                    column_names(input)
+                ))
+            })?;
+            key_cols.push(i);
+            fields.push(input.field(i).clone().with_nullable(true));
+        }
+        fields.extend(Aggregates::new(&spec.aggregates, input)?.fields());
+        Ok(Self {
+            input: input.clone(),
+            output: Arc::new(Schema::new(fields)),
+            key_cols,
+        })
+    }
+
+    fn converter(&self) -> Result<RowConverter, NodeError> {
+        Ok(RowConverter::new(
+            self.key_cols
+                .iter()
+                .map(|&i| SortField::new(self.input.field(i).data_type().clone()))
+                .collect(),
+        )?)
+    }
+}
+
+/// `a, b, c`: the columns of `schema`, for errors.
+fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 enum Emit {
@@ -68,53 +121,33 @@ impl GroupOperator {
             spec,
             memory,
             batch_rows: batch_rows.max(1),
-            input: None,
-            output: None,
-            key_cols: Vec::new(),
+            bound: None,
             buffered: Vec::new(),
             partitions: Vec::new(),
             emit: Emit::Pending,
         }
     }
 
-    fn init(&mut self, schema: &SchemaRef) -> Result<(), NodeError> {
-        let mut fields: Vec<Field> = Vec::new();
-        for k in &self.spec.by {
-            let i = schema.index_of(k).map_err(|_| {
-                NodeError::Config(format!(
-                    "{}: key `{k}` is not a column of the input",
-                    self.name
-                ))
-            })?;
-            self.key_cols.push(i);
-            fields.push(schema.field(i).clone().with_nullable(true));
+    /// Binds to `schema` unless bound already, and returns the binding.
+    fn bind(&mut self, schema: &SchemaRef) -> Result<Bound, NodeError> {
+        match &self.bound {
+            Some(b) => Ok(b.clone()),
+            None => {
+                let b = Bound::new(&self.spec, schema)?;
+                self.bound = Some(b.clone());
+                Ok(b)
+            }
         }
-        let aggs = Aggregates::new(&self.spec.aggregates, schema)?;
-        fields.extend(aggs.fields());
-        self.output = Some(Arc::new(Schema::new(fields)));
-        self.input = Some(schema.clone());
-        Ok(())
-    }
-
-    fn converter(&self) -> Result<RowConverter, NodeError> {
-        let schema = self.input.as_ref().expect("initialised");
-        Ok(RowConverter::new(
-            self.key_cols
-                .iter()
-                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                .collect(),
-        )?)
     }
 
     /// Aggregates `batches` (all rows of the keys they hold) into one batch sorted by key.
-    fn aggregate(&self, batches: &[RecordBatch]) -> Result<RecordBatch, NodeError> {
-        let schema = self.input.as_ref().expect("initialised");
-        let converter = self.converter()?;
-        let mut aggs = Aggregates::new(&self.spec.aggregates, schema)?;
+    fn aggregate(&self, b: &Bound, batches: &[RecordBatch]) -> Result<RecordBatch, NodeError> {
+        let converter = b.converter()?;
+        let mut aggs = Aggregates::new(&self.spec.aggregates, &b.input)?;
         let mut slot_of: HashMap<Box<[u8]>, usize> = HashMap::default();
         let mut keys = converter.empty_rows(0, 0);
         for batch in batches {
-            let cols: Vec<ArrayRef> = self
+            let cols: Vec<ArrayRef> = b
                 .key_cols
                 .iter()
                 .map(|&i| batch.column(i).clone())
@@ -140,17 +173,19 @@ impl GroupOperator {
         order.sort_by(|&a, &b| keys.row(a).cmp(&keys.row(b)));
         let mut columns = converter.convert_rows(order.iter().map(|&s| keys.row(s)))?;
         columns.extend(aggs.emit(&order)?);
-        Ok(RecordBatch::try_new(
-            self.output.clone().expect("initialised"),
-            columns,
-        )?)
+        Ok(RecordBatch::try_new(b.output.clone(), columns)?)
     }
 
     /// Row indices of `batch` per partition, by a hash of the key seeded with
     /// `depth` (0 for the first split, 1, 2, … for re-splits of one partition).
-    fn partition_of(&self, batch: &RecordBatch, depth: u32) -> Result<Vec<Vec<u32>>, NodeError> {
-        let converter = self.converter()?;
-        let cols: Vec<ArrayRef> = self
+    fn partition_of(
+        &self,
+        b: &Bound,
+        batch: &RecordBatch,
+        depth: u32,
+    ) -> Result<Vec<Vec<u32>>, NodeError> {
+        let converter = b.converter()?;
+        let cols: Vec<ArrayRef> = b
             .key_cols
             .iter()
             .map(|&i| batch.column(i).clone())
@@ -173,11 +208,12 @@ impl GroupOperator {
     /// Appends each row of `batch` to its partition's file.
     fn write_split(
         &self,
+        b: &Bound,
         batch: &RecordBatch,
         depth: u32,
         writers: &mut [(std::path::PathBuf, Writer)],
     ) -> Result<(), NodeError> {
-        let parts = self.partition_of(batch, depth)?;
+        let parts = self.partition_of(b, batch, depth)?;
         for (p, rows) in parts.into_iter().enumerate() {
             if rows.is_empty() {
                 continue;
@@ -188,16 +224,15 @@ impl GroupOperator {
         Ok(())
     }
 
-    fn write_partitioned(&mut self, batch: &RecordBatch) -> Result<(), NodeError> {
+    fn write_partitioned(&mut self, b: &Bound, batch: &RecordBatch) -> Result<(), NodeError> {
         let mut writers = std::mem::take(&mut self.partitions);
-        let written = self.write_split(batch, 0, &mut writers);
+        let written = self.write_split(b, batch, 0, &mut writers);
         self.partitions = writers;
         written
     }
 
     /// One new spill file per partition.
-    fn open_partitions(&self) -> Result<Vec<(std::path::PathBuf, Writer)>, NodeError> {
-        let schema = self.input.clone().expect("initialised");
+    fn open_partitions(&self, b: &Bound) -> Result<Vec<(std::path::PathBuf, Writer)>, NodeError> {
         (0..self.spec.partitions.get())
             .map(|_| {
                 let path = self.memory.spill.new_file(&self.name);
@@ -207,17 +242,17 @@ impl GroupOperator {
                 })?;
                 let w = StreamWriter::try_new(
                     std::io::BufWriter::with_capacity(1 << 16, file),
-                    &schema,
+                    &b.input,
                 )?;
                 Ok((path, w))
             })
             .collect()
     }
 
-    fn start_spilling(&mut self) -> Result<(), NodeError> {
-        self.partitions = self.open_partitions()?;
+    fn start_spilling(&mut self, b: &Bound) -> Result<(), NodeError> {
+        self.partitions = self.open_partitions(b)?;
         for batch in std::mem::take(&mut self.buffered) {
-            self.write_partitioned(&batch)?;
+            self.write_partitioned(b, &batch)?;
         }
         self.reservation.free();
         Ok(())
@@ -232,6 +267,7 @@ impl GroupOperator {
     /// by then the rows of a few keys alone exceed the budget.
     fn aggregate_partition(
         &mut self,
+        b: &Bound,
         path: std::path::PathBuf,
         depth: u32,
         runs: &mut Vec<std::path::PathBuf>,
@@ -253,21 +289,21 @@ impl GroupOperator {
                 });
             }
             out.count("partition_splits", 1);
-            let mut writers = self.open_partitions()?;
+            let mut writers = self.open_partitions(b)?;
             let reader = external::open_run(&path)?;
             for batch in reader {
-                self.write_split(&batch?, depth + 1, &mut writers)?;
+                self.write_split(b, &batch?, depth + 1, &mut writers)?;
             }
             let _ = std::fs::remove_file(&path);
             for (sub, mut w) in writers {
                 w.finish()?;
                 drop(w);
-                self.aggregate_partition(sub, depth + 1, runs, out)?;
+                self.aggregate_partition(b, sub, depth + 1, runs, out)?;
             }
             return Ok(());
         }
         let batches = read_run(&path)?;
-        let result = self.aggregate(&batches)?;
+        let result = self.aggregate(b, &batches)?;
         drop(batches);
         self.reservation.free();
         if result.num_rows() == 0 {
@@ -277,11 +313,10 @@ impl GroupOperator {
             .step_by(external::SPILL_BATCH_ROWS)
             .map(|o| result.slice(o, external::SPILL_BATCH_ROWS.min(result.num_rows() - o)))
             .collect();
-        let output = self.output.clone().expect("initialised");
         runs.push(external::write_run(
             &self.memory.spill,
             &self.name,
-            &output,
+            &b.output,
             chunks.into_iter().map(Ok),
         )?);
         Ok(())
@@ -302,13 +337,10 @@ fn file_len(path: &std::path::Path) -> Result<usize, NodeError> {
 }
 
 impl Operator for GroupOperator {
-    /// Learned from the first output batch: the aggregates' output types are
-    /// fixed when the first input arrives.
-    fn output_schema(
-        &self,
-        _input: &arrow::datatypes::SchemaRef,
-    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
-        Ok(None)
+    /// The key columns (nullable), then one column per aggregate: bound here,
+    /// so a key or an aggregate's column the input lacks fails the plan.
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {
+        Ok(Some(self.bind(input)?.output))
     }
 
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
@@ -316,9 +348,7 @@ impl Operator for GroupOperator {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.input.is_none() {
-            self.init(&batch.schema())?;
-        }
+        let b = self.bind(batch.schema_ref())?;
         if self.partitions.is_empty() {
             if self
                 .reservation
@@ -330,17 +360,21 @@ impl Operator for GroupOperator {
             }
             tracing::debug!(node = %self.name, "memory budget reached; spilling partitions");
             out.count("spill_files", self.spec.partitions.get() as u64);
-            self.start_spilling()?;
+            self.start_spilling(&b)?;
         }
-        self.write_partitioned(&batch)
+        self.write_partitioned(&b, &batch)
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
-        if self.input.is_none() {
+        let Some(b) = self.bound.clone() else {
+            // Neither the plan nor a batch bound it: no input, no output.
+            return Ok(());
+        };
+        if self.buffered.is_empty() && self.partitions.is_empty() {
             return Ok(());
         }
         if self.partitions.is_empty() {
-            let all = self.aggregate(&self.buffered)?;
+            let all = self.aggregate(&b, &self.buffered)?;
             let batches: Vec<RecordBatch> = (0..all.num_rows())
                 .step_by(self.batch_rows)
                 .map(|o| all.slice(o, self.batch_rows.min(all.num_rows() - o)))
@@ -350,32 +384,17 @@ impl Operator for GroupOperator {
             self.emit = Emit::Batches(batches.into_iter());
             return Ok(());
         }
-        let output = self.output.clone().expect("initialised");
         let mut runs = Vec::new();
         for (path, mut w) in std::mem::take(&mut self.partitions) {
             w.finish()?;
             drop(w);
-            self.aggregate_partition(path, 0, &mut runs, out)?;
+            self.aggregate_partition(&b, path, 0, &mut runs, out)?;
         }
-        let fields = self
-            .key_cols
-            .iter()
-            .map(|&i| {
-                SortField::new(
-                    self.input
-                        .as_ref()
-                        .expect("initialised")
-                        .field(i)
-                        .data_type()
-                        .clone(),
-                )
-            })
-            .collect();
-        let key_cols: Vec<usize> = (0..self.key_cols.len()).collect();
+        let key_cols: Vec<usize> = (0..b.key_cols.len()).collect();
         self.emit = Emit::Merge(Merger::open(
             runs,
-            output,
-            RowConverter::new(fields)?,
+            b.output.clone(),
+            b.converter()?,
             key_cols,
         )?);
         Ok(())

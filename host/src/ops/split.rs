@@ -133,7 +133,7 @@ impl SplitOp {
 impl Operator for SplitOp {
     /// Learned from the first output batch (the split column is added there).
     fn output_schema(
-        &self,
+        &mut self,
         _input: &arrow::datatypes::SchemaRef,
     ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
         Ok(None)

@@ -83,13 +83,15 @@ pub enum PlanError {
     /// A stage failed to start (`init` refused its parameters, or trapped).
     #[error(transparent)]
     Start(#[from] StageFailure),
-    /// A source or sink could not be opened.
-    #[error("`{node}`: {message}")]
+    /// A node could not be built or opened (a file, a component in the store,
+    /// the spill directory).
+    #[error("`{node}`: {error}")]
     Open {
-        /// The node.
+        /// The node (the pipeline, for what the run as a whole needs).
         node: String,
-        /// Why.
-        message: String,
+        /// Why, with whose fault it is ([`NodeError::fault`]).
+        #[source]
+        error: NodeError,
     },
     /// A node's input does not have what it needs (a column, a type), or the
     /// inputs of a fan-in differ.
@@ -100,6 +102,23 @@ pub enum PlanError {
         /// Why, naming the column.
         error: NodeError,
     },
+}
+
+impl PlanError {
+    /// Whose fault it is: the spec's, a stage's for a component refused or
+    /// failing at `init`, or the node's own for one not opened
+    /// ([`NodeError::fault`]).
+    pub fn fault(&self) -> crate::node::Fault {
+        use crate::node::Fault;
+        match self {
+            Self::Spec(_) | Self::Build { .. } => Fault::Config,
+            Self::Load { .. } | Self::Start(_) => Fault::Stage {
+                transient: false,
+                trap: false,
+            },
+            Self::Open { error, .. } | Self::Schema { error, .. } => error.fault(),
+        }
+    }
 }
 
 pub use crate::node::config::{SinkNode, SourceNode};
@@ -152,7 +171,10 @@ impl Plan {
         )
         .map_err(|e| PlanError::Open {
             node: spec.name.clone(),
-            message: format!("spill directory: {e}"),
+            error: NodeError::io(
+                format!("spill directory under {}", env.data_dir.display()),
+                e,
+            ),
         })?;
         for node in &dag.nodes {
             let i = node.index;
@@ -171,9 +193,9 @@ impl Plan {
                 memory: &memory,
                 data_dir: &env.data_dir,
             };
-            let open = |e: NodeError| PlanError::Open {
+            let open = |error: NodeError| PlanError::Open {
                 node: name.clone(),
-                message: e.to_string(),
+                error,
             };
             let built = match node.kind {
                 NodeKind::Source => {
@@ -193,7 +215,7 @@ impl Plan {
             };
             nodes.push(built);
         }
-        let schemas = schemas(&dag, &nodes)?;
+        let schemas = schemas(&spec, &dag, &mut nodes)?;
         Ok(Self {
             spec,
             dag,
@@ -205,8 +227,15 @@ impl Plan {
     }
 }
 
-/// Each node's output schema from its inputs', in topological order.
-fn schemas(dag: &Dag, nodes: &[NodeImpl]) -> Result<Vec<Option<SchemaRef>>, PlanError> {
+/// Each node's output schema from its inputs', in topological order. Each
+/// operator whose input is known binds to it ([`Operator::output_schema`]); each
+/// sink whose input is known checks the columns its table names
+/// ([`crate::node::config::SinkConfig::check_input`]).
+fn schemas(
+    spec: &PipelineSpec,
+    dag: &Dag,
+    nodes: &mut [NodeImpl],
+) -> Result<Vec<Option<SchemaRef>>, PlanError> {
     let mut out: Vec<Option<SchemaRef>> = Vec::with_capacity(nodes.len());
     for (node, imp) in dag.nodes.iter().zip(nodes) {
         let schema_err = |error: NodeError| PlanError::Schema {
@@ -237,7 +266,17 @@ fn schemas(dag: &Dag, nodes: &[NodeImpl]) -> Result<Vec<Option<SchemaRef>>, Plan
                 Some(i) => op.output_schema(i).map_err(schema_err)?,
                 None => None,
             },
-            NodeImpl::Sink(_) => None,
+            NodeImpl::Sink(_) => {
+                if let Some(i) = &input {
+                    let sink = &spec.sinks[node.index];
+                    let key = format!("sink[{}].{}", node.index, sink.kind.table());
+                    sink.kind
+                        .config()
+                        .check_input(&key, i)
+                        .map_err(schema_err)?;
+                }
+                None
+            }
         });
     }
     Ok(out)
@@ -269,7 +308,7 @@ fn build_wasm(
     };
     let open = |message: String| PlanError::Open {
         node: name.to_owned(),
-        message,
+        error: NodeError::Config(message),
     };
     let loaded = match w.component.as_deref().and_then(std::path::Path::to_str) {
         Some(r) if crate::store::is_reference(r) => {
@@ -306,3 +345,6 @@ fn build_wasm(
     let op = Box::new(WasmOperator::new(stage).with_shadow(shadow));
     Ok((op, component.digest().to_owned()))
 }
+
+#[cfg(test)]
+mod tests;

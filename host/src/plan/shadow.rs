@@ -24,7 +24,7 @@ pub fn build(
     };
     let open = |message: String| PlanError::Open {
         node: name.to_owned(),
-        message: format!("shadow: {message}"),
+        error: crate::node::NodeError::Config(format!("shadow: {message}")),
     };
     let loaded;
     let component = match shadow.component.as_deref() {

@@ -364,6 +364,7 @@ impl Source for CsvSource {
             let mut letter = |reason: String, detail: String, open: &mut Open| {
                 let end = open.reader.position().byte();
                 out.dead_letter(DeadLetter {
+                    fault: crate::node::Fault::Data,
                     reason,
                     detail,
                     position: format!("{name}:{line}"),

@@ -161,6 +161,28 @@ impl SinkConfig for JetStreamSinkSpec {
             cx.name,
         ))))
     }
+
+    /// The columns of `id = { key = […] }` and of `columns` are in the input.
+    fn check_input(&self, key: &str, input: &arrow::datatypes::Schema) -> Result<(), NodeError> {
+        let named = |what: &str, cols: &[String]| {
+            for c in cols {
+                if input.field_with_name(c).is_err() {
+                    return Err(NodeError::config(format!(
+                        "`{key}.{what}`: column `{c}` is not in the input (columns: {})",
+                        crate::node::config::column_list(input)
+                    )));
+                }
+            }
+            Ok(())
+        };
+        if let MsgId::Key(cols) = &self.id {
+            named("id.key", cols)?;
+        }
+        if let Some(cols) = &self.columns {
+            named("columns", cols)?;
+        }
+        Ok(())
+    }
 }
 
 /// The connection, made on the first write.

@@ -713,6 +713,7 @@ impl JetStreamSource {
                 skipped += 1;
             } else if g.delivered >= max_deliver {
                 out.dead_letter(DeadLetter {
+                    fault: crate::node::Fault::Data,
                     reason: "max_deliver".into(),
                     detail: format!(
                         "delivered {} times (max_deliver = {max_deliver}) without its position being committed",
@@ -723,6 +724,7 @@ impl JetStreamSource {
                 });
             } else if g.payload.iter().all(u8::is_ascii_whitespace) {
                 out.dead_letter(DeadLetter {
+                    fault: crate::node::Fault::Data,
                     reason: "empty".into(),
                     detail: "the message has no payload".into(),
                     position: format!("{stream}:{}", g.seq),

@@ -346,6 +346,7 @@ pub fn parse_records<'a>(
             continue;
         }
         let letter = |reason: String, detail: String| DeadLetter {
+            fault: crate::node::Fault::Data,
             reason,
             detail,
             position: position(i),

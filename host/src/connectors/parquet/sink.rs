@@ -801,4 +801,24 @@ impl crate::node::config::SinkConfig for ParquetSinkSpec {
         let sink = ParquetSink::create(self, cx.resolve(&self.path))?;
         Ok(crate::node::config::SinkNode::Sync(Box::new(sink)))
     }
+
+    /// The `partition_by` column is in the input and can name a directory.
+    fn check_input(&self, key: &str, input: &arrow::datatypes::Schema) -> Result<(), NodeError> {
+        let Some(column) = &self.partition_by else {
+            return Ok(());
+        };
+        let field = input.field_with_name(column).map_err(|_| {
+            NodeError::config(format!(
+                "`{key}.partition_by`: column `{column}` is not in the input (columns: {})",
+                crate::node::config::column_list(input)
+            ))
+        })?;
+        if !arrow::compute::can_cast_types(field.data_type(), &DataType::Utf8) {
+            return Err(NodeError::config(format!(
+                "`{key}.partition_by`: column `{column}` is {}, which cannot name a directory",
+                field.data_type()
+            )));
+        }
+        Ok(())
+    }
 }

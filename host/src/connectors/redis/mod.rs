@@ -366,85 +366,13 @@ impl RedisSink {
         if self.bound.as_ref().is_some_and(|b| b.schema == *schema) {
             return Ok(());
         }
-        let key = &self.key;
-        let names = || {
-            schema
-                .fields()
-                .iter()
-                .map(|f| f.name().as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let find = |field: &str, name: &str| {
-            schema.index_of(name).map_err(|_| {
-                NodeError::config(format!(
-                    "`{key}.{field}`: column `{name}` is not in the input (columns: {})",
-                    names()
-                ))
-            })
-        };
-        let entity = find("entity", &self.spec.entity)?;
-        let event_time = find("event_time", &self.spec.event_time)?;
-        let features: Vec<(usize, String)> = match &self.spec.features {
-            Some(list) => list
-                .iter()
-                .map(|n| Ok((find("features", n)?, n.clone())))
-                .collect::<Result<_, NodeError>>()?,
-            None => schema
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != entity && *i != event_time)
-                .map(|(i, f)| (i, f.name().clone()))
-                .collect(),
-        };
-        if features.len() > MAX_FEATURES {
-            return Err(NodeError::config(format!(
-                "`{key}`: {} features; at most {MAX_FEATURES} fit one vector",
-                features.len()
-            )));
-        }
+        let (entity, event_time, features) = resolve_columns(&self.key, &self.spec, schema)?;
         let mut schema_cmd = redis::cmd("HSET");
         schema_cmd.arg(&self.spec.prefix);
         for (i, name) in &features {
-            if name == EVENT_TIME_FIELD || name == LINEAGE_FIELD {
-                return Err(NodeError::config(format!(
-                    "`{key}`: column `{name}` has the name of the sink's own field; rename it or list `features`"
-                )));
-            }
-            let t = schema.field(*i).data_type();
-            let type_name = encode::type_name(t).ok_or_else(|| {
-                NodeError::config(format!(
-                    "`{key}`: column `{name}` is {t}, which the Redis sink cannot store (see the encoding table in docs/redis.md)"
-                ))
-            })?;
+            // Checked by `resolve_columns`: every feature's type has a name.
+            let type_name = encode::type_name(schema.field(*i).data_type()).unwrap_or_default();
             schema_cmd.arg(name).arg(type_name);
-        }
-        // The types themselves are checked again as each batch is encoded.
-        for col in [entity, event_time] {
-            let t = schema.field(col).data_type();
-            let ok = if col == entity {
-                matches!(encode::type_name(t), Some("string" | "int" | "uint"))
-            } else {
-                matches!(
-                    t,
-                    arrow::datatypes::DataType::Int64 | arrow::datatypes::DataType::Timestamp(..)
-                )
-            };
-            if !ok {
-                let (field, want) = if col == entity {
-                    ("entity", "a string or integer column")
-                } else {
-                    (
-                        "event_time",
-                        "a timestamp or an Int64 of epoch milliseconds",
-                    )
-                };
-                return Err(NodeError::config(format!(
-                    "`{key}.{field}`: column `{}` is {t}; it must be {want}",
-                    schema.field(col).name()
-                )));
-            }
         }
         self.bound = Some(Bound {
             schema: schema.clone(),
@@ -758,6 +686,96 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The entity, event-time and feature columns of `schema` for the sink of
+/// `spec` at key path `key`, each found and of a type the sink can store.
+///
+/// # Errors
+/// [`NodeError::Config`] naming the key and the column: missing, of a type the
+/// sink cannot store, or named like one of the sink's own fields.
+fn resolve_columns(
+    key: &str,
+    spec: &RedisSinkSpec,
+    schema: &arrow::datatypes::Schema,
+) -> Result<(usize, usize, Vec<(usize, String)>), NodeError> {
+    let names = || {
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let find = |field: &str, name: &str| {
+        schema.index_of(name).map_err(|_| {
+            NodeError::config(format!(
+                "`{key}.{field}`: column `{name}` is not in the input (columns: {})",
+                names()
+            ))
+        })
+    };
+    let entity = find("entity", &spec.entity)?;
+    let event_time = find("event_time", &spec.event_time)?;
+    let features: Vec<(usize, String)> = match &spec.features {
+        Some(list) => list
+            .iter()
+            .map(|n| Ok((find("features", n)?, n.clone())))
+            .collect::<Result<_, NodeError>>()?,
+        None => schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != entity && *i != event_time)
+            .map(|(i, f)| (i, f.name().clone()))
+            .collect(),
+    };
+    if features.len() > MAX_FEATURES {
+        return Err(NodeError::config(format!(
+            "`{key}`: {} features; at most {MAX_FEATURES} fit one vector",
+            features.len()
+        )));
+    }
+    for (i, name) in &features {
+        if name == EVENT_TIME_FIELD || name == LINEAGE_FIELD {
+            return Err(NodeError::config(format!(
+                "`{key}`: column `{name}` has the name of the sink's own field; rename it or list `features`"
+            )));
+        }
+        let t = schema.field(*i).data_type();
+        if encode::type_name(t).is_none() {
+            return Err(NodeError::config(format!(
+                "`{key}`: column `{name}` is {t}, which the Redis sink cannot store (see the encoding table in docs/redis.md)"
+            )));
+        }
+    }
+    // The types themselves are checked again as each batch is encoded.
+    for col in [entity, event_time] {
+        let t = schema.field(col).data_type();
+        let ok = if col == entity {
+            matches!(encode::type_name(t), Some("string" | "int" | "uint"))
+        } else {
+            matches!(
+                t,
+                arrow::datatypes::DataType::Int64 | arrow::datatypes::DataType::Timestamp(..)
+            )
+        };
+        if !ok {
+            let (field, want) = if col == entity {
+                ("entity", "a string or integer column")
+            } else {
+                (
+                    "event_time",
+                    "a timestamp or an Int64 of epoch milliseconds",
+                )
+            };
+            return Err(NodeError::config(format!(
+                "`{key}.{field}`: column `{}` is {t}; it must be {want}",
+                schema.field(col).name()
+            )));
+        }
+    }
+    Ok((entity, event_time, features))
+}
+
 impl SinkConfig for RedisSinkSpec {
     fn check(&self, key: &str) -> Result<(), SpecError> {
         RedisSink::new(key, self).map(drop)
@@ -766,6 +784,11 @@ impl SinkConfig for RedisSinkSpec {
     /// Connects on the first batch, not here.
     fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError> {
         Ok(SinkNode::Async(Box::new(RedisSink::new(cx.key, self)?)))
+    }
+
+    /// The entity, event-time and feature columns, as the first write binds them.
+    fn check_input(&self, key: &str, input: &arrow::datatypes::Schema) -> Result<(), NodeError> {
+        resolve_columns(key, self, input).map(drop)
     }
 }
 

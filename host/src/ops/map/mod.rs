@@ -354,13 +354,20 @@ impl MapOp {
     ///
     /// # Errors
     /// [`NodeError::Config`] naming the transform (`transforms[1] (clip)`) when a
-    /// column is missing or cannot be converted.
+    /// column is missing or cannot be converted; [`NodeError::Data`] when a
+    /// value does not convert (a strict `cast`).
     pub fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch, NodeError> {
         for (i, t) in self.transforms.iter().enumerate() {
             let what = format!("transforms[{i}] ({})", t.kind());
             batch = apply(t, batch, &what).map_err(|e| match e {
                 NodeError::Config(a) if !a.starts_with(&what) => {
                     NodeError::Config(format!("{what}: {a}"))
+                }
+                NodeError::Data { message, row } if !message.starts_with(&what) => {
+                    NodeError::Data {
+                        message: format!("{what}: {message}"),
+                        row,
+                    }
                 }
                 other => other,
             })?;
@@ -373,7 +380,7 @@ impl Operator for MapOp {
     /// The transforms applied to an empty batch of the input's schema: the same
     /// kernels decide the output types, so plan and run cannot disagree.
     fn output_schema(
-        &self,
+        &mut self,
         input: &arrow::datatypes::SchemaRef,
     ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
         let empty = RecordBatch::new_empty(input.clone());
@@ -550,7 +557,16 @@ fn apply(t: &Transform, batch: RecordBatch, what: &str) -> Result<RecordBatch, N
                 safe: !c.strict,
                 ..Default::default()
             };
-            let y = cast_with_options(col, &c.to.arrow(), &options)?;
+            if !arrow::compute::can_cast_types(col.data_type(), &c.to.arrow()) {
+                return Err(NodeError::Config(format!(
+                    "{what}: column `{}` is {}, which cannot be cast to {}",
+                    c.column,
+                    col.data_type(),
+                    c.to.arrow()
+                )));
+            }
+            // The types can be cast: a failure is a value that does not convert.
+            let y = cast_with_options(col, &c.to.arrow(), &options).map_err(NodeError::kernel)?;
             put(&batch, &out_name(&c.column, &c.output), y)
         }
         Transform::Rename(r) => {

@@ -173,7 +173,13 @@ fn data_errors_name_the_transform_and_column() {
         "transforms[0] (log1p): column `user` is Utf8, not numeric"
     );
     let m = op(r#"{ cast = { column = "user", to = "int64" } }"#);
-    let e = m.apply(input()).unwrap_err().to_string();
+    let e = m.apply(input()).unwrap_err();
+    assert_eq!(
+        e.fault(),
+        crate::node::Fault::Data,
+        "a value that does not convert"
+    );
+    let e = e.to_string();
     assert!(
         e.starts_with("transforms[0] (cast): Cast error: Cannot cast string 'a'"),
         "{e}"

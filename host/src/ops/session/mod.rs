@@ -126,13 +126,74 @@ pub struct SessionOperator {
     log: Option<Vec<(RecordBatch, Vec<u64>)>>,
 }
 
+/// What the operator binds to its input (by the plan when it knows the
+/// input's schema, else at the first batch or a restored state), with the
+/// aggregates' state.
 struct Init {
+    input: SchemaRef,
     output: SchemaRef,
     time_col: usize,
     time_type: DataType,
     key_cols: Vec<usize>,
     keys: RowConverter,
     aggs: Aggregates,
+}
+
+impl Init {
+    /// The session operator of `spec` bound to `schema`: its time and key
+    /// columns found and checked, its aggregates typed, its output fixed.
+    fn new(spec: &SessionSpec, schema: &SchemaRef) -> Result<Self, NodeError> {
+        let find = |c: &str, what: &str| {
+            schema.index_of(c).map_err(|_| {
+                NodeError::Config(format!(
+                    "{what} `{c}` is not a column of the input (it has: {})",
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        };
+        let time_col = find(&spec.time, "time column")?;
+        let time_type = schema.field(time_col).data_type().clone();
+        if !matches!(
+            time_type,
+            DataType::Int64 | DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _)
+        ) {
+            return Err(NodeError::Config(format!(
+                "time column `{}` must be int64 epoch milliseconds or timestamp_ms, not {time_type}",
+                spec.time
+            )));
+        }
+        let key_cols = spec
+            .key
+            .iter()
+            .map(|k| find(k, "key column"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_fields: Vec<SortField> = key_cols
+            .iter()
+            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+            .collect();
+        let aggs = Aggregates::new(&spec.aggregates, schema)?;
+        let mut fields: Vec<Field> = key_cols
+            .iter()
+            .map(|&i| schema.field(i).clone().with_nullable(true))
+            .collect();
+        fields.push(Field::new(&spec.start_column, time_type.clone(), false));
+        fields.push(Field::new(&spec.end_column, time_type.clone(), false));
+        fields.extend(aggs.fields());
+        Ok(Self {
+            input: schema.clone(),
+            output: Arc::new(Schema::new(fields)),
+            time_col,
+            time_type,
+            key_cols,
+            keys: RowConverter::new(key_fields)?,
+            aggs,
+        })
+    }
 }
 
 fn ms(d: crate::units::Millis) -> i64 {
@@ -168,80 +229,35 @@ impl SessionOperator {
         }
     }
 
-    fn init(&mut self, schema: &SchemaRef) -> Result<(), NodeError> {
-        let find = |c: &str, what: &str| {
-            schema.index_of(c).map_err(|_| {
-                NodeError::Config(format!(
-                    "{}: {what} `{c}` is not a column of the input",
-                    self.name
-                ))
-            })
-        };
-        let time_col = find(&self.spec.time, "time column")?;
-        let time_type = schema.field(time_col).data_type().clone();
-        if !matches!(
-            time_type,
-            DataType::Int64 | DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _)
-        ) {
-            return Err(NodeError::Config(format!(
-                "{}: time column `{}` must be int64 epoch milliseconds or timestamp_ms, not {time_type}",
-                self.name, self.spec.time
-            )));
-        }
-        let key_cols = self
-            .spec
-            .key
-            .iter()
-            .map(|k| find(k, "key column"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let key_fields: Vec<SortField> = key_cols
-            .iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect();
-        let aggs = Aggregates::new(&self.spec.aggregates, schema)?;
-        let mut fields: Vec<Field> = key_cols
-            .iter()
-            .map(|&i| schema.field(i).clone().with_nullable(true))
-            .collect();
-        fields.push(Field::new(
-            &self.spec.start_column,
-            time_type.clone(),
-            false,
-        ));
-        fields.push(Field::new(&self.spec.end_column, time_type.clone(), false));
-        fields.extend(aggs.fields());
-        self.init = Some(Init {
-            output: Arc::new(Schema::new(fields)),
-            time_col,
-            time_type,
-            key_cols,
-            keys: RowConverter::new(key_fields)?,
-            aggs,
-        });
-        Ok(())
-    }
-
     fn release_point(&self) -> Option<i64> {
         self.max_ts.map(|m| m.saturating_sub(self.behind))
     }
 
     /// Moves rows with event time before `point` (all rows if `None`) from pending
     /// into sessions, then closes the sessions `point` has passed.
-    fn release(&mut self, point: Option<i64>, out: &mut Emitter) -> Result<(), NodeError> {
+    fn release(
+        &mut self,
+        init: &mut Init,
+        point: Option<i64>,
+        out: &mut Emitter,
+    ) -> Result<(), NodeError> {
         if self.pending.due(point) {
-            let init = self.init.as_ref().expect("initialised");
             let ready = self.pending.release(point, &init.keys)?;
-            self.assign(&ready)?;
+            self.assign(init, &ready)?;
         }
-        self.close_passed(point, out)
+        self.close_passed(init, point, out)
     }
 
     /// Holds the rows of `batch` (event times `ts`) until they are released.
-    fn hold(&mut self, batch: RecordBatch, ts: ScalarBuffer<i64>) -> Result<(), NodeError> {
+    fn hold(
+        &mut self,
+        init: &Init,
+        batch: RecordBatch,
+        ts: ScalarBuffer<i64>,
+    ) -> Result<(), NodeError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let init = self.init.as_ref().expect("initialised");
         let keys = init
             .keys
             .convert_columns(&key_columns(&batch, &init.key_cols))?;
@@ -251,12 +267,11 @@ impl SessionOperator {
 
     /// Feeds final rows into their keys' sessions, each key's in (time, arrival)
     /// order. `ready` is in arrival order, source after source.
-    fn assign(&mut self, ready: &[Ready]) -> Result<(), NodeError> {
+    fn assign(&mut self, init: &mut Init, ready: &[Ready]) -> Result<(), NodeError> {
         let n: usize = ready.iter().map(|r| r.rows.len()).sum();
         if n == 0 {
             return Ok(());
         }
-        let init = self.init.as_mut().expect("initialised");
         // Each row as (its key's state index, event time, arrival), arrival being
         // its position over the sources in order; `at[arrival]` is (source, row).
         // Ordering then compares integers in place, and each key's open session is
@@ -435,7 +450,12 @@ impl SessionOperator {
 
     /// Closes the sessions `point` has passed (all, if `None`) and emits every
     /// closed session as one batch ordered by key and start.
-    fn close_passed(&mut self, point: Option<i64>, out: &mut Emitter) -> Result<(), NodeError> {
+    fn close_passed(
+        &mut self,
+        init: &mut Init,
+        point: Option<i64>,
+        out: &mut Emitter,
+    ) -> Result<(), NodeError> {
         match point {
             Some(p) => {
                 while let Some(Reverse((end, _, _))) = self.expiry.peek() {
@@ -489,7 +509,6 @@ impl SessionOperator {
         }
         let mut closed = std::mem::take(&mut self.closed);
         closed.sort_by(|a, b| a.key.cmp(&b.key).then(a.start.cmp(&b.start)));
-        let init = self.init.as_mut().expect("initialised");
         let parser = init.keys.parser();
         let mut columns = init
             .keys
@@ -511,8 +530,7 @@ impl SessionOperator {
         Ok(())
     }
 
-    fn reserve(&mut self) -> Result<(), NodeError> {
-        let init = self.init.as_ref().expect("initialised");
+    fn reserve(&mut self, init: &Init) -> Result<(), NodeError> {
         let pending = self.pending.bytes();
         let keys = 2 * self.key_bytes + 96 * self.index.len();
         let log: usize = self
@@ -538,25 +556,23 @@ fn key_columns(batch: &RecordBatch, cols: &[usize]) -> Vec<ArrayRef> {
     cols.iter().map(|&i| batch.column(i).clone()).collect()
 }
 
-impl Operator for SessionOperator {
-    /// Learned from the first output batch: the aggregates' output types are
-    /// fixed when the first input arrives.
-    fn output_schema(
-        &self,
-        _input: &arrow::datatypes::SchemaRef,
-    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
-        Ok(None)
+impl SessionOperator {
+    /// The binding to `schema`: the one the plan (or an earlier batch) made,
+    /// taken out of `self.init` while a call uses it, or a new one.
+    fn bound(&mut self, schema: &SchemaRef) -> Result<Init, NodeError> {
+        match self.init.take() {
+            Some(init) => Ok(init),
+            None => Init::new(&self.spec, schema),
+        }
     }
 
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
-        self.consumed.push_input(out);
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        if self.init.is_none() {
-            self.init(&batch.schema())?;
-        }
-        let init = self.init.as_ref().expect("initialised");
+    /// [`Operator::process`] of a non-empty batch with the binding taken out.
+    fn process_bound(
+        &mut self,
+        init: &mut Init,
+        batch: RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), NodeError> {
         let ts = time_of(&batch, init.time_col)?;
         let mut keep = Vec::with_capacity(ts.len());
         let mut late = Vec::new();
@@ -598,6 +614,7 @@ impl Operator for SessionOperator {
             let ooo = ms(self.spec.out_of_orderness);
             for (i, t, max) in late {
                 out.dead_letter(DeadLetter {
+                    fault: crate::node::Fault::Data,
                     reason: "late".into(),
                     detail: format!(
                         "event time {t} is more than the allowed lateness {} ms behind the watermark {}",
@@ -610,6 +627,7 @@ impl Operator for SessionOperator {
             }
             for i in nulls {
                 out.dead_letter(DeadLetter {
+                    fault: crate::node::Fault::Data,
                     reason: "time:null".into(),
                     detail: format!("event time `{}` is null", self.spec.time),
                     position: format!("row {}", self.rows_seen + i as u64),
@@ -627,16 +645,42 @@ impl Operator for SessionOperator {
                 .clone();
             (filter_record_batch(&batch, &keep)?, ts)
         };
-        self.hold(kept, ts.values().clone())?;
-        self.release(self.release_point(), out)?;
-        self.reserve()
+        self.hold(init, kept, ts.values().clone())?;
+        self.release(init, self.release_point(), out)?;
+        self.reserve(init)
+    }
+}
+
+impl Operator for SessionOperator {
+    /// The key columns (nullable), `session_start` and `session_end` (of the
+    /// time column's type), then one column per aggregate: bound here, so a
+    /// key, time or aggregate column the input lacks fails the plan.
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {
+        let init = self.bound(input)?;
+        let output = init.output.clone();
+        self.init = Some(init);
+        Ok(Some(output))
+    }
+
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+        self.consumed.push_input(out);
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut init = self.bound(batch.schema_ref())?;
+        let done = self.process_bound(&mut init, batch, out);
+        self.init = Some(init);
+        done
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
-        if self.init.is_none() {
+        let Some(mut init) = self.init.take() else {
+            // Neither the plan nor a batch bound it: nothing was held.
             return Ok(());
-        }
-        self.release(None, out)?;
+        };
+        let done = self.release(&mut init, None, out);
+        self.init = Some(init);
+        done?;
         self.reservation.free();
         Ok(())
     }
@@ -736,22 +780,44 @@ impl Operator for SessionOperator {
         if open.is_empty() && pending.is_empty() {
             return Ok(());
         }
-        self.init(&plain)?;
-        let init = self.init.as_ref().expect("initialised");
+        let mut init = self.bound(&plain)?;
+        if let Err(e) = crate::node::schema::check(&init.input, &plain) {
+            self.init = Some(init);
+            return Err(NodeError::config(format!(
+                "{}: the state's columns differ from the input's: {e}",
+                file.display()
+            )));
+        }
+        let done = self.restore_bound(&mut init, &plain, open, pending);
+        self.init = Some(init);
+        done
+    }
+}
+
+impl SessionOperator {
+    /// Re-assigns the rows of the open sessions and re-queues the pending ones
+    /// of a restored state.
+    fn restore_bound(
+        &mut self,
+        init: &mut Init,
+        plain: &SchemaRef,
+        open: Vec<RecordBatch>,
+        pending: Vec<RecordBatch>,
+    ) -> Result<(), NodeError> {
         let col = init.time_col;
         if !open.is_empty() {
-            let all = arrow::compute::concat_batches(&plain, &open)?;
+            let all = arrow::compute::concat_batches(plain, &open)?;
             let ts = time_of(&all, col)?.values().clone();
             let keys = init
                 .keys
                 .convert_columns(&key_columns(&all, &init.key_cols))?;
-            self.assign(&[Ready::whole(all, ts, keys)])?;
+            self.assign(init, &[Ready::whole(all, ts, keys)])?;
         }
         for b in pending {
             let ts = time_of(&b, col)?.values().clone();
-            self.hold(b, ts)?;
+            self.hold(init, b, ts)?;
         }
-        self.reserve()
+        self.reserve(init)
     }
 }
 

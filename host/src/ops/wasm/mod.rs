@@ -118,7 +118,7 @@ impl Operator for WasmOperator {
     /// With declared `outputs`, the input merged with them (see
     /// [`crate::sandbox::output_schema`]); without, learned from the first batch.
     fn output_schema(
-        &self,
+        &mut self,
         input: &arrow::datatypes::SchemaRef,
     ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
         if self.stage.outputs().is_empty() {
