@@ -27,10 +27,10 @@
 //!   BYTES, timestamps → INT64 (epoch ms) or BYTES (RFC 3339).
 //!
 //! A 2xx answer is success. Connection errors, timeouts, 429 and 5xx are
-//! transient: retried by the `retry` policy (exponential backoff with full jitter,
-//! [`crate::node::retry`]), then the run fails naming the URL and the last status. Any other status fails at once with
-//! the start of the response body, since repeating a request the server called
-//! malformed cannot help. Sinks run on the blocking pool, so the client is a
+//! transient: retried by the `retry` policy (exponential backoff with full
+//! jitter, [`crate::node::retry`]), then the run fails naming the URL and the
+//! last status. Any other status fails at once with the start of the response
+//! body, since repeating a request the server called malformed cannot help. Sinks run on the blocking pool, so the client is a
 //! small blocking one (`ureq`, without TLS).
 
 use std::time::Duration;
