@@ -45,6 +45,7 @@ use crate::wit::{
 };
 
 pub mod json;
+pub mod records;
 #[cfg(test)]
 mod tests;
 

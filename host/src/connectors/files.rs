@@ -187,7 +187,9 @@ fn walk_glob(
     Ok(())
 }
 
-/// The index of the file named `name` in `files`.
+/// The index of the file named `name` in `files` (a resumed CSV or Parquet
+/// source finds its checkpoint's file).
+#[cfg(any(feature = "csv", feature = "parquet"))]
 pub(crate) fn find(files: &[InputFile], name: &str) -> Option<usize> {
     files.iter().position(|f| f.name == name)
 }

@@ -8,8 +8,7 @@
 //! instance = "object"          # tf_serving: "object" (default) or "vector"
 //! tensor = "features"          # kserve: one [rows, columns] tensor of that name (default: one input per column)
 //! timeout = "10s"              # per request, default 10s
-//! retries = 3                  # transient failures retried, default 3
-//! backoff = "100ms"            # first retry delay, doubled each time, default 100ms
+//! retry = { attempts = 4, backoff = "100ms" }   # as crate::node::retry; defaults there
 //! non_finite = "null"          # as [sink.vectors]
 //! timestamps = "epoch_ms"      # as [sink.vectors]
 //! ```
@@ -28,13 +27,12 @@
 //!   BYTES, timestamps → INT64 (epoch ms) or BYTES (RFC 3339).
 //!
 //! A 2xx answer is success. Connection errors, timeouts, 429 and 5xx are
-//! transient: retried up to `retries` times with exponential backoff, then the run
-//! fails naming the URL and the last status. Any other status fails at once with
-//! the start of the response body, since repeating a request the server called
-//! malformed cannot help. Sinks run on the blocking pool, so the client is a
+//! transient: retried by the `retry` policy (exponential backoff with full
+//! jitter, [`crate::node::retry`]), then the run fails naming the URL and the
+//! last status. Any other status fails at once with the start of the response
+//! body, since repeating a request the server called malformed cannot help. Sinks run on the blocking pool, so the client is a
 //! small blocking one (`ureq`, without TLS).
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -46,6 +44,7 @@ use crate::batch::json::{
     JsonOptions, NonFinite, Timestamps, columns_as_values, rows_as_arrays, rows_as_objects,
 };
 use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
+use crate::node::retry::{RetryPolicy, Transience};
 use crate::node::{Durability, Lineage, NodeError, Sink};
 use crate::units::Millis;
 
@@ -70,13 +69,9 @@ pub struct HttpSinkSpec {
     /// Time allowed per request. Default: 10 s ([`default_timeout`]).
     #[serde(default = "default_timeout")]
     pub timeout: Millis,
-    /// Retries of a transient failure. Default: 3 ([`default_retries`]).
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// Delay before the first retry, doubled for each next one. Default: 100 ms
-    /// ([`default_backoff`]).
-    #[serde(default = "default_backoff")]
-    pub backoff: Millis,
+    /// How transient failures are retried. Default: [`RetryPolicy::default`].
+    #[serde(default)]
+    pub retry: RetryPolicy,
     /// Round floats to this many decimal places. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub float_decimals: Option<u8>,
@@ -112,16 +107,6 @@ pub enum Instance {
 /// Default request timeout: 10 s.
 pub fn default_timeout() -> Millis {
     Millis(Duration::from_secs(10))
-}
-
-/// Default retries of a transient failure: 3.
-pub fn default_retries() -> u32 {
-    3
-}
-
-/// Default first retry delay: 100 ms.
-pub fn default_backoff() -> Millis {
-    Millis(Duration::from_millis(100))
 }
 
 /// POSTs each batch to a model server.
@@ -165,6 +150,9 @@ impl HttpSink {
                 "must be greater than 0",
             ));
         }
+        spec.retry
+            .check()
+            .map_err(|e| SpecError::invalid(format!("{key}.retry"), e))?;
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(spec.timeout.0))
             .http_status_as_error(false)
@@ -242,47 +230,59 @@ impl HttpSink {
 
     fn post(&self, body: &[u8]) -> Result<(), NodeError> {
         let url = &self.spec.url;
-        let mut delay = self.spec.backoff.0;
-        let mut attempt = 0;
-        loop {
-            let failure = match self
-                .agent
-                .post(url)
-                .header("content-type", "application/json")
-                .send(body)
-            {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    if (200..300).contains(&status) {
-                        return Ok(());
-                    }
-                    let text = resp.body_mut().read_to_string().unwrap_or_default();
-                    let text: String = text.chars().take(200).collect();
-                    let message = format!("POST {url}: HTTP {status}: {text}");
-                    if status != 429 && status < 500 {
-                        return Err(NodeError::Service {
-                            service: url.clone(),
-                            transient: false,
-                            message,
-                        });
-                    }
-                    message
+        self.spec
+            .retry
+            .run_blocking(url, &PostFailure::transience, |_| {
+                let mut resp = self
+                    .agent
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .send(body)
+                    .map_err(|e| PostFailure {
+                        status: None,
+                        message: format!("POST {url}: {e}"),
+                    })?;
+                let status = resp.status().as_u16();
+                if (200..300).contains(&status) {
+                    return Ok(());
                 }
-                Err(e) => format!("POST {url}: {e}"),
-            };
-            if attempt >= self.spec.retries {
-                let tries = NonZeroU32::new(attempt + 1).unwrap_or(NonZeroU32::MIN);
-                return Err(NodeError::Service {
-                    service: url.clone(),
-                    transient: true,
-                    message: format!("{failure} (after {tries} attempts)"),
-                });
-            }
-            tracing::warn!(url = %url, attempt, delay_ms = delay.as_millis() as u64, "transient failure, retrying: {failure}");
-            std::thread::sleep(delay);
-            delay = delay.saturating_mul(2);
-            attempt += 1;
+                let text = resp.body_mut().read_to_string().unwrap_or_default();
+                let text: String = text.chars().take(200).collect();
+                Err(PostFailure {
+                    status: Some(status),
+                    message: format!("POST {url}: HTTP {status}: {text}"),
+                })
+            })
+            .map_err(|e| NodeError::Service {
+                service: url.clone(),
+                transient: e.transient(),
+                message: e.to_string(),
+            })
+    }
+}
+
+/// A POST that did not get a 2xx: the status, if the server answered.
+#[derive(Debug)]
+struct PostFailure {
+    status: Option<u16>,
+    message: String,
+}
+
+impl PostFailure {
+    /// HTTP's classifier: no answer (connection refused, reset, timed out),
+    /// 429 and 5xx may pass on another try; any other status will not, since
+    /// the server called the request itself wrong.
+    fn transience(&self) -> Transience {
+        match self.status {
+            None | Some(429 | 500..) => Transience::Transient,
+            Some(_) => Transience::Permanent,
         }
+    }
+}
+
+impl std::fmt::Display for PostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -349,8 +349,33 @@ mod tests {
             "unknown variant `torchserve`, expected `tf_serving` or `kserve`"
         );
         assert_eq!(
-            bad("url = \"http://x\"\nprotocol = \"kserve\"\nretries = -1"),
-            "invalid value: integer `-1`, expected u32"
+            bad("url = \"http://x\"\nprotocol = \"kserve\"\nretry = { attempts = -1 }"),
+            "invalid value: integer `-1`, expected a nonzero u32"
         );
+        assert_eq!(
+            bad("url = \"http://x\"\nprotocol = \"kserve\"\nretries = 3"),
+            "unknown field `retries`, expected one of `url`, `protocol`, `columns`, `instance`, `tensor`, `timeout`, `retry`, `float_decimals`, `non_finite`, `timestamps`"
+        );
+        assert_eq!(
+            bad("url = \"http://x\"\nprotocol = \"kserve\"\nretry = { multiplier = 0.5 }"),
+            "`sink[0].http.retry`: `multiplier` must be a number ≥ 1, not 0.5"
+        );
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let class = |status| {
+            PostFailure {
+                status,
+                message: String::new(),
+            }
+            .transience()
+        };
+        for s in [None, Some(429), Some(500), Some(503), Some(599)] {
+            assert_eq!(class(s), Transience::Transient, "{s:?}");
+        }
+        for s in [Some(400), Some(401), Some(404), Some(413), Some(300)] {
+            assert_eq!(class(s), Transience::Permanent, "{s:?}");
+        }
     }
 }

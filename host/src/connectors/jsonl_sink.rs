@@ -30,6 +30,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::json::{JsonOptions, write_object_lines};
+use crate::node::atomic;
 use crate::node::config::{BuildCx, SinkConfig, SinkNode};
 use crate::node::{Durability, Lineage, NodeError, Sink};
 
@@ -127,38 +128,6 @@ pub fn lineage_of_line(output: &Path, line: u64) -> std::io::Result<Option<Linea
     Ok(None)
 }
 
-/// The in-progress name beside `path` that a file sink writes before it renames.
-pub(crate) fn tmp_beside(path: &Path) -> PathBuf {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".weir-inprogress");
-    PathBuf::from(tmp)
-}
-
-/// Opens `tmp` to continue at `bytes`: the in-progress file if it holds that
-/// much, else a copy of the published `path`.
-pub(crate) fn reopen_at(tmp: &Path, path: &Path, bytes: u64) -> std::io::Result<BufWriter<File>> {
-    let long_enough = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() >= bytes);
-    if !long_enough(tmp) {
-        if !long_enough(path) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!(
-                    "neither {} nor {} holds the {bytes} bytes the checkpoint names",
-                    tmp.display(),
-                    path.display()
-                ),
-            ));
-        }
-        std::fs::copy(path, tmp)?;
-    }
-    let file = std::fs::OpenOptions::new().write(true).open(tmp)?;
-    file.set_len(bytes)?;
-    file.sync_all()?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    std::io::Seek::seek(&mut out, std::io::SeekFrom::Start(bytes))?;
-    Ok(out)
-}
-
 impl JsonlSink {
     /// A sink writing to `path` (resolved), creating its directory. The
     /// in-progress file is opened at the first write, or by [`Sink::restore`].
@@ -169,11 +138,11 @@ impl JsonlSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = tmp_beside(&path);
+        let tmp = atomic::in_progress(&path);
         let lineage = spec.lineage.then(|| {
             let side = lineage_path(&path);
             SideFile {
-                tmp: tmp_beside(&side),
+                tmp: atomic::in_progress(&side),
                 path: side,
                 out: None,
                 bytes: 0,
@@ -282,12 +251,12 @@ impl Sink for JsonlSink {
                 self.path.display()
             ))
         })?;
-        let out = reopen_at(&self.tmp, &self.path, state.bytes).map_err(|e| self.io(e))?;
+        let out = atomic::reopen_at(&self.tmp, &self.path, state.bytes).map_err(|e| self.io(e))?;
         self.out = Some(out);
         self.bytes = state.bytes;
         self.lines = state.lines;
         if let Some(side) = self.lineage.as_mut() {
-            let out = reopen_at(&side.tmp, &side.path, state.side_bytes)
+            let out = atomic::reopen_at(&side.tmp, &side.path, state.side_bytes)
                 .map_err(|e| NodeError::io(side.path.display(), e))?;
             side.out = Some(out);
             side.bytes = state.side_bytes;
@@ -302,15 +271,13 @@ impl Sink for JsonlSink {
         {
             let io = |e| NodeError::io(side.path.display(), e);
             let file = out.into_inner().map_err(|e| io(e.into_error()))?;
-            file.sync_all().map_err(io)?;
-            std::fs::rename(&side.tmp, &side.path).map_err(io)?;
+            atomic::publish(file, &side.tmp, &side.path).map_err(io)?;
         }
         let Some(out) = self.out.take() else {
             return Ok(());
         };
         let file = out.into_inner().map_err(|e| self.io(e.into_error()))?;
-        file.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
+        atomic::publish(file, &self.tmp, &self.path).map_err(|e| self.io(e))?;
         self.closed = true;
         Ok(())
     }

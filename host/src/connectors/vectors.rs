@@ -30,6 +30,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::json::{JsonOptions, NonFinite, Timestamps, rows_as_arrays, rows_as_objects};
+use crate::node::atomic;
 use crate::node::config::{BuildCx, SinkConfig, SinkNode};
 use crate::node::{Lineage, NodeError, Sink};
 
@@ -102,9 +103,7 @@ impl VectorsSink {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(format!(".tmp-{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        let tmp = atomic::in_progress(&path);
         let file = File::create(&tmp)?;
         Ok(Self {
             path,
@@ -158,8 +157,7 @@ impl Sink for VectorsSink {
             return Ok(());
         };
         let file = out.into_inner().map_err(|e| self.io(e.into_error()))?;
-        file.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))
+        atomic::publish(file, &self.tmp, &self.path).map_err(|e| self.io(e))
     }
 }
 

@@ -24,6 +24,7 @@
 //!   what the default does.
 
 pub mod ack;
+pub mod atomic;
 pub mod cgroup;
 pub mod checkpoint;
 pub mod config;
@@ -32,6 +33,7 @@ mod envelope;
 mod error;
 pub mod lineage;
 pub mod memory;
+pub mod retry;
 pub mod schema;
 pub mod swap;
 

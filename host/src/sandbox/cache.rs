@@ -92,11 +92,8 @@ impl ArtifactCache {
         let component = Component::new(engine, bytes).map_err(invalid)?;
         match component.serialize() {
             Ok(artifact) => {
-                // Write then rename, so a concurrent reader never maps half a file.
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                let written =
-                    std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path));
-                if let Err(e) = written {
+                // Written whole, so a concurrent reader never maps half a file.
+                if let Err(e) = crate::node::atomic::write(&path, &artifact) {
                     tracing::warn!(path = %path.display(), error = %e, "could not cache artifact");
                 }
             }

@@ -166,17 +166,21 @@ impl Default for Settings {
 /// TOML table name), [`table`](SourceKind::table), `TABLES`, `config` (the kind's
 /// configuration as the trait that checks and builds it) and the two halves of
 /// (de)serializing the kind table inside its node's map.
+///
+/// A kind followed by `if "feature"` exists only when weir-host is built with
+/// that Cargo feature; without it its table name stays known, and a pipeline
+/// naming it is refused with the kind and the feature to enable.
 macro_rules! kinds {
     (
         $(#[$meta:meta])*
         pub enum $kind:ident: $config:ident {
-            $( $(#[$vmeta:meta])* $variant:ident($spec:ty) = $table:literal, )+
+            $( $(#[$vmeta:meta])* $variant:ident($spec:ty) = $table:literal $(if $feature:literal)?, )+
         }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq)]
         pub enum $kind {
-            $( $(#[$vmeta])* $variant($spec), )+
+            $( $(#[$vmeta])* $(#[cfg(feature = $feature)])? $variant($spec), )+
         }
 
         impl $kind {
@@ -186,14 +190,14 @@ macro_rules! kinds {
             /// The kind's table name (`jsonl` for `[source.jsonl]`).
             pub fn table(&self) -> &'static str {
                 match self {
-                    $( Self::$variant(_) => $table, )+
+                    $( $(#[cfg(feature = $feature)])? Self::$variant(_) => $table, )+
                 }
             }
 
             /// The kind's configuration, as the trait that checks and builds it.
             pub fn config(&self) -> &dyn $config {
                 match self {
-                    $( Self::$variant(c) => c, )+
+                    $( $(#[cfg(feature = $feature)])? Self::$variant(c) => c, )+
                 }
             }
 
@@ -204,7 +208,10 @@ macro_rules! kinds {
                 map: &mut A,
             ) -> Result<Self, A::Error> {
                 match table {
-                    $( $table => map.next_value().map(Self::$variant), )+
+                    $( $(#[cfg(feature = $feature)])? $table => map.next_value().map(Self::$variant), )+
+                    $($( #[cfg(not(feature = $feature))] $table => Err(de::Error::custom(
+                        disabled_kind($table, $feature),
+                    )), )?)+
                     other => Err(de::Error::custom(format!("`{other}` is not a kind table"))),
                 }
             }
@@ -212,11 +219,29 @@ macro_rules! kinds {
             /// Writes the kind table as one entry of its node's map.
             fn serialize_entry<M: SerializeMap>(&self, map: &mut M) -> Result<(), M::Error> {
                 match self {
-                    $( Self::$variant(c) => map.serialize_entry($table, c), )+
+                    $( $(#[cfg(feature = $feature)])? Self::$variant(c) => map.serialize_entry($table, c), )+
                 }
             }
         }
     };
+}
+
+/// The refusal of a kind table whose connector this build left out.
+#[cfg_attr(
+    all(
+        feature = "nats",
+        feature = "redis",
+        feature = "parquet",
+        feature = "csv",
+        feature = "http"
+    ),
+    expect(dead_code)
+)]
+fn disabled_kind(table: &str, feature: &str) -> String {
+    format!(
+        "kind `{table}` is not in this build of weir: rebuild weir-host with the Cargo \
+         feature `{feature}` (`cargo build --features {feature}`)"
+    )
 }
 
 kinds! {
@@ -227,11 +252,11 @@ kinds! {
         /// A generator of numbered records (`[source.sequence]`).
         Sequence(crate::connectors::SequenceSourceSpec) = "sequence",
         /// Parquet files: a file, a glob or a directory (`[source.parquet]`).
-        Parquet(crate::connectors::ParquetSourceSpec) = "parquet",
+        Parquet(crate::connectors::ParquetSourceSpec) = "parquet" if "parquet",
         /// CSV files with a typed schema (`[source.csv]`).
-        Csv(crate::connectors::CsvSourceSpec) = "csv",
+        Csv(crate::connectors::CsvSourceSpec) = "csv" if "csv",
         /// A durable pull consumer on a NATS JetStream stream (`[source.jetstream]`).
-        Jetstream(crate::connectors::jetstream::JetStreamSourceSpec) = "jetstream",
+        Jetstream(crate::connectors::jetstream::JetStreamSourceSpec) = "jetstream" if "nats",
     }
 }
 
@@ -269,15 +294,15 @@ kinds! {
         /// Feature vectors as a JSON-lines file (`[sink.vectors]`).
         Vectors(crate::connectors::VectorsSinkSpec) = "vectors",
         /// Feature vectors POSTed to a model server (`[sink.http]`).
-        Http(crate::connectors::HttpSinkSpec) = "http",
+        Http(crate::connectors::HttpSinkSpec) = "http" if "http",
         /// A Parquet file, or Hive-style partitions of one (`[sink.parquet]`).
-        Parquet(crate::connectors::ParquetSinkSpec) = "parquet",
+        Parquet(crate::connectors::ParquetSinkSpec) = "parquet" if "parquet",
         /// A CSV file (`[sink.csv]`).
-        Csv(crate::connectors::CsvSinkSpec) = "csv",
+        Csv(crate::connectors::CsvSinkSpec) = "csv" if "csv",
         /// Feature vectors in Redis, the online store model serving reads (`[sink.redis]`).
-        Redis(crate::connectors::RedisSinkSpec) = "redis",
+        Redis(crate::connectors::RedisSinkSpec) = "redis" if "redis",
         /// Rows published to NATS JetStream (`[sink.jetstream]`).
-        Jetstream(crate::connectors::jetstream::JetStreamSinkSpec) = "jetstream",
+        Jetstream(crate::connectors::jetstream::JetStreamSinkSpec) = "jetstream" if "nats",
     }
 }
 

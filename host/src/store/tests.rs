@@ -88,6 +88,7 @@ fn file_paths_are_not_references() {
     assert!(!is_reference("out/x"));
 }
 
+#[cfg(feature = "http")]
 #[test]
 fn a_stored_version_reads_back_every_node_kind_as_written() {
     let dir = tempfile::tempdir().unwrap();

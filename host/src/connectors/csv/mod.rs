@@ -36,7 +36,7 @@ use arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 use super::files::{self, InputFile};
-use super::jsonl_source::{Cell, ColumnBuilder, judge};
+use crate::batch::records::{Cell, ColumnBuilder, judge, schema_of};
 use crate::node::config::{FieldSpec, FieldType, SpecError};
 use crate::node::{DeadLetter, Emitter, NodeError, Source};
 
@@ -227,7 +227,7 @@ impl CsvSource {
         Ok(Self {
             display,
             files,
-            schema: super::schema_of(&fields),
+            schema: schema_of(&fields),
             fields,
             batch_rows: spec.batch_rows.unwrap_or(default_batch_rows).get(),
             header: spec.header,

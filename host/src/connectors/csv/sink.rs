@@ -12,7 +12,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use super::{default_delimiter, delimiter_byte};
-use crate::connectors::jsonl_sink::{reopen_at, tmp_beside};
+use crate::node::atomic;
 use crate::node::config::SpecError;
 use crate::node::{Durability, Lineage, NodeError, Sink};
 
@@ -75,7 +75,7 @@ impl CsvSink {
             std::fs::create_dir_all(dir).map_err(|e| NodeError::io(dir.display(), e))?;
         }
         Ok(Self {
-            tmp: tmp_beside(&path),
+            tmp: atomic::in_progress(&path),
             path,
             out: None,
             header: spec.header,
@@ -166,7 +166,8 @@ impl Sink for CsvSink {
                 self.path.display()
             ))
         })?;
-        self.out = Some(reopen_at(&self.tmp, &self.path, state.bytes).map_err(|e| self.io(e))?);
+        self.out =
+            Some(atomic::reopen_at(&self.tmp, &self.path, state.bytes).map_err(|e| self.io(e))?);
         self.bytes = state.bytes;
         self.rows = state.rows;
         Ok(())
@@ -178,8 +179,7 @@ impl Sink for CsvSink {
             return Ok(());
         };
         let file = out.into_inner().map_err(|e| self.io(e.into_error()))?;
-        file.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.io(e))?;
+        atomic::publish(file, &self.tmp, &self.path).map_err(|e| self.io(e))?;
         Ok(())
     }
 }

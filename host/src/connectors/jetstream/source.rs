@@ -71,7 +71,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{connect, default_durable, default_url, service, valid_name};
-use crate::connectors::{parse_records, schema_of};
+use crate::batch::records::schema_of;
+use crate::connectors::parse_records;
 use crate::node::config::{BuildCx, FieldSpec, SourceConfig, SourceNode, SpecError};
 use crate::node::{AsyncSource, BoxFuture, DeadLetter, Emitter, NodeError};
 use crate::units::Millis;

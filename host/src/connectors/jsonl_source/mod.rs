@@ -30,8 +30,9 @@
 //! `batch_rows` lines (corrupt ones included) that one thread would have read.
 //!
 //! This file holds the source, its configuration and [`parse_lines`]; `chunks`
-//! cuts and threads, `record` and `fast` turn a line into cells, `rules` judges the
-//! cells against the schema, and `builders` appends them to Arrow columns.
+//! cuts and threads, `record` and `fast` turn a line into cells; the rules that
+//! judge the cells and the builders they are appended to are shared with the
+//! other sources ([`crate::batch::records`]).
 
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -40,26 +41,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use serde::{Deserialize, Serialize};
 
 use crate::node::config::{BuildCx, FieldSpec, SourceConfig, SourceNode, SpecError};
 use crate::node::{DeadLetter, Emitter, NodeError, Source};
 
-mod builders;
 mod chunks;
 mod fast;
 mod record;
-mod rules;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use builders::ColumnBuilder;
+pub use crate::batch::records::schema_of;
+use crate::batch::records::{Cell, ColumnBuilder, judge};
 pub use chunks::parse_pieces;
 use chunks::{lines_of, newlines, nth_line_end, piece_bounds};
-pub(crate) use record::Cell;
 use record::{KeySeed, NOT_AN_OBJECT, record_by_serde, remember_key};
-pub(crate) use rules::judge;
 
 /// A JSON-lines file source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,16 +195,6 @@ impl JsonlSource {
         }
         Ok(())
     }
-}
-
-/// The Arrow schema for a list of fields (all nullable).
-pub fn schema_of(fields: &[FieldSpec]) -> SchemaRef {
-    Arc::new(Schema::new(
-        fields
-            .iter()
-            .map(|f| Field::new(&f.name, f.data_type.arrow(), !f.required))
-            .collect::<Vec<_>>(),
-    ))
 }
 
 impl Source for JsonlSource {

@@ -1,52 +1,15 @@
 //! How a line becomes one [`Cell`] per schema field through `serde_json`: the
-//! cell type, the serde seeds that fill it without an intermediate
-//! `serde_json::Value`, and the key lookup the fast path shares. Kept apart from the
-//! source so the parsing vocabulary (what a value looked like in the JSON) is one
-//! place that the fast path, the rules and the builders all read.
+//! serde seeds that fill the cells without an intermediate `serde_json::Value`,
+//! and the key lookup the fast path shares. The cell type itself, the rules and
+//! the builders are every source's ([`crate::batch::records`]).
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::batch::records::Cell;
 use crate::node::config::FieldSpec;
-
-/// A value as it appeared in the JSON, before the schema judges it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Cell<'a> {
-    Missing,
-    Null,
-    Bool(bool),
-    Int(i64),
-    /// An integer above `i64::MAX`.
-    BigInt(u64),
-    Float(f64),
-    Str(Cow<'a, str>),
-    Nested,
-}
-
-impl Cell<'_> {
-    pub(crate) fn json_type(&self) -> &'static str {
-        match self {
-            Cell::Missing => "nothing",
-            Cell::Null => "null",
-            Cell::Bool(_) => "a boolean",
-            Cell::Int(_) | Cell::BigInt(_) => "an integer",
-            Cell::Float(_) => "a float",
-            Cell::Str(_) => "a string",
-            Cell::Nested => "an array or object",
-        }
-    }
-
-    pub(crate) fn as_f64(&self) -> Option<f64> {
-        match self {
-            Cell::Int(i) => Some(*i as f64),
-            Cell::BigInt(u) => Some(*u as f64),
-            Cell::Float(f) => Some(*f),
-            _ => None,
-        }
-    }
-}
 
 struct CellVisitor;
 

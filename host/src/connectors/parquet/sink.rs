@@ -51,6 +51,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::node::atomic::{self, beside, remove_any};
 use crate::node::config::SpecError;
 use crate::node::{Durability, Lineage, NodeError, Sink};
 
@@ -279,21 +280,6 @@ pub struct ParquetSink {
     log_ready: bool,
 }
 
-fn beside(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Why the sink may not replace directory `dir`: the first entry that is
 /// neither a `{column}=…` directory nor hidden.
 fn foreign_entry(dir: &Path, column: &str) -> std::io::Result<Option<String>> {
@@ -311,15 +297,6 @@ fn foreign_entry(dir: &Path, column: &str) -> std::io::Result<Option<String>> {
     Ok(None)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    // Directories cannot be opened for syncing on every platform; where they
-    // can, this makes the renames durable.
-    match File::open(dir) {
-        Ok(d) => d.sync_all().or(Ok(())),
-        Err(_) => Ok(()),
-    }
-}
-
 fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> NodeError {
     match e {
         parquet::errors::ParquetError::ArrowError(m) => {
@@ -329,14 +306,11 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> NodeError {
     }
 }
 
-/// Finishes `writer`: footer, flush, fsync.
-fn finish(writer: FileWriter, path: &Path) -> Result<(), NodeError> {
+/// Finishes `writer`: footer, flush; the file, for the caller to sync.
+fn finish(writer: FileWriter, path: &Path) -> Result<File, NodeError> {
     let out = writer.into_inner().map_err(|e| parquet_error(path, e))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| NodeError::io(path.display(), e.into_error()))?;
-    file.sync_all()
-        .map_err(|e| NodeError::io(path.display(), e))
+    out.into_inner()
+        .map_err(|e| NodeError::io(path.display(), e.into_error()))
 }
 
 impl ParquetSink {
@@ -375,7 +349,7 @@ impl ParquetSink {
             }
         };
         Ok(Self {
-            tmp: beside(&path, ".weir-inprogress"),
+            tmp: atomic::in_progress(&path),
             log: spec.resumable.then(|| Log {
                 dir: beside(&path, ".weir-log"),
                 segments: Vec::new(),
@@ -464,7 +438,8 @@ impl ParquetSink {
                         {
                             let n = started.get(&oldest).copied().unwrap_or(1) - 1;
                             let p = self.tmp.join(&oldest).join(format!("part-{n}.parquet"));
-                            finish(part.writer, &p)?;
+                            let file = finish(part.writer, &p)?;
+                            file.sync_all().map_err(|e| NodeError::io(p.display(), e))?;
                         }
                         let n = started.entry(dir.clone()).or_insert(0);
                         let d = self.tmp.join(&dir);
@@ -511,8 +486,8 @@ impl ParquetSink {
                         .map_err(|e| parquet_error(&self.tmp, e))?
                     }
                 };
-                finish(w, &self.tmp)?;
-                std::fs::rename(&self.tmp, &self.path)
+                let file = finish(w, &self.tmp)?;
+                atomic::publish(file, &self.tmp, &self.path)
                     .map_err(|e| NodeError::io(self.path.display(), e))?;
             }
             Output::Partitioned {
@@ -524,25 +499,17 @@ impl ParquetSink {
                 for (dir, part) in open.drain() {
                     let n = started.get(&dir).copied().unwrap_or(1) - 1;
                     let p = self.tmp.join(&dir).join(format!("part-{n}.parquet"));
-                    finish(part.writer, &p)?;
+                    let file = finish(part.writer, &p)?;
+                    file.sync_all().map_err(|e| NodeError::io(p.display(), e))?;
                 }
                 for dir in started.keys() {
-                    sync_dir(&self.tmp.join(dir)).map_err(|e| NodeError::io(dir, e))?;
+                    atomic::sync_dir(&self.tmp.join(dir)).map_err(|e| NodeError::io(dir, e))?;
                 }
                 let column = column.clone();
                 Self::check_replaceable(&self.path, &column)?;
-                let old = beside(&self.path, ".weir-old");
-                let io = |e| NodeError::io(self.path.display(), e);
-                remove_any(&old).map_err(io)?;
-                if self.path.exists() {
-                    std::fs::rename(&self.path, &old).map_err(io)?;
-                }
-                std::fs::rename(&self.tmp, &self.path).map_err(io)?;
-                remove_any(&old).map_err(io)?;
+                atomic::publish_dir(&self.tmp, &self.path)
+                    .map_err(|e| NodeError::io(self.path.display(), e))?;
             }
-        }
-        if let Some(parent) = self.path.parent() {
-            sync_dir(parent).map_err(|e| NodeError::io(parent.display(), e))?;
         }
         self.prepared = false;
         Ok(())

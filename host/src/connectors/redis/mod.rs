@@ -14,8 +14,7 @@
 //! pipeline_rows = 1024             # rows per pipeline; default 1024
 //! in_flight = 4                    # pipelines awaiting their reply; default 4
 //! timeout = "10s"                  # a pipeline's reply; default 10s
-//! retries = 3                      # transient failures retried; default 3
-//! backoff = "100ms"                # first retry delay, doubled each time; default 100ms
+//! retry = { attempts = 4 }         # transient failures retried: crate::node::retry, defaults there
 //! ```
 //!
 //! ```text
@@ -45,8 +44,9 @@
 //! **Durability.** A write is durable when Redis answered every pipeline of the
 //! batch ([`Durability::OnWrite`]), as far as Redis itself is durable
 //! (`appendonly`, replicas). A pipeline that failed transiently (the connection
-//! dropped, a timeout, `BUSY`, `LOADING`) is sent again after a backoff: the
-//! guard makes a repeated write harmless.
+//! dropped, a timeout, `BUSY`, `LOADING`) is sent again by the `retry` policy
+//! (exponential backoff with full jitter, [`crate::node::retry`]): the guard makes
+//! a repeated write harmless.
 //!
 //! Fields are encoded as [`encode`] describes; each hash also holds
 //! `_event_time_ms` and, with `lineage = true`, `_lineage`: the batch's
@@ -76,6 +76,7 @@ use redis::{Pipeline, RedisError};
 use serde::{Deserialize, Serialize};
 
 use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
+use crate::node::retry::{GaveUp, RetryPolicy, Transience};
 use crate::node::{AsyncSink, BoxFuture, Durability, Lineage, NodeError};
 use crate::units::Millis;
 
@@ -141,13 +142,10 @@ pub struct RedisSinkSpec {
     /// ([`default_timeout`]).
     #[serde(default = "default_timeout")]
     pub timeout: Millis,
-    /// Retries of a transient failure. Default: 3 ([`default_retries`]).
-    #[serde(default = "default_retries")]
-    pub retries: u32,
-    /// Delay before the first retry, doubled for each next one. Default: 100 ms
-    /// ([`default_backoff`]).
-    #[serde(default = "default_backoff")]
-    pub backoff: Millis,
+    /// How transient failures (connecting, pipelines) are retried. Default:
+    /// [`RetryPolicy::default`].
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 /// What a vector's TTL counts from.
@@ -181,16 +179,6 @@ pub fn default_in_flight() -> NonZeroUsize {
 /// Default reply timeout: 10 s.
 pub fn default_timeout() -> Millis {
     Millis(Duration::from_secs(10))
-}
-
-/// Default retries of a transient failure: 3.
-pub fn default_retries() -> u32 {
-    3
-}
-
-/// Default first retry delay: 100 ms.
-pub fn default_backoff() -> Millis {
-    Millis(Duration::from_millis(100))
 }
 
 /// What a sink has done so far, for the run's log and for tests.
@@ -305,6 +293,7 @@ impl RedisSink {
         if spec.timeout.0.is_zero() {
             return Err(invalid("timeout", "must be greater than 0".into()));
         }
+        spec.retry.check().map_err(|e| invalid("retry", e))?;
         Ok(Self {
             spec: spec.clone(),
             key: key.to_owned(),
@@ -331,33 +320,35 @@ impl RedisSink {
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.spec.timeout.0))
             .set_connection_timeout(Some(self.spec.timeout.0))
-            .set_number_of_retries(self.spec.retries as usize)
-            .set_min_delay(self.spec.backoff.0);
-        let mut delay = self.spec.backoff.0;
-        let mut attempt = 0;
-        loop {
-            match ConnectionManager::new_with_config(self.client.clone(), config.clone()).await {
-                Ok(c) => {
-                    tracing::info!(service = %self.service, "connected to Redis");
-                    self.conn = Some(c.clone());
-                    return Ok(c);
-                }
-                Err(e) if transient(&e) && attempt < self.spec.retries => {
-                    tracing::warn!(service = %self.service, attempt, delay_ms = delay.as_millis() as u64, "cannot connect, retrying: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.failure("connecting", &e, attempt + 1)),
-            }
-        }
+            .set_number_of_retries(self.spec.retry.attempts.get() as usize - 1)
+            .set_min_delay(self.spec.retry.backoff.0)
+            .set_max_delay(self.spec.retry.max_wait.0);
+        let client = &self.client;
+        let c = self
+            .spec
+            .retry
+            .run(&self.service, &classify, |_| {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+            })
+            .await
+            .map_err(|e| NodeError::Service {
+                service: self.service.clone(),
+                transient: e.transient(),
+                message: format!("connecting {}: {e}", self.service),
+            })?;
+        tracing::info!(service = %self.service, "connected to Redis");
+        self.conn = Some(c.clone());
+        Ok(c)
     }
 
-    fn failure(&self, what: &str, e: &RedisError, attempts: u32) -> NodeError {
-        NodeError::Service {
-            service: self.service.clone(),
-            transient: transient(e),
-            message: format!("{what} {}: {e} (after {attempts} attempts)", self.service),
+    /// A failed pipeline of rows `range`, as the retry loop sees it.
+    fn pipeline_failure(&self, range: Range<usize>, error: RedisError) -> WriteFailure {
+        WriteFailure::Redis {
+            message: format!(
+                "writing rows {}..{} to {}: {error}",
+                range.start, range.end, self.service
+            ),
+            error,
         }
     }
 
@@ -419,56 +410,93 @@ impl RedisSink {
             features,
         };
 
+        // The first attempt sends every pipeline of the batch; each next one
+        // sends again those that failed transiently.
+        let policy = self.spec.retry.clone();
+        let service = self.service.clone();
+        let (conn, arrays, lineage) = (&conn, &arrays, lineage.as_deref());
+        let ((this, _), written) = policy
+            .run_with(
+                &service,
+                &WriteFailure::transience,
+                (self, Vec::new()),
+                |(this, mut failed), attempt| async move {
+                    let sent = if attempt.get() == 1 {
+                        this.send_all(conn, arrays, lineage, &mut failed).await
+                    } else {
+                        this.send_again(conn, &mut failed).await
+                    };
+                    ((this, failed), sent)
+                },
+            )
+            .await;
+        written.map_err(|e| this.gave_up(e))
+    }
+
+    /// Sends the batch's pipelines, `in_flight` at a time; keeps those that
+    /// failed transiently in `failed` and returns the first such failure.
+    async fn send_all(
+        &mut self,
+        conn: &ConnectionManager,
+        arrays: &Arrays,
+        lineage: Option<&[u8]>,
+        failed: &mut Vec<(Pipeline, Range<usize>)>,
+    ) -> Result<(), WriteFailure> {
+        let rows = arrays.entity.len();
         let step = self.spec.pipeline_rows.get();
         // Pipelines are polled in the order they were made, so they reach the
         // connection in row order: within a batch, of two vectors of an entity
         // with the same event time the later row is the one kept.
         let mut in_flight = FuturesOrdered::new();
-        let mut failed: Vec<(Pipeline, Range<usize>, RedisError)> = Vec::new();
+        let mut first = None;
         let mut start = 0;
         while start < rows {
             let range = start..(start + step).min(rows);
             start = range.end;
-            let pipe = self.encode(&arrays, lineage.as_deref(), range.clone(), range.start == 0)?;
+            let pipe = self
+                .encode(arrays, lineage, range.clone(), range.start == 0)
+                .map_err(WriteFailure::Node)?;
             if in_flight.len() >= self.spec.in_flight.get()
                 && let Some(sent) = in_flight.next().await
             {
-                self.settle(sent, &mut failed)?;
+                self.settle(sent, failed, &mut first)?;
             }
             self.stats.pipelines += 1;
             in_flight.push_back(send(conn.clone(), pipe, range));
             // One poll hands the new pipeline to the connection now, while the
             // next one is encoded.
             if let Some(Some(sent)) = in_flight.next().now_or_never() {
-                self.settle(sent, &mut failed)?;
+                self.settle(sent, failed, &mut first)?;
             }
         }
         while let Some(sent) = in_flight.next().await {
-            self.settle(sent, &mut failed)?;
+            self.settle(sent, failed, &mut first)?;
         }
-        self.retry(conn, failed).await
+        first.map_or(Ok(()), Err)
     }
 
-    /// Counts a pipeline's reply; keeps a transient failure for a retry.
+    /// Counts a pipeline's reply; keeps a transient failure for the next
+    /// attempt (the first one in `first`), returns a permanent one.
     fn settle(
         &mut self,
         (pipe, range, reply): Sent,
-        failed: &mut Vec<(Pipeline, Range<usize>, RedisError)>,
-    ) -> Result<(), NodeError> {
+        failed: &mut Vec<(Pipeline, Range<usize>)>,
+        first: &mut Option<WriteFailure>,
+    ) -> Result<(), WriteFailure> {
         match reply {
             Ok(written) => {
                 self.count(&range, &written);
                 Ok(())
             }
-            Err(e) if transient(&e) && self.spec.retries > 0 => {
-                failed.push((pipe, range, e));
+            Err(e) => {
+                let failure = self.pipeline_failure(range.clone(), e);
+                if failure.transience() == Transience::Permanent {
+                    return Err(failure);
+                }
+                first.get_or_insert(failure);
+                failed.push((pipe, range));
                 Ok(())
             }
-            Err(e) => Err(self.failure(
-                &format!("writing rows {}..{} to", range.start, range.end),
-                &e,
-                1,
-            )),
         }
     }
 
@@ -479,55 +507,35 @@ impl RedisSink {
         self.stats.stale += (range.len() as u64).saturating_sub(n);
     }
 
-    /// Sends failed pipelines again, with backoff, until they succeed or the
-    /// retries are spent.
-    async fn retry(
+    /// Sends the pipelines in `failed` again, one after the other; keeps those
+    /// that fail transiently again.
+    async fn send_again(
         &mut self,
-        conn: ConnectionManager,
-        mut failed: Vec<(Pipeline, Range<usize>, RedisError)>,
-    ) -> Result<(), NodeError> {
-        let mut delay = self.spec.backoff.0;
-        let mut attempt = 1;
-        while !failed.is_empty() {
-            if attempt > self.spec.retries {
-                let (_, range, e) = &failed[0];
-                return Err(self.failure(
-                    &format!("writing rows {}..{} to", range.start, range.end),
-                    e,
-                    attempt,
-                ));
-            }
-            tracing::warn!(
-                service = %self.service,
-                pipelines = failed.len(),
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                "transient failure, retrying: {}",
-                failed[0].2
-            );
-            tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2);
-            attempt += 1;
-            let mut again = Vec::new();
-            for (pipe, range, _) in failed {
-                self.stats.pipelines += 1;
-                self.stats.retries += 1;
-                let mut c = conn.clone();
-                match pipe.query_async::<Vec<i64>>(&mut c).await {
-                    Ok(written) => self.count(&range, &written),
-                    Err(e) if transient(&e) => again.push((pipe, range, e)),
-                    Err(e) => {
-                        return Err(self.failure(
-                            &format!("writing rows {}..{} to", range.start, range.end),
-                            &e,
-                            attempt,
-                        ));
-                    }
-                }
-            }
-            failed = again;
+        conn: &ConnectionManager,
+        failed: &mut Vec<(Pipeline, Range<usize>)>,
+    ) -> Result<(), WriteFailure> {
+        let mut first = None;
+        for (pipe, range) in std::mem::take(failed) {
+            self.stats.pipelines += 1;
+            self.stats.retries += 1;
+            let reply = pipe.query_async::<Vec<i64>>(&mut conn.clone()).await;
+            self.settle((pipe, range, reply), failed, &mut first)?;
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
+    }
+
+    /// The node error a batch's write ended with.
+    fn gave_up(&self, e: GaveUp<WriteFailure>) -> NodeError {
+        let transient = e.transient();
+        let text = e.to_string();
+        match e.error {
+            WriteFailure::Node(n) => n,
+            WriteFailure::Redis { .. } => NodeError::Service {
+                service: self.service.clone(),
+                transient,
+                message: text,
+            },
+        }
     }
 
     /// The pipeline for rows `range`: `SCRIPT LOAD`, the schema hash on the
@@ -665,17 +673,51 @@ async fn send(mut conn: ConnectionManager, pipe: Pipeline, range: Range<usize>) 
     (pipe, range, reply)
 }
 
-/// Whether trying again may succeed: the connection (refused, dropped, timed
-/// out), or a server that is busy, loading, or lost the script.
-fn transient(e: &RedisError) -> bool {
-    e.is_io_error()
+/// Redis's classifier: trying again may succeed after a connection failure
+/// (refused, dropped, timed out) or from a server that is busy, loading, or
+/// lost the script; any other error (a wrong type, a refused password) will
+/// come back the same.
+fn classify(e: &RedisError) -> Transience {
+    let transient = e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || matches!(
             e.code(),
             Some("NOSCRIPT" | "BUSY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")
-        )
+        );
+    if transient {
+        Transience::Transient
+    } else {
+        Transience::Permanent
+    }
+}
+
+/// Why an attempt at writing a batch failed.
+#[derive(Debug)]
+enum WriteFailure {
+    /// A pipeline's reply (the message names its rows and the server).
+    Redis { error: RedisError, message: String },
+    /// Encoding the batch: not a service failure, never retried.
+    Node(NodeError),
+}
+
+impl WriteFailure {
+    fn transience(&self) -> Transience {
+        match self {
+            Self::Redis { error, .. } => classify(error),
+            Self::Node(_) => Transience::Permanent,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Redis { message, .. } => f.write_str(message),
+            Self::Node(e) => e.fmt(f),
+        }
+    }
 }
 
 /// `url` without its password, for messages.

@@ -775,8 +775,8 @@ async fn an_unreachable_server_is_a_transient_service_failure() {
         "url = \"redis://:pw@127.0.0.1:1\"\nprefix = \"p\"\nentity = \"user\"\nevent_time = \"ts\"",
     )
     .unwrap();
-    spec.retries = 1;
-    spec.backoff = "10ms".parse().unwrap();
+    spec.retry.attempts = std::num::NonZeroU32::new(2).unwrap();
+    spec.retry.backoff = "10ms".parse().unwrap();
     let mut sink = RedisSink::new("sink[0].redis", &spec).unwrap();
     let e = AsyncSink::write(
         &mut sink,

@@ -844,7 +844,7 @@ fn write_state<'a>(
     schema: &SchemaRef,
     batches: impl Iterator<Item = &'a RecordBatch>,
 ) -> Result<(), NodeError> {
-    let tmp = file.with_extension("arrow.tmp");
+    let tmp = crate::node::atomic::in_progress(file);
     let io = |e: std::io::Error| NodeError::io(tmp.display(), e);
     let f = std::fs::File::create(&tmp).map_err(io)?;
     let mut w = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(f), schema)?;
@@ -855,8 +855,7 @@ fn write_state<'a>(
         .into_inner()?
         .into_inner()
         .map_err(|e| io(e.into_error()))?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, file).map_err(|e| NodeError::io(file.display(), e))
+    crate::node::atomic::publish(f, &tmp, file).map_err(|e| NodeError::io(file.display(), e))
 }
 
 impl SessionOperator {
