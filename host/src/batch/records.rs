@@ -208,6 +208,11 @@ impl ColumnBuilder {
         }
     }
 
+    /// Whether nothing was appended since the last [`finish`](Self::finish).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Values appended since the last [`finish`](Self::finish).
     pub fn len(&self) -> usize {
         match self {

@@ -7,10 +7,13 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// A client of any type, shared.
+type AnyClient = Arc<dyn Any + Send + Sync>;
+
 /// Shared clients of a host, one per (client type, address).
 #[derive(Default, Clone)]
 pub struct ClientPools {
-    pools: Arc<Mutex<HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>>>,
+    pools: Arc<Mutex<HashMap<(TypeId, String), AnyClient>>>,
 }
 
 impl std::fmt::Debug for ClientPools {

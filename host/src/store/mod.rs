@@ -111,6 +111,9 @@ pub enum StoreError {
     },
 }
 
+/// A key and its value in a key space ([`Store::kv_scan`]).
+pub type KvEntry = (Vec<u8>, Vec<u8>);
+
 /// A component as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentRecord {
@@ -542,7 +545,7 @@ impl Store {
         space: &str,
         prefix: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KvEntry>, StoreError> {
         match self.run(Op::KvScan {
             space: space.to_owned(),
             prefix: ops::Bytes(prefix.to_vec()),

@@ -83,17 +83,24 @@ struct Owned {
     db: sled::Db,
     _lock: File,
     stop: Arc<AtomicBool>,
-    server: Option<JoinHandle<()>>,
+    /// Signals when the server and its connections have ended (and so dropped
+    /// their handles on sled, which another open in this process would need).
+    server_done: Option<std::sync::mpsc::Receiver<()>>,
     socket: PathBuf,
 }
+
+/// How long giving up ownership waits for the server's threads to end.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
 
 impl Drop for Owned {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = UnixStream::connect(&self.socket);
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
+        // Bounded: a connection stuck in a write must not hang the process's
+        // exit (or the tokio worker that drops the last handle).
+        if let Some(done) = self.server_done.take()
+            && done.recv_timeout(SHUTDOWN_PATIENCE).is_err()
+        {
+            tracing::warn!(socket = %self.socket.display(), "the store's server did not stop in time");
         }
         let _ = std::fs::remove_file(&self.socket);
     }
@@ -185,7 +192,7 @@ impl Backend {
         // We hold the lock: a socket file here was left by an owner that died.
         let _ = std::fs::remove_file(&socket);
         let stop = Arc::new(AtomicBool::new(false));
-        let server = match UnixListener::bind(&socket) {
+        let server_done = match UnixListener::bind(&socket) {
             Ok(listener) => Some(serve(listener, db.clone(), self.path.clone(), stop.clone())),
             Err(e) => {
                 // Other processes will wait, then fail, naming the cause here.
@@ -198,7 +205,7 @@ impl Backend {
             db,
             _lock: lock,
             stop,
-            server,
+            server_done,
             socket,
         }))
     }
@@ -273,34 +280,48 @@ fn exchange(
 }
 
 /// The owner's accept loop: a thread per connection, each answering one line per
-/// request until the client closes or the owner stops.
+/// request until the client closes or the owner stops. The listener polls (every
+/// [`ACCEPT_TICK`]) so that stopping needs no wake-up connection.
 fn serve(
     listener: UnixListener,
     db: sled::Db,
     path: String,
     stop: Arc<AtomicBool>,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
+) -> std::sync::mpsc::Receiver<()> {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let _ = listener.set_nonblocking(true);
+    let spawned = std::thread::Builder::new()
         .name("weir-store-owner".into())
         .spawn(move || {
-            let mut connections = Vec::new();
-            for stream in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
+            let mut connections: Vec<JoinHandle<()>> = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let (db, path, stop) = (db.clone(), path.clone(), stop.clone());
+                        connections.retain(|c| !c.is_finished());
+                        connections.push(std::thread::spawn(move || {
+                            answer(stream, &db, &path, &stop)
+                        }));
+                    }
+                    Err(_) => std::thread::sleep(ACCEPT_TICK),
                 }
-                let Ok(stream) = stream else { continue };
-                let (db, path, stop) = (db.clone(), path.clone(), stop.clone());
-                connections.retain(|c: &JoinHandle<()>| !c.is_finished());
-                connections.push(std::thread::spawn(move || {
-                    answer(stream, &db, &path, &stop)
-                }));
             }
+            drop(listener);
             for c in connections {
                 let _ = c.join();
             }
-        })
-        .expect("spawning a thread")
+            drop(db);
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the store's server");
+    }
+    done
 }
+
+/// How often the owner's listener looks for a new connection.
+const ACCEPT_TICK: Duration = Duration::from_millis(5);
 
 fn answer(stream: UnixStream, db: &sled::Db, path: &str, stop: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(IDLE_TICK));

@@ -732,13 +732,17 @@ pub fn redact(url: &str) -> String {
 /// `spec` at key path `key`, each found and of a type the sink can store.
 ///
 /// # Errors
+/// The entity column's index, the event-time column's, and each feature
+/// column's index with its name.
+type ResolvedColumns = (usize, usize, Vec<(usize, String)>);
+
 /// [`NodeError::Config`] naming the key and the column: missing, of a type the
 /// sink cannot store, or named like one of the sink's own fields.
 fn resolve_columns(
     key: &str,
     spec: &RedisSinkSpec,
     schema: &arrow::datatypes::Schema,
-) -> Result<(usize, usize, Vec<(usize, String)>), NodeError> {
+) -> Result<ResolvedColumns, NodeError> {
     let names = || {
         schema
             .fields()
