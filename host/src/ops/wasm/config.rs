@@ -164,11 +164,25 @@ impl WasmStageSpec {
     }
 }
 
-/// A resolution failure as the node's: a store refusal keeps its own kind.
+/// A resolution failure as the node's: a store refusal keeps its own kind; a
+/// crate that does not build is the stage's code failing, kept typed (the plan
+/// reports it as [`crate::sandbox::BuildError`]).
 fn resolve_error(e: ResolveError) -> NodeError {
     match e {
         ResolveError::Store(e) => e,
+        ResolveError::Build(e) => stage_code(e),
         other => NodeError::config(other.to_string()),
+    }
+}
+
+/// The stage's code refused (it does not build, or the sandbox will not load
+/// it): a fault of the stage, with its typed cause kept for the plan.
+fn stage_code(error: impl std::error::Error + Send + Sync + 'static) -> NodeError {
+    NodeError::Stage {
+        row: None,
+        transient: false,
+        trap: false,
+        error: Box::new(error),
     }
 }
 
@@ -202,7 +216,7 @@ impl OperatorConfig for WasmStageSpec {
             .resolve(cx.base_dir, components.as_deref())
             .map_err(resolve_error)?
             .load(&sandbox)
-            .map_err(|e| NodeError::config(e.to_string()))?;
+            .map_err(stage_code)?;
         let stage = self.stage(&sandbox, &component, cx.name, &self.params.to_string())?;
         let shadow = self.shadow(cx, &sandbox, components.as_deref(), &component)?;
         Ok(Box::new(WasmOperator::new(stage).with_shadow(shadow)))
