@@ -256,7 +256,7 @@ pub async fn run_with(
     let mut stateful = vec![false; nodes.len()];
     if options.checkpoints.is_some() {
         for (i, n) in nodes.iter_mut().enumerate() {
-            if let NodeImpl::Operator(op) = n {
+            if let NodeImpl::Operator(crate::plan::OperatorNode::Sync(op)) = n {
                 stateful[i] = op.begin_checkpoints();
             }
         }

@@ -270,6 +270,8 @@ impl Tenant {
             store: Some(self.store.clone()),
             memory: Some(self.pool.clone()),
             memory_source: self.host.memory_source().clone(),
+            services: crate::node::services::Services::new()
+                .with(std::sync::Arc::new(self.host.clients().clone())),
         })
     }
 }

@@ -36,9 +36,8 @@ use serde::{Deserialize, Serialize};
 use crate::exec::control::{RunControl, StageChange, SwapError};
 use crate::ops::wasm::prepare_stage;
 use crate::plan::{Plan, RunEnv};
-use crate::sandbox::build_stage;
 use crate::spec::{PipelineSpec, SpecError, WasmStageSpec};
-use crate::store::{StoreError, is_reference};
+use crate::store::StoreError;
 
 /// Why a new spec was not applied to a running pipeline. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -459,24 +458,22 @@ fn component_bytes(
     w: &WasmStageSpec,
 ) -> Result<Vec<u8>, SwapError> {
     let refused = |what: String| SwapError::Refused(format!("stage `{stage}`: {what}"));
-    let path = match (&w.component, &w.krate) {
-        (Some(c), _) if c.to_str().is_some_and(is_reference) => {
-            let r = c.to_str().expect("checked");
-            let store = env.store.as_ref().ok_or_else(|| {
-                refused(format!(
-                    "component `{r}` names the store, but this run has none"
-                ))
-            })?;
-            return store
-                .resolve(r)
-                .and_then(|d| store.component_bytes(&d))
-                .map_err(|e| refused(e.to_string()));
-        }
-        (Some(file), _) => spec.resolve(file),
-        (None, Some(dir)) => build_stage(&spec.resolve(dir)).map_err(|e| refused(e.to_string()))?,
-        (None, None) => return Err(refused("no component or crate".to_owned())),
-    };
-    std::fs::read(&path).map_err(|e| refused(format!("cannot read {}: {e}", path.display())))
+    let index = spec
+        .stages
+        .iter()
+        .position(|s| s.name == stage)
+        .unwrap_or(0);
+    let reference = w
+        .reference(&format!("stage[{index}].wasm"))
+        .map_err(|e| refused(e.to_string()))?;
+    let store = env
+        .store
+        .as_ref()
+        .map(|s| s as &dyn crate::node::services::ComponentSource);
+    reference
+        .resolve(&spec.base_dir, store)
+        .and_then(crate::sandbox::Resolved::into_bytes)
+        .map_err(|e| refused(e.to_string()))
 }
 
 #[cfg(test)]

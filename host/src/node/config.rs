@@ -171,8 +171,9 @@ impl FieldType {
 }
 
 /// What building a node from its configuration may use: where it sits in the
-/// pipeline file (for errors), the run's settings, its memory budget and its
-/// directories. Built per node by the plan; a config's `build` reads what it needs
+/// pipeline file (for errors), the run's settings, its memory budget, its
+/// directories, its tenant, the host's services and the clock. Built per node by
+/// the plan, the same way for every kind; a config's `build` reads what it needs
 /// and ignores the rest.
 pub struct BuildCx<'a> {
     /// The kind table's key path (`source[0].jsonl`, `sink[1].redis`): errors name
@@ -192,6 +193,15 @@ pub struct BuildCx<'a> {
     pub memory: &'a super::memory::RunMemory,
     /// The host's data directory (dead letters, artifacts, the store).
     pub data_dir: &'a std::path::Path,
+    /// The tenant the run belongs to: a namespace, with the pipeline, for
+    /// anything a node keeps outside the run.
+    pub tenant: &'a str,
+    /// What the host offers its nodes (the sandbox, the component store, node
+    /// state, client pools, the dead-letter store): a node takes what it needs
+    /// with [`Services::require`](super::services::Services::require).
+    pub services: &'a super::services::Services,
+    /// The time, as nodes read it (tests fix it).
+    pub clock: &'a std::sync::Arc<dyn super::services::Clock>,
 }
 
 impl BuildCx<'_> {
@@ -212,6 +222,31 @@ pub enum SourceNode {
     Sync(Box<dyn super::Source>),
     /// Polled on the runtime.
     Async(Box<dyn super::AsyncSource>),
+}
+
+/// An operator ready to run, in the form it is driven in.
+pub enum OperatorNode {
+    /// Called on the blocking pool.
+    Sync(Box<dyn super::Operator>),
+    /// Polled on the runtime.
+    Async(Box<dyn super::AsyncOperator>),
+}
+
+impl OperatorNode {
+    /// As [`Operator::output_schema`](super::Operator::output_schema), whichever
+    /// form it is driven in.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming a missing column or wrong type.
+    pub fn output_schema(
+        &mut self,
+        input: &arrow::datatypes::SchemaRef,
+    ) -> Result<Option<arrow::datatypes::SchemaRef>, NodeError> {
+        match self {
+            Self::Sync(op) => op.output_schema(input),
+            Self::Async(op) => op.output_schema(input),
+        }
+    }
 }
 
 /// A sink ready to run, in the form it is driven in.
@@ -281,6 +316,16 @@ pub trait OperatorConfig {
     /// # Errors
     /// A [`NodeError`] saying why.
     fn build(&self, cx: &BuildCx) -> Result<Box<dyn super::Operator>, NodeError>;
+
+    /// The running operator in the form it is driven in. The default builds a
+    /// synchronous one with [`build`](Self::build); an operator that waits on
+    /// services returns [`OperatorNode::Async`] here.
+    ///
+    /// # Errors
+    /// A [`NodeError`] saying why.
+    fn build_node(&self, cx: &BuildCx) -> Result<OperatorNode, NodeError> {
+        self.build(cx).map(OperatorNode::Sync)
+    }
 
     /// Whether the operator holds rows, and so the acknowledgements of their
     /// input, for as long as their key stays active (session windows): on an

@@ -35,6 +35,7 @@ pub mod lineage;
 pub mod memory;
 pub mod retry;
 pub mod schema;
+pub mod services;
 pub mod swap;
 
 use std::collections::BTreeMap;
@@ -412,6 +413,40 @@ pub trait Operator: Send + 'static {
         request.reply.send(Err(swap::SwapError::Refused(
             "this stage cannot be swapped".to_owned(),
         )));
+    }
+
+    /// The digest (hex sha256) of the component the operator runs, for the plan's
+    /// record of what code a run used. Default: none (native code).
+    fn component_digest(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// An operator that waits on services (a lookup against a store or a model
+/// server): polled on the runtime, so a call in flight holds no thread.
+///
+/// It holds no rows across calls: each `process` emits what its batch gives
+/// before it returns, so a checkpoint barrier passes it with nothing held. An
+/// operator that must keep rows across batches is an [`Operator`].
+pub trait AsyncOperator: Send + 'static {
+    /// As [`Operator::output_schema`]. Default: the input's schema.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming a missing column or wrong type.
+    fn output_schema(&mut self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {
+        Ok(Some(input.clone()))
+    }
+
+    /// Processes one batch, emitting into `out` (see [`Operator::process`]).
+    fn process<'a>(
+        &'a mut self,
+        batch: RecordBatch,
+        out: &'a mut Emitter,
+    ) -> BoxFuture<'a, Result<(), NodeError>>;
+
+    /// Called once when the input ends (see [`Operator::finish`]). Default: nothing.
+    fn finish<'a>(&'a mut self, _out: &'a mut Emitter) -> BoxFuture<'a, Result<(), NodeError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 

@@ -1,7 +1,9 @@
 //! The composition root: from a checked spec to runnable nodes. Each node's kind
-//! builds itself ([`crate::node::config::SourceConfig::build`] and its siblings,
-//! given a [`BuildCx`]); only WebAssembly stages are built here, with the sandbox
-//! and the component store.
+//! builds itself ([`crate::node::config::SourceConfig::build`] and its siblings),
+//! every one the same way: given a [`BuildCx`] with its place in the file, the
+//! run's settings and memory, its tenant, the host's [`Services`] (the sandbox,
+//! the component store, node state, client pools) and the clock. The plan names
+//! no kind.
 //!
 //! Components are loaded (built first when the spec names a crate), stages
 //! instantiated and `init`ed, files opened, and every node's output schema
@@ -11,17 +13,18 @@
 //! once, naming the node.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 
+use crate::node::NodeError;
 use crate::node::config::BuildCx;
 use crate::node::memory::{MemoryPool, MemorySource, RunMemory};
-use crate::node::{NodeError, Operator};
-use crate::ops::wasm::WasmOperator;
-use crate::sandbox::{BuildError, FeaturizerStage, LoadError, Sandbox, StageFailure, build_stage};
-use crate::spec::{Dag, NodeKind, PipelineSpec, SpecError, StageKind, WasmStageSpec};
-
-mod shadow;
+use crate::node::services::{
+    Clock, ComponentSource, DEFAULT_TENANT, NodeStateStore, Services, SystemClock,
+};
+use crate::sandbox::{BuildError, LoadError, Sandbox, StageFailure};
+use crate::spec::{Dag, NodeKind, PipelineSpec, SpecError};
 
 /// What a run needs from its host. A [`crate::host::Tenant`] makes one for each
 /// run ([`crate::host::Tenant::env`]); a test or an embedding program without a
@@ -42,6 +45,10 @@ pub struct RunEnv {
     pub memory: Option<MemoryPool>,
     /// Where the memory floor reads what is available.
     pub memory_source: MemorySource,
+    /// What the host offers nodes besides the sandbox, the store and the clock,
+    /// which [`RunEnv::services`] adds (the client pools, on a host; a test's
+    /// fixed clock, which replaces the machine's).
+    pub services: Services,
 }
 
 impl RunEnv {
@@ -54,7 +61,32 @@ impl RunEnv {
             store: None,
             memory: None,
             memory_source: MemorySource::detect(),
+            services: Services::new(),
         }
+    }
+
+    /// What the run's nodes are offered ([`BuildCx::services`]): the sandbox;
+    /// with a store, the component store and node state (the store's tenant's);
+    /// the machine's clock; and whatever [`RunEnv::services`](Self::services)
+    /// holds, which wins.
+    pub fn services(&self) -> Services {
+        let mut services = Services::new()
+            .with(Arc::new(self.sandbox.clone()))
+            .with::<dyn Clock>(Arc::new(SystemClock));
+        if let Some(store) = &self.store {
+            let store = Arc::new(store.clone());
+            services.insert::<dyn ComponentSource>(store.clone());
+            services.insert::<dyn NodeStateStore>(store);
+        }
+        services.extend(&self.services);
+        services
+    }
+
+    /// The tenant the run belongs to: its store's, or the default one.
+    pub fn tenant(&self) -> &str {
+        self.store
+            .as_ref()
+            .map_or(DEFAULT_TENANT, crate::store::Store::tenant)
     }
 }
 
@@ -121,14 +153,14 @@ impl PlanError {
     }
 }
 
-pub use crate::node::config::{SinkNode, SourceNode};
+pub use crate::node::config::{OperatorNode, SinkNode, SourceNode};
 
 /// A node ready to run.
 pub enum NodeImpl {
     /// Produces batches.
     Source(SourceNode),
     /// Transforms batches.
-    Operator(Box<dyn Operator>),
+    Operator(OperatorNode),
     /// Consumes batches.
     Sink(SinkNode),
 }
@@ -176,6 +208,10 @@ impl Plan {
                 e,
             ),
         })?;
+        let services = env.services();
+        let clock: Arc<dyn Clock> = services
+            .get::<dyn Clock>()
+            .unwrap_or_else(|| Arc::new(SystemClock));
         for node in &dag.nodes {
             let i = node.index;
             let (name, table) = match node.kind {
@@ -192,23 +228,24 @@ impl Plan {
                 batch_rows: spec.settings.batch_rows,
                 memory: &memory,
                 data_dir: &env.data_dir,
+                tenant: env.tenant(),
+                services: &services,
+                clock: &clock,
             };
-            let open = |error: NodeError| PlanError::Open {
-                node: name.clone(),
-                error,
-            };
+            let open = |e: NodeError| plan_error(name, e);
             let built = match node.kind {
                 NodeKind::Source => {
                     NodeImpl::Source(spec.sources[i].kind.config().build(&cx).map_err(open)?)
                 }
-                NodeKind::Stage => match &spec.stages[i].kind {
-                    StageKind::Wasm(w) => {
-                        let (op, digest) = build_wasm(&spec, env, &cx, w)?;
-                        digests.push((name.clone(), digest));
-                        NodeImpl::Operator(op)
+                NodeKind::Stage => {
+                    let op = spec.stages[i].kind.config().build_node(&cx).map_err(open)?;
+                    if let OperatorNode::Sync(op) = &op
+                        && let Some(digest) = op.component_digest()
+                    {
+                        digests.push((name.clone(), digest.to_owned()));
                     }
-                    kind => NodeImpl::Operator(kind.config().build(&cx).map_err(open)?),
-                },
+                    NodeImpl::Operator(op)
+                }
                 NodeKind::Sink => {
                     NodeImpl::Sink(spec.sinks[i].kind.config().build(&cx).map_err(open)?)
                 }
@@ -227,8 +264,54 @@ impl Plan {
     }
 }
 
+/// A node that failed to build, as the plan reports it: a stage's code that did
+/// not build, load or start keeps its typed cause ([`PlanError::Build`],
+/// [`PlanError::Load`], [`PlanError::Start`]); any other error names the node.
+fn plan_error(node: &str, e: NodeError) -> PlanError {
+    let NodeError::Stage {
+        row,
+        transient,
+        trap,
+        error,
+    } = e
+    else {
+        return PlanError::Open {
+            node: node.to_owned(),
+            error: e,
+        };
+    };
+    let error = match error.downcast::<StageFailure>() {
+        Ok(failure) => return PlanError::Start(*failure),
+        Err(other) => other,
+    };
+    let error = match error.downcast::<LoadError>() {
+        Ok(source) => {
+            return PlanError::Load {
+                node: node.to_owned(),
+                source: *source,
+            };
+        }
+        Err(other) => other,
+    };
+    match error.downcast::<BuildError>() {
+        Ok(source) => PlanError::Build {
+            node: node.to_owned(),
+            source: *source,
+        },
+        Err(error) => PlanError::Open {
+            node: node.to_owned(),
+            error: NodeError::Stage {
+                row,
+                transient,
+                trap,
+                error,
+            },
+        },
+    }
+}
+
 /// Each node's output schema from its inputs', in topological order. Each
-/// operator whose input is known binds to it ([`Operator::output_schema`]); each
+/// operator whose input is known binds to it ([`crate::node::Operator::output_schema`]); each
 /// sink whose input is known checks the columns its table names
 /// ([`crate::node::config::SinkConfig::check_input`]).
 fn schemas(
@@ -281,70 +364,3 @@ fn schemas(
     }
     Ok(out)
 }
-
-/// A WebAssembly stage: its component loaded (built first when the spec names a
-/// crate, read from the store when it names a reference), instantiated and
-/// `init`ed, with its shadow candidate if it has one; and the component's digest.
-fn build_wasm(
-    spec: &PipelineSpec,
-    env: &RunEnv,
-    cx: &BuildCx,
-    w: &WasmStageSpec,
-) -> Result<(Box<dyn Operator>, String), PlanError> {
-    let name = cx.name;
-    let path = match (&w.component, &w.krate) {
-        (Some(file), _) => spec.resolve(file),
-        (None, Some(dir)) => {
-            build_stage(&spec.resolve(dir)).map_err(|source| PlanError::Build {
-                node: name.to_owned(),
-                source,
-            })?
-        }
-        (None, None) => {
-            return Err(
-                SpecError::invalid(cx.key, "set exactly one of `component` and `crate`").into(),
-            );
-        }
-    };
-    let open = |message: String| PlanError::Open {
-        node: name.to_owned(),
-        error: NodeError::Config(message),
-    };
-    let loaded = match w.component.as_deref().and_then(std::path::Path::to_str) {
-        Some(r) if crate::store::is_reference(r) => {
-            let store = env.store.as_ref().ok_or_else(|| {
-                open(format!(
-                    "component `{r}` names the store, but this run has none"
-                ))
-            })?;
-            let bytes = store
-                .resolve(r)
-                .and_then(|d| store.component_bytes(&d))
-                .map_err(|e| open(e.to_string()))?;
-            env.sandbox.load(&bytes)
-        }
-        _ => env.sandbox.load_file(&path),
-    };
-    let component = loaded.map_err(|source| PlanError::Load {
-        node: name.to_owned(),
-        source,
-    })?;
-    let params = w.params.to_string();
-    let mut stage = FeaturizerStage::new(
-        &env.sandbox,
-        &component,
-        name,
-        &params,
-        w.limits,
-        w.grants.clone(),
-    )?;
-    stage.set_projection(w.columns.clone());
-    stage.set_filter(w.filter);
-    stage.set_outputs(w.declared_outputs().map_err(|e| open(e.to_string()))?);
-    let shadow = shadow::build(spec, env, name, w, &component)?;
-    let op = Box::new(WasmOperator::new(stage).with_shadow(shadow));
-    Ok((op, component.digest().to_owned()))
-}
-
-#[cfg(test)]
-mod tests;

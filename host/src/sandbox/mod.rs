@@ -39,6 +39,7 @@ mod error;
 mod fault;
 mod limits;
 mod outputs;
+mod reference;
 mod stage;
 mod state;
 
@@ -57,6 +58,7 @@ pub use limits::{
     Grants, StageLimits, default_deadline, default_fuel, default_max_crossing, default_memory,
 };
 pub use outputs::{DeclaredOutputs, FILTER_COLUMN, OutputColumn, OutputSchemaError, output_schema};
+pub use reference::{ComponentRef, ResolveError, Resolved, is_reference};
 pub use stage::{FeaturizerStage, StageStats};
 pub use state::GuestMetrics;
 pub(crate) use state::StageState;

@@ -26,8 +26,10 @@
 //! 2. One variant in the enum below, with its table name and a doc line.
 //!
 //! Validation, planning, the store and the HTTP API then take it as they take
-//! every other kind: nothing else names kinds, except that the plan builds a
-//! [`StageKind::Wasm`] stage itself (it needs the sandbox and the store).
+//! every other kind: nothing else names kinds. A kind that needs the host's
+//! services (the sandbox, the component store) takes them from
+//! [`BuildCx::services`](crate::node::config::BuildCx::services), as the
+//! WebAssembly stage does.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -36,14 +38,13 @@ use serde::de::{self, MapAccess};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::node::config::{BuildCx, OperatorConfig, SinkConfig, SourceConfig, SpecError, closest};
-use crate::node::{NodeError, Operator};
+use crate::node::config::{OperatorConfig, SinkConfig, SourceConfig, closest};
 
-use crate::sandbox::{DeclaredOutputs, Grants, OutputColumn, OutputSchemaError, StageLimits};
 use crate::units::ByteSize;
 
 pub use crate::connectors::{JsonlSinkSpec, JsonlSourceSpec};
 pub use crate::node::config::{FieldSpec, FieldType};
+pub use crate::ops::wasm::{OutputSpec, WasmStageSpec};
 
 /// A whole pipeline file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,9 +262,8 @@ kinds! {
 }
 
 kinds! {
-    /// What a stage does: one variant per `[stage.<kind>]` table. Every kind but
-    /// [`StageKind::Wasm`] builds through [`OperatorConfig`]; a WebAssembly stage
-    /// needs the sandbox and the component store, which the plan holds.
+    /// What a stage does: one variant per `[stage.<kind>]` table; every kind
+    /// builds through [`OperatorConfig`].
     pub enum StageKind: OperatorConfig {
         /// A WebAssembly featurizer (`[stage.wasm]`).
         Wasm(WasmStageSpec) = "wasm",
@@ -662,118 +662,4 @@ impl Serialize for SinkSpec {
             |m| self.kind.serialize_entry(m),
         )
     }
-}
-
-/// A WebAssembly featurizer stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WasmStageSpec {
-    /// A component file (`.wasm`), relative to the pipeline file, or a component
-    /// in the store: `name@version`, `name` (its latest version) or
-    /// `sha256:<hex>`. A value ending in `.wasm`/`.wat` or containing `/` is a
-    /// file. Exactly one of `component` and `crate` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub component: Option<PathBuf>,
-    /// A stage crate to build with `cargo build --target wasm32-wasip2` first.
-    #[serde(default, rename = "crate", skip_serializing_if = "Option::is_none")]
-    pub krate: Option<PathBuf>,
-    /// Parameters handed to the stage's `init` as JSON. Default: `{}`.
-    #[serde(default = "empty_params")]
-    pub params: serde_json::Value,
-    /// Send only these columns into the stage and merge what it returns back into
-    /// the full batch (it must then keep every row). Default: send every column.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub columns: Option<Vec<String>>,
-    /// Per-call limits; every key has a default.
-    #[serde(default)]
-    pub limits: StageLimits,
-    /// Capabilities; all denied by default.
-    #[serde(default)]
-    pub grants: Grants,
-    /// A candidate version run beside this one on the same batches, its output
-    /// compared and discarded (`[stage.wasm.shadow]`). Default: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<crate::ops::wasm::shadow::ShadowSpec>,
-    /// The stage drops rows. A filter returns every row plus a boolean column
-    /// `_keep`: the host keeps the rows where it is true, drops those where it is
-    /// false or null (counted as `filtered` in the run summary) and removes the
-    /// column. Default: false, a featurizer, which must return exactly one row per
-    /// input row.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub filter: bool,
-    /// The columns the stage returns, with their types:
-    /// `outputs = [{ name = "price_bucket", type = "int32" }]`. The stage's output
-    /// is then its input's columns with each declared one replacing the same-named
-    /// column or appended ([`crate::sandbox::output_schema`]), and every batch it
-    /// returns is checked against that: a declared column missing or of another
-    /// type, or a column outside it, fails the run naming the column. Default:
-    /// none, and the output is not checked.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub outputs: Vec<OutputSpec>,
-}
-
-/// One column a WebAssembly stage declares it returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputSpec {
-    /// The column's name.
-    pub name: String,
-    /// Its type.
-    #[serde(rename = "type")]
-    pub data_type: FieldType,
-}
-
-impl WasmStageSpec {
-    /// The declared [`outputs`](Self::outputs), checked, as the sandbox takes them.
-    ///
-    /// # Errors
-    /// [`OutputSchemaError`] for a column declared twice or named `_keep`.
-    pub fn declared_outputs(&self) -> Result<DeclaredOutputs, OutputSchemaError> {
-        DeclaredOutputs::new(
-            self.outputs
-                .iter()
-                .map(|o| OutputColumn {
-                    name: o.name.clone(),
-                    data_type: o.data_type.arrow(),
-                })
-                .collect(),
-        )
-    }
-}
-
-/// A WebAssembly stage checks itself like any kind, but is built by the plan
-/// (`crate::plan`), which holds the sandbox and the component store.
-impl OperatorConfig for WasmStageSpec {
-    fn check(&self, key: &str) -> Result<(), SpecError> {
-        if self.component.is_some() == self.krate.is_some() {
-            return Err(SpecError::invalid(
-                key,
-                "set exactly one of `component` (a .wasm file) and `crate` (a stage crate to build)",
-            ));
-        }
-        if self.limits.fuel == 0 {
-            return Err(SpecError::invalid(
-                format!("{key}.limits.fuel"),
-                "must be greater than 0",
-            ));
-        }
-        if self.limits.deadline.0.is_zero() {
-            return Err(SpecError::invalid(
-                format!("{key}.limits.deadline"),
-                "must be greater than 0",
-            ));
-        }
-        Ok(())
-    }
-
-    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
-        Err(NodeError::Bug(format!(
-            "`{}`: a WebAssembly stage is built by the plan, with the sandbox",
-            cx.key
-        )))
-    }
-}
-
-fn empty_params() -> serde_json::Value {
-    serde_json::Value::Object(serde_json::Map::new())
 }

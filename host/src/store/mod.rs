@@ -26,6 +26,7 @@ pub mod layout;
 pub mod ops;
 pub mod owner;
 mod pin;
+mod services;
 
 pub use owner::Role;
 pub use pin::{PinError, diff, pin};
@@ -189,12 +190,9 @@ impl PipelineVersion {
     }
 }
 
-/// Whether a stage's `component` value names a store entry rather than a file:
-/// `sha256:<hex>`, `name@version` or a bare name, never ending in `.wasm`/`.wat`
-/// and never containing `/`.
-pub fn is_reference(component: &str) -> bool {
-    !(component.ends_with(".wasm") || component.ends_with(".wat") || component.contains('/'))
-}
+/// Whether a stage's `component` value names a store entry rather than a file
+/// (one rule, beside [`crate::sandbox::ComponentRef`]).
+pub use crate::sandbox::is_reference;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

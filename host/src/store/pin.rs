@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{StageVersion, Store, StoreError, is_reference};
+use super::{StageVersion, Store, StoreError};
 use crate::node::lineage::params_hash;
-use crate::sandbox::{BuildError, LoadError, Sandbox, build_stage};
+use crate::sandbox::{LoadError, ResolveError, Sandbox};
 use crate::spec::{PipelineSpec, SpecError};
 
 /// Why a pipeline could not be pinned.
@@ -24,23 +24,14 @@ pub enum PinError {
         /// Why.
         source: StoreError,
     },
-    /// A component file could not be read.
-    #[error("stage `{stage}`: cannot read {path}: {source}")]
-    Read {
-        /// The stage.
-        stage: String,
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A stage crate did not build.
+    /// The component could not be had: the store refused its reference, its file
+    /// could not be read, or its crate did not build.
     #[error("stage `{stage}`: {source}")]
-    Build {
+    Resolve {
         /// The stage.
         stage: String,
         /// Why.
-        source: BuildError,
+        source: ResolveError,
     },
     /// The component failed validation.
     #[error("stage `{stage}`: {source}")]
@@ -66,56 +57,21 @@ pub fn pin(
     spec.validate()?;
     let mut pinned = spec.clone();
     let mut stages = Vec::new();
-    for stage in &mut pinned.stages {
+    for (index, stage) in pinned.stages.iter_mut().enumerate() {
         let name = stage.name.clone();
         let Some(w) = stage.wasm_mut() else {
             continue;
         };
-        let (source, bytes, label) = match (&w.component, &w.krate) {
-            (Some(c), _) if c.to_str().is_some_and(is_reference) => {
-                let r = c.to_str().expect("checked").to_owned();
-                let digest = store.resolve(&r).map_err(|source| PinError::Store {
-                    stage: name.clone(),
-                    source,
-                })?;
-                let bytes = store
-                    .component_bytes(&digest)
-                    .map_err(|source| PinError::Store {
-                        stage: name.clone(),
-                        source,
-                    })?;
-                let label = r.split('@').next().unwrap_or(&r).to_owned();
-                (r, bytes, label)
-            }
-            (Some(file), _) => {
-                let path = spec.resolve(file);
-                let bytes = std::fs::read(&path).map_err(|source| PinError::Read {
-                    stage: name.clone(),
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let label = path
-                    .file_stem()
-                    .map_or(name.clone(), |s| s.to_string_lossy().into_owned());
-                (file.display().to_string(), bytes, label)
-            }
-            (None, Some(dir)) => {
-                let path = build_stage(&spec.resolve(dir)).map_err(|source| PinError::Build {
-                    stage: name.clone(),
-                    source,
-                })?;
-                let bytes = std::fs::read(&path).map_err(|source| PinError::Read {
-                    stage: name.clone(),
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let label = dir
-                    .file_name()
-                    .map_or(name.clone(), |s| s.to_string_lossy().into_owned());
-                (dir.display().to_string(), bytes, label)
-            }
-            (None, None) => unreachable!("validated: component or crate"),
-        };
+        let reference = w.reference(&format!("stage[{index}].wasm"))?;
+        let bytes = reference
+            .resolve(&spec.base_dir, Some(store))
+            .and_then(crate::sandbox::Resolved::into_bytes)
+            .map_err(|source| PinError::Resolve {
+                stage: name.clone(),
+                source,
+            })?;
+        let label = reference.label().unwrap_or_else(|| name.clone());
+        let source = reference.to_string();
         let loaded = sandbox.load(&bytes).map_err(|source| PinError::Load {
             stage: name.clone(),
             source,

@@ -1,4 +1,6 @@
-//! A WebAssembly featurizer as an [`Operator`], swappable while it runs.
+//! A WebAssembly featurizer as an [`Operator`], swappable while it runs. Its
+//! `[stage.wasm]` table and how it builds itself are in `config`; where its code
+//! comes from is [`crate::sandbox::ComponentRef`].
 //!
 //! A swap ([`Operator::swap`], see [`crate::node::swap`]) is applied between two
 //! batches. The version it replaced is kept until the new one has processed one
@@ -6,7 +8,10 @@
 //! have), the previous version is restored and the same batch is processed again
 //! on it, so the swap costs no record.
 
+mod config;
 pub mod shadow;
+
+pub use config::{OutputSpec, WasmStageSpec};
 
 use std::sync::Arc;
 
@@ -238,6 +243,10 @@ impl Operator for WasmOperator {
         tracing::info!(stage = %self.stage.name(), digest = %self.stage.digest(), "swap applied; on probation until its first batch");
         self.lineage = lineage_of(&self.stage);
         self.probation = Some(Probation { previous, reply });
+    }
+
+    fn component_digest(&self) -> Option<&str> {
+        Some(self.stage.digest())
     }
 }
 
