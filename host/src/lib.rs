@@ -6,7 +6,7 @@
 //! wall-clock caps. Inside the host data moves as Arrow record batches.
 //!
 //! Modules, bottom to top; a module imports only modules below it (a test,
-//! `host/tests/layering.rs`, fails on an import cycle):
+//! `host/tests/layering.rs`, checks every import against this table):
 //!
 //! | module | concern |
 //! | --- | --- |
@@ -22,6 +22,7 @@
 //! | [`plan`] | the composition root: a spec becomes nodes |
 //! | [`exec`] | the scheduler: tasks, channels, backpressure, acknowledgements, checkpoints, the run summary |
 //! | [`live`] | a running pipeline's control: socket, file watch, swaps |
+//! | [`host`] | the runtime that owns a data directory: the store, the sandbox, memory pools host → tenant → run, client pools, the registry of runs, tenants; assembles runs |
 //!
 //! Running a pipeline from Rust:
 //!
@@ -32,7 +33,7 @@
 //! use weir::sandbox::{Sandbox, SandboxConfig};
 //! use weir::spec::PipelineSpec;
 //!
-//! let env = RunEnv { sandbox: Sandbox::new(SandboxConfig::default())?, data_dir: ".weir".into(), store: None };
+//! let env = RunEnv::standalone(Sandbox::new(SandboxConfig::default())?, ".weir");
 //! let spec = PipelineSpec::from_file("examples/quickstart/pipeline.toml".as_ref())?;
 //! let plan = Plan::build(spec, &env)?;
 //! let summary = weir::exec::run(plan, &env, &RunOptions::default()).await?;
