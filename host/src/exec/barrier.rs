@@ -5,7 +5,8 @@
 //!   checkpointer ──request n──► sources: position Pₙ noted, Barrier(n) sent in the data's order
 //!   operator: Barrier(n) from every live input (the others' data held back) ─► snapshot Sₙ ─► Barrier(n) on
 //!   sink: Barrier(n) from every live input ─► flush ─► state Tₙ reported
-//!   checkpointer: every sink reported n ─► dead letters synced ─► {Pₙ, Sₙ, Tₙ} saved ─► sources commit Pₙ
+//!   checkpointer: every sink reported n ─► dead letters synced ─► every token issued before
+//!                 Barrier(n) settled? ─► {Pₙ, Sₙ, Tₙ} saved ─► sources commit Pₙ   (else: not saved)
 //! ```
 //!
 //! Holding a window's input acknowledgements until the window closes would hold
@@ -19,6 +20,22 @@
 //! before the barrier. A resumed run restores all three and continues after
 //! `Pₙ`: no row is lost and, for sinks that restore their state (files) or are
 //! idempotent by key (Redis), none is counted twice.
+//!
+//! Other operators may hold rows across a barrier too (a sort, a group, a
+//! `batch` stage waiting on `linger`). Each says what it does at a barrier
+//! ([`crate::node::AtBarrier`]): it snapshots them with the state above, emits
+//! them before passing the barrier on, or holds them with their delivery
+//! tokens. The last is the default, and the checkpointer enforces it: each
+//! source notes how many batches it had issued when it sent the barrier, and
+//! a checkpoint is saved only if all of those had settled when its last sink
+//! reported (every sink made them durable, the dead-letter store synced them,
+//! or a snapshot took them over); counted later, tokens would also settle for
+//! rows written after the barrier, which the sinks' states do not hold. Dead
+//! letters are synced as a checkpoint is saved, so rows that became dead
+//! letters since the previous one make a checkpoint wait for the next. A checkpoint that finds a token still held is dropped, not saved:
+//! the next barrier tries again. So an operator that keeps rows and neither
+//! snapshots nor emits them delays checkpoints; it cannot make one commit
+//! positions whose rows exist only in its memory.
 //!
 //! A run without such operators keeps the per-batch acknowledgements of
 //! [`crate::node::ack`], which commit continuously and need no barriers.
@@ -118,6 +135,10 @@ impl Aligner {
 #[derive(Default)]
 struct Pending {
     sources: BTreeMap<String, Position>,
+    /// Per source, the batches it had issued when it sent the barrier.
+    issued: BTreeMap<String, u64>,
+    /// Per source, the batches settled when the last sink reported.
+    settled: BTreeMap<String, u64>,
     operators: BTreeMap<String, PathBuf>,
     sinks: BTreeMap<String, Option<String>>,
 }
@@ -126,8 +147,14 @@ struct Pending {
 pub(crate) struct Assembled {
     pub(crate) id: u64,
     pub(crate) sources: BTreeMap<String, Position>,
+    /// Per source, the batches that must have settled before it is saved.
+    pub(crate) issued: BTreeMap<String, u64>,
+    /// Per source, the batches settled when its last sink reported.
+    pub(crate) settled: BTreeMap<String, u64>,
     pub(crate) operators: BTreeMap<String, PathBuf>,
     pub(crate) sinks: BTreeMap<String, String>,
+    /// The state files of older checkpoints it supersedes, never saved.
+    pub(crate) superseded: Vec<PathBuf>,
 }
 
 /// The run's barrier coordination, shared by its tasks.
@@ -143,9 +170,12 @@ pub(crate) struct Barriers {
     pub(crate) dir: PathBuf,
     sinks: usize,
     pending: Mutex<BTreeMap<u64, Pending>>,
-    /// Positions of sources that ended, which later checkpoints keep.
-    ended: Mutex<BTreeMap<String, Position>>,
+    /// Positions of sources that ended, which later checkpoints keep, and
+    /// the batches they issued in all.
+    ended: Mutex<BTreeMap<String, (Option<Position>, u64)>>,
     pub(crate) reported: Notify,
+    /// The sources' commit trackers, read as the last sink reports.
+    trackers: Vec<(String, std::sync::Arc<crate::node::CommitTracker>)>,
 }
 
 impl Barriers {
@@ -160,7 +190,18 @@ impl Barriers {
             pending: Mutex::default(),
             ended: Mutex::default(),
             reported: Notify::new(),
+            trackers: Vec::new(),
         }
+    }
+
+    /// Counts settled batches of these sources' trackers as each checkpoint's
+    /// last sink reports.
+    pub(crate) fn with_trackers(
+        mut self,
+        trackers: Vec<(String, std::sync::Arc<crate::node::CommitTracker>)>,
+    ) -> Self {
+        self.trackers = trackers;
+        self
     }
 
     fn with<R>(&self, n: u64, f: impl FnOnce(&mut Pending) -> R) -> R {
@@ -168,21 +209,24 @@ impl Barriers {
         f(p.entry(n).or_default())
     }
 
-    /// A source sent barrier `n` after `position`.
-    pub(crate) fn source_at(&self, n: u64, source: &str, position: Option<Position>) {
-        if let Some(p) = position {
-            self.with(n, |c| c.sources.insert(source.to_owned(), p));
-        }
+    /// A source sent barrier `n` after `position`, having issued `issued`
+    /// batches.
+    pub(crate) fn source_at(&self, n: u64, source: &str, position: Option<Position>, issued: u64) {
+        self.with(n, |c| {
+            c.issued.insert(source.to_owned(), issued);
+            if let Some(p) = position {
+                c.sources.insert(source.to_owned(), p);
+            }
+        });
     }
 
-    /// A source ended at `position`: every later checkpoint holds it.
-    pub(crate) fn source_ended(&self, source: &str, position: Option<Position>) {
-        if let Some(p) = position {
-            self.ended
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(source.to_owned(), p);
-        }
+    /// A source ended at `position` after issuing `issued` batches: every
+    /// later checkpoint holds it.
+    pub(crate) fn source_ended(&self, source: &str, position: Option<Position>, issued: u64) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_owned(), (position, issued));
     }
 
     /// An operator wrote its state for barrier `n`.
@@ -193,7 +237,17 @@ impl Barriers {
     /// A sink made everything before barrier `n` durable; `state` is what it
     /// restores.
     pub(crate) fn sink_at(&self, n: u64, sink: &str, state: Option<String>) {
-        self.with(n, |c| c.sinks.insert(sink.to_owned(), state));
+        self.with(n, |c| {
+            c.sinks.insert(sink.to_owned(), state);
+            if c.sinks.len() >= self.sinks {
+                // Now, before this sink goes on to what follows the barrier.
+                c.settled = self
+                    .trackers
+                    .iter()
+                    .map(|(name, t)| (name.clone(), t.settled()))
+                    .collect();
+            }
+        });
         self.reported.notify_one();
     }
 
@@ -207,18 +261,34 @@ impl Barriers {
             .find(|(_, p)| p.sinks.len() >= self.sinks)?
             .0;
         let done = pending.remove(&id)?;
-        pending.retain(|&n, _| n > id);
-        let mut sources = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let older: Vec<u64> = pending.range(..id).map(|(&n, _)| n).collect();
+        let superseded = older
+            .into_iter()
+            .filter_map(|n| pending.remove(&n))
+            .flat_map(|p| p.operators.into_values())
+            .collect();
+        let mut sources = BTreeMap::new();
+        let mut issued = BTreeMap::new();
+        for (name, (p, n)) in self.ended.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Some(p) = p {
+                sources.insert(name.clone(), p.clone());
+            }
+            issued.insert(name.clone(), *n);
+        }
         sources.extend(done.sources);
+        issued.extend(done.issued);
         Some(Assembled {
             id,
             sources,
+            issued,
+            settled: done.settled,
             operators: done.operators,
             sinks: done
                 .sinks
                 .into_iter()
                 .filter_map(|(k, v)| Some((k, v?)))
                 .collect(),
+            superseded,
         })
     }
 }
@@ -288,20 +358,22 @@ mod tests {
     #[test]
     fn the_newest_fully_reported_checkpoint_supersedes_older_ones() {
         let b = Barriers::new(2, PathBuf::from("/tmp"));
-        b.source_at(1, "s", Some("10".into()));
-        b.source_at(2, "s", Some("20".into()));
-        b.source_at(3, "s", Some("30".into()));
+        b.source_at(1, "s", Some("10".into()), 1);
+        b.source_at(2, "s", Some("20".into()), 2);
+        b.source_at(3, "s", Some("30".into()), 3);
         b.sink_at(1, "a", Some("a1".into()));
         assert!(b.take_assembled().is_none(), "one sink of two reported");
         b.sink_at(1, "b", None);
         b.sink_at(2, "a", Some("a2".into()));
         b.sink_at(2, "b", Some("b2".into()));
-        b.source_ended("t", Some("7".into()));
+        b.source_ended("t", Some("7".into()), 4);
         let c = b.take_assembled().unwrap();
         assert_eq!(c.id, 2);
         assert_eq!(c.sources.get("s").map(String::as_str), Some("20"));
         assert_eq!(c.sources.get("t").map(String::as_str), Some("7"));
         assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.issued.get("s"), Some(&2));
+        assert_eq!(c.issued.get("t"), Some(&4));
         assert!(
             b.take_assembled().is_none(),
             "1 and 2 are gone, 3 incomplete"

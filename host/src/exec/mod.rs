@@ -38,6 +38,9 @@ mod progress;
 mod summary;
 mod tasks;
 
+#[cfg(test)]
+mod held_tests;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -167,6 +170,9 @@ pub(crate) struct RunShared {
     /// committed last: they commit the last checkpoint's positions once it is
     /// saved.
     pub(crate) parked: Mutex<Vec<ParkedSource>>,
+    /// Aligned checkpoints not saved because an operator still held rows
+    /// read before their barrier (see [`barrier`]).
+    pub(crate) checkpoints_held: AtomicU64,
 }
 
 /// A source waiting for the run's last checkpoint (see [`RunShared::parked`]).
@@ -253,11 +259,18 @@ pub async fn run_with(
     }
     // Operators whose state outlives a checkpoint make the run take aligned
     // checkpoints ([`barrier`]).
+    // Each operator's part at a barrier (see `node::AtBarrier`).
     let mut stateful = vec![false; nodes.len()];
+    let mut at_barrier = vec![crate::node::AtBarrier::Hold; nodes.len()];
     if options.checkpoints.is_some() {
         for (i, n) in nodes.iter_mut().enumerate() {
             if let NodeImpl::Operator(crate::plan::OperatorNode::Sync(op)) = n {
                 stateful[i] = op.begin_checkpoints();
+                at_barrier[i] = if stateful[i] {
+                    crate::node::AtBarrier::Snapshot
+                } else {
+                    op.at_barrier()
+                };
             }
         }
     }
@@ -336,12 +349,21 @@ pub async fn run_with(
                 .iter()
                 .filter(|n| n.kind == NodeKind::Sink)
                 .count();
-            Arc::new(barrier::Barriers::new(
-                sinks,
-                env.data_dir.join("state").join(&spec.name).join(&run_id),
-            ))
+            Arc::new(
+                barrier::Barriers::new(
+                    sinks,
+                    env.data_dir.join("state").join(&spec.name).join(&run_id),
+                )
+                .with_trackers(
+                    trackers
+                        .iter()
+                        .map(|(i, t)| (dag.nodes[*i].name.clone(), t.clone()))
+                        .collect(),
+                ),
+            )
         }),
         parked: Mutex::default(),
+        checkpoints_held: AtomicU64::new(0),
     });
 
     // One channel in front of every node that has inputs.
@@ -408,7 +430,7 @@ pub async fn run_with(
             (NodeImpl::Operator(op), Some(rx)) => {
                 let swaps = control.register(&node.name);
                 let checkpoints = tasks::OperatorCheckpoints {
-                    stateful: stateful[pos],
+                    at_barrier: at_barrier[pos],
                     restore: resumed
                         .as_ref()
                         .and_then(|c| c.operators.get(&node.name).cloned()),
@@ -606,6 +628,7 @@ pub async fn run_with(
             .then_some(letters_path),
         resumed_from: resumed,
         checkpoint,
+        checkpoints_held: shared.checkpoints_held.load(Ordering::Relaxed),
     })
 }
 
@@ -657,6 +680,7 @@ impl Checkpointer {
         let Some(a) = barriers.take_assembled() else {
             return Ok(());
         };
+        remove_states(a.superseded.iter(), None);
         let letters = self.shared.letters.clone();
         let lineage = std::mem::take(
             &mut *self
@@ -678,32 +702,56 @@ impl Checkpointer {
                 .unwrap_or_default()
                 .as_millis() as u64,
         };
+        let settled = a.settled.clone();
+        let issued = a.issued.clone();
         let saved = {
             let (checkpoint, lineage) = (checkpoint.clone(), lineage.clone());
-            tokio::task::spawn_blocking(move || -> Result<(), crate::node::BoxError> {
+            tokio::task::spawn_blocking(move || -> Result<Option<String>, crate::node::BoxError> {
                 letters.flush()?;
-                store.save(&checkpoint, &lineage)
+                // Counted when the last sink reported: tokens that settle
+                // later settle for rows written after the barrier, which the
+                // sinks' states do not hold.
+                let held = issued
+                    .iter()
+                    .find(|(name, n)| settled.get(*name).copied().unwrap_or(0) < **n);
+                if let Some((name, n)) = held {
+                    return Ok(Some(format!(
+                        "{} of the batches `{name}` read before it were not settled",
+                        n - settled.get(name).copied().unwrap_or(0)
+                    )));
+                }
+                store.save(&checkpoint, &lineage)?;
+                Ok(None)
             })
             .await
             .map_err(|e| -> crate::node::BoxError { Box::new(e) })
             .and_then(|r| r)
         };
-        if let Err(error) = saved {
-            return Err(self.unsaved(lineage, error));
+        match saved {
+            Err(error) => return Err(self.unsaved(lineage, error)),
+            Ok(Some(why)) => {
+                // Held back: its lineage waits for the next checkpoint, and
+                // the state written for it is not needed.
+                tracing::debug!(checkpoint = a.id, "checkpoint held back: {why}");
+                self.shared.checkpoints_held.fetch_add(1, Ordering::Relaxed);
+                let mut pending = self
+                    .shared
+                    .lineage
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let newer = std::mem::replace(&mut *pending, lineage);
+                pending.extend(newer);
+                drop(pending);
+                let keep = self.last.as_ref().map(|c| &c.operators);
+                remove_states(checkpoint.operators.values(), keep);
+                return Ok(());
+            }
+            Ok(None) => {}
         }
         barriers.committed.send_replace((a.id, a.sources));
         if let Some(old) = self.last.replace(checkpoint) {
-            let keep = &self.last.as_ref().expect("just set").operators;
-            for file in old
-                .operators
-                .values()
-                .filter(|f| !keep.values().any(|k| k == *f))
-            {
-                let _ = std::fs::remove_file(file);
-                if let Some(dir) = file.parent() {
-                    let _ = std::fs::remove_dir(dir);
-                }
-            }
+            let keep = self.last.as_ref().map(|c| &c.operators);
+            remove_states(old.operators.values(), keep);
         }
         Ok(())
     }
@@ -781,6 +829,24 @@ impl Checkpointer {
         RunError::Checkpoint {
             pipeline: self.pipeline.clone(),
             error,
+        }
+    }
+}
+
+/// Removes operator state files not in `keep`, each with the checkpoint
+/// directory it is in (which holds the files it references, see
+/// [`crate::node::Operator::snapshot`]) unless a kept file is in it too.
+fn remove_states<'a>(
+    files: impl Iterator<Item = &'a PathBuf>,
+    keep: Option<&BTreeMap<String, PathBuf>>,
+) {
+    let kept = |f: &PathBuf| keep.is_some_and(|k| k.values().any(|k| k == f));
+    let kept_dir =
+        |d: &std::path::Path| keep.is_some_and(|k| k.values().any(|k| k.parent() == Some(d)));
+    for file in files.filter(|f| !kept(f)) {
+        let _ = std::fs::remove_file(file);
+        if let Some(dir) = file.parent().filter(|d| !kept_dir(d)) {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct RunSummary {
     pub resumed_from: Option<Checkpoint>,
     /// The last checkpoint the run wrote (stored pipelines only).
     pub checkpoint: Option<Checkpoint>,
+    /// Aligned checkpoints not saved because an operator still held rows read
+    /// before their barrier (see [`crate::node::AtBarrier::Hold`]).
+    pub checkpoints_held: u64,
 }
 
 impl RunSummary {

@@ -16,8 +16,8 @@ use super::channel::Item;
 use super::control::SwapReceiver;
 use super::{NodeCx, NodeStats, RunError, channel, panic_message};
 use crate::node::{
-    AsyncOperator, AsyncSink, AsyncSource, CommitTracker, Durability, Emitter, Envelope, Lineage,
-    LineageRecord, Meta, NodeError, Operator, Position, SourceSpan,
+    AsyncOperator, AsyncSink, AsyncSource, AtBarrier, CommitTracker, Durability, Emitter, Envelope,
+    Lineage, LineageRecord, Meta, NodeError, Operator, Position, SourceSpan,
 };
 use crate::plan::{OperatorNode, SinkNode, SourceNode};
 
@@ -157,7 +157,7 @@ pub(super) async fn run_source(
     }
     drop(outs);
     if let Some(b) = cx.shared.barriers.clone() {
-        b.source_ended(&cx.name, last);
+        b.source_ended(&cx.name, last, tracker.issued());
         if cx.control.is_stopped() {
             // Aligned checkpoints: what may be committed is what the last
             // checkpoint saves, once it is saved: the run commits it then.
@@ -195,10 +195,18 @@ async fn commit_to(
     Ok(())
 }
 
-/// Sends barrier `n` after everything emitted so far, noting `position`.
-async fn send_barrier(cx: &NodeCx, outs: &[channel::Sender], n: u64, position: &Option<Position>) {
+/// Sends barrier `n` after everything emitted so far, noting `position` and
+/// how many batches were issued before it (all must settle before the
+/// checkpoint is saved).
+async fn send_barrier(
+    cx: &NodeCx,
+    outs: &[channel::Sender],
+    n: u64,
+    position: &Option<Position>,
+    tracker: &CommitTracker,
+) {
     if let Some(b) = &cx.shared.barriers {
-        b.source_at(n, &cx.name, position.clone());
+        b.source_at(n, &cx.name, position.clone(), tracker.issued());
     }
     for out in outs {
         let _ = out.mark(Item::Barrier(n)).await;
@@ -238,7 +246,7 @@ async fn source_loop(
                     _ = tokio::time::sleep(Duration::from_secs(5)) => None,
                 };
                 if let Some(n) = n.filter(|&n| n > sent) {
-                    send_barrier(cx, outs, n, &previous).await;
+                    send_barrier(cx, outs, n, &previous, tracker).await;
                 }
             }
             return Ok((stats, committed, previous));
@@ -246,7 +254,7 @@ async fn source_loop(
         if let Some(r) = &requested {
             let n = *r.borrow();
             if n > sent {
-                send_barrier(cx, outs, n, &previous).await;
+                send_barrier(cx, outs, n, &previous, tracker).await;
                 sent = n;
             }
         }
@@ -340,8 +348,10 @@ async fn wait_for_memory(watch: &crate::node::memory::MemoryWatch) -> Duration {
 
 /// How an operator takes part in aligned checkpoints.
 pub(super) struct OperatorCheckpoints {
-    /// Its state is saved at barriers ([`Operator::begin_checkpoints`]).
-    pub(super) stateful: bool,
+    /// What it does at a barrier: [`AtBarrier::Snapshot`] for an operator
+    /// whose [`Operator::begin_checkpoints`] said so, else its
+    /// [`Operator::at_barrier`]. Meaningful only in a run with barriers.
+    pub(super) at_barrier: AtBarrier,
     /// The state to restore before the first batch (a resumed run).
     pub(super) restore: Option<std::path::PathBuf>,
     /// How many upstream nodes feed it.
@@ -472,8 +482,28 @@ async fn run_sync_operator(
             return Ok(stats);
         }
         if let Some(Input::Barrier(n)) = input {
-            if checkpoints.stateful {
-                snapshot(&mut op, n, &mut cx).await?;
+            match checkpoints.at_barrier {
+                AtBarrier::Snapshot => snapshot(&mut op, n, &mut cx).await?,
+                AtBarrier::Flush => {
+                    // What it holds goes out ahead of the barrier.
+                    let node = op
+                        .take()
+                        .ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
+                    let started = Instant::now();
+                    let (back, (result, emitted)) = on_blocking(&cx.name, node, |mut op| {
+                        let mut out = Emitter::default();
+                        let r = op.flush(&mut out);
+                        (op, (r, out))
+                    })
+                    .await
+                    .map_err(|e| cx.fail_run(e))?;
+                    linger_until = None;
+                    op = Some(back);
+                    stats.busy += started.elapsed();
+                    result.map_err(|e| cx.fail(e))?;
+                    emit(&mut cx, emitted, None, &outs, &mut stats).await?;
+                }
+                AtBarrier::Hold => {}
             }
             for out in &outs {
                 let _ = out.mark(Item::Barrier(n)).await;
@@ -484,7 +514,9 @@ async fn run_sync_operator(
         let pending: Vec<crate::node::swap::SwapRequest> =
             std::iter::from_fn(|| swaps.try_recv().ok()).collect();
         let finishing = input.is_none() && !flush;
-        if finishing && checkpoints.stateful && cx.control.is_stopped() {
+        let snapshots =
+            checkpoints.at_barrier == AtBarrier::Snapshot && cx.shared.barriers.is_some();
+        if finishing && snapshots && cx.control.is_stopped() {
             // Stopped with aligned checkpoints: the state was saved at the last
             // barrier and continues in the resumed run; emitting it now would
             // close windows early.

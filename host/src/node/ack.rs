@@ -168,6 +168,13 @@ impl CommitTracker {
         self.lock().pending.len()
     }
 
+    /// Batches issued so far: once [`CommitTracker::settled`] reaches this
+    /// number, everything issued up to now has settled (an aligned checkpoint
+    /// notes it at its barrier).
+    pub fn issued(&self) -> u64 {
+        self.lock().next_seq
+    }
+
     /// Batches settled so far.
     pub fn settled(&self) -> u64 {
         self.lock().settled_batches

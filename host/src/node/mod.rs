@@ -19,6 +19,9 @@
 //! - What moves is an [`Envelope`]: batch, lineage and delivery tokens
 //!   ([`ack`]). A source gives each batch its own position; a sink says when what
 //!   it wrote is durable; the executor commits positions in order.
+//! - An operator holding rows across a checkpoint barrier snapshots them,
+//!   emits them, or holds the checkpoint back ([`AtBarrier`], the rule in
+//!   [`Operator`]'s docs).
 //! - [`NodeError`] says whose fault a failure is ([`Fault`]).
 //! - Hooks most implementations do not need have default bodies, each saying
 //!   what the default does.
@@ -298,7 +301,50 @@ impl AsyncSource for Blocking<dyn Source> {
     }
 }
 
+/// What an operator does, at a checkpoint barrier, with the rows it holds
+/// (see [`Operator::at_barrier`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtBarrier {
+    /// Nothing: the barrier passes on. Right for an operator that holds no
+    /// rows across calls. An operator that does hold rows keeps their metas
+    /// (as [`Emitter`] asks), so their delivery tokens stay unsettled, and a
+    /// checkpoint is committed only once every token issued before its
+    /// barrier has settled: the checkpoint is held back while the rows are
+    /// held. Safe, and the default; but a checkpoint may then never be taken
+    /// before the input ends.
+    #[default]
+    Hold,
+    /// [`Operator::flush`] is called before the barrier passes on, so what
+    /// it emits reaches the sinks ahead of the barrier (a `batch` stage
+    /// sends a short batch).
+    Flush,
+    /// [`Operator::snapshot`] writes the held rows into the checkpoint, and
+    /// the operator lets their tokens go; a resumed run hands the file to
+    /// [`Operator::restore`].
+    Snapshot,
+}
+
 /// An operator: turns batches into batches.
+///
+/// # Rows held across a checkpoint
+///
+/// A checkpoint commits source positions: what the sources read before them
+/// must then be durable in the sinks, in the dead-letter store, or in the
+/// checkpoint itself. An operator that keeps rows past the call that received
+/// them (a sort, a group, a `count` sample, a `batch` waiting on `linger`, a
+/// session window) must therefore, at each checkpoint barrier, do one of:
+///
+/// - **snapshot** them ([`AtBarrier::Snapshot`]): write them with the
+///   checkpoint (Arrow IPC under the directory [`Operator::snapshot`] is
+///   given; files it references must live there too, never in the spill
+///   directory, which a run removes) and drop their tokens;
+/// - **flush** them ([`AtBarrier::Flush`]): emit them before the barrier;
+/// - **hold** them with their metas ([`AtBarrier::Hold`], the default): the
+///   checkpoint is then held back until they are emitted.
+///
+/// The default needs nothing from the operator beyond what [`Emitter`]
+/// already asks (rows held keep their input's [`Meta`]), so an operator that
+/// forgets this rule delays checkpoints, and loses nothing.
 pub trait Operator: Send + 'static {
     /// The schema of what it emits for input of schema `input`, at plan time, as
     /// DataFusion's `ExecutionPlan::schema`. `None` means the schema is learned
@@ -361,13 +407,21 @@ pub trait Operator: Send + 'static {
         0
     }
 
-    /// Emits what is buffered because it has waited [`Operator::linger`].
-    /// Default: nothing to emit.
+    /// Emits what is buffered because it has waited [`Operator::linger`], or
+    /// at a checkpoint barrier ([`AtBarrier::Flush`]). Default: nothing to
+    /// emit.
     ///
     /// # Errors
     /// As [`Operator::process`].
     fn flush(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
         Ok(())
+    }
+
+    /// What the operator does with the rows it holds when a checkpoint barrier
+    /// reaches it (see the trait's docs). Only runs with aligned checkpoints
+    /// have barriers. Default: [`AtBarrier::Hold`].
+    fn at_barrier(&self) -> AtBarrier {
+        AtBarrier::Hold
     }
 
     /// Called once, before the first batch, in a run that keeps checkpoints.
@@ -382,8 +436,12 @@ pub trait Operator: Send + 'static {
     }
 
     /// Writes the operator's state, as of the checkpoint barrier it was called
-    /// at, to a file under `dir`, and returns the file. Called only if
-    /// [`Operator::begin_checkpoints`] returned true, between batches.
+    /// at, to a file under `dir`, and returns the file; other files the state
+    /// needs go under `dir` too (the directory is removed with the checkpoint).
+    /// Called only if [`Operator::begin_checkpoints`] returned true or
+    /// [`Operator::at_barrier`] says [`AtBarrier::Snapshot`], between batches.
+    /// Afterwards the operator drops the delivery tokens of what the state
+    /// holds (keeping their lineage): the checkpoint holds those rows now.
     ///
     /// # Errors
     /// The state cannot be written (the checkpoint is then not taken).

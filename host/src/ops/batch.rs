@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::Meta;
 use crate::node::config::{BuildCx, OperatorConfig, SpecError};
-use crate::node::{Emitter, NodeError, Operator};
+use crate::node::{AtBarrier, Emitter, NodeError, Operator};
 use crate::units::{ByteSize, Millis};
 
 /// A batch stage's configuration.
@@ -192,6 +192,13 @@ impl Operator for BatchOp {
 
     fn flush(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
         self.drain(out)
+    }
+
+    /// What waits goes out ahead of a checkpoint barrier, as a short batch:
+    /// the checkpoint then holds no row of it, and need not wait for `linger`
+    /// or for more input.
+    fn at_barrier(&self) -> AtBarrier {
+        AtBarrier::Flush
     }
 }
 

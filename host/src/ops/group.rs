@@ -14,10 +14,15 @@
 //! of the budget) is split again by a differently seeded hash, up to three times;
 //! only then does the run fail with the refusal, which names this operator (the
 //! rows of a few keys exceed the budget: raise `settings.memory`).
+//!
+//! In a run with aligned checkpoints every held row goes with each checkpoint
+//! (`Operator::snapshot`, Arrow IPC), and a resumed run feeds them through
+//! again before its first batch.
 
 /// Group keys are hashed per row: a fast seeded hasher.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::hash::{BuildHasher, Hasher};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
@@ -25,14 +30,58 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
 
-use super::aggregate::Aggregates;
+use super::aggregate::{AggregateSpec, Aggregates};
 use super::external::{self, Merger, read_run};
-use super::stateful_spec::GroupSpec;
+use super::state_file;
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::memory::{Reservation, RunMemory};
-use crate::node::{Emitter, NodeError, Operator};
+use crate::node::{AtBarrier, Emitter, NodeError, Operator};
 
 type Writer = StreamWriter<std::io::BufWriter<std::fs::File>>;
+
+/// `[stage.group]`: hash aggregation by key, one output row per distinct key,
+/// emitted when the input ends, sorted by the key columns (ascending, nulls first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// The key columns. At least one.
+    pub by: Vec<String>,
+    /// The aggregates, one output column each.
+    pub aggregates: Vec<AggregateSpec>,
+    /// Spill partitions when the input does not fit the budget.
+    /// Default: 16 ([`default_partitions`]).
+    #[serde(default = "default_partitions")]
+    pub partitions: NonZeroUsize,
+}
+
+/// Default spill partitions of a group: 16.
+pub fn default_partitions() -> NonZeroUsize {
+    NonZeroUsize::new(16).expect("non-zero")
+}
+
+/// Hash aggregation, reserving from the run's memory budget and spilling past it.
+impl OperatorConfig for GroupSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.by.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{key}.by"),
+                "needs at least one key column",
+            ));
+        }
+        super::aggregate::validate_aggregates(key, &self.aggregates)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(GroupOperator::new(
+            cx.name,
+            self.clone(),
+            cx.memory.clone(),
+            cx.batch_rows.get(),
+        )))
+    }
+}
 
 /// The running group.
 pub struct GroupOperator {
@@ -323,6 +372,33 @@ impl GroupOperator {
     }
 }
 
+impl GroupOperator {
+    /// Keeps `batch`: buffered while the pool grants it, else in its key's
+    /// partition file. Returns whether this call started spilling.
+    fn absorb(&mut self, batch: RecordBatch) -> Result<bool, NodeError> {
+        let b = self.bind(batch.schema_ref())?;
+        let mut started = false;
+        if self.partitions.is_empty() {
+            if self
+                .reservation
+                .try_grow(batch.get_array_memory_size())
+                .is_ok()
+            {
+                self.buffered.push(batch);
+                return Ok(false);
+            }
+            tracing::debug!(node = %self.name, "memory budget reached; spilling partitions");
+            self.start_spilling(&b)?;
+            started = true;
+        }
+        self.write_partitioned(&b, &batch)?;
+        Ok(started)
+    }
+}
+
+/// The schema-metadata key of a group's state file.
+const STATE_KEY: &str = "weir.group.state";
+
 /// How many times one partition may be split again before a refusal fails the run.
 /// With 16 partitions, three re-splits divide a partition's keys 4096 ways.
 const MAX_SPLIT_DEPTH: u32 = 3;
@@ -348,21 +424,60 @@ impl Operator for GroupOperator {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let b = self.bind(batch.schema_ref())?;
-        if self.partitions.is_empty() {
-            if self
-                .reservation
-                .try_grow(batch.get_array_memory_size())
-                .is_ok()
-            {
-                self.buffered.push(batch);
-                return Ok(());
-            }
-            tracing::debug!(node = %self.name, "memory budget reached; spilling partitions");
+        if self.absorb(batch)? {
             out.count("spill_files", self.spec.partitions.get() as u64);
-            self.start_spilling(&b)?;
         }
-        self.write_partitioned(&b, &batch)
+        Ok(())
+    }
+
+    /// Every row is held until the input ends: they go with the checkpoint.
+    fn at_barrier(&self) -> AtBarrier {
+        AtBarrier::Snapshot
+    }
+
+    /// Writes `<dir>/<operator>.arrow`: every row held, in the input's schema,
+    /// and the lineage so far in its metadata. Rows buffered in memory are
+    /// written as they are; once the group has spilled, each partition file is
+    /// flushed and read back into the state, partition after partition
+    /// (so a spilled group's snapshot costs a read and a write of its input so
+    /// far). Restoring feeds them through again: every row of a key sits in one
+    /// partition in input order, so each key's rows come back in input order
+    /// and `first`, `last` and `list` see what an uninterrupted run sees.
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<std::path::PathBuf, NodeError> {
+        let file = dir.join(format!("{}.arrow", state_file::stem(&self.name)));
+        let state = serde_json::json!({ "lineage": state_file::lineage_json(&self.consumed) });
+        let fields = self
+            .bound
+            .as_ref()
+            .map_or_else(Schema::empty, |b| b.input.as_ref().clone());
+        let mut readers = Vec::with_capacity(self.partitions.len());
+        for (path, w) in &mut self.partitions {
+            std::io::Write::flush(w.get_mut()).map_err(|e| NodeError::io(path.display(), e))?;
+            readers.push(external::open_run(path)?);
+        }
+        // One batch in memory at a time.
+        let spilled = readers
+            .into_iter()
+            .flatten()
+            .map(|b| b.map_err(NodeError::from));
+        state_file::write(
+            &file,
+            &fields,
+            STATE_KEY,
+            &state,
+            self.buffered.iter().cloned().map(Ok).chain(spilled),
+        )?;
+        state_file::release_tokens(&mut self.consumed);
+        Ok(file)
+    }
+
+    fn restore(&mut self, file: &std::path::Path) -> Result<(), NodeError> {
+        let saved = state_file::read(file, STATE_KEY, &self.name)?;
+        state_file::restore_lineage(&mut self.consumed, &saved.state["lineage"]);
+        for b in saved.batches {
+            self.absorb(b?)?;
+        }
+        Ok(())
     }
 
     fn finish(&mut self, out: &mut Emitter) -> Result<(), NodeError> {

@@ -16,6 +16,17 @@
 //! `build` makes the running operator. The spec runs the checks while it is
 //! validated, so a bad operator fails `weir validate`, not the run.
 //!
+//! The stateful operators (`[stage.sort]`, `[stage.group]`, `[stage.session]`)
+//! keep their configuration beside them too, in their own files; the
+//! aggregates `group` and `session` share are configured in [`aggregate`].
+//!
+//! Operators that hold rows across a checkpoint barrier follow the node
+//! contract's rule ([`crate::node::AtBarrier`]): `sort`, `group`, `sample` and
+//! `session` write what they hold into the checkpoint (`state_file`, Arrow
+//! IPC), `batch` emits what waits before passing the barrier on. None relies
+//! on the default (holding the checkpoint back), which stays as the safety
+//! net for an operator that forgets.
+//!
 //! Work is done with Arrow compute kernels (`cmp`, `cast`, `zip`, `filter`,
 //! `concat`, `unary` over value buffers). The exceptions are hashing (FNV-1a over
 //! string bytes has no kernel) and building the dead letters of a filter; both are
@@ -35,10 +46,13 @@ pub mod sample;
 pub mod session;
 pub mod sort;
 pub mod split;
-pub mod stateful_spec;
+mod state_file;
 pub mod wasm;
 
-pub use stateful_spec::*;
+pub use aggregate::{AggFilter, AggOp, AggregateSpec};
+pub use group::{GroupSpec, default_partitions};
+pub use session::{SessionSpec, default_end_column, default_start_column};
+pub use sort::{SortKey, SortSpec};
 
 pub use batch::{BatchOp, BatchSpec};
 pub use filter::{FilterOp, FilterSpec, Predicate};

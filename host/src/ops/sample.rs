@@ -25,19 +25,28 @@
 //!   their batch (`take`) so the batch itself is freed, and the held copies are
 //!   compacted whenever evicted rows make up more than half of them.
 //!
+//! In a run with aligned checkpoints the candidates, their hashes and the
+//! count of rows seen go with each checkpoint (`Operator::snapshot`), so a
+//! resumed run decides exactly as an uninterrupted one.
+//!
 //! Strata are the `by` column's values as strings (Arrow's `cast` to Utf8: `1`,
 //! `true`, `fr`); a null value is the stratum `"null"`.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow::compute::{cast, filter_record_batch, interleave_record_batch, take_record_batch};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field};
 use serde::{Deserialize, Serialize};
 
+use super::state_file;
 use super::{FNV_OFFSET, column, fnv1a, mix, unit};
 use crate::node::config::{BuildCx, OperatorConfig, SpecError};
-use crate::node::{Emitter, NodeError, Operator};
+use crate::node::{AtBarrier, Emitter, NodeError, Operator};
 
 /// A sample stage's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +113,8 @@ type Candidate = (u64, u64);
 
 /// The running sampler.
 pub struct SampleOp {
+    /// Its key path (`stage[1].sample`), naming its state file.
+    name: String,
     /// The lineage and tokens of every input consumed: what held rows carry.
     consumed: crate::node::MetaSet,
     by: Option<String>,
@@ -149,6 +160,7 @@ impl SampleOp {
             .map(|(s, r)| Ok((s.clone(), r.decide(&format!("{key}.strata.{s}"))?)))
             .collect::<Result<_, SpecError>>()?;
         Ok(Self {
+            name: key.to_owned(),
             consumed: crate::node::MetaSet::new(),
             by: spec.by.clone(),
             key: spec.key.clone(),
@@ -237,7 +249,6 @@ fn strata_and_hashes(
 
 impl Operator for SampleOp {
     fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
-        self.consumed.push_input(out);
         let n = batch.num_rows();
         let first = self.seen;
         self.seen += n as u64;
@@ -280,6 +291,9 @@ impl Operator for SampleOp {
             }
         }
         if entered {
+            // Held rows carry the metas of the batches they came from; batches
+            // with no candidate are let go as they pass.
+            self.consumed.push_input(out);
             // Copy this batch's surviving candidates out, so the batch can be freed.
             let mut rows: Vec<u32> = Vec::new();
             for (_, heap) in self.heaps.values() {
@@ -326,12 +340,129 @@ impl Operator for SampleOp {
         Ok(())
     }
 
+    /// Candidates are held until the input ends, and the default key is the
+    /// row's position in the input: both go with the checkpoint (even with
+    /// only `fraction` rules, for the position).
+    fn at_barrier(&self) -> AtBarrier {
+        AtBarrier::Snapshot
+    }
+
+    /// Writes `<dir>/<operator>.arrow`: the held candidates in input order,
+    /// each with its hash, position and stratum in three added columns
+    /// (`STATE_COLUMNS`); the rows seen and the lineage so far in its
+    /// metadata. Restoring rebuilds every stratum's heap from them exactly.
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<std::path::PathBuf, NodeError> {
+        self.compact()?;
+        let file = dir.join(format!("{}.arrow", state_file::stem(&self.name)));
+        let state = serde_json::json!({
+            "seen": self.seen,
+            "lineage": state_file::lineage_json(&self.consumed),
+        });
+        let mut of: HashMap<u64, (u64, &str)> = HashMap::new();
+        for (stratum, (_, heap)) in &self.heaps {
+            for &(hash, idx) in heap {
+                of.insert(idx, (hash, stratum.as_str()));
+            }
+        }
+        let mut live: Vec<(u64, usize)> = self.held_at.iter().map(|(&i, &(_, r))| (i, r)).collect();
+        live.sort_unstable();
+        let (fields, batch) = match self.held.first() {
+            None => (arrow::datatypes::Schema::empty(), None),
+            Some(chunk) => {
+                let mut fields: Vec<arrow::datatypes::FieldRef> =
+                    chunk.schema().fields().iter().cloned().collect();
+                fields.push(Arc::new(Field::new(
+                    STATE_COLUMNS[0],
+                    DataType::UInt64,
+                    false,
+                )));
+                fields.push(Arc::new(Field::new(
+                    STATE_COLUMNS[1],
+                    DataType::UInt64,
+                    false,
+                )));
+                fields.push(Arc::new(Field::new(
+                    STATE_COLUMNS[2],
+                    DataType::Utf8,
+                    false,
+                )));
+                let schema = arrow::datatypes::Schema::new(fields);
+                let mut columns = chunk.columns().to_vec();
+                columns.push(Arc::new(UInt64Array::from_iter_values(
+                    live.iter().map(|(i, _)| of.get(i).map_or(0, |o| o.0)),
+                )));
+                columns.push(Arc::new(UInt64Array::from_iter_values(
+                    live.iter().map(|(i, _)| *i),
+                )));
+                columns.push(Arc::new(StringArray::from_iter_values(
+                    live.iter().map(|(i, _)| of.get(i).map_or("", |o| o.1)),
+                )));
+                let batch = RecordBatch::try_new(Arc::new(schema.clone()), columns)?;
+                (schema, Some(batch))
+            }
+        };
+        state_file::write(&file, &fields, STATE_KEY, &state, batch.into_iter().map(Ok))?;
+        state_file::release_tokens(&mut self.consumed);
+        Ok(file)
+    }
+
+    fn restore(&mut self, file: &std::path::Path) -> Result<(), NodeError> {
+        let saved = state_file::read(file, STATE_KEY, &self.name)?;
+        state_file::restore_lineage(&mut self.consumed, &saved.state["lineage"]);
+        self.seen = saved.state["seen"].as_u64().unwrap_or(0);
+        let base = saved
+            .schema
+            .fields()
+            .len()
+            .saturating_sub(STATE_COLUMNS.len());
+        for b in saved.batches {
+            let b = b?;
+            let hash = b
+                .column(base)
+                .as_primitive::<arrow::datatypes::UInt64Type>();
+            let idx = b
+                .column(base + 1)
+                .as_primitive::<arrow::datatypes::UInt64Type>();
+            let stratum = b.column(base + 2).as_string::<i32>();
+            let c = self.held.len();
+            for r in 0..b.num_rows() {
+                let stratum = stratum.value(r);
+                let Some(Decide::Count(k)) = self.rule(stratum) else {
+                    return Err(NodeError::config(format!(
+                        "sample: the state in {} holds stratum `{stratum}`, which has no `count` rule",
+                        file.display()
+                    )));
+                };
+                self.heaps
+                    .entry(stratum.to_owned())
+                    .or_insert_with(|| (k, BinaryHeap::new()))
+                    .1
+                    .push((hash.value(r), idx.value(r)));
+                self.held_at.insert(idx.value(r), (c, r));
+            }
+            self.held_rows += b.num_rows();
+            self.held.push(b.project(&(0..base).collect::<Vec<_>>())?);
+        }
+        Ok(())
+    }
+
     fn buffered_rows(&self) -> usize {
         // Held candidates are not "waiting for more input" in the linger sense:
         // they cannot be decided before the end, so no timer should flush them.
         0
     }
 }
+
+/// The schema-metadata key of a sample's state file.
+const STATE_KEY: &str = "weir.sample.state";
+
+/// The columns a state file adds to each held candidate: its hash, its
+/// position in the input and its stratum.
+const STATE_COLUMNS: [&str; 3] = [
+    "weir.sample.hash",
+    "weir.sample.index",
+    "weir.sample.stratum",
+];
 
 /// Checked by building: [`SampleOp::new`] refuses a bad configuration, naming the key.
 impl OperatorConfig for SampleSpec {

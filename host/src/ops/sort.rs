@@ -9,16 +9,68 @@
 //! the end the runs are merged ([`super::external`]), a chunk at a time, so output
 //! flows downstream under backpressure and never piles up in memory. Peak memory is
 //! about the budget plus one spill batch per run during the merge.
+//!
+//! In a run with aligned checkpoints the held rows go with each checkpoint
+//! (`Operator::snapshot`): the buffered batches written as Arrow IPC, the
+//! spilled runs hard-linked beside them, so a resumed run loses none and
+//! sorts them exactly as an uninterrupted run would.
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
+use serde::{Deserialize, Serialize};
 
 use super::external::{Merger, SPILL_BATCH_ROWS, gather, sorted_positions, write_run};
-use super::stateful_spec::SortSpec;
+use super::state_file;
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::memory::{Reservation, RunMemory};
-use crate::node::{Emitter, NodeError, Operator};
+use crate::node::{AtBarrier, Emitter, NodeError, Operator};
+
+/// `[stage.sort]`: a stable, deterministic sort; an external merge sort over spill
+/// files when the data does not fit the run's memory budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SortSpec {
+    /// The sort keys, most significant first. At least one.
+    pub by: Vec<SortKey>,
+}
+
+/// One sort key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SortKey {
+    /// The column.
+    pub column: String,
+    /// Largest first. Default: false (ascending).
+    #[serde(default)]
+    pub descending: bool,
+    /// Nulls before every value. Default: false (nulls last).
+    #[serde(default)]
+    pub nulls_first: bool,
+}
+
+/// A stable sort, reserving from the run's memory budget and spilling past it.
+impl OperatorConfig for SortSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.by.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{key}.by"),
+                "needs at least one key",
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(SortOperator::new(
+            cx.name,
+            self.clone(),
+            cx.memory.clone(),
+            cx.batch_rows.get(),
+        )))
+    }
+}
 
 /// The running sort.
 pub struct SortOperator {
@@ -111,14 +163,10 @@ impl SortOperator {
         self.reservation.free();
         Ok(())
     }
-}
 
-impl Operator for SortOperator {
-    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
-        self.consumed.push_input(out);
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
+    /// Buffers `batch`, spilling what was buffered first when the pool
+    /// refuses it; returns whether it spilled.
+    fn buffer(&mut self, batch: RecordBatch) -> Result<bool, NodeError> {
         if self.schema.is_none() {
             self.init(&batch.schema())?;
         }
@@ -133,13 +181,90 @@ impl Operator for SortOperator {
             .expect("initialised")
             .convert_columns(&cols)?;
         let need = batch.get_array_memory_size() + keys.size();
+        let mut spilled = false;
         if self.reservation.try_grow(need).is_err() {
             self.spill()?;
-            out.count("spills", 1);
+            spilled = true;
             self.reservation.try_grow(need).map_err(NodeError::from)?;
         }
         self.buffered.push(batch);
         self.keys.push(keys);
+        Ok(spilled)
+    }
+}
+
+/// The schema-metadata key of a sort's state file.
+const STATE_KEY: &str = "weir.sort.state";
+
+impl Operator for SortOperator {
+    fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+        self.consumed.push_input(out);
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.buffer(batch)? {
+            out.count("spills", 1);
+        }
+        Ok(())
+    }
+
+    /// Every row is held until the input ends: they go with the checkpoint.
+    fn at_barrier(&self) -> AtBarrier {
+        AtBarrier::Snapshot
+    }
+
+    /// Writes `<dir>/<operator>.arrow`: the buffered rows in input order, the
+    /// spilled runs (hard-linked beside it, see `state_file`) and the
+    /// lineage so far in its metadata. Restoring links the runs back and
+    /// buffers the rows again: runs hold earlier input than the buffer, so
+    /// ties keep their input order and the result is the uninterrupted one.
+    fn snapshot(&mut self, dir: &std::path::Path) -> Result<std::path::PathBuf, NodeError> {
+        let stem = state_file::stem(&self.name);
+        let file = dir.join(format!("{stem}.arrow"));
+        let mut runs = Vec::with_capacity(self.runs.len());
+        for (i, run) in self.runs.iter().enumerate() {
+            let name = format!("{stem}.run-{i}.arrow");
+            state_file::link_or_copy(run, &dir.join(&name))?;
+            runs.push(name);
+        }
+        let state = serde_json::json!({
+            "runs": runs,
+            "lineage": state_file::lineage_json(&self.consumed),
+        });
+        let fields = self
+            .schema
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(arrow::datatypes::Schema::empty);
+        state_file::write(
+            &file,
+            &fields,
+            STATE_KEY,
+            &state,
+            self.buffered.iter().cloned().map(Ok),
+        )?;
+        state_file::release_tokens(&mut self.consumed);
+        Ok(file)
+    }
+
+    fn restore(&mut self, file: &std::path::Path) -> Result<(), NodeError> {
+        let saved = state_file::read(file, STATE_KEY, &self.name)?;
+        state_file::restore_lineage(&mut self.consumed, &saved.state["lineage"]);
+        if saved.schema.fields().is_empty() {
+            return Ok(());
+        }
+        self.init(&saved.schema)?;
+        for name in saved.state["runs"].as_array().into_iter().flatten() {
+            let from = state_file::beside(file, name.as_str().unwrap_or_default());
+            let to = self.memory.spill.new_file(&self.name);
+            state_file::link_or_copy(&from, &to)?;
+            let bytes = std::fs::metadata(&to).map_or(0, |m| m.len());
+            self.memory.spill.add_bytes(bytes);
+            self.runs.push(to);
+        }
+        for b in saved.batches {
+            self.buffer(b?)?;
+        }
         Ok(())
     }
 

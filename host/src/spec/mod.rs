@@ -38,7 +38,10 @@ mod dag;
 mod error;
 mod model;
 
-pub use crate::ops::stateful_spec::*;
+pub use crate::ops::{
+    AggFilter, AggOp, AggregateSpec, GroupSpec, SessionSpec, SortKey, SortSpec, default_end_column,
+    default_partitions, default_start_column,
+};
 pub use compose::UseSpec;
 pub use dag::{Dag, NodeKind, NodeRef};
 pub use error::SpecError;

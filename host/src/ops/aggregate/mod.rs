@@ -21,12 +21,106 @@ use arrow::compute::cast;
 use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::{DataType, Field};
 
-use super::stateful_spec::AggregateSpec;
+use serde::{Deserialize, Serialize};
+
 use crate::node::NodeError;
+use crate::node::config::SpecError;
 use state::{Accumulator, Feed, accumulator};
 
 /// Distinct-value sets use a fast seeded hasher: hashing is per row.
 type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
+/// One aggregate: `{ name = "n_clicks", op = "count", filter = { column = "event", equals = "click" } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSpec {
+    /// The output column.
+    pub name: String,
+    /// What to compute.
+    pub op: AggOp,
+    /// The input column; required by every op but `count` (which then counts rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Only rows where this holds take part. Default: every row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<AggFilter>,
+    /// The value of `sum`, `mean`, `min` or `max` when no (non-null) value took
+    /// part. Default: null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<f64>,
+}
+
+/// The aggregate functions. Nulls are skipped by all but `count` without a column,
+/// `first`, `last` and `list`, which see rows as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggOp {
+    /// Rows (no column) or non-null values (with a column); Int64.
+    Count,
+    /// Sum; Int64 for integer input, Float64 for floats.
+    Sum,
+    /// Arithmetic mean; Float64.
+    Mean,
+    /// Smallest value; the input's type.
+    Min,
+    /// Largest value; the input's type.
+    Max,
+    /// Distinct non-null values; Int64.
+    CountDistinct,
+    /// The first row's value (input order; event-time order in a session).
+    First,
+    /// The last row's value.
+    Last,
+    /// Every row's value, in order, as a list.
+    List,
+}
+
+/// A row filter for an aggregate: `column == equals`. A null never matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggFilter {
+    /// The column compared.
+    pub column: String,
+    /// A string, number or boolean.
+    pub equals: serde_json::Value,
+}
+
+/// Refuses aggregates the data does not decide: a missing column, a default
+/// where the op takes none, a filter value that is not a scalar, a name used
+/// twice. Shared by `group` and `session`.
+pub(crate) fn validate_aggregates(key: &str, aggs: &[AggregateSpec]) -> Result<(), SpecError> {
+    for (i, a) in aggs.iter().enumerate() {
+        if a.op != AggOp::Count && a.column.is_none() {
+            return Err(SpecError::invalid(
+                format!("{key}.aggregates[{i}].column"),
+                format!("`{:?}` needs a column", a.op).to_lowercase(),
+            ));
+        }
+        if a.default.is_some()
+            && !matches!(a.op, AggOp::Sum | AggOp::Mean | AggOp::Min | AggOp::Max)
+        {
+            return Err(SpecError::invalid(
+                format!("{key}.aggregates[{i}].default"),
+                "only `sum`, `mean`, `min` and `max` take a default",
+            ));
+        }
+        if let Some(f) = &a.filter
+            && !(f.equals.is_string() || f.equals.is_number() || f.equals.is_boolean())
+        {
+            return Err(SpecError::invalid(
+                format!("{key}.aggregates[{i}].filter.equals"),
+                "must be a string, a number or a boolean",
+            ));
+        }
+        if aggs[..i].iter().any(|b| b.name == a.name) {
+            return Err(SpecError::invalid(
+                format!("{key}.aggregates[{i}].name"),
+                format!("`{}` is used twice", a.name),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The canonical type a column is aggregated in, or `None` if unsupported.
 fn canonical(t: &DataType) -> Option<DataType> {
@@ -245,8 +339,8 @@ fn filter_mask(array: &ArrayRef, value: &serde_json::Value) -> Result<BooleanArr
 mod tests {
     use arrow::array::{Int64Array, StringArray};
 
+    use super::AggregateSpec;
     use super::Aggregates;
-    use crate::ops::stateful_spec::AggregateSpec;
     use crate::ops::testutil::{arc, batch};
 
     /// A later batch whose column no longer maps to the canonical type the

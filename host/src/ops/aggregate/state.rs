@@ -20,9 +20,9 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type};
 
 use super::str_set::StrSet;
+use super::{AggOp, AggregateSpec};
 use super::{HashSet, canonical};
 use crate::node::NodeError;
-use crate::ops::stateful_spec::{AggOp, AggregateSpec};
 
 /// The rows of one batch an aggregate takes: row `rows[k]` goes to slot `slots[k]`
 /// if the aggregate's filter lets it through.

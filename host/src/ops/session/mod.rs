@@ -52,14 +52,101 @@ use arrow::compute::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
+use serde::{Deserialize, Serialize};
 
 use pending::{Pending, Ready};
 
-use super::aggregate::Aggregates;
-use super::stateful_spec::SessionSpec;
+use super::aggregate::{AggregateSpec, Aggregates};
 use crate::batch::json::{JsonOptions, rows_as_objects};
+use crate::node::config::{BuildCx, OperatorConfig, SpecError};
 use crate::node::memory::{Reservation, RunMemory};
-use crate::node::{DeadLetter, Emitter, NodeError, Operator};
+use crate::node::{AtBarrier, DeadLetter, Emitter, NodeError, Operator};
+use crate::units::Millis;
+
+/// `[stage.session]`: session windows per key on event time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// The key columns. At least one.
+    pub key: Vec<String>,
+    /// The event-time column: integer epoch milliseconds or a millisecond timestamp.
+    pub time: String,
+    /// A new session starts when the time since the key's previous event is
+    /// strictly greater than this.
+    pub gap: Millis,
+    /// A session longer than this (last − first event) is split. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<Millis>,
+    /// How far behind the largest event time seen an event may arrive and still
+    /// count: the watermark trails the largest event time by this. Default: 0.
+    #[serde(default = "zero_millis")]
+    pub out_of_orderness: Millis,
+    /// Extra time, past the watermark, that an event may still arrive. Sessions
+    /// are emitted once, after it. Default: 0.
+    #[serde(default = "zero_millis")]
+    pub allowed_lateness: Millis,
+    /// The aggregates, one output column each.
+    #[serde(default)]
+    pub aggregates: Vec<AggregateSpec>,
+    /// The output column holding the first event time. Default: `session_start`.
+    #[serde(default = "default_start_column")]
+    pub start_column: String,
+    /// The output column holding the last event time. Default: `session_end`.
+    #[serde(default = "default_end_column")]
+    pub end_column: String,
+}
+
+fn zero_millis() -> Millis {
+    Millis(std::time::Duration::ZERO)
+}
+
+/// Default session start column: `session_start`.
+pub fn default_start_column() -> String {
+    "session_start".to_owned()
+}
+
+/// Default session end column: `session_end`.
+pub fn default_end_column() -> String {
+    "session_end".to_owned()
+}
+
+/// Session windows, reserving from the run's memory budget (over it, the run
+/// fails naming the operator).
+impl OperatorConfig for SessionSpec {
+    fn check(&self, key: &str) -> Result<(), SpecError> {
+        if self.key.is_empty() {
+            return Err(SpecError::invalid(
+                format!("{key}.key"),
+                "needs at least one key column",
+            ));
+        }
+        if self.gap.0.is_zero() {
+            return Err(SpecError::invalid(
+                format!("{key}.gap"),
+                "must be greater than 0",
+            ));
+        }
+        if self.max_length.is_some_and(|m| m.0.is_zero()) {
+            return Err(SpecError::invalid(
+                format!("{key}.max_length"),
+                "must be greater than 0",
+            ));
+        }
+        super::aggregate::validate_aggregates(key, &self.aggregates)
+    }
+
+    fn build(&self, cx: &BuildCx) -> Result<Box<dyn Operator>, NodeError> {
+        Ok(Box::new(SessionOperator::new(
+            cx.name,
+            self.clone(),
+            cx.memory,
+        )))
+    }
+
+    fn holds_input(&self) -> bool {
+        true
+    }
+}
 
 /// A session key: the key columns in `arrow-row` encoding, shared between the key
 /// index, the key states and the closed list without copying.
@@ -683,6 +770,11 @@ impl Operator for SessionOperator {
         done?;
         self.reservation.free();
         Ok(())
+    }
+
+    /// Open sessions and pending rows go with the checkpoint.
+    fn at_barrier(&self) -> AtBarrier {
+        AtBarrier::Snapshot
     }
 
     /// Sessions on a stream stay open for as long as their users are active:
