@@ -221,7 +221,7 @@ fn write_clicks(d: &Path, lines: u64) {
         let user = r % 300;
         let ts = 1_700_000_000_000 + i as i64 * 5_000 - (r >> 20) as i64 % 3_000;
         let event = ["view", "view", "click", "purchase"][(r >> 8) as usize % 4];
-        let price = if (r >> 12) % 10 == 0 {
+        let price = if (r >> 12).is_multiple_of(10) {
             "null".to_owned()
         } else {
             format!("{}.{:02}", (r >> 16) % 600, (r >> 24) % 100)

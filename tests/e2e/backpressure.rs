@@ -59,7 +59,9 @@ path = "out.jsonl"
         .iter()
         .position(|n| n.name == "slow")
         .unwrap();
-    plan.nodes[slow] = NodeImpl::Operator(Box::new(Slow(Duration::from_millis(5))));
+    plan.nodes[slow] = NodeImpl::Operator(weir::plan::OperatorNode::Sync(Box::new(Slow(
+        Duration::from_millis(5),
+    ))));
     let summary = weir::exec::run(plan, &env, &RunOptions::default())
         .await
         .unwrap();

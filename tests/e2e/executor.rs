@@ -390,7 +390,9 @@ path = "out.jsonl"
     };
     let summary = weir::exec::run(plan, &env, &options).await.unwrap();
     let records = kept.0.lock().unwrap().clone();
-    let seen: Vec<(&str, &str, &str, &str, &str, &[u8])> = records
+    // Tenant, node, fault, reason, position, payload.
+    type Seen<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a [u8]);
+    let seen: Vec<Seen> = records
         .iter()
         .map(|r| {
             (

@@ -167,7 +167,7 @@ async fn http_sink_posts_tf_serving_instances_and_retries_transient_failures() {
     // The first request gets a 503 and is retried.
     let (url, seen) = serve(vec![503]);
     let sink = format!(
-        "url = \"{url}/v1/models/ctr:predict\"\nprotocol = \"tf_serving\"\ncolumns = [\"id\", \"x\", \"t\"]\nretry = { backoff = \"5ms\" }\ntimestamps = \"rfc3339\""
+        "url = \"{url}/v1/models/ctr:predict\"\nprotocol = \"tf_serving\"\ncolumns = [\"id\", \"x\", \"t\"]\nretry = {{ backoff = \"5ms\" }}\ntimestamps = \"rfc3339\""
     );
     let summary = run_toml(&http_pipeline(&sink), dir.path()).await.unwrap();
     assert_eq!(summary.node("model").unwrap().rows_out, 3);

@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::cli::out::outln;
-use weir::store::Store;
 
 #[derive(Subcommand)]
 pub enum ComponentCommand {

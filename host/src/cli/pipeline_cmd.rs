@@ -9,7 +9,7 @@ use clap::Subcommand;
 
 use crate::cli::out::outln;
 use weir::spec::PipelineSpec;
-use weir::store::{self, Store};
+use weir::store;
 
 #[derive(Subcommand)]
 pub enum PipelineCommand {

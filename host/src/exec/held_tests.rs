@@ -199,8 +199,10 @@ async fn run_with_keep(keep: Box<dyn Operator>) -> (Vec<Checkpoint>, RunSummary)
                 batch: Some(batch.clone()),
                 sent: sent.clone(),
             }))),
-            "mark" => NodeImpl::Operator(Box::new(Mark)),
-            "keep" => NodeImpl::Operator(keep.take().unwrap()),
+            "mark" => NodeImpl::Operator(crate::node::config::OperatorNode::Sync(Box::new(Mark))),
+            "keep" => NodeImpl::Operator(crate::node::config::OperatorNode::Sync(
+                keep.take().unwrap(),
+            )),
             _ => NodeImpl::Sink(SinkNode::Sync(Box::new(Flushes {
                 rows: 0,
                 flushed: flushed.clone(),

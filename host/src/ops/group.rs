@@ -119,7 +119,7 @@ impl Bound {
             let i = input.index_of(k).map_err(|_| {
                 NodeError::Config(format!(
                     "key `{k}` is not a column of the input (it has: {})",
-                    column_names(input)
+                    crate::node::config::column_list(input)
                 ))
             })?;
             key_cols.push(i);
@@ -141,16 +141,6 @@ impl Bound {
                 .collect(),
         )?)
     }
-}
-
-/// `a, b, c`: the columns of `schema`, for errors.
-fn column_names(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 enum Emit {

@@ -52,7 +52,7 @@ pub(crate) fn write(
     let mut meta = std::collections::HashMap::new();
     meta.insert(key.to_owned(), state.to_string());
     let schema = Arc::new(Schema::new_with_metadata(fields.fields().clone(), meta));
-    let tmp = file.with_extension("arrow.tmp");
+    let tmp = crate::node::atomic::in_progress(file);
     let io = |e: std::io::Error| NodeError::io(tmp.display(), e);
     let f = std::fs::File::create(&tmp).map_err(io)?;
     let mut w = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(f), &schema)?;
@@ -66,8 +66,7 @@ pub(crate) fn write(
         .into_inner()?
         .into_inner()
         .map_err(|e| io(e.into_error()))?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, file).map_err(|e| NodeError::io(file.display(), e))
+    crate::node::atomic::publish(f, &tmp, file).map_err(|e| NodeError::io(file.display(), e))
 }
 
 /// What [`read`] gives back: the rows' schema (no metadata), the state's JSON

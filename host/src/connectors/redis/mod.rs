@@ -743,14 +743,7 @@ fn resolve_columns(
     spec: &RedisSinkSpec,
     schema: &arrow::datatypes::Schema,
 ) -> Result<ResolvedColumns, NodeError> {
-    let names = || {
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.name().as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let names = || crate::node::config::column_list(schema);
     let find = |field: &str, name: &str| {
         schema.index_of(name).map_err(|_| {
             NodeError::config(format!(

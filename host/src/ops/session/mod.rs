@@ -234,12 +234,7 @@ impl Init {
             schema.index_of(c).map_err(|_| {
                 NodeError::Config(format!(
                     "{what} `{c}` is not a column of the input (it has: {})",
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    crate::node::config::column_list(schema)
                 ))
             })
         };
