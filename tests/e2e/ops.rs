@@ -264,7 +264,7 @@ async fn http_sink_posts_kserve_v2_inputs_per_column_and_as_one_tensor() {
         .to_string();
     assert_eq!(
         e,
-        format!("node `model` failed: POST {url}/bad: HTTP 400: {{}}")
+        format!("node `model` failed: POST {url}/bad: HTTP 400: {{}} (after 1 attempt)")
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
