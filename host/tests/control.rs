@@ -182,7 +182,7 @@ fn swaps_through_the_control_socket_take_effect_between_batches() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("p.toml"), pipeline("sockdemo", "rate = 2000", 1, "")).unwrap();
-    let socket = d.join("data/control/sockdemo.sock");
+    let socket = d.join("data/tenants/default/control/sockdemo.sock");
     let run = Running::start(d, &["run", "--quiet", "p.toml"], &socket);
 
     let (ok, out, err) = cli(d, &["pipeline", "status", "sockdemo"]);
@@ -316,7 +316,7 @@ fn edits_of_the_watched_file_become_swaps_and_structural_edits_are_refused() {
     let d = dir.path();
     let file = d.join("p.toml");
     std::fs::write(&file, pipeline("watchdemo", "rate = 2000", 1, "")).unwrap();
-    let socket = d.join("data/control/watchdemo.sock");
+    let socket = d.join("data/tenants/default/control/watchdemo.sock");
     let run = Running::start(d, &["run", "--quiet", "--watch", "p.toml"], &socket);
 
     let status = || cli(d, &["pipeline", "status", "watchdemo"]).1;
