@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the run or check failed, 2 the command line was wrong.
 
 mod component_cmd;
+mod dlq_cmd;
 mod features_cmd;
 mod live_cmd;
 mod nats_cmd;
@@ -32,6 +33,11 @@ struct Cli {
     /// tenant's own. Default: $WEIR_TENANT or `default`.
     #[arg(long, global = true)]
     tenant: Option<String>,
+    /// What the tenant's dead-letter store may hold (`512MiB`, `2GiB`); a run
+    /// that fills it pauses or stops as its pipeline says. Default:
+    /// $WEIR_DEAD_LETTER_LIMIT or 1GiB.
+    #[arg(long, global = true)]
+    dead_letter_limit: Option<weir::units::ByteSize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +96,10 @@ enum Command {
     /// Stored feature vectors, as model serving reads them.
     #[command(subcommand)]
     Features(features_cmd::FeaturesCommand),
+    /// The dead-letter store: list, show, replay, purge and export the records
+    /// runs could not deliver.
+    #[command(subcommand)]
+    Dlq(dlq_cmd::DlqCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -127,6 +137,9 @@ fn render_error(e: &anyhow::Error) -> String {
     out
 }
 
+/// The host options of this command (set once, from its flags and environment).
+static HOST_OPTIONS: std::sync::OnceLock<weir::host::HostOptions> = std::sync::OnceLock::new();
+
 /// The tenant this command works as (set once, from `--tenant` or `$WEIR_TENANT`).
 static TENANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -139,7 +152,8 @@ fn tenant_name() -> &'static str {
 /// The command's tenant on the host of `data_dir`: this process owns the
 /// directory if no other does, and talks to its owner otherwise.
 fn open_tenant(data_dir: &std::path::Path) -> anyhow::Result<weir::host::Tenant> {
-    let host = weir::host::Host::open(data_dir, weir::host::HostOptions::default())?;
+    let options = HOST_OPTIONS.get().cloned().unwrap_or_default();
+    let host = weir::host::Host::open(data_dir, options)?;
     Ok(host.tenant(tenant_name())?)
 }
 
@@ -157,6 +171,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| weir::store::layout::DEFAULT_TENANT.to_owned());
     weir::store::layout::check_tenant(&name)?;
     let _ = TENANT.set(name);
+    let dead_letter_limit = match cli.dead_letter_limit {
+        Some(limit) => Some(limit),
+        None => match std::env::var("WEIR_DEAD_LETTER_LIMIT") {
+            Ok(text) if !text.is_empty() => Some(
+                text.parse()
+                    .map_err(|e: String| anyhow::anyhow!("WEIR_DEAD_LETTER_LIMIT: {e}"))?,
+            ),
+            _ => None,
+        },
+    };
+    let _ = HOST_OPTIONS.set(weir::host::HostOptions {
+        dead_letter_limit,
+        ..weir::host::HostOptions::default()
+    });
     match cli.command {
         Command::Run {
             pipeline,
@@ -191,6 +219,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Pipeline(cmd) => pipeline_cmd::dispatch(cmd, &data_dir),
         Command::Nats(cmd) => nats_cmd::dispatch(cmd),
         Command::Features(cmd) => features_cmd::dispatch(cmd),
+        Command::Dlq(cmd) => dlq_cmd::dispatch(cmd, &data_dir),
         Command::Lineage {
             run,
             redis: Some(url),

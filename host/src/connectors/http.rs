@@ -317,6 +317,12 @@ impl Sink for HttpSink {
 /// Checked by building: [`HttpSink::new`] refuses a bad configuration and sends
 /// nothing.
 impl SinkConfig for HttpSinkSpec {
+    /// Replayed records are written as any others: the service keeps what it
+    /// already holds.
+    fn replay_into(&self, _base_dir: &std::path::Path) -> crate::node::config::ReplayInto {
+        crate::node::config::ReplayInto::Adds
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         HttpSink::new(key, self).map(drop)
     }

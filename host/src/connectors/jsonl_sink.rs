@@ -284,6 +284,32 @@ impl Sink for JsonlSink {
 }
 
 impl SinkConfig for JsonlSinkSpec {
+    /// Replayed records follow the lines the file holds now (and its lineage
+    /// file's), as a resumed run's would; with no file yet, a replay writes one.
+    fn replay_into(&self, base_dir: &std::path::Path) -> crate::node::config::ReplayInto {
+        use crate::node::config::ReplayInto;
+        let path = base_dir.join(&self.path);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ReplayInto::Adds,
+            Err(e) => return ReplayInto::Refuses(format!("{}: {e}", path.display())),
+        };
+        let side_bytes = if self.lineage {
+            std::fs::metadata(lineage_path(&path)).map_or(0, |m| m.len())
+        } else {
+            0
+        };
+        let state = FlushState {
+            bytes: text.len() as u64,
+            lines: memchr::memchr_iter(b'\n', &text).count() as u64,
+            side_bytes,
+        };
+        match serde_json::to_string(&state) {
+            Ok(s) => ReplayInto::Continues(s),
+            Err(e) => ReplayInto::Refuses(e.to_string()),
+        }
+    }
+
     fn build(&self, cx: &BuildCx) -> Result<SinkNode, NodeError> {
         let path = cx.resolve(&self.path);
         let sink =

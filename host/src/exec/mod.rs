@@ -132,6 +132,11 @@ pub struct RunOptions {
     /// The tenant the run belongs to, stamped on its dead letters. `None`:
     /// [`DEFAULT_TENANT`].
     pub tenant: Option<String>,
+    /// Sink states to restore, by sink, for a run that is no resume but must add
+    /// to what a sink holds (a replay from the dead-letter store; see
+    /// [`crate::node::config::SinkConfig::replay_into`]). A resumed run's
+    /// checkpoint wins over these.
+    pub sink_states: BTreeMap<String, String>,
 }
 
 /// The tenant of a run that names none (the CLI's).
@@ -145,6 +150,7 @@ impl std::fmt::Debug for RunOptions {
             .field("resume", &self.resume)
             .field("dead_letters", &self.dead_letters.is_some())
             .field("tenant", &self.tenant)
+            .field("sink_states", &self.sink_states)
             .finish()
     }
 }
@@ -451,7 +457,8 @@ pub async fn run_with(
             (NodeImpl::Sink(sink), Some(rx)) => {
                 let state = resumed
                     .as_ref()
-                    .and_then(|c| c.sinks.get(&node.name).cloned());
+                    .and_then(|c| c.sinks.get(&node.name).cloned())
+                    .or_else(|| options.sink_states.get(&node.name).cloned());
                 tasks
                     .spawn(tasks::run_sink(
                         sink,
@@ -619,6 +626,9 @@ pub async fn run_with(
         .map(|(i, n)| (n.name.as_str(), i))
         .collect();
     stats.sort_by_key(|s| order[s.name.as_str()]);
+    let dead_letters_at = (options.dead_letters.is_some()
+        && stats.iter().any(|n| n.dead_letters() > 0))
+    .then(|| letters.location(&spec.name, ""));
     Ok(RunSummary {
         pipeline: spec.name.clone(),
         run_id,
@@ -626,6 +636,7 @@ pub async fn run_with(
         wall: started.elapsed(),
         dead_letter_file: (options.dead_letters.is_none() && letters_path.exists())
             .then_some(letters_path),
+        dead_letters_at,
         resumed_from: resumed,
         checkpoint,
         checkpoints_held: shared.checkpoints_held.load(Ordering::Relaxed),

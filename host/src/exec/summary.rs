@@ -81,6 +81,10 @@ pub struct RunSummary {
     pub wall: Duration,
     /// Where dead letters were written, if any were.
     pub dead_letter_file: Option<PathBuf>,
+    /// Where the run's dead letters were kept, when the host gave the run a
+    /// store ([`super::RunOptions::dead_letters`]) and any were kept: how to
+    /// list them.
+    pub dead_letters_at: Option<String>,
     /// The checkpoint the run resumed from, if it was resumed.
     pub resumed_from: Option<Checkpoint>,
     /// The last checkpoint the run wrote (stored pipelines only).
@@ -180,6 +184,9 @@ impl fmt::Display for RunSummary {
         }
         if let Some(p) = &self.dead_letter_file {
             writeln!(f, "  dead letters: {}", p.display())?;
+        }
+        if let Some(at) = &self.dead_letters_at {
+            writeln!(f, "  dead letters: {at}")?;
         }
         Ok(())
     }

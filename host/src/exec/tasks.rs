@@ -169,6 +169,13 @@ pub(super) async fn run_source(
             return Ok(stats);
         }
     }
+    // The letters of what was read must be kept before it can settle: a
+    // store that cannot keep them fails the run here rather than leaving the
+    // wait below to wait forever (a full store that pauses waits here, too).
+    let letters = cx.shared.letters.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || letters.flush()).await {
+        return Err(cx.fail_run(RunError::DeadLetters(e)));
+    }
     // Wait until what was read is settled and commit the final frontier, so a
     // broker can release its last messages.
     while !cx.shared.has_failed() && tracker.unsettled() > 0 {
@@ -267,6 +274,16 @@ async fn source_loop(
             *stats.counters.entry("memory_paused_ms".into()).or_default() +=
                 (paused.as_millis() as u64).max(1);
         }
+        let paused = wait_for_letters(&*cx.shared.letters, || {
+            cx.shared.has_failed() || cx.control.is_stopped()
+        })
+        .await;
+        if !paused.is_zero() {
+            *stats
+                .counters
+                .entry("dead_letters_full_ms".into())
+                .or_default() += (paused.as_millis() as u64).max(1);
+        }
         let started = Instant::now();
         let mut out = Emitter::default();
         let result = if source.interruptible() {
@@ -341,6 +358,22 @@ async fn wait_for_memory(watch: &crate::node::memory::MemoryWatch) -> Duration {
     }
     let started = Instant::now();
     while watch.is_low() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Waits while the dead-letter store is full (it waits for letters to be
+/// replayed or purged), until the run fails or is stopped; returns how long.
+async fn wait_for_letters(
+    letters: &dyn crate::node::DeadLetterStore,
+    done: impl Fn() -> bool,
+) -> Duration {
+    if !letters.is_full() {
+        return Duration::ZERO;
+    }
+    let started = Instant::now();
+    while letters.is_full() && !done() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     started.elapsed()

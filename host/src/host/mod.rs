@@ -22,6 +22,7 @@
 
 mod clients;
 mod registry;
+pub mod replay;
 pub mod run;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use clients::ClientPools;
 pub use registry::{RunEntry, RunRegistry, RunState};
+pub use replay::{ReplayMiss, ReplayReport, ReplayRequest};
 pub use run::{PreparedRun, RunRequest, RunTarget};
 
 use crate::node::memory::{MemoryPool, MemorySource};
@@ -53,7 +55,16 @@ pub struct HostOptions {
     /// Each tenant's pool. Default: the host pool's size (a tenant alone may use
     /// the whole host; quotas come with the server).
     pub tenant_memory: Option<ByteSize>,
+    /// What each tenant's dead-letter store may hold (keys and values). Default:
+    /// [`DEFAULT_DEAD_LETTER_LIMIT`]. When it is full, a run pauses or stops as
+    /// its pipeline says (`settings.dead_letters_when_full`); no letter is dropped.
+    pub dead_letter_limit: Option<ByteSize>,
 }
+
+/// A tenant's dead-letter store holds 1 GiB unless told otherwise: room for
+/// millions of rejected records, small enough that a pipeline rejecting
+/// everything is noticed (it pauses) long before the disk fills.
+pub const DEFAULT_DEAD_LETTER_LIMIT: ByteSize = ByteSize(1 << 30);
 
 /// Why the host or a run on it failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +106,7 @@ struct Inner {
     pool: MemoryPool,
     memory_source: MemorySource,
     tenant_memory: ByteSize,
+    dead_letter_limit: ByteSize,
     tenants: Mutex<HashMap<String, MemoryPool>>,
     clients: ClientPools,
     runs: RunRegistry,
@@ -143,6 +155,9 @@ impl Host {
                 pool: MemoryPool::host(host_bytes),
                 memory_source,
                 tenant_memory: options.tenant_memory.unwrap_or(host_bytes),
+                dead_letter_limit: options
+                    .dead_letter_limit
+                    .unwrap_or(DEFAULT_DEAD_LETTER_LIMIT),
                 tenants: Mutex::default(),
                 clients: ClientPools::default(),
                 runs: RunRegistry::default(),
@@ -154,6 +169,11 @@ impl Host {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// What each tenant's dead-letter store may hold.
+    pub fn dead_letter_limit(&self) -> ByteSize {
+        self.inner.dead_letter_limit
     }
 
     /// `tenant`'s view of the host.

@@ -182,12 +182,21 @@ impl PreparedRun {
             let s: Arc<dyn crate::node::CheckpointStore> = Arc::new(tenant.store().clone());
             s
         });
+        // Every run of the host keeps its letters in the tenant's store, where
+        // `weir dlq` lists, exports, replays and purges them.
+        let letters: Arc<dyn crate::node::DeadLetterStore> =
+            Arc::new(crate::store::letters::StoreLetters::new(
+                tenant.store().clone(),
+                Some(host.dead_letter_limit().0),
+                plan.spec.settings.dead_letters_when_full,
+            ));
         let options = RunOptions {
             progress: request.progress,
             checkpoints,
             resume: request.resume,
-            dead_letters: None,
+            dead_letters: Some(letters),
             tenant: Some(tenant.name().to_owned()),
+            ..RunOptions::default()
         };
         let result = exec::run_with(plan, &env, &options, control.clone()).await;
         if let Some(w) = watcher {

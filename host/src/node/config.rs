@@ -296,6 +296,14 @@ pub trait SourceConfig {
     fn acknowledges(&self) -> bool {
         false
     }
+
+    /// The fields of its records, for a source whose records are JSON objects
+    /// (a JSON-lines file, a JetStream subject): its dead letters keep the raw
+    /// record, and a replay decodes them again with these fields, by the same
+    /// parser. Default: none (its letters cannot be replayed).
+    fn json_fields(&self) -> Option<&[FieldSpec]> {
+        None
+    }
 }
 
 /// The configuration of one operator kind (a `[stage.<kind>]` table): it checks
@@ -372,6 +380,34 @@ pub trait SinkConfig {
         let _ = (key, input);
         Ok(())
     }
+
+    /// How records replayed from the dead-letter store are added to what the
+    /// sink already holds (`weir dlq replay`): a sink that writes to a service
+    /// adds them as any run does; a sink that replaces its file on each run must
+    /// continue after what the file holds, or refuse. `base_dir` resolves the
+    /// table's paths.
+    ///
+    /// The default refuses: a sink kind accepts replays only once it says how.
+    fn replay_into(&self, base_dir: &std::path::Path) -> ReplayInto {
+        let _ = base_dir;
+        ReplayInto::Refuses(
+            "it writes its output anew on each run, so replayed records cannot be added to it"
+                .into(),
+        )
+    }
+}
+
+/// How a sink takes replayed records ([`SinkConfig::replay_into`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayInto {
+    /// As in any run: writes go to a service and add to what it holds (keys
+    /// are overwritten, messages appended).
+    Adds,
+    /// Restored from this state first (as a resumed run's sink is), so the
+    /// replayed records follow what its output holds now.
+    Continues(String),
+    /// Not at all, and why.
+    Refuses(String),
 }
 
 /// The names of `schema`'s columns, `a, b, c`: what a refusal of a column lists.

@@ -47,8 +47,18 @@ pub struct DeadLetter {
     pub detail: String,
     /// Where it came from: `file:line` for a source, the row index for a stage.
     pub position: String,
-    /// The record itself: the raw line for a source, the row as JSON for a stage.
-    pub record: String,
+    /// The record itself, byte for byte: the raw line or message of a source
+    /// (kept whole even when it is not UTF-8), the row as JSON text or as Arrow
+    /// IPC for an operator.
+    pub payload: Payload,
+}
+
+impl DeadLetter {
+    /// The payload as text, when it is raw bytes that are UTF-8 (what tests
+    /// and listings print).
+    pub fn text(&self) -> Option<&str> {
+        self.payload.text()
+    }
 }
 
 /// What a dead letter holds of the record itself.
@@ -72,6 +82,20 @@ impl Payload {
         let mut w = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &batch.schema())?;
         w.write(batch)?;
         Ok(Self::ArrowIpc(w.into_inner()?))
+    }
+
+    /// Text kept as the record's bytes (a line, a row as JSON).
+    pub fn text_of(text: impl Into<String>) -> Self {
+        Self::Raw(text.into().into_bytes())
+    }
+
+    /// The bytes as text, when they are raw and UTF-8: how a listing shows a
+    /// record readably.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Self::Raw(b) => std::str::from_utf8(b).ok(),
+            Self::ArrowIpc(_) => None,
+        }
     }
 
     /// The bytes, in their encoding.
@@ -160,9 +184,23 @@ impl LetterStamp {
             message: letter.detail,
             at_ms,
             position: letter.position,
-            payload: Payload::Raw(letter.record.into_bytes()),
+            payload: letter.payload,
         }
     }
+}
+
+/// What a pipeline does when its tenant's dead-letter store is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Sources pause until letters are replayed or purged; the letters that did
+    /// not fit wait in memory and hold their source positions back. The default:
+    /// a full store is an operator's call to make, not a reason to lose a run.
+    #[default]
+    Backpressure,
+    /// The run stops with an error naming the store and its limit; the letters
+    /// that did not fit are not committed, so a resumed run reads them again.
+    Stop,
 }
 
 /// The dead-letter store could not keep letters: records would be lost, so the
@@ -207,6 +245,13 @@ pub trait DeadLetterStore: Send + Sync {
     /// Where letters from `node` of `pipeline` are kept, for the run summary
     /// (a file path, a store and its key).
     fn location(&self, pipeline: &str, node: &str) -> String;
+
+    /// Whether the store asks the run to slow down (it is full and waits for
+    /// letters to be replayed or purged): sources pause while it says so, as
+    /// they do under the memory floor. Default: never.
+    fn is_full(&self) -> bool {
+        false
+    }
 }
 
 /// One line of a dead-letter file: the record, its payload as text when it is
@@ -254,6 +299,15 @@ impl<'a> Line<'a> {
             record: text,
             payload: text.is_none().then_some(&r.payload),
         }
+    }
+}
+
+impl DeadLetterRecord {
+    /// The record as one line of a dead-letter file (see [`FileDeadLetters`]):
+    /// the fields flat, the payload as `record` when it is text, else as
+    /// `payload` (its encoding and hex). What `weir dlq export` writes.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(Line::of(self)).unwrap_or_default()
     }
 }
 
@@ -425,6 +479,10 @@ impl DeadLetterStore for WithExports {
             None => self.main.location(pipeline, node),
         }
     }
+
+    fn is_full(&self) -> bool {
+        self.main.is_full()
+    }
 }
 
 struct Writer {
@@ -547,7 +605,7 @@ mod tests {
             reason: "invalid_json".into(),
             detail: "expected value".into(),
             position: "f:3".into(),
-            record: "{".into(),
+            payload: Payload::text_of("{"),
         };
         let stamp = LetterStamp {
             tenant: "default".into(),

@@ -52,7 +52,7 @@ pub use ack::{AckToken, CommitTracker, Position};
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use dead_letter::{
     DeadLetter, DeadLetterError, DeadLetterRecord, DeadLetterStore, FileDeadLetters, LetterStamp,
-    Payload, WithExports,
+    Payload, WhenFull, WithExports,
 };
 pub use envelope::{Envelope, Meta, MetaSet};
 pub use error::{BoxError, Fault, NodeError, Resource};

@@ -494,7 +494,9 @@ impl Operator for FilterOp {
                             reason: reason.clone(),
                             detail: format!("row failed `{}`", &reason["filter:".len()..]),
                             position: format!("row {}", first + i as u64),
-                            record: serde_json::Value::Object(objects[i].clone()).to_string(),
+                            payload: crate::node::Payload::text_of(
+                                serde_json::Value::Object(objects[i].clone()).to_string(),
+                            ),
                         },
                     ));
                 }
@@ -620,7 +622,13 @@ mod tests {
         let letters: Vec<(&str, &str, &str)> = out
             .dead_letters
             .iter()
-            .map(|l| (l.reason.as_str(), l.position.as_str(), l.record.as_str()))
+            .map(|l| {
+                (
+                    l.reason.as_str(),
+                    l.position.as_str(),
+                    l.text().unwrap_or_default(),
+                )
+            })
             .collect();
         assert_eq!(
             letters,

@@ -118,6 +118,18 @@ pub struct Settings {
     /// syncs less. Default: 1 s ([`default_checkpoint_interval`]).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval: crate::units::Millis,
+    /// What the run does when its tenant's dead-letter store is full:
+    /// `backpressure` (sources pause until letters are replayed or purged; the
+    /// summary counts `dead_letters_full_ms`) or `stop` (the run fails naming
+    /// the store and its limit; the letters that did not fit are not committed,
+    /// so a resumed run reads them again). Either way no letter is dropped.
+    /// Default: `backpressure`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dead_letters_when_full: crate::node::WhenFull,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Default checkpoint interval: 1 s.
@@ -159,6 +171,7 @@ impl Default for Settings {
             memory: default_memory(),
             memory_floor: default_memory_floor(),
             checkpoint_interval: default_checkpoint_interval(),
+            dead_letters_when_full: crate::node::WhenFull::default(),
         }
     }
 }

@@ -10,7 +10,8 @@
 //!     active       pipeline name     → u64 BE
 //!     lineage      "run\0" + u64 BE  → LineageRecord (JSON)
 //!     checkpoints  pipeline name     → Checkpoint (JSON): positions and sink states to resume from
-//!     kv.<space>   bytes             → bytes: node state, caches, dead letters
+//!     kv.<space>   bytes             → bytes: node state, caches
+//!     dead_letters pipeline \0 run \0 seq → StoredLetter (JSON): see [`letters`]
 //! ```
 //!
 //! Components are content-addressed: pushing the same bytes twice under one name
@@ -23,6 +24,7 @@
 //! format, with the migration from the layout before tenants, are in [`layout`].
 
 pub mod layout;
+pub mod letters;
 pub mod ops;
 pub mod owner;
 mod pin;
@@ -99,6 +101,21 @@ pub enum StoreError {
         version: String,
         /// The versions that exist.
         hint: String,
+    },
+    /// The tenant's dead-letter store is at its capacity: replay or purge
+    /// letters (`weir dlq`), or raise the limit.
+    #[error(
+        "the dead-letter store of tenant `{tenant}` is full: it holds {used} bytes, these letters need {adding} more, and its limit is {limit} bytes (replay or purge letters with `weir dlq`, or raise --dead-letter-limit)"
+    )]
+    DeadLettersFull {
+        /// The tenant.
+        tenant: String,
+        /// Bytes held.
+        used: u64,
+        /// Bytes the refused letters need.
+        adding: u64,
+        /// The limit.
+        limit: u64,
     },
     /// A stored record could not be decoded (written by an incompatible weir).
     #[error("store {path}: record `{key}` is unreadable: {message}")]
@@ -550,6 +567,78 @@ impl Store {
             limit,
         })? {
             Reply::Entries(e) => Ok(e.into_iter().map(|(k, v)| (k.0, v.0)).collect()),
+            r => Err(self.unexpected(r)),
+        }
+    }
+}
+
+/// The dead-letter store ([`letters`]).
+impl Store {
+    /// Keeps `letters`, refusing all of them when they would take the tenant
+    /// past `limit` bytes. Appending letters already kept keeps them once.
+    ///
+    /// # Errors
+    /// [`StoreError::DeadLettersFull`], [`StoreError::Db`].
+    pub fn append_letters(
+        &self,
+        letters: Vec<letters::StoredLetter>,
+        limit: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.run(Op::AppendLetters { letters, limit }).map(drop)
+    }
+
+    /// Up to `limit` letters that `filter` takes, by pipeline, run and order.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Corrupt`].
+    pub fn letters(
+        &self,
+        filter: &letters::LetterFilter,
+        limit: usize,
+    ) -> Result<Vec<letters::StoredLetter>, StoreError> {
+        match self.run(Op::Letters {
+            filter: filter.clone(),
+            limit,
+        })? {
+            Reply::Letters(l) => Ok(l),
+            r => Err(self.unexpected(r)),
+        }
+    }
+
+    /// Rewrites letters already kept (a replay raised their count).
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn update_letters(&self, letters: Vec<letters::StoredLetter>) -> Result<(), StoreError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.run(Op::UpdateLetters { letters }).map(drop)
+    }
+
+    /// Removes the letters `filter` takes; returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Corrupt`].
+    pub fn remove_letters(&self, filter: &letters::LetterFilter) -> Result<u64, StoreError> {
+        match self.run(Op::RemoveLetters {
+            filter: filter.clone(),
+        })? {
+            Reply::Number(n) => Ok(n.unwrap_or(0)),
+            r => Err(self.unexpected(r)),
+        }
+    }
+
+    /// How much of the dead-letter store the tenant uses.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    pub fn letter_usage(&self) -> Result<letters::LetterUsage, StoreError> {
+        match self.run(Op::LetterUsage)? {
+            Reply::Usage(u) => Ok(u),
             r => Err(self.unexpected(r)),
         }
     }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::layout::tree_name;
+use super::letters::{self, LetterFilter, LetterUsage, StoredLetter};
 use super::{ComponentRecord, PipelineVersion, StageVersion, StoreError, now_ms, version_key};
 use crate::node::{Checkpoint, LineageRecord};
 use crate::sandbox::World;
@@ -149,12 +150,40 @@ pub enum Op {
         /// At most this many entries.
         limit: usize,
     },
+    /// [`super::Store::append_letters`].
+    AppendLetters {
+        /// The letters, their keys chosen by the writer.
+        letters: Vec<StoredLetter>,
+        /// The tenant's capacity in bytes, if it has one.
+        limit: Option<u64>,
+    },
+    /// [`super::Store::letters`].
+    Letters {
+        /// Which.
+        filter: LetterFilter,
+        /// At most this many.
+        limit: usize,
+    },
+    /// [`super::Store::update_letters`].
+    UpdateLetters {
+        /// The letters as they are now (a replay count raised).
+        letters: Vec<StoredLetter>,
+    },
+    /// [`super::Store::remove_letters`].
+    RemoveLetters {
+        /// Which.
+        filter: LetterFilter,
+    },
+    /// [`super::Store::letter_usage`].
+    LetterUsage,
 }
 
 impl Op {
     /// Whether running it twice is the same as once, so a client may send it again
     /// when the owner went away before answering.
     pub fn is_idempotent(&self) -> bool {
+        // Letters are keyed by their writer, so appending them again stores
+        // them once; a removal of what is already gone removes nothing.
         !matches!(self, Op::AddVersion { .. } | Op::AppendLineage { .. })
     }
 
@@ -169,6 +198,9 @@ impl Op {
                 | Op::ClearCheckpoint { .. }
                 | Op::KvPut { .. }
                 | Op::KvRemove { .. }
+                | Op::AppendLetters { .. }
+                | Op::UpdateLetters { .. }
+                | Op::RemoveLetters { .. }
         )
     }
 }
@@ -199,6 +231,10 @@ pub enum Reply {
     Lineage(Vec<LineageRecord>),
     /// Key-value entries.
     Entries(Vec<(Bytes, Bytes)>),
+    /// Dead letters.
+    Letters(Vec<StoredLetter>),
+    /// A tenant's dead-letter usage.
+    Usage(LetterUsage),
 }
 
 /// Runs `op` for `tenant` against the open store, flushing after a write so that
@@ -352,7 +388,124 @@ impl Exec<'_> {
                 }
                 Reply::Entries(out)
             }
+            Op::AppendLetters { letters, limit } => {
+                self.put_letters(&letters, limit)?;
+                Reply::Done
+            }
+            Op::UpdateLetters { letters } => {
+                self.put_letters(&letters, None)?;
+                Reply::Done
+            }
+            Op::Letters { filter, limit } => Reply::Letters(self.letters(&filter, limit)?),
+            Op::RemoveLetters { filter } => {
+                let tree = self.tree(letters::TREE)?;
+                let (mut entries, mut bytes) = (0u64, 0u64);
+                for item in tree.scan_prefix(filter.prefix()) {
+                    let (k, v) = item.map_err(|e| self.err(e))?;
+                    let letter: StoredLetter = self.decode(&k, &v)?;
+                    if filter.matches(&letter)
+                        && tree.remove(&k).map_err(|e| self.err(e))?.is_some()
+                    {
+                        entries += 1;
+                        bytes += (k.len() + v.len()) as u64;
+                    }
+                }
+                self.add_usage(-(entries as i64), -(bytes as i64))?;
+                Reply::Number(Some(entries))
+            }
+            Op::LetterUsage => Reply::Usage(self.usage()?),
         })
+    }
+
+    fn letters(
+        &self,
+        filter: &LetterFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredLetter>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(letters::TREE)?.scan_prefix(filter.prefix()) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let letter: StoredLetter = self.decode(&k, &v)?;
+            if filter.matches(&letter) {
+                out.push(letter);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `letters` under their keys, refusing the whole batch when it would
+    /// take the tenant past `limit`; counts only what is new or grew.
+    fn put_letters(&self, batch: &[StoredLetter], limit: Option<u64>) -> Result<(), StoreError> {
+        let tree = self.tree(letters::TREE)?;
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .iter()
+            .map(|l| Ok((l.key(), serde_json::to_vec(l).map_err(|e| self.err(e))?)))
+            .collect::<Result<_, StoreError>>()?;
+        let mut entries = 0i64;
+        let mut bytes = 0i64;
+        for (k, v) in &encoded {
+            match tree.get(k).map_err(|e| self.err(e))? {
+                Some(old) => bytes += v.len() as i64 - old.len() as i64,
+                None => {
+                    entries += 1;
+                    bytes += (k.len() + v.len()) as i64;
+                }
+            }
+        }
+        if let Some(limit) = limit {
+            let used = self.usage()?;
+            let after = used.bytes.saturating_add_signed(bytes);
+            if bytes > 0 && after > limit {
+                return Err(StoreError::DeadLettersFull {
+                    tenant: self.tenant.to_owned(),
+                    used: used.bytes,
+                    adding: bytes as u64,
+                    limit,
+                });
+            }
+        }
+        let mut write = sled::Batch::default();
+        for (k, v) in encoded {
+            write.insert(k, v);
+        }
+        tree.apply_batch(write).map_err(|e| self.err(e))?;
+        self.add_usage(entries, bytes)
+    }
+
+    fn usage(&self) -> Result<LetterUsage, StoreError> {
+        let tree = self.tree(letters::USAGE_TREE)?;
+        let read = |key: &str| -> Result<u64, StoreError> {
+            Ok(tree
+                .get(key)
+                .map_err(|e| self.err(e))?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0))
+        };
+        Ok(LetterUsage {
+            entries: read("entries")?,
+            bytes: read("bytes")?,
+        })
+    }
+
+    /// Moves the usage counters by `entries` and `bytes`, each atomically.
+    fn add_usage(&self, entries: i64, bytes: i64) -> Result<(), StoreError> {
+        let tree = self.tree(letters::USAGE_TREE)?;
+        for (key, delta) in [("entries", entries), ("bytes", bytes)] {
+            if delta == 0 {
+                continue;
+            }
+            tree.fetch_and_update(key, |old| {
+                let old = old
+                    .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+                    .unwrap_or(0);
+                Some(old.saturating_add_signed(delta).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     fn kv(&self, space: &str) -> Result<sled::Tree, StoreError> {

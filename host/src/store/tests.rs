@@ -142,3 +142,225 @@ protocol = "tf_serving"
     assert_eq!(kinds, ["map", "wasm", "sort"]);
     assert_eq!(back.stages[1].wasm().unwrap().params["mode"], "tag");
 }
+
+mod letters {
+    use std::sync::Arc;
+
+    use super::super::letters::{LetterFilter, StoreLetters, StoredLetter, WhenFull};
+    use super::*;
+    use crate::node::{
+        CommitTracker, DeadLetter, DeadLetterStore, Fault, LetterStamp, Meta, Payload,
+    };
+
+    fn record(run: &str, node: &str, reason: &str, at_ms: u64) -> crate::node::DeadLetterRecord {
+        LetterStamp {
+            tenant: "default".into(),
+            pipeline: "p".into(),
+            version: Some(1),
+            run: run.into(),
+        }
+        .record(
+            node,
+            None,
+            DeadLetter {
+                fault: Fault::Data,
+                reason: reason.into(),
+                detail: format!("{reason} in words"),
+                position: "f:1".into(),
+                // Not UTF-8: kept byte for byte.
+                payload: Payload::Raw(vec![0xff, b'{', 0xfe]),
+            },
+            at_ms,
+        )
+    }
+
+    #[test]
+    fn letters_are_kept_once_filtered_counted_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let letters: Vec<StoredLetter> = (0..5)
+            .map(|i| {
+                let reason = if i % 2 == 0 { "invalid_json" } else { "late" };
+                StoredLetter::new(record("run-1", "src", reason, 1000 + i), i)
+            })
+            .collect();
+        store.append_letters(letters.clone(), None).unwrap();
+        // A client resending the same append (the owner went away) keeps them once.
+        store.append_letters(letters.clone(), None).unwrap();
+        let usage = store.letter_usage().unwrap();
+        assert_eq!(usage.entries, 5);
+        let all = store.letters(&LetterFilter::default(), 100).unwrap();
+        assert_eq!(all, letters);
+        assert_eq!(all[0].id, "run-1/0");
+        assert_eq!(all[0].record.payload, Payload::Raw(vec![0xff, b'{', 0xfe]));
+        let late = LetterFilter {
+            reason: Some("late".into()),
+            ..LetterFilter::default()
+        };
+        assert_eq!(store.letters(&late, 100).unwrap().len(), 2);
+        let window = LetterFilter {
+            pipeline: Some("p".into()),
+            since_ms: Some(1001),
+            until_ms: Some(1003),
+            ..LetterFilter::default()
+        };
+        let ids: Vec<String> = store
+            .letters(&window, 100)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(ids, ["run-1/1", "run-1/2"]);
+        // Other tenants see none of them.
+        let other = store.for_tenant("acme").unwrap();
+        assert!(
+            other
+                .letters(&LetterFilter::default(), 100)
+                .unwrap()
+                .is_empty()
+        );
+        // A replay count is kept without counting the letter twice.
+        let mut bumped = all[0].clone();
+        bumped.replays = 2;
+        store.update_letters(vec![bumped]).unwrap();
+        assert_eq!(
+            store.letters(&LetterFilter::default(), 1).unwrap()[0].replays,
+            2
+        );
+        assert_eq!(store.letter_usage().unwrap().entries, 5);
+        assert_eq!(store.remove_letters(&late).unwrap(), 2);
+        assert_eq!(store.remove_letters(&late).unwrap(), 0);
+        let usage = store.letter_usage().unwrap();
+        assert_eq!(usage.entries, 3);
+        let left: u64 = store
+            .letters(&LetterFilter::default(), 100)
+            .unwrap()
+            .iter()
+            .map(|l| (l.key().len() + serde_json::to_vec(l).unwrap().len()) as u64)
+            .sum();
+        assert_eq!(usage.bytes, left, "the usage is what the entries take");
+        assert_eq!(store.remove_letters(&LetterFilter::default()).unwrap(), 3);
+        assert_eq!(store.letter_usage().unwrap(), Default::default());
+    }
+
+    #[test]
+    fn a_full_store_refuses_a_batch_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = StoredLetter::new(record("run-1", "src", "x", 1), 0);
+        store
+            .append_letters(vec![one.clone()], Some(10_000))
+            .unwrap();
+        let used = store.letter_usage().unwrap().bytes;
+        let two: Vec<StoredLetter> = (1..3)
+            .map(|i| StoredLetter::new(record("run-1", "src", "x", 1), i))
+            .collect();
+        let err = store.append_letters(two, Some(used + 10)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::DeadLettersFull { used: u, limit, .. } if u == used && limit == used + 10),
+            "{err}"
+        );
+        assert_eq!(
+            store.letter_usage().unwrap().entries,
+            1,
+            "nothing of it kept"
+        );
+        // Appending what is already kept needs no room.
+        store.append_letters(vec![one], Some(used)).unwrap();
+    }
+
+    /// A delivery token of a batch, and the tracker that says when it settled.
+    fn token(tracker: &Arc<CommitTracker>, position: &str) -> Meta {
+        Meta::from_source(
+            Arc::new(Default::default()),
+            tracker.issue(Some(position.into())),
+        )
+    }
+
+    #[test]
+    fn a_writer_holds_positions_until_its_letters_are_in_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = StoreLetters::new(store.clone(), None, WhenFull::Backpressure);
+        let tracker = CommitTracker::new("src", None);
+        let letters = (0..3).map(|i| record("run-9", "src", "x", i)).collect();
+        writer.append(letters, vec![token(&tracker, "7")]).unwrap();
+        writer.flush().unwrap();
+        assert_eq!(tracker.frontier().as_deref(), Some("7"));
+        let kept = store.letters(&LetterFilter::default(), 10).unwrap();
+        let ids: Vec<&str> = kept.iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["run-9/0", "run-9/1", "run-9/2"]);
+        assert!(
+            writer
+                .location("p", "src")
+                .contains("weir dlq list --pipeline p --node src")
+        );
+    }
+
+    #[test]
+    fn a_full_store_pauses_the_writer_until_room_is_made_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Room for about two letters.
+        let size = {
+            let l = StoredLetter::new(record("run-1", "src", "x", 0), 0);
+            (l.key().len() + serde_json::to_vec(&l).unwrap().len()) as u64
+        };
+        let writer = StoreLetters::new(
+            store.clone(),
+            Some(size * 2 + size / 2),
+            WhenFull::Backpressure,
+        );
+        let tracker = CommitTracker::new("src", None);
+        for (i, p) in ["1", "2", "3", "4"].into_iter().enumerate() {
+            writer
+                .append(
+                    vec![record("run-1", "src", "x", i as u64)],
+                    vec![token(&tracker, p)],
+                )
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        while !writer.is_full() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Two are kept, two wait, and their positions are not committed.
+        assert_eq!(store.letter_usage().unwrap().entries, 2);
+        assert_eq!(tracker.frontier().as_deref(), Some("2"));
+        // An operator purges: the writer goes on by itself.
+        store.remove_letters(&LetterFilter::default()).unwrap();
+        writer.flush().unwrap();
+        assert!(!writer.is_full());
+        assert_eq!(tracker.frontier().as_deref(), Some("4"));
+        let ids: Vec<String> = store
+            .letters(&LetterFilter::default(), 10)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(ids, ["run-1/2", "run-1/3"], "every letter kept, in order");
+    }
+
+    #[test]
+    fn a_full_store_stops_a_writer_told_to_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let writer = StoreLetters::new(store.clone(), Some(10), WhenFull::Stop);
+        let tracker = CommitTracker::new("src", None);
+        writer
+            .append(
+                vec![record("run-1", "src", "x", 0)],
+                vec![token(&tracker, "1")],
+            )
+            .unwrap();
+        let err = writer.flush().unwrap_err();
+        assert!(err.message.contains("is full"), "{err}");
+        assert_eq!(tracker.frontier(), None, "the position is not committed");
+        assert!(
+            writer
+                .append(vec![record("run-1", "src", "x", 1)], Vec::new())
+                .is_err()
+        );
+    }
+}

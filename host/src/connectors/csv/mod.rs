@@ -303,18 +303,21 @@ impl CsvSource {
         })
     }
 
-    /// The raw text of bytes `start..end` of the open file, for a dead letter.
-    fn raw_text(open: &mut Open, start: u64, end: u64) -> String {
+    /// Bytes `start..end` of the open file without the line ending, for a dead
+    /// letter: kept byte for byte, UTF-8 or not.
+    fn raw_bytes(open: &mut Open, start: u64, end: u64) -> Vec<u8> {
         let mut buf = vec![0u8; end.saturating_sub(start).min(1 << 20) as usize];
         let read = open
             .raw
             .seek(std::io::SeekFrom::Start(start))
             .and_then(|_| open.raw.read_exact(&mut buf));
         if read.is_err() {
-            return String::new();
+            return Vec::new();
         }
-        let text = String::from_utf8_lossy(&buf);
-        text.trim_end_matches(['\r', '\n']).to_owned()
+        while buf.last().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            buf.pop();
+        }
+        buf
     }
 }
 
@@ -368,7 +371,7 @@ impl Source for CsvSource {
                     reason,
                     detail,
                     position: format!("{name}:{line}"),
-                    record: Self::raw_text(open, start, end),
+                    payload: crate::node::Payload::Raw(Self::raw_bytes(open, start, end)),
                 });
             };
             if let Some(width) = open.width

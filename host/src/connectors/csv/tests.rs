@@ -162,7 +162,7 @@ fn rows_parse_to_the_schema_and_the_rest_become_dead_letters() {
             ),
         ]
     );
-    assert_eq!(letters[3].record, "true,u6,1,1704067200000,-1,z");
+    assert_eq!(letters[3].text().unwrap(), "true,u6,1,1704067200000,-1,z");
     // The last batch ends at the end of the file (line 11: a field spans two lines).
     assert_eq!(
         batches.last().unwrap().1.as_deref(),

@@ -115,6 +115,12 @@ pub enum MsgId {
 }
 
 impl SinkConfig for JetStreamSinkSpec {
+    /// Replayed records are written as any others: the service keeps what it
+    /// already holds.
+    fn replay_into(&self, _base_dir: &std::path::Path) -> crate::node::config::ReplayInto {
+        crate::node::config::ReplayInto::Adds
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         if self.subject.is_empty()
             || self.subject.contains([' ', '*', '>'])

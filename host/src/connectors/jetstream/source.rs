@@ -286,6 +286,10 @@ impl<'de> Deserialize<'de> for Deliver {
 }
 
 impl SourceConfig for JetStreamSourceSpec {
+    fn json_fields(&self) -> Option<&[crate::node::config::FieldSpec]> {
+        Some(&self.schema)
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         if !valid_name(&self.stream) {
             return Err(SpecError::invalid(
@@ -721,7 +725,7 @@ impl JetStreamSource {
                         g.delivered
                     ),
                     position: format!("{stream}:{}", g.seq),
-                    record: String::from_utf8_lossy(&g.payload).into_owned(),
+                    payload: crate::node::Payload::Raw(g.payload.to_vec()),
                 });
             } else if g.payload.iter().all(u8::is_ascii_whitespace) {
                 out.dead_letter(DeadLetter {
@@ -729,7 +733,7 @@ impl JetStreamSource {
                     reason: "empty".into(),
                     detail: "the message has no payload".into(),
                     position: format!("{stream}:{}", g.seq),
-                    record: String::from_utf8_lossy(&g.payload).into_owned(),
+                    payload: crate::node::Payload::Raw(g.payload.to_vec()),
                 });
             } else {
                 kept.push(g);

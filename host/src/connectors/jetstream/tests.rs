@@ -396,7 +396,8 @@ async fn corrupt_messages_become_dead_letters_with_reason_and_sequence() {
             .iter()
             .find(|l| l.reason == "invalid_json")
             .unwrap()
-            .record,
+            .text()
+            .unwrap(),
         "not json"
     );
     // Dead letters are committed with their batch: nothing stays pending.
@@ -443,7 +444,11 @@ async fn a_lines_payload_is_one_record_per_line_and_a_bad_line_is_its_own_dead_l
         ]
     );
     let bad = letters.iter().find(|l| l.reason == "id:type").unwrap();
-    assert_eq!(bad.record, r#"{"id":"x"}"#, "the line, not the message");
+    assert_eq!(
+        bad.text().unwrap(),
+        r#"{"id":"x"}"#,
+        "the line, not the message"
+    );
     let info = floor_reaches(&js, &s, src.durable(), 4).await;
     assert_eq!(
         (info.ack_floor.stream_sequence, info.num_ack_pending),
@@ -497,7 +502,7 @@ async fn a_message_never_committed_becomes_a_dead_letter_after_max_deliver() {
         "{}",
         letters[0].detail
     );
-    assert_eq!(letters[0].record, event(1));
+    assert_eq!(letters[0].text().unwrap(), event(1));
     // Redeliveries get positions of their own after the first batch's.
     assert_eq!(positions[0], "3");
     assert!(

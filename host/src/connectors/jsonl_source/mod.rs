@@ -338,7 +338,7 @@ pub fn parse_records<'a>(
             reason,
             detail,
             position: position(i),
-            record: String::from_utf8_lossy(line).into_owned(),
+            payload: crate::node::Payload::Raw(line.to_vec()),
         };
         cells.clear();
         cells.resize(fields.len(), Cell::Missing);
@@ -380,6 +380,10 @@ pub fn parse_records<'a>(
 }
 
 impl SourceConfig for JsonlSourceSpec {
+    fn json_fields(&self) -> Option<&[FieldSpec]> {
+        Some(&self.schema)
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         if self.schema.is_empty() {
             return Err(SpecError::invalid(

@@ -106,7 +106,7 @@ fn corrupt_lines_get_the_first_reason_in_schema_order() {
         ]
     );
     assert_eq!(letters[1].position, "e.jsonl:2");
-    assert_eq!(letters[1].record, r#"{"ts":"12","price":-1}"#);
+    assert_eq!(letters[1].text().unwrap(), r#"{"ts":"12","price":-1}"#);
     assert_eq!(letters[4].detail, "`ts` must be an integer, found a float");
     assert_eq!(letters[5].detail, "`price` = -0.5 is below the minimum 0");
     assert_eq!(letters[8].detail, "required field `user_id` is null");

@@ -816,6 +816,12 @@ fn resolve_columns(
 }
 
 impl SinkConfig for RedisSinkSpec {
+    /// Replayed records are written as any others: the service keeps what it
+    /// already holds.
+    fn replay_into(&self, _base_dir: &std::path::Path) -> crate::node::config::ReplayInto {
+        crate::node::config::ReplayInto::Adds
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         RedisSink::new(key, self).map(drop)
     }

@@ -704,7 +704,7 @@ impl SessionOperator {
                         max - ooo
                     ),
                     position: format!("row {}", self.rows_seen + i as u64),
-                    record: record(),
+                    payload: crate::node::Payload::text_of(record()),
                 });
             }
             for i in nulls {
@@ -713,7 +713,7 @@ impl SessionOperator {
                     reason: "time:null".into(),
                     detail: format!("event time `{}` is null", self.spec.time),
                     position: format!("row {}", self.rows_seen + i as u64),
-                    record: record(),
+                    payload: crate::node::Payload::text_of(record()),
                 });
             }
         }
