@@ -217,3 +217,275 @@ async fn a_record_redis_refuses_is_a_dead_letter_and_the_rest_are_written() {
     );
     assert_eq!(got["u4"]["clicks"], "4");
 }
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}_{n}", std::process::id())
+}
+
+/// `nats://host:port` of the proxy.
+fn nats_via(proxy: &Proxy) -> String {
+    format!("nats://{}", proxy.addr())
+}
+
+/// Messages the NATS tests move through a cut connection.
+const MESSAGES: usize = 30_000;
+
+/// A stream `name` capturing `subject`, removed when dropped.
+struct Stream {
+    js: async_nats::jetstream::Context,
+    name: String,
+}
+
+impl Stream {
+    async fn create(url: &str, name: &str, subject: &str) -> Self {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        Self {
+            js,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The `id` of every message in the stream, in stream order.
+    async fn ids(&self) -> Vec<u64> {
+        use futures_util::StreamExt as _;
+        let stream = self.js.get_stream(&self.name).await.unwrap();
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await
+            .unwrap();
+        let total = stream.cached_info().state.messages as usize;
+        let mut ids = Vec::with_capacity(total);
+        let mut messages = consumer.messages().await.unwrap();
+        while ids.len() < total {
+            let m = messages.next().await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            ids.push(v["id"].as_u64().unwrap());
+            m.ack().await.unwrap();
+        }
+        ids
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let (js, name) = (self.js.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async move { js.delete_stream(&name).await })
+        })
+        .join();
+    }
+}
+
+/// Each of `0..n` exactly once, or what is missing and what is doubled.
+fn each_once(mut ids: Vec<u64>, n: usize) -> Result<(), String> {
+    ids.sort_unstable();
+    let mut doubled = Vec::new();
+    let mut missing = Vec::new();
+    let mut next = 0u64;
+    for (i, &id) in ids.iter().enumerate() {
+        if i > 0 && ids[i - 1] == id {
+            doubled.push(id);
+            continue;
+        }
+        while next < id {
+            missing.push(next);
+            next += 1;
+        }
+        next = id + 1;
+    }
+    missing.extend(next..n as u64);
+    if missing.is_empty() && doubled.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} missing (first {:?}), {} doubled (first {:?})",
+            missing.len(),
+            missing.first(),
+            doubled.len(),
+            doubled.first()
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_sink_cut_mid_run_stores_every_row_once() {
+    let Some(url) = services::url(Service::Nats) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..MESSAGES)
+        .map(|i| format!("{{\"id\":{i},\"x\":{}}}\n", i * 7))
+        .collect();
+    std::fs::write(dir.path().join("rows.jsonl"), lines).unwrap();
+    let name = unique("WEIRFAULTS");
+    let subject = format!("{name}.out");
+    let stream = Stream::create(&url, &name, &subject).await;
+    let proxy = Proxy::start(url.trim_start_matches("nats://")).await;
+    let text = format!(
+        r#"
+name = "publish"
+settings = {{ batch_rows = 1000 }}
+[[source]]
+name = "rows"
+[source.jsonl]
+path = "rows.jsonl"
+schema = [{{ name = "id", type = "int64" }}, {{ name = "x", type = "int64" }}]
+[[sink]]
+name = "out"
+input = "rows"
+[sink.jetstream]
+url = "{}"
+subject = "{subject}"
+stream = "{name}"
+max_inflight = 512
+retry = {{ attempts = 60, backoff = "50ms", max_wait = "500ms", deadline = "60s" }}
+"#,
+        nats_via(&proxy)
+    );
+    let outage = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            proxy
+                .outage_after(
+                    400 * 1024,
+                    Duration::from_millis(1500),
+                    Duration::from_secs(60),
+                )
+                .await;
+        })
+    };
+    let summary = run_toml(&text, dir.path()).await.unwrap();
+    outage.await.unwrap();
+    assert_eq!(proxy.cuts(), 1, "the run ended before the cut");
+    let out = summary.node("out").unwrap();
+    assert_eq!(out.rows_out, MESSAGES as u64);
+    assert!(
+        out.counters.get("retries").copied().unwrap_or(0) >= 1,
+        "{:?}",
+        out.counters
+    );
+    // Republished messages carried their Nats-Msg-Id: the stream holds each
+    // row once.
+    each_once(stream.ids().await, MESSAGES).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_source_cut_mid_run_delivers_every_message_once() {
+    let Some(url) = services::url(Service::Nats) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("WEIRFAULTS");
+    let subject = format!("{name}.in");
+    let stream = Stream::create(&url, &name, &subject).await;
+    let lines: String = (0..MESSAGES)
+        .map(|i| format!("{{\"id\":{i},\"x\":{}}}\n", i * 7))
+        .collect();
+    let published = weir::connectors::jetstream::publish_lines(
+        &url,
+        &subject,
+        None,
+        None,
+        std::num::NonZeroUsize::MIN,
+        lines.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(published.stored, MESSAGES as u64);
+    let proxy = Proxy::start(url.trim_start_matches("nats://")).await;
+    let text = format!(
+        r#"
+name = "consume"
+settings = {{ batch_rows = 500 }}
+[[source]]
+name = "events"
+[source.jetstream]
+url = "{}"
+stream = "{name}"
+stop_when_drained = true
+schema = [{{ name = "id", type = "int64" }}, {{ name = "x", type = "int64" }}]
+retry = {{ attempts = 60, backoff = "50ms", max_wait = "500ms", deadline = "60s" }}
+[[sink]]
+name = "out"
+input = "events"
+[sink.jsonl]
+path = "out.jsonl"
+"#,
+        nats_via(&proxy)
+    );
+    let outage = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            proxy
+                .outage_after(
+                    300 * 1024,
+                    Duration::from_millis(1500),
+                    Duration::from_secs(60),
+                )
+                .await;
+        })
+    };
+    let summary = run_toml(&text, dir.path()).await.unwrap();
+    outage.await.unwrap();
+    assert_eq!(proxy.cuts(), 1, "the run ended before the cut");
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    let ids: Vec<u64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+        .collect();
+    let events = summary.node("events").unwrap();
+    eprintln!(
+        "source after the cut: {} rows out, counters {:?}",
+        events.rows_out, events.counters
+    );
+    each_once(ids, MESSAGES).unwrap();
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_is_not_retried_and_says_so() {
+    let Some(url) = services::url(Service::Nats) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("WEIRMISSING");
+    let text = format!(
+        r#"
+name = "consume"
+[[source]]
+name = "events"
+[source.jetstream]
+url = "{url}"
+stream = "{name}"
+schema = [{{ name = "id", type = "int64" }}]
+[[sink]]
+name = "out"
+input = "events"
+[sink.jsonl]
+path = "out.jsonl"
+"#
+    );
+    let started = Instant::now();
+    let err = run_toml(&text, dir.path()).await.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(5), "retried: {err}");
+    assert_eq!(
+        err,
+        format!(
+            "node `events` failed: nats {url}: there is no stream `{name}` (create it, or set `create_stream = true`) (permanent: not retried)"
+        )
+    );
+}

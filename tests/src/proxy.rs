@@ -10,8 +10,8 @@
 //! [`Proxy::cut`] drops every open connection (the peer sees a reset or an
 //! end of stream) and stops listening, so a reconnect is refused, which is
 //! what a restarted server looks like from the client. [`Proxy::restore`]
-//! listens on the same port again. [`Proxy::bytes_up`] counts what was sent to
-//! the service, so a test can cut once a run is under way.
+//! listens on the same port again. [`Proxy::bytes`] counts what passed both
+//! ways, so a test can cut once a run is under way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 pub struct Proxy {
     port: u16,
     upstream: String,
-    bytes_up: Arc<AtomicU64>,
+    bytes_seen: Arc<AtomicU64>,
     cuts: AtomicU64,
     /// The accept loop and every connection's copy, all ended by a cut.
     tasks: Mutex<Option<JoinSet<()>>>,
@@ -42,7 +42,7 @@ impl Proxy {
         let proxy = Arc::new(Self {
             port,
             upstream: upstream.to_owned(),
-            bytes_up: Arc::new(AtomicU64::new(0)),
+            bytes_seen: Arc::new(AtomicU64::new(0)),
             cuts: AtomicU64::new(0),
             tasks: Mutex::new(None),
         });
@@ -55,9 +55,9 @@ impl Proxy {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Bytes sent through the proxy to the service so far.
-    pub fn bytes_up(&self) -> u64 {
-        self.bytes_up.load(Ordering::Relaxed)
+    /// Bytes that passed through the proxy so far, both ways.
+    pub fn bytes(&self) -> u64 {
+        self.bytes_seen.load(Ordering::Relaxed)
     }
 
     /// How many times the proxy was cut.
@@ -68,7 +68,7 @@ impl Proxy {
     async fn serve(&self, listener: TcpListener) {
         let mut tasks = JoinSet::new();
         let upstream = self.upstream.clone();
-        let bytes_up = self.bytes_up.clone();
+        let bytes_seen = self.bytes_seen.clone();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -76,12 +76,12 @@ impl Proxy {
                     return;
                 };
                 let upstream = upstream.clone();
-                let bytes_up = bytes_up.clone();
+                let bytes_seen = bytes_seen.clone();
                 conns.spawn(async move {
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         return;
                     };
-                    pipe(client, server, bytes_up).await;
+                    pipe(client, server, bytes_seen).await;
                 });
             }
         });
@@ -119,7 +119,7 @@ impl Proxy {
         self.serve(listener).await;
     }
 
-    /// Cuts once `bytes_up` has passed `after`, waits `down`, and restores:
+    /// Cuts once [`Proxy::bytes`] has passed `after`, waits `down`, and restores:
     /// a service gone for `down` in the middle of a run. Returns when
     /// restored, or without cutting once `give_up` passed with too little
     /// traffic.
@@ -130,7 +130,7 @@ impl Proxy {
         give_up: std::time::Duration,
     ) {
         let started = std::time::Instant::now();
-        while self.bytes_up() < after {
+        while self.bytes() < after {
             if started.elapsed() > give_up {
                 return;
             }
@@ -142,8 +142,8 @@ impl Proxy {
     }
 }
 
-/// Copies both ways until either side ends, counting the bytes to the server.
-async fn pipe(client: TcpStream, server: TcpStream, bytes_up: Arc<AtomicU64>) {
+/// Copies both ways until either side ends, counting the bytes.
+async fn pipe(client: TcpStream, server: TcpStream, bytes_seen: Arc<AtomicU64>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
@@ -157,11 +157,21 @@ async fn pipe(client: TcpStream, server: TcpStream, bytes_up: Arc<AtomicU64>) {
             if sw.write_all(&buf[..n]).await.is_err() {
                 return;
             }
-            bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+            bytes_seen.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
     let down = async {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            bytes_seen.fetch_add(n as u64, Ordering::Relaxed);
+        }
     };
     tokio::select! {
         () = up => {},

@@ -267,8 +267,10 @@ impl ParquetSource {
         self.files.iter().map(|f| f.name.as_str()).collect()
     }
 
-    /// Starts the next row group; `false` when every file is read.
-    fn start_next(&mut self) -> Result<bool, NodeError> {
+    /// Starts the next row group; `false` when every file is read. A row
+    /// group whose reader cannot even be made is dead-lettered into `out`
+    /// (then nothing is current, and the call returns `true`).
+    fn start_next(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
         loop {
             let Some(meta) = self.metas.get(self.file) else {
                 return Ok(false);
@@ -292,12 +294,23 @@ impl ParquetSource {
             };
             let rg = self.row_group;
             let rows = meta.metadata().row_group(rg).num_rows().max(0) as u64;
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
+            let built = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
                 .with_row_groups(vec![rg])
                 .with_projection(self.masks[self.file].clone())
                 .with_batch_size(self.batch_rows)
-                .build()
-                .map_err(|e| read_error(&f.name, &format!("row group {rg}"), &e.to_string()))?;
+                .build();
+            let reader = match built {
+                Ok(r) => r,
+                Err(e) => match read_error(&f.name, &format!("row group {rg}"), &e.to_string()) {
+                    NodeError::Data { .. } => {
+                        let position = format!("{}:{rg}", f.name);
+                        self.row_group += 1;
+                        self.corrupt(out, rg, rows, position, &e.to_string());
+                        return Ok(true);
+                    }
+                    other => return Err(other),
+                },
+            };
             self.current = Some(Current {
                 reader,
                 row_group: rg,
@@ -318,10 +331,17 @@ impl ParquetSource {
         let Some(cur) = self.current.take() else {
             return;
         };
+        self.corrupt(out, cur.row_group, cur.rows_left, position, why);
+    }
+
+    /// Row group `rg` of the current file, `rows_left` of its rows unread,
+    /// as one dead letter (see [`ParquetSource::corrupt_row_group`]), and the
+    /// position past it.
+    fn corrupt(&self, out: &mut Emitter, rg: usize, rows_left: u64, position: String, why: &str) {
         let file = &self.files[self.file];
-        let meta = self.metas[self.file].metadata().row_group(cur.row_group);
+        let meta = self.metas[self.file].metadata().row_group(rg);
         let total = meta.num_rows().max(0) as u64;
-        let from = total.saturating_sub(cur.rows_left);
+        let from = total.saturating_sub(rows_left);
         let (start, end) = meta
             .columns()
             .iter()
@@ -335,13 +355,13 @@ impl ParquetSource {
         } else {
             String::new()
         };
-        tracing::warn!(file = %file.name, row_group = cur.row_group, "a corrupt row group is kept as a dead letter: {why}");
+        tracing::warn!(file = %file.name, row_group = rg, "a corrupt row group is kept as a dead letter: {why}");
         out.dead_letter(DeadLetter {
             fault: Fault::Data,
             reason: "corrupt_batch".into(),
             detail: format!(
                 "{}: row group {} cannot be decoded: {why}",
-                file.name, cur.row_group
+                file.name, rg
             ),
             position: format!("{position} rows {from}..{total}{bytes}"),
             record: String::new(),
@@ -372,7 +392,7 @@ impl Source for ParquetSource {
     }
 
     fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
-        if self.current.is_none() && !self.start_next()? {
+        if self.current.is_none() && !self.start_next(out)? {
             return Ok(false);
         }
         for _ in 0..BATCHES_PER_CALL {
