@@ -132,7 +132,10 @@ async fn redis_cut_mid_run_leaves_every_feature_as_a_clean_run_does() {
     assert!(retries >= 1, "no retries counted: {:?}", store.counters);
     assert_eq!(store.rows_out, ENTITIES as u64);
     assert_eq!(got.len(), expected.len());
-    assert!(got == expected, "the stored features differ from a clean run's");
+    assert!(
+        got == expected,
+        "the stored features differ from a clean run's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +448,11 @@ path = "out.jsonl"
     let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     let ids: Vec<u64> = text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     let events = summary.node("events").unwrap();
     eprintln!(

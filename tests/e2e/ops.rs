@@ -172,7 +172,10 @@ async fn http_sink_posts_tf_serving_instances_and_retries_transient_failures() {
     let summary = run_toml(&http_pipeline(&sink), dir.path()).await.unwrap();
     assert_eq!(summary.node("model").unwrap().rows_out, 3);
     // The retry is counted in the run summary.
-    assert_eq!(summary.node("model").unwrap().counters.get("retries"), Some(&1));
+    assert_eq!(
+        summary.node("model").unwrap().counters.get("retries"),
+        Some(&1)
+    );
     let seen = seen.lock().unwrap().clone();
     let first = json!({"instances": [{"id": 1, "x": 0.5, "t": "1970-01-01T00:00:00.000Z"}, {"id": 2, "x": null, "t": "2024-05-01T12:00:00.123Z"}]});
     let second = json!({"instances": [{"id": 3, "x": -1.25, "t": null}]});
@@ -276,7 +279,9 @@ async fn http_sink_posts_kserve_v2_inputs_per_column_and_as_one_tensor() {
 
     // A 400 is not retried: the run fails with the server's answer.
     let (url, seen) = serve(vec![400]);
-    let sink = format!("url = \"{url}/bad\"\nprotocol = \"kserve\"\ndefaults = {{ x = 0.0, c = \"\", t = 0 }}");
+    let sink = format!(
+        "url = \"{url}/bad\"\nprotocol = \"kserve\"\ndefaults = {{ x = 0.0, c = \"\", t = 0 }}"
+    );
     let e = run_toml(&http_pipeline(&sink), dir.path())
         .await
         .unwrap_err()

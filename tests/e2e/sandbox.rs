@@ -228,7 +228,10 @@ fn panic_line(message: &str) -> String {
 async fn a_stack_overflow_says_so_in_one_line() {
     let err = run_hostile("stack_overflow", "{}").await;
     let failure = stage_failure(&err);
-    assert!(matches!(failure, StageFailure::StackOverflow { .. }), "{err}");
+    assert!(
+        matches!(failure, StageFailure::StackOverflow { .. }),
+        "{err}"
+    );
     assert_eq!(failure.reason(), "stack_overflow");
     assert_eq!(
         err.to_string(),
@@ -240,10 +243,20 @@ async fn a_stack_overflow_says_so_in_one_line() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stage_flooding_stdout_is_stopped_at_the_output_cap() {
     let started = Instant::now();
-    let err = run_hostile("flood_stdout", "{ max_output = \"64KiB\", deadline = \"60s\" }").await;
+    let err = run_hostile(
+        "flood_stdout",
+        "{ max_output = \"64KiB\", deadline = \"60s\" }",
+    )
+    .await;
     let failure = stage_failure(&err);
     assert!(
-        matches!(failure, StageFailure::OutputCap { stream: "stdout", .. }),
+        matches!(
+            failure,
+            StageFailure::OutputCap {
+                stream: "stdout",
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(failure.reason(), "output_cap");
@@ -252,7 +265,11 @@ async fn a_stage_flooding_stdout_is_stopped_at_the_output_cap() {
         "node `hostile` failed: stage `hostile` printed more than 64KiB to stdout in one call (limits.max_output)"
     );
     // Stopped by the cap, not by the deadline.
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     host_still_works().await;
 }
 
@@ -260,7 +277,11 @@ async fn a_stage_flooding_stdout_is_stopped_at_the_output_cap() {
 async fn each_trap_has_a_stable_reason() {
     let fuel = run_hostile("spin", "{ fuel = 5_000_000, deadline = \"60s\" }").await;
     assert_eq!(stage_failure(&fuel).reason(), "out_of_fuel");
-    let deadline = run_hostile("spin", "{ fuel = 9_000_000_000_000_000_000, deadline = \"200ms\" }").await;
+    let deadline = run_hostile(
+        "spin",
+        "{ fuel = 9_000_000_000_000_000_000, deadline = \"200ms\" }",
+    )
+    .await;
     assert_eq!(stage_failure(&deadline).reason(), "deadline");
     let memory = run_hostile("bomb", "{ memory = \"32MiB\" }").await;
     assert_eq!(stage_failure(&memory).reason(), "memory_cap");
@@ -269,7 +290,10 @@ async fn each_trap_has_a_stable_reason() {
     // No trap message is a bare backtrace.
     for e in [&fuel, &deadline, &memory] {
         let text = e.to_string();
-        assert!(!text.contains('\n') && !text.contains("backtrace"), "{text}");
+        assert!(
+            !text.contains('\n') && !text.contains("backtrace"),
+            "{text}"
+        );
     }
 }
 

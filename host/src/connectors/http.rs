@@ -484,7 +484,9 @@ mod tests {
             "unknown field `retries`, expected one of `url`, `protocol`, `columns`, `instance`, `tensor`, `timeout`, `retry`, `float_decimals`, `non_finite`, `timestamps`, `defaults`"
         );
         assert_eq!(
-            bad("url = \"http://x\"\nprotocol = \"kserve\"\ncolumns = [\"a\"]\ndefaults = { b = 0 }"),
+            bad(
+                "url = \"http://x\"\nprotocol = \"kserve\"\ncolumns = [\"a\"]\ndefaults = { b = 0 }"
+            ),
             "`sink[0].http.defaults.b`: `b` is not among `columns` (a)"
         );
         assert_eq!(
@@ -516,9 +518,10 @@ mod tests {
     }
 
     fn sink(extra: &str) -> HttpSink {
-        let spec: HttpSinkSpec =
-            toml::from_str(&format!("url = \"http://x\"\nprotocol = \"kserve\"\n{extra}"))
-                .unwrap();
+        let spec: HttpSinkSpec = toml::from_str(&format!(
+            "url = \"http://x\"\nprotocol = \"kserve\"\n{extra}"
+        ))
+        .unwrap();
         HttpSink::new("sink[0].http", &spec).unwrap()
     }
 

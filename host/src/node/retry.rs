@@ -177,9 +177,9 @@ impl<E> GaveUp<E> {
             Stop::Permanent if n.get() == 1 => "(permanent: not retried)".to_owned(),
             Stop::Permanent => format!("(after {n} attempts; permanent: not retried further)"),
             Stop::AttemptsSpent => format!("(after {n} attempt{s})"),
-            Stop::Deadline => format!(
-                "(after {n} attempt{s}; the retry deadline would pass before the next)"
-            ),
+            Stop::Deadline => {
+                format!("(after {n} attempt{s}; the retry deadline would pass before the next)")
+            }
         }
     }
 }

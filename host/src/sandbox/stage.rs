@@ -510,7 +510,10 @@ fn panic_message(stderr: &str) -> Option<(Option<String>, String)> {
     } else {
         message.join(" ")
     };
-    Some(((!location.is_empty()).then_some(location), one_line(&message)))
+    Some((
+        (!location.is_empty()).then_some(location),
+        one_line(&message),
+    ))
 }
 
 /// `text` on one line: its lines joined by spaces.

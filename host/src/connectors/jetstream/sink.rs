@@ -626,12 +626,16 @@ async fn no_responders(
         Err(e) => service(
             url,
             true,
-            format!("publishing to `{subject}`: no responders, and JetStream did not say which stream captures it ({e})"),
+            format!(
+                "publishing to `{subject}`: no responders, and JetStream did not say which stream captures it ({e})"
+            ),
         ),
         Ok(stream) => service(
             url,
             true,
-            format!("publishing to `{subject}`: no responders, though stream `{stream}` captures it (JetStream restarting)"),
+            format!(
+                "publishing to `{subject}`: no responders, though stream `{stream}` captures it (JetStream restarting)"
+            ),
         ),
     }
 }
@@ -643,7 +647,11 @@ fn publish_error(
 ) -> NodeError {
     use async_nats::jetstream::context::PublishErrorKind as K;
     match e.kind() {
-        K::StreamNotFound => service(url, true, format!("publishing to `{subject}`: {NO_RESPONDERS}")),
+        K::StreamNotFound => service(
+            url,
+            true,
+            format!("publishing to `{subject}`: {NO_RESPONDERS}"),
+        ),
         K::MaxPayloadExceeded => NodeError::Data {
             message: format!("a message for `{subject}` is larger than the server allows: {e}"),
             row: None,

@@ -703,7 +703,12 @@ impl JetStreamSource {
                 None => return Err(service(&url, true, "the pull subscription ended")),
             };
             let (seq, delivered, pending, delivery) = match message.info() {
-                Ok(i) => (i.stream_sequence, i.delivered, i.pending, i.consumer_sequence),
+                Ok(i) => (
+                    i.stream_sequence,
+                    i.delivered,
+                    i.pending,
+                    i.consumer_sequence,
+                ),
                 Err(e) => {
                     return Err(service(
                         &url,
@@ -729,7 +734,12 @@ impl JetStreamSource {
                         last + 1,
                         delivery - 1,
                         self.durable,
-                        self.gathered.iter().map(|g| g.seq).max().unwrap_or(0).max(self.high)
+                        self.gathered
+                            .iter()
+                            .map(|g| g.seq)
+                            .max()
+                            .unwrap_or(0)
+                            .max(self.high)
                     ),
                 ));
             }
@@ -955,7 +965,13 @@ impl JetStreamSource {
             .heartbeat(PULL_EXPIRES / 10)
             .messages()
             .await
-            .map_err(|e| service(&url, true, format!("cannot pull from `{}`: {e}", self.durable)))?;
+            .map_err(|e| {
+                service(
+                    &url,
+                    true,
+                    format!("cannot pull from `{}`: {e}", self.durable),
+                )
+            })?;
         let conn = self.conn.as_mut().expect("checked above");
         conn.consumer = consumer;
         conn.messages = messages;
@@ -1056,7 +1072,6 @@ impl AsyncSource for JetStreamSource {
                 return Ok(!drained);
             }
             let full = this.gathered.len() >= this.batch;
-            let this = &mut *this;
             this.emit(out)?;
             // A short batch whose last message left nothing pending: the
             // stream is drained for now.

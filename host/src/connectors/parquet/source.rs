@@ -359,10 +359,7 @@ impl ParquetSource {
         out.dead_letter(DeadLetter {
             fault: Fault::Data,
             reason: "corrupt_batch".into(),
-            detail: format!(
-                "{}: row group {} cannot be decoded: {why}",
-                file.name, rg
-            ),
+            detail: format!("{}: row group {} cannot be decoded: {why}", file.name, rg),
             position: format!("{position} rows {from}..{total}{bytes}"),
             record: String::new(),
         });

@@ -605,13 +605,20 @@ fn a_corrupt_row_group_is_one_dead_letter_and_the_rest_are_read() {
     assert_eq!(positions, ["a.parquet:0", "a.parquet:1", "a.parquet:2"]);
     assert_eq!(letters.len(), 1);
     let l = &letters[0];
-    assert_eq!((l.fault, l.reason.as_str()), (crate::node::Fault::Data, "corrupt_batch"));
+    assert_eq!(
+        (l.fault, l.reason.as_str()),
+        (crate::node::Fault::Data, "corrupt_batch")
+    );
     assert_eq!(
         l.position,
-        format!("a.parquet:1 rows 0..100, bytes {start}..{} of the file", start + len)
+        format!(
+            "a.parquet:1 rows 0..100, bytes {start}..{} of the file",
+            start + len
+        )
     );
     assert!(
-        l.detail.starts_with("a.parquet: row group 1 cannot be decoded: "),
+        l.detail
+            .starts_with("a.parquet: row group 1 cannot be decoded: "),
         "{}",
         l.detail
     );

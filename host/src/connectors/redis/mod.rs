@@ -88,10 +88,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::json::{JsonOptions, rows_as_objects};
 use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
 use crate::node::retry::{GaveUp, RetryPolicy, Transience};
-use crate::batch::json::{JsonOptions, rows_as_objects};
-use crate::node::{AsyncSink, BoxFuture, DeadLetter, Durability, Emitter, Fault, Lineage, NodeError};
+use crate::node::{
+    AsyncSink, BoxFuture, DeadLetter, Durability, Emitter, Fault, Lineage, NodeError,
+};
 use crate::units::Millis;
 
 pub use read::{StoredVector, read_vectors};
@@ -417,12 +419,12 @@ impl RedisSink {
             return Ok(());
         }
         self.bind(&batch.schema())?;
-        let (batch, origin) = self.refuse_bad_rows(batch, lineage)?;
-        let rows = batch.num_rows();
-        if rows == 0 {
+        let original = batch;
+        let (kept, origin) = self.refuse_bad_rows(batch, lineage)?;
+        if kept.num_rows() == 0 {
             return Ok(());
         }
-        let batch = &batch;
+        let batch = &kept;
         let conn = self.connection().await?;
         let lineage_json = if self.spec.lineage {
             Some(serde_json::to_vec(lineage).map_err(|e| NodeError::Bug(e.to_string()))?)
@@ -470,8 +472,16 @@ impl RedisSink {
             .await;
         written.map_err(|e| this.gave_up(e))?;
         for range in std::mem::take(&mut this.refused) {
-            this.write_one_by_one(conn, arrays, lineage_json, range, batch, &origin, lineage)
-                .await?;
+            this.write_one_by_one(
+                conn,
+                arrays,
+                lineage_json,
+                range,
+                original,
+                &origin,
+                lineage,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -538,10 +548,8 @@ impl RedisSink {
             self.refuse(batch, row, lineage, reason, detail);
         }
         let origin: Vec<usize> = (0..batch.num_rows()).filter(|&r| keep[r]).collect();
-        let kept = arrow::compute::filter_record_batch(
-            batch,
-            &arrow::array::BooleanArray::from(keep),
-        )?;
+        let kept =
+            arrow::compute::filter_record_batch(batch, &arrow::array::BooleanArray::from(keep))?;
         Ok((kept, Some(origin)))
     }
 
@@ -572,13 +580,17 @@ impl RedisSink {
         });
     }
 
-    /// Writes the rows of `range` (of the filtered `arrays`) one call each,
+    /// Writes the rows of `range` (of the filtered `arrays`; `origin` maps
+    /// them to rows of `batch`, the batch as the sink received it) one call each,
     /// after a pipeline of theirs was refused for a row's own sake (`WRONGTYPE`:
     /// the key holds something that is not a vector). A row Redis refuses again
     /// becomes a dead letter (reason `redis_refused`, Redis's words); the
     /// others are written (the guard makes writing again what the refused
     /// pipeline had written harmless). Each call is retried like a pipeline.
-    #[allow(clippy::too_many_arguments, reason = "one batch's views, passed down once")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one batch's views, passed down once"
+    )]
     async fn write_one_by_one(
         &mut self,
         conn: &ConnectionManager,
@@ -883,9 +895,9 @@ fn classify(e: &RedisError) -> Transience {
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
-        || matches!(
-            e.code(),
-            Some(
+        || codes(e).iter().any(|c| {
+            matches!(
+                c.as_str(),
                 "NOSCRIPT"
                     | "BUSY"
                     | "LOADING"
@@ -894,7 +906,7 @@ fn classify(e: &RedisError) -> Transience {
                     | "MASTERDOWN"
                     | "CLUSTERDOWN"
             )
-        );
+        });
     if transient {
         Transience::Transient
     } else {
@@ -907,7 +919,17 @@ fn classify(e: &RedisError) -> Transience {
 /// entity's key holds something other than a hash. Writing the record again
 /// cannot help, and writing the others can.
 fn refuses_record(e: &RedisError) -> bool {
-    e.code() == Some("WRONGTYPE")
+    codes(e).iter().any(|c| c == "WRONGTYPE")
+}
+
+/// The server's error codes in `e`: its own, and for a pipeline each failed
+/// command's (a pipeline's error names only the first kind redis-rs knows).
+fn codes(e: &RedisError) -> Vec<String> {
+    let mut codes: Vec<String> = e.code().map(str::to_owned).into_iter().collect();
+    if let Some(errors) = e.clone().into_server_errors() {
+        codes.extend(errors.iter().map(|(_, s)| s.code().to_owned()));
+    }
+    codes
 }
 
 /// Where row `row` of a batch with `lineage` came from, for its dead letter:
