@@ -110,7 +110,7 @@ pub async fn publish_lines(
                 &js,
                 url,
                 &subject,
-                window.drain(..).collect(),
+                std::mem::take(&mut window),
                 WINDOW,
                 &RetryPolicy::default(),
             )
