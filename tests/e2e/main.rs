@@ -4,6 +4,7 @@
 mod backpressure;
 mod clickstream;
 mod executor;
+mod faults;
 mod files;
 mod lineage;
 mod online_store;

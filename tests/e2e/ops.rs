@@ -171,6 +171,11 @@ async fn http_sink_posts_tf_serving_instances_and_retries_transient_failures() {
     );
     let summary = run_toml(&http_pipeline(&sink), dir.path()).await.unwrap();
     assert_eq!(summary.node("model").unwrap().rows_out, 3);
+    // The retry is counted in the run summary.
+    assert_eq!(
+        summary.node("model").unwrap().counters.get("retries"),
+        Some(&1)
+    );
     let seen = seen.lock().unwrap().clone();
     let first = json!({"instances": [{"id": 1, "x": 0.5, "t": "1970-01-01T00:00:00.000Z"}, {"id": 2, "x": null, "t": "2024-05-01T12:00:00.123Z"}]});
     let second = json!({"instances": [{"id": 3, "x": -1.25, "t": null}]});
@@ -209,8 +214,25 @@ async fn http_sink_posts_tf_serving_instances_and_retries_transient_failures() {
 async fn http_sink_posts_kserve_v2_inputs_per_column_and_as_one_tensor() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rows.jsonl"), ROWS).unwrap();
+    // A typed tensor holds no null: without defaults the write fails naming
+    // the column and its row, and nothing is sent.
     let (url, seen) = serve(vec![]);
     let sink = format!("url = \"{url}/v2/models/ctr/infer\"\nprotocol = \"kserve\"");
+    let e = run_toml(&http_pipeline(&sink), dir.path())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "node `model` failed: column `x` is null, and a KServe tensor cannot hold a null: give `x` a value in the sink's `defaults` (row 1)"
+    );
+    assert!(seen.lock().unwrap().is_empty());
+
+    // With defaults, nulls take them.
+    let (url, seen) = serve(vec![]);
+    let sink = format!(
+        "url = \"{url}/v2/models/ctr/infer\"\nprotocol = \"kserve\"\ndefaults = {{ x = -1.0, c = \"\", t = 0 }}"
+    );
     run_toml(&http_pipeline(&sink), dir.path()).await.unwrap();
     let bodies: Vec<Value> = seen
         .lock()
@@ -223,22 +245,22 @@ async fn http_sink_posts_kserve_v2_inputs_per_column_and_as_one_tensor() {
         [
             json!({"inputs": [
                 {"name": "id", "shape": [2], "datatype": "INT64", "data": [1, 2]},
-                {"name": "x", "shape": [2], "datatype": "FP64", "data": [0.5, null]},
+                {"name": "x", "shape": [2], "datatype": "FP64", "data": [0.5, -1.0]},
                 {"name": "c", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]},
                 {"name": "t", "shape": [2], "datatype": "INT64", "data": [0, 1714564800123i64]},
             ]}),
             json!({"inputs": [
                 {"name": "id", "shape": [1], "datatype": "INT64", "data": [3]},
                 {"name": "x", "shape": [1], "datatype": "FP64", "data": [-1.25]},
-                {"name": "c", "shape": [1], "datatype": "BYTES", "data": [null]},
-                {"name": "t", "shape": [1], "datatype": "INT64", "data": [null]},
+                {"name": "c", "shape": [1], "datatype": "BYTES", "data": [""]},
+                {"name": "t", "shape": [1], "datatype": "INT64", "data": [0]},
             ]}),
         ]
     );
 
     let (url, seen) = serve(vec![]);
     let sink = format!(
-        "url = \"{url}/v2/models/ctr/infer\"\nprotocol = \"kserve\"\ntensor = \"features\"\ncolumns = [\"id\", \"x\"]"
+        "url = \"{url}/v2/models/ctr/infer\"\nprotocol = \"kserve\"\ntensor = \"features\"\ncolumns = [\"id\", \"x\"]\ndefaults = {{ x = 0.0 }}"
     );
     run_toml(&http_pipeline(&sink), dir.path()).await.unwrap();
     let bodies: Vec<Value> = seen
@@ -250,21 +272,23 @@ async fn http_sink_posts_kserve_v2_inputs_per_column_and_as_one_tensor() {
     assert_eq!(
         bodies,
         [
-            json!({"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP64", "data": [1, 0.5, 2, null]}]}),
+            json!({"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP64", "data": [1, 0.5, 2, 0.0]}]}),
             json!({"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP64", "data": [3, -1.25]}]}),
         ]
     );
 
     // A 400 is not retried: the run fails with the server's answer.
     let (url, seen) = serve(vec![400]);
-    let sink = format!("url = \"{url}/bad\"\nprotocol = \"kserve\"");
+    let sink = format!(
+        "url = \"{url}/bad\"\nprotocol = \"kserve\"\ndefaults = {{ x = 0.0, c = \"\", t = 0 }}"
+    );
     let e = run_toml(&http_pipeline(&sink), dir.path())
         .await
         .unwrap_err()
         .to_string();
     assert_eq!(
         e,
-        format!("node `model` failed: POST {url}/bad: HTTP 400: {{}} (after 1 attempt)")
+        format!("node `model` failed: POST {url}/bad: HTTP 400: {{}} (permanent: not retried)")
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
 }

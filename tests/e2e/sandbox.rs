@@ -196,14 +196,105 @@ async fn a_memory_bomb_is_stopped_at_the_cap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_is_a_trap_with_the_stage_name_and_message() {
     let err = run_hostile("panic", "{}").await;
+    let failure = stage_failure(&err);
+    assert!(matches!(failure, StageFailure::Panic { .. }), "{err}");
+    assert_eq!(failure.reason(), "panic");
+    // One line: where the guest panicked and its message.
+    let line = panic_line("hostile stage panicked on purpose");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "node `hostile` failed: stage `hostile` panicked at src/lib.rs:{line}: hostile stage panicked on purpose"
+        )
+    );
+    host_still_works().await;
+}
+
+/// `line:column` of the `panic!` whose message is `message` in the hostile
+/// fixture's source, as the guest's panic reports it.
+fn panic_line(message: &str) -> String {
+    let source =
+        std::fs::read_to_string(weir_e2e::repo_root().join(HOSTILE).join("src/lib.rs")).unwrap();
+    let (n, text) = source
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(&format!("panic!(\"{message}\")")))
+        .expect("the fixture panics with that message");
+    let column = text.find("panic!").unwrap() + 1;
+    format!("{}:{column}", n + 1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_overflow_says_so_in_one_line() {
+    let err = run_hostile("stack_overflow", "{}").await;
+    let failure = stage_failure(&err);
     assert!(
-        matches!(stage_failure(&err), StageFailure::Trap { .. }),
+        matches!(failure, StageFailure::StackOverflow { .. }),
         "{err}"
     );
-    let text = err.to_string();
-    assert!(text.contains("stage `hostile` trapped"), "{text}");
-    assert!(text.contains("hostile stage panicked on purpose"), "{text}");
+    assert_eq!(failure.reason(), "stack_overflow");
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` overflowed its call stack (recursion too deep)"
+    );
     host_still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_flooding_stdout_is_stopped_at_the_output_cap() {
+    let started = Instant::now();
+    let err = run_hostile(
+        "flood_stdout",
+        "{ max_output = \"64KiB\", deadline = \"60s\" }",
+    )
+    .await;
+    let failure = stage_failure(&err);
+    assert!(
+        matches!(
+            failure,
+            StageFailure::OutputCap {
+                stream: "stdout",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(failure.reason(), "output_cap");
+    assert_eq!(
+        err.to_string(),
+        "node `hostile` failed: stage `hostile` printed more than 64KiB to stdout in one call (limits.max_output)"
+    );
+    // Stopped by the cap, not by the deadline.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    host_still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_trap_has_a_stable_reason() {
+    let fuel = run_hostile("spin", "{ fuel = 5_000_000, deadline = \"60s\" }").await;
+    assert_eq!(stage_failure(&fuel).reason(), "out_of_fuel");
+    let deadline = run_hostile(
+        "spin",
+        "{ fuel = 9_000_000_000_000_000_000, deadline = \"200ms\" }",
+    )
+    .await;
+    assert_eq!(stage_failure(&deadline).reason(), "deadline");
+    let memory = run_hostile("bomb", "{ memory = \"32MiB\" }").await;
+    assert_eq!(stage_failure(&memory).reason(), "memory_cap");
+    let error = run_hostile("error", "{}").await;
+    assert_eq!(stage_failure(&error).reason(), "stage_error");
+    // No trap message is a bare backtrace.
+    for e in [&fuel, &deadline, &memory] {
+        let text = e.to_string();
+        assert!(
+            !text.contains('\n') && !text.contains("backtrace"),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! once per test process, one sandbox for all tests, and running pipelines.
 
 pub mod clicks;
+pub mod proxy;
 pub mod services;
 
 use std::collections::HashMap;

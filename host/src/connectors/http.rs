@@ -7,6 +7,7 @@
 //! columns = ["user_bucket", "price_bucket", "age"]   # default: all, in batch order
 //! instance = "object"          # tf_serving: "object" (default) or "vector"
 //! tensor = "features"          # kserve: one [rows, columns] tensor of that name (default: one input per column)
+//! defaults = { price = 0.0, country = "" }   # what a null becomes; default: none
 //! timeout = "10s"              # per request, default 10s
 //! retry = { attempts = 4, backoff = "100ms" }   # as crate::node::retry; defaults there
 //! non_finite = "null"          # as [sink.vectors]
@@ -26,13 +27,26 @@
 //!   BOOL, Int32 → INT32, Int64 → INT64, Float32 → FP32, Float64 → FP64, Utf8 →
 //!   BYTES, timestamps → INT64 (epoch ms) or BYTES (RFC 3339).
 //!
+//! **Nulls.** A KServe input is a typed tensor, which has no null: KServe v2
+//! servers and Triton refuse `"data": [3.95, null]`. So a null (and a NaN or
+//! infinity under `non_finite = "null"`) takes the column's value in
+//! `defaults` (the same model-safe value offline and online), and a null in a
+//! column without one fails the write naming the column and the row. With
+//! `tf_serving`, `defaults` fill nulls too; a null without one is sent as
+//! `null`, as before. A default must fit its column: a number for a numeric
+//! column (an integer for an integer one), a boolean for a boolean, a string
+//! for a string.
+//!
 //! A 2xx answer is success. Connection errors, timeouts, 429 and 5xx are
 //! transient: retried by the `retry` policy (exponential backoff with full
-//! jitter, [`crate::node::retry`]), then the run fails naming the URL and the
-//! last status. Any other status fails at once with the start of the response
-//! body, since repeating a request the server called malformed cannot help. Sinks run on the blocking pool, so the client is a
-//! small blocking one (`ureq`, without TLS).
+//! jitter, [`crate::node::retry`]) and counted in the node's `retries`, then
+//! the run fails naming the URL and the last status. Any other status fails at
+//! once with the start of the response body and `(permanent: not retried)`,
+//! since repeating a request the server called malformed cannot help. Sinks run
+//! on the blocking pool, so the client is a small blocking one (`ureq`, without
+//! TLS).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -45,7 +59,7 @@ use crate::batch::json::{
 };
 use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
 use crate::node::retry::{RetryPolicy, Transience};
-use crate::node::{Durability, Lineage, NodeError, Sink};
+use crate::node::{Durability, Emitter, Lineage, NodeError, Sink};
 use crate::units::Millis;
 
 /// An HTTP feature sink's configuration.
@@ -81,6 +95,12 @@ pub struct HttpSinkSpec {
     /// How timestamps are written. Default: `epoch_ms`.
     #[serde(default)]
     pub timestamps: Timestamps,
+    /// What a null of a column becomes in a request: column name → a number,
+    /// a boolean or a string. A KServe tensor cannot hold a null, so without a
+    /// default a null there fails the write (see the module docs). Default:
+    /// none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub defaults: BTreeMap<String, Value>,
 }
 
 /// The model server's protocol.
@@ -113,6 +133,8 @@ pub fn default_timeout() -> Millis {
 pub struct HttpSink {
     spec: HttpSinkSpec,
     agent: ureq::Agent,
+    /// Requests sent again after a transient failure, not yet reported.
+    unreported_retries: u64,
 }
 
 impl HttpSink {
@@ -153,6 +175,22 @@ impl HttpSink {
         spec.retry
             .check()
             .map_err(|e| SpecError::invalid(format!("{key}.retry"), e))?;
+        for (column, value) in &spec.defaults {
+            if !(value.is_number() || value.is_boolean() || value.is_string()) {
+                return Err(SpecError::invalid(
+                    format!("{key}.defaults.{column}"),
+                    format!("{value} is not a number, a boolean or a string"),
+                ));
+            }
+            if let Some(columns) = &spec.columns
+                && !columns.contains(column)
+            {
+                return Err(SpecError::invalid(
+                    format!("{key}.defaults.{column}"),
+                    format!("`{column}` is not among `columns` ({})", columns.join(", ")),
+                ));
+            }
+        }
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(spec.timeout.0))
             .http_status_as_error(false)
@@ -161,7 +199,56 @@ impl HttpSink {
         Ok(Self {
             spec: spec.clone(),
             agent,
+            unreported_retries: 0,
         })
+    }
+
+    /// Replaces each null of column `name` (sent as `datatype`) in `values` by
+    /// the column's default; with `required` (a KServe tensor), a null without
+    /// one is an error.
+    ///
+    /// # Errors
+    /// [`NodeError::Data`] naming the column and the first null row when it
+    /// has no default and `required`; [`NodeError::Config`] when the default
+    /// does not fit `datatype`.
+    fn fill_nulls(
+        &self,
+        name: &str,
+        datatype: &str,
+        values: &mut [Value],
+        required: bool,
+    ) -> Result<(), NodeError> {
+        let default = self.spec.defaults.get(name);
+        if let Some(d) = default {
+            let fits = match datatype {
+                "BOOL" => d.is_boolean(),
+                "BYTES" => d.is_string(),
+                "INT32" | "INT64" => d.is_i64() || d.is_u64(),
+                _ => d.is_number(),
+            };
+            if !fits {
+                return Err(NodeError::config(format!(
+                    "`defaults.{name}` is {d}, which does not fit column `{name}` sent as {datatype}"
+                )));
+            }
+        }
+        for (row, v) in values.iter_mut().enumerate() {
+            if v.is_null() {
+                match default {
+                    Some(d) => *v = d.clone(),
+                    None if required => {
+                        return Err(NodeError::Data {
+                            message: format!(
+                                "column `{name}` is null, and a KServe tensor cannot hold a null: give `{name}` a value in the sink's `defaults`"
+                            ),
+                            row: Some(row),
+                        });
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     fn options(&self) -> JsonOptions {
@@ -181,27 +268,52 @@ impl HttpSink {
         let data = |e: crate::batch::BatchError| NodeError::config(e.to_string());
         let columns = self.spec.columns.as_deref();
         let options = self.options();
+        let any_default = !self.spec.defaults.is_empty();
         Ok(match (self.spec.protocol, &self.spec.tensor) {
             (Protocol::TfServing, _) => match self.spec.instance {
                 Instance::Object => {
-                    json!({ "instances": rows_as_objects(batch, columns, options).map_err(data)? })
+                    let mut rows = rows_as_objects(batch, columns, options).map_err(data)?;
+                    if any_default {
+                        for row in &mut rows {
+                            for (name, v) in row.iter_mut() {
+                                if let (true, Some(d)) = (v.is_null(), self.spec.defaults.get(name))
+                                {
+                                    *v = d.clone();
+                                }
+                            }
+                        }
+                    }
+                    json!({ "instances": rows })
                 }
                 Instance::Vector => {
-                    json!({ "instances": rows_as_arrays(batch, columns, options).map_err(data)?.1 })
+                    let (names, mut rows) =
+                        rows_as_arrays(batch, columns, options).map_err(data)?;
+                    if any_default {
+                        for row in &mut rows {
+                            for (name, v) in names.iter().zip(row.iter_mut()) {
+                                if let (true, Some(d)) = (v.is_null(), self.spec.defaults.get(name))
+                                {
+                                    *v = d.clone();
+                                }
+                            }
+                        }
+                    }
+                    json!({ "instances": rows })
                 }
             },
             (Protocol::Kserve, None) => {
-                let inputs: Vec<Value> = columns_as_values(batch, columns, options)
-                    .map_err(data)?
-                    .into_iter()
-                    .map(|(name, t, values)| {
-                        json!({ "name": name, "shape": [values.len()], "datatype": kserve_type(&t, options), "data": values })
-                    })
-                    .collect();
+                let mut inputs = Vec::new();
+                for (name, t, mut values) in
+                    columns_as_values(batch, columns, options).map_err(data)?
+                {
+                    let datatype = kserve_type(&t, options);
+                    self.fill_nulls(&name, datatype, &mut values, true)?;
+                    inputs.push(json!({ "name": name, "shape": [values.len()], "datatype": datatype, "data": values }));
+                }
                 json!({ "inputs": inputs })
             }
             (Protocol::Kserve, Some(tensor)) => {
-                let cols = columns_as_values(batch, columns, options).map_err(data)?;
+                let mut cols = columns_as_values(batch, columns, options).map_err(data)?;
                 for (name, t, _) in &cols {
                     if !t.is_numeric() {
                         return Err(NodeError::Config(format!(
@@ -219,6 +331,9 @@ impl HttpSink {
                     ts if ts.iter().all(|t| **t == DataType::Float32) => "FP32",
                     _ => "FP64",
                 };
+                for (name, _, values) in &mut cols {
+                    self.fill_nulls(name, datatype, values, true)?;
+                }
                 let (rows, width) = (batch.num_rows(), cols.len());
                 let data: Vec<&Value> = (0..rows)
                     .flat_map(|r| cols.iter().map(move |(_, _, v)| &v[r]))
@@ -228,11 +343,14 @@ impl HttpSink {
         })
     }
 
-    fn post(&self, body: &[u8]) -> Result<(), NodeError> {
+    fn post(&mut self, body: &[u8]) -> Result<(), NodeError> {
         let url = &self.spec.url;
-        self.spec
+        let mut retries = 0;
+        let posted = self
+            .spec
             .retry
-            .run_blocking(url, &PostFailure::transience, |_| {
+            .run_blocking(url, &PostFailure::transience, |attempt| {
+                retries = u64::from(attempt.get() - 1);
                 let mut resp = self
                     .agent
                     .post(url)
@@ -257,7 +375,9 @@ impl HttpSink {
                 service: url.clone(),
                 transient: e.transient(),
                 message: e.to_string(),
-            })
+            });
+        self.unreported_retries += retries;
+        posted
     }
 }
 
@@ -312,6 +432,13 @@ impl Sink for HttpSink {
             serde_json::to_vec(&self.body(batch)?).map_err(|e| NodeError::Bug(e.to_string()))?;
         self.post(&body)
     }
+
+    /// The requests sent again since the last report, as `retries`.
+    fn report(&mut self, out: &mut Emitter) {
+        if self.unreported_retries > 0 {
+            out.count("retries", std::mem::take(&mut self.unreported_retries));
+        }
+    }
 }
 
 /// Checked by building: [`HttpSink::new`] refuses a bad configuration and sends
@@ -360,11 +487,89 @@ mod tests {
         );
         assert_eq!(
             bad("url = \"http://x\"\nprotocol = \"kserve\"\nretries = 3"),
-            "unknown field `retries`, expected one of `url`, `protocol`, `columns`, `instance`, `tensor`, `timeout`, `retry`, `float_decimals`, `non_finite`, `timestamps`"
+            "unknown field `retries`, expected one of `url`, `protocol`, `columns`, `instance`, `tensor`, `timeout`, `retry`, `float_decimals`, `non_finite`, `timestamps`, `defaults`"
+        );
+        assert_eq!(
+            bad(
+                "url = \"http://x\"\nprotocol = \"kserve\"\ncolumns = [\"a\"]\ndefaults = { b = 0 }"
+            ),
+            "`sink[0].http.defaults.b`: `b` is not among `columns` (a)"
+        );
+        assert_eq!(
+            bad("url = \"http://x\"\nprotocol = \"kserve\"\ndefaults = { b = [0] }"),
+            "`sink[0].http.defaults.b`: [0] is not a number, a boolean or a string"
         );
         assert_eq!(
             bad("url = \"http://x\"\nprotocol = \"kserve\"\nretry = { multiplier = 0.5 }"),
             "`sink[0].http.retry`: `multiplier` must be a number ≥ 1, not 0.5"
+        );
+    }
+
+    /// `price` with a null and a NaN, `country` with a null.
+    fn with_nulls() -> RecordBatch {
+        use arrow::array::{Float64Array, StringArray};
+        use arrow::datatypes::{Field, Schema};
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("price", DataType::Float64, true),
+            Field::new("country", DataType::Utf8, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                std::sync::Arc::new(Float64Array::from(vec![Some(3.95), None, Some(f64::NAN)])),
+                std::sync::Arc::new(StringArray::from(vec![Some("de"), Some("fr"), None])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn sink(extra: &str) -> HttpSink {
+        let spec: HttpSinkSpec = toml::from_str(&format!(
+            "url = \"http://x\"\nprotocol = \"kserve\"\n{extra}"
+        ))
+        .unwrap();
+        HttpSink::new("sink[0].http", &spec).unwrap()
+    }
+
+    #[test]
+    fn a_kserve_tensor_never_holds_a_null() {
+        let batch = with_nulls();
+        let body = sink("defaults = { price = -1.0, country = \"\" }")
+            .body(&batch)
+            .unwrap();
+        assert_eq!(
+            body,
+            json!({"inputs": [
+                {"name": "price", "shape": [3], "datatype": "FP64", "data": [3.95, -1.0, -1.0]},
+                {"name": "country", "shape": [3], "datatype": "BYTES", "data": ["de", "fr", ""]},
+            ]})
+        );
+        let e = sink("defaults = { price = 0 }").body(&batch).unwrap_err();
+        assert_eq!(e.fault(), crate::node::Fault::Data);
+        assert_eq!(
+            e.to_string(),
+            "column `country` is null, and a KServe tensor cannot hold a null: give `country` a value in the sink's `defaults` (row 2)"
+        );
+        let e = sink("defaults = { price = \"none\", country = \"\" }")
+            .body(&batch)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`defaults.price` is \"none\", which does not fit column `price` sent as FP64"
+        );
+        let body = sink("tensor = \"features\"\ncolumns = [\"price\"]\ndefaults = { price = 0.0 }")
+            .body(&batch)
+            .unwrap();
+        assert_eq!(
+            body,
+            json!({"inputs": [{"name": "features", "shape": [3, 1], "datatype": "FP64", "data": [3.95, 0.0, 0.0]}]})
+        );
+        let e = sink("tensor = \"features\"\ncolumns = [\"price\"]")
+            .body(&batch)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "column `price` is null, and a KServe tensor cannot hold a null: give `price` a value in the sink's `defaults` (row 1)"
         );
     }
 

@@ -774,10 +774,13 @@ pub(super) async fn run_sink(
                 let started = Instant::now();
                 let written = sink.write(&batch, &meta.lineage).await;
                 stats.busy += started.elapsed();
+                // Retries are counted, and refused records kept, whether the
+                // write then succeeded or not.
+                let refused = sink_report(&mut *sink, &cx, &meta, &mut stats)?;
                 // On failure `meta` is still held: the run is marked failed first.
                 written.map_err(|e| cx.fail(e))?;
                 stats.batches_out += 1;
-                stats.rows_out += batch.num_rows() as u64;
+                stats.rows_out += (batch.num_rows() as u64).saturating_sub(refused);
                 cx.publish(&stats);
                 log.written(&cx, batch.num_rows() as u64, &meta.lineage);
                 match durability {
@@ -797,6 +800,26 @@ pub(super) async fn run_sink(
             last_flush = tokio::time::Instant::now();
         }
     }
+}
+
+/// Takes what a sink's last write left ([`AsyncSink::report`]): its dead
+/// letters go to the store holding the batch's `meta` until they are durable,
+/// its counters to the node's. Returns how many records it refused.
+fn sink_report(
+    sink: &mut dyn AsyncSink,
+    cx: &NodeCx,
+    meta: &Meta,
+    stats: &mut NodeStats,
+) -> Result<u64, RunError> {
+    let mut report = Emitter::default();
+    sink.report(&mut report);
+    let letters = std::mem::take(&mut report.dead_letters);
+    let refused = letters.len() as u64;
+    if !letters.is_empty() {
+        cx.keep_letters(letters, vec![meta.clone()], stats)?;
+    }
+    merge(stats, std::mem::take(&mut report.counters));
+    Ok(refused)
 }
 
 fn publish_state(cx: &NodeCx, state: Option<String>) {

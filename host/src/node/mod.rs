@@ -3,8 +3,8 @@
 //! ```text
 //!   Source ──Envelope──► Operator ──Envelope──► … ──Envelope──► Sink
 //!     │ emits (batch, position)   │ process / finish / drain     │ write · flush (durable) · close
-//!     │ seek · commit             │ output_schema (plan time)    │ restore (resume)
-//!     └─ dead letters ────────────┴──────────────► DeadLetterStore
+//!     │ seek · commit             │ output_schema (plan time)    │ restore (resume) · report
+//!     └─ dead letters ────────────┴──────────────────────────────┴──► DeadLetterStore
 //! ```
 //!
 //! Everything above (`ops`, `connectors`, `store`, the scheduler in `exec`)
@@ -565,6 +565,18 @@ pub trait Sink: Send + 'static {
     fn close(&mut self, _complete: bool) -> Result<(), NodeError> {
         Ok(())
     }
+
+    /// Hands over what the last [`Sink::write`] left besides the write: the
+    /// records it refused because of the records themselves, as dead letters
+    /// ([`Emitter::dead_letter`]), and its counters ([`Emitter::count`], e.g.
+    /// `retries`). The executor calls it after every write, successful or
+    /// not, and keeps the letters with the batch's delivery tokens, so a
+    /// refused record is durable in the dead-letter store before its source
+    /// position is committed. A write that refuses some records returns `Ok`
+    /// for the rest: one bad record never fails the run. Only dead letters
+    /// and counters are read from `out`; batches pushed there are ignored.
+    /// Default: nothing to report.
+    fn report(&mut self, _out: &mut Emitter) {}
 }
 
 /// A sink polled on the runtime (a networked store acknowledging writes).
@@ -596,6 +608,10 @@ pub trait AsyncSink: Send + 'static {
     fn close(&mut self, _complete: bool) -> BoxFuture<'_, Result<(), NodeError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// As [`Sink::report`]: called after every write, between awaits. Default:
+    /// nothing to report.
+    fn report(&mut self, _out: &mut Emitter) {}
 }
 
 impl Blocking<dyn Sink> {
@@ -636,6 +652,13 @@ impl AsyncSink for Blocking<dyn Sink> {
 
     fn close(&mut self, complete: bool) -> BoxFuture<'_, Result<(), NodeError>> {
         Box::pin(async move { on_blocking(&mut self.0, move |s| s.close(complete)).await? })
+    }
+
+    /// Asks the sink on this thread: it only hands over what it collected.
+    fn report(&mut self, out: &mut Emitter) {
+        if let Some(s) = self.0.as_mut() {
+            s.report(out);
+        }
     }
 }
 

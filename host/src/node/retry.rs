@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! [sink.redis.retry]     # or [sink.http.retry]; every key optional
-//! attempts = 4           # tries in all, the first included; default 4
+//! attempts = 10          # tries in all, the first included; default 10
 //! backoff = "100ms"      # ceiling of the first wait; default 100ms
 //! multiplier = 2.0       # each next ceiling is this many times the last; default 2
 //! max_wait = "10s"       # no single wait is longer; default 10s
@@ -20,6 +20,13 @@
 //! transient one when the attempts are spent or the next wait would end past the
 //! deadline. The deadline bounds the waits, not a call in progress: each call has
 //! its own timeout (the connector's `timeout`).
+//!
+//! A permanent failure ends with one line saying so: `… (permanent: not
+//! retried)`; a transient one that ran out of attempts says how many were made.
+//! Each node counts the calls it made again as its `retries` counter, which the
+//! run summary prints. Connectors keep no retry loop or reconnect schedule of
+//! their own (a client library's built-in reconnect is set to one try), so
+//! this table is the only one that says how long a node keeps trying.
 //!
 //! The loop exists in two forms, [`RetryPolicy::run_blocking`] for sinks on the
 //! blocking pool and [`RetryPolicy::run`] (or [`RetryPolicy::run_with`], for a
@@ -35,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::NodeError;
 use crate::units::Millis;
 
 /// How a service's calls are retried. Units: `backoff`, `max_wait` and
@@ -43,7 +51,7 @@ use crate::units::Millis;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Tries in all, the first included. Default: 4 ([`default_attempts`]).
+    /// Tries in all, the first included. Default: 10 ([`default_attempts`]).
     #[serde(default = "default_attempts")]
     pub attempts: NonZeroU32,
     /// Ceiling of the first wait. Default: 100 ms ([`default_backoff`]).
@@ -62,9 +70,13 @@ pub struct RetryPolicy {
     pub deadline: Millis,
 }
 
-/// Default tries in all: 4 (a first try and three retries).
+/// Default tries in all: 10 (a first try and nine retries). With the default
+/// schedule the waits' ceilings add up to about 33 s (half that on average,
+/// with full jitter), so a service restarted within a few seconds (a Redis or
+/// NATS server, a model server rolled over) is ridden out, while a service that
+/// stays down fails the run within the one-minute deadline.
 pub fn default_attempts() -> NonZeroU32 {
-    NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN)
+    NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN)
 }
 
 /// Default ceiling of the first wait: 100 ms.
@@ -148,19 +160,71 @@ impl<E> GaveUp<E> {
     pub fn transient(&self) -> bool {
         self.stop != Stop::Permanent
     }
+
+    /// Calls made again after a failure: the attempts less the first. What a
+    /// node counts as `retries` in the run summary.
+    pub fn retries(&self) -> u64 {
+        u64::from(self.attempts.get() - 1)
+    }
+
+    /// What this adds to the last error's message, in one parenthesis: how
+    /// many attempts were made and why no other was, so a permanent failure
+    /// says it was not retried.
+    fn suffix(&self) -> String {
+        let n = self.attempts;
+        let s = if n.get() == 1 { "" } else { "s" };
+        match self.stop {
+            Stop::Permanent if n.get() == 1 => "(permanent: not retried)".to_owned(),
+            Stop::Permanent => format!("(after {n} attempts; permanent: not retried further)"),
+            Stop::AttemptsSpent => format!("(after {n} attempt{s})"),
+            Stop::Deadline => {
+                format!("(after {n} attempt{s}; the retry deadline would pass before the next)")
+            }
+        }
+    }
 }
 
 impl<E: fmt::Display> fmt::Display for GaveUp<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.attempts;
-        let s = if n.get() == 1 { "" } else { "s" };
-        match self.stop {
-            Stop::Deadline => write!(
-                f,
-                "{} (after {n} attempt{s}; the retry deadline would pass before the next)",
-                self.error
-            ),
-            _ => write!(f, "{} (after {n} attempt{s})", self.error),
+        write!(f, "{} {}", self.error, self.suffix())
+    }
+}
+
+/// The classifier for calls that already say whose fault a failure is: only a
+/// [`NodeError::Service`] marked transient is worth another try. A connector
+/// whose call maps its client's errors to [`NodeError`] (classifying them
+/// where it knows the protocol) retries with this.
+pub fn node_transience(error: &NodeError) -> Transience {
+    match error {
+        NodeError::Service {
+            transient: true, ..
+        } => Transience::Transient,
+        _ => Transience::Permanent,
+    }
+}
+
+impl GaveUp<NodeError> {
+    /// The node error a retried call ended with, its message saying how many
+    /// attempts were made and, for a permanent failure, that it was not
+    /// retried (one line: `… (permanent: not retried)`). Errors whose message
+    /// is not the node's own text (a bug, a resource, a stage) pass unchanged.
+    pub fn into_node_error(self) -> NodeError {
+        let suffix = self.suffix();
+        let transient = self.transient();
+        match self.error {
+            NodeError::Service {
+                service, message, ..
+            } => NodeError::Service {
+                service,
+                transient,
+                message: format!("{message} {suffix}"),
+            },
+            NodeError::Config(message) => NodeError::Config(format!("{message} {suffix}")),
+            NodeError::Data { message, row } => NodeError::Data {
+                message: format!("{message} {suffix}"),
+                row,
+            },
+            other => other,
         }
     }
 }

@@ -4,8 +4,10 @@
 //! the contract, linked): the component or its grant is at fault and nothing ran.
 //! [`StageFailure`] is raised by a call into a running stage and says whose fault it
 //! is: the guest's own `stage-error` result (the instance stays usable) is kept
-//! apart from traps (fuel, deadline, memory, panic), after which the instance is
-//! thrown away. A stage that runs but breaks its output contract (a featurizer
+//! apart from traps (fuel, deadline, memory, stack, panic, a host call, output),
+//! after which the instance is thrown away. Every trap reads as one line naming
+//! its cause, never a bare backtrace, and [`StageFailure::reason`] gives the
+//! cause as a stable code for dead letters and breakers. A stage that runs but breaks its output contract (a featurizer
 //! dropping rows, a declared column missing or mistyped) fails without a trap: its
 //! instance stays.
 //!
@@ -142,12 +144,50 @@ pub enum StageFailure {
         /// The size, when known.
         size: Option<ByteSize>,
     },
-    /// Any other trap: a panic, an unreachable, an out-of-bounds access.
+    /// The call nested deeper than the WebAssembly stack allows (runaway
+    /// recursion).
+    #[error("stage `{stage}` overflowed its call stack (recursion too deep)")]
+    StackOverflow {
+        /// The stage's name.
+        stage: String,
+    },
+    /// The guest panicked: it printed its panic message on stderr, then
+    /// trapped (`unreachable`).
+    #[error("stage `{stage}` panicked{}: {message}", location.as_ref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    Panic {
+        /// The stage's name.
+        stage: String,
+        /// Where in the guest's source, as the panic said (`src/lib.rs:7:9`).
+        location: Option<String>,
+        /// The guest's panic message, on one line.
+        message: String,
+    },
+    /// A call the guest made to the host failed in a way that ends the call
+    /// (a resource it does not own, a refused operation).
+    #[error("stage `{stage}` trapped in a host call: {message}")]
+    HostCallRefused {
+        /// The stage's name.
+        stage: String,
+        /// The host's refusal.
+        message: String,
+    },
+    /// The guest printed more to stdout or stderr in one call than its cap.
+    #[error("stage `{stage}` printed more than {cap} to {stream} in one call (limits.max_output)")]
+    OutputCap {
+        /// The stage's name.
+        stage: String,
+        /// `stdout` or `stderr`.
+        stream: &'static str,
+        /// The cap per call and stream.
+        cap: ByteSize,
+    },
+    /// Any other trap: an out-of-bounds access, a division by zero, an
+    /// `unreachable` without a panic message.
     #[error("stage `{stage}` trapped: {message}")]
     Trap {
         /// The stage's name.
         stage: String,
-        /// The trap and, for a panic, the guest's panic message.
+        /// The trap's cause, on one line.
         message: String,
     },
     /// The batch could not be converted for the stage (the pipeline's fault) or the
@@ -240,12 +280,46 @@ impl StageFailure {
             Self::OutOfFuel { .. }
                 | Self::Deadline { .. }
                 | Self::Memory { .. }
+                | Self::StackOverflow { .. }
+                | Self::Panic { .. }
+                | Self::HostCallRefused { .. }
+                | Self::OutputCap { .. }
                 | Self::Trap { .. }
                 | Self::Crossing {
                     direction: "output",
                     ..
                 }
         )
+    }
+
+    /// A short stable code for the failure's cause, for dead letters, counters
+    /// and a breaker to keep: for traps `out_of_fuel`, `deadline`,
+    /// `memory_cap`, `stack_overflow`, `panic`, `host_call_refused`,
+    /// `output_cap`, `crossing_cap` (an output over the crossing cap) and
+    /// `trap` (any other); otherwise `stage_error` (the guest's own error),
+    /// `init`, `crossing_cap`, `batch`, `output_contract` (rows or columns
+    /// not as declared) and `instantiate`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Guest { .. } => "stage_error",
+            Self::Init { .. } => "init",
+            Self::OutOfFuel { .. } => "out_of_fuel",
+            Self::Deadline { .. } => "deadline",
+            Self::Memory { .. } => "memory_cap",
+            Self::Crossing { .. } => "crossing_cap",
+            Self::StackOverflow { .. } => "stack_overflow",
+            Self::Panic { .. } => "panic",
+            Self::HostCallRefused { .. } => "host_call_refused",
+            Self::OutputCap { .. } => "output_cap",
+            Self::Trap { .. } => "trap",
+            Self::Batch { .. } => "batch",
+            Self::RowCount { .. }
+            | Self::FilterColumn { .. }
+            | Self::OutputMissing { .. }
+            | Self::OutputType { .. }
+            | Self::OutputUndeclared { .. } => "output_contract",
+            Self::Instantiate { .. } => "instantiate",
+        }
     }
 
     /// True when retrying the same input may succeed.

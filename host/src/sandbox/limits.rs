@@ -31,6 +31,11 @@ pub struct StageLimits {
     /// ([`default_max_crossing`]).
     #[serde(default = "default_max_crossing")]
     pub max_crossing: ByteSize,
+    /// Bytes a stage may print to stdout, and to stderr, per call; a write
+    /// past it traps with the cause `output_cap`. Default: 1 MiB
+    /// ([`default_max_output`]).
+    #[serde(default = "default_max_output")]
+    pub max_output: ByteSize,
 }
 
 /// Default fuel per call: 10 billion, seconds of CPU for any sane batch, while a
@@ -54,6 +59,12 @@ pub fn default_max_crossing() -> ByteSize {
     ByteSize::mib(64)
 }
 
+/// Default output cap: 1 MiB per call and stream, room for any diagnostics a
+/// stage prints while a loop printing without end stops in milliseconds.
+pub fn default_max_output() -> ByteSize {
+    ByteSize::mib(1)
+}
+
 impl Default for StageLimits {
     fn default() -> Self {
         Self {
@@ -61,6 +72,7 @@ impl Default for StageLimits {
             deadline: default_deadline(),
             memory: default_memory(),
             max_crossing: default_max_crossing(),
+            max_output: default_max_output(),
         }
     }
 }

@@ -32,6 +32,7 @@
 pub use crate::wit as bindings;
 mod build;
 mod cache;
+mod console;
 mod crossing;
 mod deadline;
 mod engine;

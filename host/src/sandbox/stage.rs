@@ -340,6 +340,7 @@ impl FeaturizerStage {
         let state = StageState::new(
             self.name.clone(),
             self.limits.memory.as_usize(),
+            self.limits.max_output.as_usize(),
             &self.grants,
             self.metrics.clone(),
         )
@@ -407,7 +408,12 @@ fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox, s
     store.set_epoch_deadline(ticks.max(1) + 1);
 }
 
-/// Turns a wasmtime error from a call into the failure it stands for.
+/// Turns a wasmtime error from a call into the failure it stands for, in this
+/// order: a memory growth the limiter refused; the trap codes of fuel, the
+/// epoch deadline and the stack; output over its cap; a return over the
+/// crossing cap; a guest panic (its message read from the call's stderr); an
+/// error raised by a host function (no trap code: a refused host call); any
+/// other trap, by its code's description. Each reads as one line.
 fn classify(
     stage: &str,
     limits: &StageLimits,
@@ -415,14 +421,16 @@ fn classify(
     error: wasmtime::Error,
 ) -> StageFailure {
     let stage = stage.to_owned();
-    if let Some(requested) = store.data().limiter.refused {
+    let state = store.data();
+    if let Some(requested) = state.limiter.refused {
         return StageFailure::Memory {
             stage,
             cap: limits.memory,
             requested: ByteSize(requested as u64),
         };
     }
-    match error.downcast_ref::<Trap>() {
+    let trap = error.downcast_ref::<Trap>().copied();
+    match trap {
         Some(Trap::OutOfFuel) => {
             return StageFailure::OutOfFuel {
                 stage,
@@ -435,10 +443,20 @@ fn classify(
                 deadline: limits.deadline,
             };
         }
+        Some(Trap::StackOverflow) => return StageFailure::StackOverflow { stage },
         _ => {}
     }
-    let text = format!("{error:#}");
-    if text.contains("hostcall") {
+    for console in [&state.stdout, &state.stderr] {
+        if console.exceeded() {
+            return StageFailure::OutputCap {
+                stage,
+                stream: console.name(),
+                cap: ByteSize(console.cap() as u64),
+            };
+        }
+    }
+    let root = error.root_cause().to_string();
+    if format!("{error:#}").contains("hostcall") {
         return StageFailure::Crossing {
             stage,
             direction: "output",
@@ -446,19 +464,85 @@ fn classify(
             size: None,
         };
     }
-    let stderr = store.data().stderr.contents();
-    let stderr = String::from_utf8_lossy(&stderr);
-    let panic = stderr
+    if let Some((location, message)) = panic_message(&state.stderr.tail()) {
+        return StageFailure::Panic {
+            stage,
+            location,
+            message,
+        };
+    }
+    match trap {
+        None => StageFailure::HostCallRefused {
+            stage,
+            message: one_line(&root),
+        },
+        Some(t) => StageFailure::Trap {
+            stage,
+            message: t.to_string(),
+        },
+    }
+}
+
+/// The last panic a Rust guest printed in `stderr`: its location and its
+/// message on one line. A Rust panic prints
+/// `thread '…' panicked at src/lib.rs:7:9:`, then the message's lines, then
+/// maybe a `note: run with RUST_BACKTRACE=1 …` line.
+fn panic_message(stderr: &str) -> Option<(Option<String>, String)> {
+    let at = stderr.rfind(" panicked at ")?;
+    let rest = &stderr[at + " panicked at ".len()..];
+    let (head, body) = rest.split_once('\n').unwrap_or((rest, ""));
+    let head = head.trim();
+    // Older toolchains printed `panicked at 'message', src/lib.rs:7:9`.
+    if let Some(quoted) = head.strip_prefix('\'') {
+        let (message, location) = quoted.rsplit_once("', ").unwrap_or((quoted, ""));
+        let location = (!location.is_empty()).then(|| location.to_owned());
+        return Some((location, one_line(message)));
+    }
+    let location = head.strip_suffix(':').unwrap_or(head).to_owned();
+    let message: Vec<&str> = body
         .lines()
-        .skip_while(|l| !l.contains("panicked at"))
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let first_line = text.lines().next().unwrap_or_default().to_owned();
-    let message = if panic.is_empty() {
-        first_line
+        .take_while(|l| !l.starts_with("note: "))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = if message.is_empty() {
+        "(no message)".to_owned()
     } else {
-        format!("{first_line}; {}", panic.trim())
+        message.join(" ")
     };
-    StageFailure::Trap { stage, message }
+    Some((
+        (!location.is_empty()).then_some(location),
+        one_line(&message),
+    ))
+}
+
+/// `text` on one line: its lines joined by spaces.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_read_from_stderr_as_one_line() {
+        let stderr = "some log\nthread '<unnamed>' panicked at src/lib.rs:110:26:\nhostile stage\npanicked on purpose\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_message(stderr),
+            Some((
+                Some("src/lib.rs:110:26".to_owned()),
+                "hostile stage panicked on purpose".to_owned()
+            ))
+        );
+        assert_eq!(
+            panic_message("thread 'main' panicked at 'boom', src/main.rs:2:5\n"),
+            Some((Some("src/main.rs:2:5".to_owned()), "boom".to_owned()))
+        );
+        assert_eq!(panic_message("no panic here\n"), None);
+    }
 }

@@ -1,7 +1,7 @@
 //! What a stage's `Store` holds: its WASI context (granting nothing by default), the
-//! memory limiter, captured stderr, the sinks for its logs and metrics, and the
-//! current call's deadline, which bounds the host calls that can wait (see
-//! `deadline.rs`).
+//! memory limiter, its stdout and stderr (bounded per call, see `console.rs`),
+//! the sinks for its logs and metrics, and the current call's deadline, which
+//! bounds the host calls that can wait (see `deadline.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,14 +9,11 @@ use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::featurizer::weir::stage::{host, types};
+use super::console::Console;
 use super::limits::Grants;
-
-/// Bytes of a stage's stderr kept to explain a panic.
-const STDERR_CAPTURE: usize = 64 * 1024;
 
 /// Counters and gauges a stage reported through `weir:stage/host`, kept across
 /// instances so a trap does not lose them.
@@ -32,7 +29,8 @@ pub(crate) struct StageState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
-    pub(super) stderr: MemoryOutputPipe,
+    pub(super) stdout: Console,
+    pub(super) stderr: Console,
     stage: Arc<str>,
     metrics: Arc<Mutex<GuestMetrics>>,
     /// When the current call must end; set before every call.
@@ -43,12 +41,14 @@ impl StageState {
     pub(super) fn new(
         stage: Arc<str>,
         memory_cap: usize,
+        output_cap: usize,
         grants: &Grants,
         metrics: Arc<Mutex<GuestMetrics>>,
     ) -> Result<Self, String> {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let stdout = Console::new("stdout", output_cap);
+        let stderr = Console::new("stderr", output_cap);
         let mut builder = WasiCtx::builder();
-        builder.stderr(stderr.clone());
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
         if !grants.clock {
             builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
@@ -65,6 +65,7 @@ impl StageState {
                 cap: memory_cap,
                 refused: None,
             },
+            stdout,
             stderr,
             stage,
             metrics,
@@ -72,9 +73,11 @@ impl StageState {
         })
     }
 
-    /// Sets when the next call must end.
+    /// Sets when the next call must end, and starts its output afresh.
     pub(super) fn set_deadline(&mut self, deadline: Instant) {
         self.deadline = deadline;
+        self.stdout.begin_call();
+        self.stderr.begin_call();
     }
 
     /// When the current call must end.

@@ -62,7 +62,7 @@ fn a_misspelled_key_is_named_with_its_path_and_line() {
     assert_eq!(
         e,
         "p.toml: line 19 column 12: `stage[0].wasm.limits.fule`: unknown field `fule`, \
-         expected one of `fuel`, `deadline`, `memory`, `max_crossing`"
+         expected one of `fuel`, `deadline`, `memory`, `max_crossing`, `max_output`"
     );
 }
 

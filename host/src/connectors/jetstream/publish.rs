@@ -9,6 +9,7 @@ use bytes::Bytes;
 use super::sink::publish_all;
 use super::{connect, service, valid_name};
 use crate::node::NodeError;
+use crate::node::retry::RetryPolicy;
 
 /// What [`publish_lines`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,7 +37,8 @@ const WINDOW: usize = 4096;
 /// capturing `subject` is created first if there is none. With `id_prefix`, the
 /// message whose first line is line `n` of the input (from 1) gets the
 /// `Nats-Msg-Id` `{id_prefix}:{n}`, so publishing the same file again the same
-/// way within the stream's duplicate window stores nothing twice.
+/// way within the stream's duplicate window stores nothing twice. Publishes
+/// that fail transiently are retried as a sink's are ([`RetryPolicy::default`]).
 ///
 /// # Errors
 /// The server is unreachable or refuses a publish (no stream captures the
@@ -104,8 +106,16 @@ pub async fn publish_lines(
             in_message = 0;
         }
         if window.len() == WINDOW || (n == 0 && !window.is_empty()) {
-            let (stored, duplicates) =
-                publish_all(&js, url, &subject, window.drain(..), WINDOW).await?;
+            let (stored, duplicates) = publish_all(
+                &js,
+                url,
+                &subject,
+                std::mem::take(&mut window),
+                WINDOW,
+                &RetryPolicy::default(),
+            )
+            .await
+            .result?;
             out.stored += stored;
             out.duplicates += duplicates;
         }

@@ -51,7 +51,8 @@ use sha2::Digest as _;
 use super::{connect, default_url, service, valid_name};
 use crate::batch::json::{JsonOptions, rows_as_arrays, write_object_lines};
 use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
-use crate::node::{AsyncSink, BoxFuture, Durability, Lineage, NodeError};
+use crate::node::retry::{GaveUp, RetryPolicy, node_transience};
+use crate::node::{AsyncSink, BoxFuture, Durability, Emitter, Lineage, NodeError};
 
 /// `[sink.jetstream]`: rows published to a subject a stream captures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +85,13 @@ pub struct JetStreamSinkSpec {
     /// Default: 4096.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: NonZeroUsize,
+    /// How publishes that fail transiently (the connection lost or reset, an
+    /// ack timed out, no responders while the server restarts) are retried:
+    /// the messages not acknowledged are published again with the same
+    /// `Nats-Msg-Id`, so the stream stores each once. Default:
+    /// [`RetryPolicy::default`].
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 fn default_max_inflight() -> NonZeroUsize {
@@ -142,6 +150,9 @@ impl SinkConfig for JetStreamSinkSpec {
                 format!("`{s}` is not a stream name (no spaces, `.`, `*`, `>` or slashes)"),
             ));
         }
+        self.retry
+            .check()
+            .map_err(|e| SpecError::invalid(format!("{key}.retry"), e))?;
         if let MsgId::Key(cols) = &self.id {
             if cols.is_empty() {
                 return Err(SpecError::invalid(
@@ -207,6 +218,8 @@ pub struct JetStreamSink {
     text: Vec<u8>,
     published: u64,
     duplicates: u64,
+    /// Publishes and connections made again, not yet reported.
+    unreported_retries: u64,
 }
 
 impl JetStreamSink {
@@ -225,6 +238,7 @@ impl JetStreamSink {
             text: Vec::new(),
             published: 0,
             duplicates: 0,
+            unreported_retries: 0,
         }
     }
 
@@ -239,7 +253,27 @@ impl JetStreamSink {
         self.duplicates
     }
 
-    async fn connect(&mut self) -> Result<&Conn, NodeError> {
+    /// The connection, made on first use under the `retry` policy: a server
+    /// that is down or restarting is waited for; a missing or unfitting
+    /// stream is permanent.
+    async fn connect(&mut self) -> Result<async_nats::jetstream::Context, NodeError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.js.clone());
+        }
+        let policy = self.spec.retry.clone();
+        let url = self.spec.url.clone();
+        let (this, result) = policy
+            .run_with(&url, &node_transience, self, |this, attempt| async move {
+                this.unreported_retries += u64::from(attempt.get() > 1);
+                let r = this.connect_once().await;
+                (this, r)
+            })
+            .await;
+        result.map_err(GaveUp::into_node_error)?;
+        Ok(this.conn.as_ref().expect("connected above").js.clone())
+    }
+
+    async fn connect_once(&mut self) -> Result<(), NodeError> {
         if self.conn.is_none() {
             let client = connect(&self.spec.url).await?;
             let js = async_nats::jetstream::context::ContextBuilder::new()
@@ -271,7 +305,7 @@ impl JetStreamSink {
             }
             self.conn = Some(Conn { js });
         }
-        Ok(self.conn.as_ref().expect("set above"))
+        Ok(())
     }
 
     /// The messages of `batch`: each payload with its id.
@@ -397,15 +431,18 @@ impl AsyncSink for JetStreamSink {
             let max_inflight = self.spec.max_inflight.get();
             let url = self.spec.url.clone();
             let subject = self.subject.clone();
-            let js = self.connect().await?.js.clone();
-            let (stored, duplicates) = publish_all(
+            let js = self.connect().await?;
+            let sent = publish_all(
                 &js,
                 &url,
                 &subject,
-                messages.into_iter().map(|(p, id)| (p, Some(id))),
+                messages.into_iter().map(|(p, id)| (p, Some(id))).collect(),
                 max_inflight,
+                &self.spec.retry,
             )
-            .await?;
+            .await;
+            self.unreported_retries += sent.retries;
+            let (stored, duplicates) = sent.result?;
             if duplicates > 0 {
                 tracing::debug!(%subject, duplicates, "messages already in the stream (a replay)");
             }
@@ -417,6 +454,14 @@ impl AsyncSink for JetStreamSink {
 
     fn durability(&self) -> Durability {
         Durability::OnWrite
+    }
+
+    /// The publishes and connections made again since the last report, as
+    /// `retries`.
+    fn report(&mut self, out: &mut Emitter) {
+        if self.unreported_retries > 0 {
+            out.count("retries", std::mem::take(&mut self.unreported_retries));
+        }
     }
 
     fn close(&mut self, _complete: bool) -> BoxFuture<'_, Result<(), NodeError>> {
@@ -432,52 +477,173 @@ impl AsyncSink for JetStreamSink {
     }
 }
 
-/// Publishes `messages` (payload, optional `Nats-Msg-Id`) on `subject`, at most
-/// `max_inflight` awaiting their acks at once, and returns once every one is
-/// acknowledged: (stored, duplicates the server already had).
-///
-/// # Errors
-/// The first publish the server refused or did not acknowledge in time.
+/// A message to publish: its payload and its `Nats-Msg-Id`, if any.
+pub(super) type Message = (Bytes, Option<String>);
+
+/// What [`publish_all`] did: (stored, duplicates the server already had) or
+/// the failure it ended with, and the rounds it published again.
+pub(super) struct Sent {
+    /// Messages stored and messages the stream already held, or the failure.
+    pub(super) result: Result<(u64, u64), NodeError>,
+    /// Rounds of publishing again after a transient failure.
+    pub(super) retries: u64,
+}
+
+/// Publishes `messages` on `subject`, at most `max_inflight` awaiting their
+/// acks at once, and returns once every one is acknowledged. Messages whose
+/// publish or ack failed transiently (a lost connection, a timeout, no
+/// responders while JetStream restarts) are published again, and only they,
+/// under `retry`, with the same ids: a message stored before the failure is
+/// answered `duplicate` and counted once.
 pub(super) async fn publish_all(
     js: &async_nats::jetstream::Context,
     url: &str,
     subject: &async_nats::Subject,
-    messages: impl IntoIterator<Item = (Bytes, Option<String>)>,
+    messages: Vec<Message>,
     max_inflight: usize,
-) -> Result<(u64, u64), NodeError> {
+    retry: &RetryPolicy,
+) -> Sent {
+    let mut retries = 0;
+    let (_, result) = retry
+        .run_with(
+            url,
+            &node_transience,
+            (messages, 0u64, 0u64),
+            |(pending, mut stored, mut duplicates), attempt| {
+                retries = u64::from(attempt.get() - 1);
+                async move {
+                    let round = publish_round(js, url, subject, &pending, max_inflight).await;
+                    stored += round.stored;
+                    duplicates += round.duplicates;
+                    let failed: Vec<Message> =
+                        round.failed.iter().map(|&i| pending[i].clone()).collect();
+                    let outcome = match round.error {
+                        None => Ok((stored, duplicates)),
+                        Some(e) if is_no_responders(&e) => {
+                            Err(no_responders(js, url, subject).await)
+                        }
+                        Some(e) => Err(e),
+                    };
+                    ((failed, stored, duplicates), outcome)
+                }
+            },
+        )
+        .await;
+    Sent {
+        result: result.map_err(GaveUp::into_node_error),
+        retries,
+    }
+}
+
+/// One round of [`publish_all`].
+struct Round {
+    stored: u64,
+    duplicates: u64,
+    /// Indices of the messages not acknowledged.
+    failed: Vec<usize>,
+    /// The first failure, a permanent one before any transient one.
+    error: Option<NodeError>,
+}
+
+/// Publishes every message of `messages` once and awaits the acks.
+async fn publish_round(
+    js: &async_nats::jetstream::Context,
+    url: &str,
+    subject: &async_nats::Subject,
+    messages: &[Message],
+    max_inflight: usize,
+) -> Round {
+    use futures_util::FutureExt as _;
     let mut inflight = FuturesUnordered::new();
-    let (mut stored, mut duplicates) = (0u64, 0u64);
-    let mut settle = |ack: Result<async_nats::jetstream::publish::PublishAck, _>| {
-        let ack = ack.map_err(|e: async_nats::jetstream::context::PublishError| {
-            publish_error(url, subject, &e)
-        })?;
-        if ack.duplicate {
-            duplicates += 1;
-        } else {
-            stored += 1;
-        }
-        Ok::<(), NodeError>(())
+    let mut round = Round {
+        stored: 0,
+        duplicates: 0,
+        failed: Vec::new(),
+        error: None,
     };
-    for (payload, id) in messages {
+    let settle = |round: &mut Round,
+                  i: usize,
+                  ack: Result<
+        async_nats::jetstream::publish::PublishAck,
+        async_nats::jetstream::context::PublishError,
+    >| match ack {
+        Ok(a) if a.duplicate => round.duplicates += 1,
+        Ok(_) => round.stored += 1,
+        Err(e) => {
+            round.failed.push(i);
+            let e = publish_error(url, subject, &e);
+            let permanent = node_transience(&e) == crate::node::retry::Transience::Permanent;
+            let first_transient = round
+                .error
+                .as_ref()
+                .is_some_and(|f| node_transience(f) == crate::node::retry::Transience::Transient);
+            if round.error.is_none() || (permanent && first_transient) {
+                round.error = Some(e);
+            }
+        }
+    };
+    for (i, (payload, id)) in messages.iter().enumerate() {
         if inflight.len() >= max_inflight
-            && let Some(ack) = inflight.next().await
+            && let Some((j, ack)) = inflight.next().await
         {
-            settle(ack)?;
+            settle(&mut round, j, ack);
         }
         let mut headers = async_nats::HeaderMap::new();
         if let Some(id) = id {
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         }
-        let ack = js
-            .publish_with_headers(subject.clone(), headers, payload)
+        match js
+            .publish_with_headers(subject.clone(), headers, payload.clone())
             .await
-            .map_err(|e| publish_error(url, subject, &e))?;
-        inflight.push(ack.into_future());
+        {
+            Ok(ack) => inflight.push(ack.into_future().map(move |r| (i, r))),
+            Err(e) => settle(&mut round, i, Err(e)),
+        }
     }
-    while let Some(ack) = inflight.next().await {
-        settle(ack)?;
+    while let Some((j, ack)) = inflight.next().await {
+        settle(&mut round, j, ack);
     }
-    Ok((stored, duplicates))
+    round.failed.sort_unstable();
+    round
+}
+
+/// The marker [`publish_error`] gives "no responders", which asks the server
+/// whether the stream is missing or JetStream is starting ([`no_responders`]).
+const NO_RESPONDERS: &str = "no responders";
+
+fn is_no_responders(e: &NodeError) -> bool {
+    matches!(e, NodeError::Service { message, .. } if message.ends_with(NO_RESPONDERS))
+}
+
+/// "No responders" to a publish means nothing answered for the subject: no
+/// stream captures it, or JetStream is not up yet (a server restarting). Asks
+/// JetStream which stream captures `subject`: an answer of none is permanent
+/// (the spec or the stream must change), anything else transient.
+async fn no_responders(
+    js: &async_nats::jetstream::Context,
+    url: &str,
+    subject: &async_nats::Subject,
+) -> NodeError {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind as K;
+    match js.stream_by_subject(subject.as_str()).await {
+        Err(e) if matches!(e.kind(), K::NotFound) => {
+            service(url, false, format!("no stream captures `{subject}`"))
+        }
+        Err(e) => service(
+            url,
+            true,
+            format!(
+                "publishing to `{subject}`: no responders, and JetStream did not say which stream captures it ({e})"
+            ),
+        ),
+        Ok(stream) => service(
+            url,
+            true,
+            format!(
+                "publishing to `{subject}`: no responders, though stream `{stream}` captures it (JetStream restarting)"
+            ),
+        ),
+    }
 }
 
 fn publish_error(
@@ -487,14 +653,20 @@ fn publish_error(
 ) -> NodeError {
     use async_nats::jetstream::context::PublishErrorKind as K;
     match e.kind() {
-        K::StreamNotFound => service(url, false, format!("no stream captures `{subject}`")),
+        K::StreamNotFound => service(
+            url,
+            true,
+            format!("publishing to `{subject}`: {NO_RESPONDERS}"),
+        ),
         K::MaxPayloadExceeded => NodeError::Data {
             message: format!("a message for `{subject}` is larger than the server allows: {e}"),
             row: None,
         },
-        K::TimedOut | K::BrokenPipe | K::MaxAckPending => {
-            service(url, true, format!("publishing to `{subject}`: {e}"))
+        K::WrongLastMessageId | K::WrongLastSequence => {
+            service(url, false, format!("publishing to `{subject}`: {e}"))
         }
-        _ => service(url, false, format!("publishing to `{subject}`: {e}")),
+        // Timeouts, a broken pipe, a full ack window, and what the client
+        // reports while its connection is down.
+        _ => service(url, true, format!("publishing to `{subject}`: {e}")),
     }
 }

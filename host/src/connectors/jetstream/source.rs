@@ -52,6 +52,22 @@
 //! come again all the same are skipped (they are already durable downstream)
 //! and acknowledged.
 //!
+//! **Retries.** Connecting, reading and acknowledging go through the `retry`
+//! policy ([`crate::node::retry`]): a lost or reset connection, no responders
+//! while JetStream restarts, or a pull that failed is tried again (a fresh pull
+//! on the same durable consumer; the client reconnects by itself), and each is
+//! counted in the node's `retries`. A missing stream is permanent and ends the
+//! run with one line saying it was not retried. Deliveries lost in transit
+//! (the connection dropped with messages on the wire) show as a gap in the
+//! consumer's delivery sequence: since acknowledging a later message would
+//! acknowledge them unread, the consumer is then created again to start right
+//! after the last message received, so they come next and nothing received
+//! comes twice. (A run killed in the moment between that and its next commit
+//! resumes after the consumer's new floor; this is the one place where the
+//! consumer's floor runs ahead of what was committed.) One durable consumer
+//! must have one reader: a second process pulling from the same durable makes
+//! gaps of its own.
+//!
 //! **Backpressure.** `max_ack_pending` bounds the messages delivered and not
 //! yet acknowledged. A slow pipeline commits late, so the server stops
 //! delivering, and the stream waits rather than piling up in memory.
@@ -74,6 +90,7 @@ use super::{connect, default_durable, default_url, service, valid_name};
 use crate::batch::records::schema_of;
 use crate::connectors::parse_records;
 use crate::node::config::{BuildCx, FieldSpec, SourceConfig, SourceNode, SpecError};
+use crate::node::retry::{GaveUp, RetryPolicy, node_transience};
 use crate::node::{AsyncSource, BoxFuture, DeadLetter, Emitter, NodeError};
 use crate::units::Millis;
 
@@ -148,6 +165,12 @@ pub struct JetStreamSourceSpec {
     /// holds (a backfill). Default: false: run until stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop_when_drained: bool,
+    /// How reads, acknowledgements and connecting are retried when they fail
+    /// transiently (the connection lost or reset, no responders while the
+    /// server restarts); a missing stream is not retried. Default:
+    /// [`RetryPolicy::default`].
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 fn default_max_wait() -> Millis {
@@ -427,6 +450,14 @@ pub struct JetStreamSource {
     stall_checked: Option<Instant>,
     /// The ack floor when the source was first found held there, and when.
     stalled: Option<(u64, Instant)>,
+    /// The consumer sequence of the last message received from the current
+    /// consumer: the next must follow it, or deliveries were lost in transit.
+    last_delivery: Option<u64>,
+    /// Deliveries were lost in transit: the consumer is created again after
+    /// what was received before the next read ([`JetStreamSource::reseat`]).
+    lost: bool,
+    /// Calls made again after a transient failure, not yet counted.
+    retries: u64,
 }
 
 /// How long an idle source must find the server holding back messages at
@@ -463,6 +494,9 @@ impl JetStreamSource {
             deadline: None,
             stall_checked: None,
             stalled: None,
+            last_delivery: None,
+            lost: false,
+            retries: 0,
         }
     }
 
@@ -672,8 +706,13 @@ impl JetStreamSource {
                 }
                 None => return Err(service(&url, true, "the pull subscription ended")),
             };
-            let (seq, delivered, pending) = match message.info() {
-                Ok(i) => (i.stream_sequence, i.delivered, i.pending),
+            let (seq, delivered, pending, delivery) = match message.info() {
+                Ok(i) => (
+                    i.stream_sequence,
+                    i.delivered,
+                    i.pending,
+                    i.consumer_sequence,
+                ),
                 Err(e) => {
                     return Err(service(
                         &url,
@@ -682,6 +721,33 @@ impl JetStreamSource {
                     ));
                 }
             };
+            if let Some(last) = self.last_delivery
+                && delivery > last + 1
+            {
+                // The server sent deliveries that never arrived (the
+                // connection dropped with them in flight). Acknowledging a
+                // later message would acknowledge them unread (AckPolicy::All),
+                // so this message is left too, and the consumer starts again
+                // after what did arrive.
+                self.lost = true;
+                return Err(service(
+                    &url,
+                    true,
+                    format!(
+                        "deliveries {}..{} of consumer `{}` were lost in transit; resuming after stream sequence {}",
+                        last + 1,
+                        delivery - 1,
+                        self.durable,
+                        self.gathered
+                            .iter()
+                            .map(|g| g.seq)
+                            .max()
+                            .unwrap_or(0)
+                            .max(self.high)
+                    ),
+                ));
+            }
+            self.last_delivery = Some(delivery);
             let message = message.message;
             let Some(reply) = message.reply else {
                 return Err(service(&url, false, "a message without a reply subject"));
@@ -801,6 +867,123 @@ impl JetStreamSource {
         Ok(())
     }
 
+    /// One read: connects (the first time), gathers a batch, and for a call
+    /// that gathered nothing looks at the consumer. `again` after a transient
+    /// failure: the pull is started afresh first ([`JetStreamSource::repull`]).
+    /// `Some(drained)` when nothing was gathered.
+    async fn step(&mut self, again: bool) -> Result<Option<bool>, NodeError> {
+        if again {
+            self.repull().await?;
+        }
+        self.connect().await?;
+        self.gather().await?;
+        self.deadline = None;
+        if self.gathered.is_empty() {
+            return Ok(Some(self.idle().await?));
+        }
+        Ok(None)
+    }
+
+    /// After a transient failure: a new pull on the same durable consumer
+    /// (the client reconnects by itself), or, when deliveries were lost in
+    /// transit, the consumer created again after what arrived
+    /// ([`JetStreamSource::reseat`]).
+    async fn repull(&mut self) -> Result<(), NodeError> {
+        if self.lost {
+            return self.reseat().await;
+        }
+        let batch = self.batch;
+        let url = self.spec.url.clone();
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        conn.messages = conn
+            .consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_EXPIRES / 10)
+            .messages()
+            .await
+            .map_err(|e| service(&url, true, format!("pulling again: {e}")))?;
+        self.last_delivery = None;
+        Ok(())
+    }
+
+    /// Deletes the consumer and creates it again to start right after the
+    /// highest stream sequence received (gathered or emitted): the messages
+    /// lost in transit come next, and nothing received comes twice. The
+    /// acknowledgements of what was emitted before become no-ops (the new
+    /// consumer starts above them).
+    async fn reseat(&mut self) -> Result<(), NodeError> {
+        let after = self
+            .gathered
+            .iter()
+            .map(|g| g.seq)
+            .max()
+            .unwrap_or(0)
+            .max(self.high);
+        let url = self.spec.url.clone();
+        let Some(conn) = self.conn.as_ref() else {
+            self.lost = false;
+            return Ok(());
+        };
+        let js = async_nats::jetstream::new(conn.client.clone());
+        let stream = js
+            .get_stream(&self.spec.stream)
+            .await
+            .map_err(|e| service(&url, true, format!("stream `{}`: {e}", self.spec.stream)))?;
+        match stream.delete_consumer(&self.durable).await {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::ConsumerErrorKind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                ) => {}
+            Err(e) => {
+                return Err(service(
+                    &url,
+                    true,
+                    format!("cannot recreate consumer `{}`: {e}", self.durable),
+                ));
+            }
+        }
+        let consumer = stream
+            .create_consumer(self.consumer_config(DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            }))
+            .await
+            .map_err(|e| {
+                service(
+                    &url,
+                    true,
+                    format!("cannot recreate consumer `{}`: {e}", self.durable),
+                )
+            })?;
+        tracing::warn!(consumer = %self.durable, after, "deliveries were lost in transit: the consumer starts again after what arrived");
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.batch)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_EXPIRES / 10)
+            .messages()
+            .await
+            .map_err(|e| {
+                service(
+                    &url,
+                    true,
+                    format!("cannot pull from `{}`: {e}", self.durable),
+                )
+            })?;
+        let conn = self.conn.as_mut().expect("checked above");
+        conn.consumer = consumer;
+        conn.messages = messages;
+        self.last_delivery = None;
+        self.lost = false;
+        Ok(())
+    }
+
     /// The consumer's info from the server.
     async fn info(&mut self) -> Result<consumer::Info, NodeError> {
         let conn = self.conn.as_mut().expect("connected");
@@ -875,17 +1058,28 @@ impl AsyncSource for JetStreamSource {
         out: &'a mut Emitter,
     ) -> BoxFuture<'a, Result<bool, NodeError>> {
         Box::pin(async move {
-            self.connect().await?;
-            self.gather().await?;
-            self.deadline = None;
-            if self.gathered.is_empty() {
-                return Ok(!self.idle().await?);
+            let policy = self.spec.retry.clone();
+            let url = self.spec.url.clone();
+            let (this, step) = policy
+                .run_with(&url, &node_transience, self, |this, attempt| async move {
+                    let again = attempt.get() > 1;
+                    this.retries += u64::from(again);
+                    let r = this.step(again).await;
+                    (this, r)
+                })
+                .await;
+            let retries = std::mem::take(&mut this.retries);
+            if retries > 0 {
+                out.count("retries", retries);
             }
-            let full = self.gathered.len() >= self.batch;
-            self.emit(out)?;
+            if let Some(drained) = step.map_err(GaveUp::into_node_error)? {
+                return Ok(!drained);
+            }
+            let full = this.gathered.len() >= this.batch;
+            this.emit(out)?;
             // A short batch whose last message left nothing pending: the
             // stream is drained for now.
-            Ok(!(self.spec.stop_when_drained && !full && self.drained))
+            Ok(!(this.spec.stop_when_drained && !full && this.drained))
         })
     }
 
@@ -927,21 +1121,37 @@ impl AsyncSource for JetStreamSource {
             let Some(u) = last else {
                 return Ok(());
             };
-            let conn = self
+            let client = self
                 .conn
                 .as_ref()
-                .expect("a position was emitted, so connected");
-            conn.client
-                .publish(u.reply, Bytes::from_static(b"+ACK"))
-                .await
-                .map_err(|e| self.fail(true, format!("acknowledging up to {position}: {e}")))?;
-            // Onto the socket now: the last commit of a run is followed by the
-            // connection's close, which would drop a buffered ack.
-            conn.client
-                .flush()
-                .await
-                .map_err(|e| self.fail(true, format!("acknowledging up to {position}: {e}")))?;
-            Ok(())
+                .expect("a position was emitted, so connected")
+                .client
+                .clone();
+            let url = self.spec.url.clone();
+            let mut retries = 0;
+            let acked = self
+                .spec
+                .retry
+                .run(&url, &node_transience, |attempt| {
+                    retries = u64::from(attempt.get() - 1);
+                    let (client, reply, url) = (client.clone(), u.reply.clone(), url.clone());
+                    async move {
+                        let fail = |e: &dyn std::fmt::Display| {
+                            service(&url, true, format!("acknowledging up to {position}: {e}"))
+                        };
+                        client
+                            .publish(reply, Bytes::from_static(b"+ACK"))
+                            .await
+                            .map_err(|e| fail(&e))?;
+                        // Onto the socket now: the last commit of a run is
+                        // followed by the connection's close, which would drop
+                        // a buffered ack.
+                        client.flush().await.map_err(|e| fail(&e))
+                    }
+                })
+                .await;
+            self.retries += retries;
+            acked.map_err(GaveUp::into_node_error)
         })
     }
 }

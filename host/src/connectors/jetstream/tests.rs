@@ -13,6 +13,7 @@ use async_nats::jetstream;
 
 use super::*;
 use crate::node::config::{FieldSpec, FieldType, SinkConfig, SourceConfig};
+use crate::node::retry::RetryPolicy;
 use crate::node::{AsyncSink, AsyncSource, DeadLetter, Emitter, Lineage, SourceSpan};
 use crate::units::Millis;
 
@@ -155,6 +156,7 @@ fn source_spec(url: &str, stream: &str) -> JetStreamSourceSpec {
         rejects: None,
         create_stream: false,
         stop_when_drained: true,
+        retry: RetryPolicy::default(),
     }
 }
 
@@ -264,6 +266,7 @@ fn sink_spec(url: &str, stream: &str) -> JetStreamSinkSpec {
         columns: None,
         float_decimals: None,
         max_inflight: NonZeroUsize::new(4096).unwrap(),
+        retry: RetryPolicy::default(),
     }
 }
 

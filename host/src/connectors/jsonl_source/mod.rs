@@ -229,6 +229,12 @@ impl Source for JsonlSource {
         )?;
         let bounds = piece_bounds(chunk, self.batch_rows);
         debug_assert_eq!(bounds.len(), parsed.len());
+        // Lines that are only whitespace are neither records nor corrupt:
+        // counted, so every line of the file is accounted for.
+        let blank = blank_lines(chunk);
+        if blank > 0 {
+            out.count("blank_lines", blank);
+        }
         let newlines_taken = newlines(chunk);
         for ((batch, letters), (end, lines)) in parsed.into_iter().zip(bounds) {
             for letter in letters {
@@ -284,6 +290,22 @@ impl Source for JsonlSource {
         self.eof = false;
         Ok(())
     }
+}
+
+/// The lines of `chunk` that hold nothing but whitespace (a `\r` of a CRLF
+/// ending included); an empty piece after the chunk's last newline is no line.
+fn blank_lines(chunk: &[u8]) -> u64 {
+    let blank = |line: &[u8]| line.iter().all(u8::is_ascii_whitespace);
+    let mut n = 0;
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', chunk) {
+        n += u64::from(blank(&chunk[start..end]));
+        start = end + 1;
+    }
+    if start < chunk.len() {
+        n += u64::from(blank(&chunk[start..]));
+    }
+    n
 }
 
 /// Parses a chunk of JSON lines into one batch plus the dead letters of its corrupt

@@ -113,6 +113,15 @@ fn corrupt_lines_get_the_first_reason_in_schema_order() {
 }
 
 #[test]
+fn whitespace_only_lines_are_counted_as_blank() {
+    assert_eq!(blank_lines(b""), 0);
+    assert_eq!(blank_lines(b"\n"), 1);
+    assert_eq!(blank_lines(b"{}\n  \n\t\r\n{}"), 2);
+    assert_eq!(blank_lines(b"{}\n   "), 1);
+    assert_eq!(blank_lines(b"{}\n"), 0);
+}
+
+#[test]
 fn an_empty_chunk_gives_an_empty_batch() {
     let (b, letters) = parse("");
     assert_eq!(b.num_rows(), 0);
@@ -230,5 +239,11 @@ proptest! {
             prop_assert_eq!(line as usize, total);
             prop_assert_eq!(offset, text.len());
         }
+        // Every line is a row, a dead letter or a blank line.
+        let blank = out.counters().get("blank_lines").copied().unwrap_or(0);
+        prop_assert_eq!(
+            whole.num_rows() as u64 + whole_letters.len() as u64 + blank,
+            total as u64
+        );
     }
 }

@@ -15,6 +15,14 @@
 //! 0, as every Parquet tool counts them). A row group larger than `batch_rows` is
 //! read as several batches; only the last carries the position, so a position is
 //! always exact and a resumed run never reads half a row group twice.
+//!
+//! A row group that cannot be decoded (a corrupt page, rows missing) does not
+//! stop the run: what is left of it becomes one dead letter, reason
+//! `corrupt_batch`, naming the file, the row group, its rows and the file's
+//! bytes it spans, and reading goes on with the next row group. (Page
+//! checksums are verified only in a build of the `parquet` crate with its
+//! `crc` feature; without it a corrupt page shows as a page that does not
+//! decode, which is the same case.)
 
 use std::fs::File;
 use std::num::NonZeroUsize;
@@ -32,7 +40,7 @@ use parquet::basic::Compression;
 use serde::{Deserialize, Serialize};
 
 use super::super::files::{self, InputFile};
-use crate::node::{Emitter, NodeError, Source};
+use crate::node::{DeadLetter, Emitter, Fault, NodeError, Source};
 
 /// A Parquet source (`[source.parquet]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,8 +267,10 @@ impl ParquetSource {
         self.files.iter().map(|f| f.name.as_str()).collect()
     }
 
-    /// Starts the next row group; `false` when every file is read.
-    fn start_next(&mut self) -> Result<bool, NodeError> {
+    /// Starts the next row group; `false` when every file is read. A row
+    /// group whose reader cannot even be made is dead-lettered into `out`
+    /// (then nothing is current, and the call returns `true`).
+    fn start_next(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
         loop {
             let Some(meta) = self.metas.get(self.file) else {
                 return Ok(false);
@@ -284,12 +294,23 @@ impl ParquetSource {
             };
             let rg = self.row_group;
             let rows = meta.metadata().row_group(rg).num_rows().max(0) as u64;
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
+            let built = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, meta.clone())
                 .with_row_groups(vec![rg])
                 .with_projection(self.masks[self.file].clone())
                 .with_batch_size(self.batch_rows)
-                .build()
-                .map_err(|e| read_error(&f.name, &format!("row group {rg}"), &e.to_string()))?;
+                .build();
+            let reader = match built {
+                Ok(r) => r,
+                Err(e) => match read_error(&f.name, &format!("row group {rg}"), &e.to_string()) {
+                    NodeError::Data { .. } => {
+                        let position = format!("{}:{rg}", f.name);
+                        self.row_group += 1;
+                        self.corrupt(out, rg, rows, position, &e.to_string());
+                        return Ok(true);
+                    }
+                    other => return Err(other),
+                },
+            };
             self.current = Some(Current {
                 reader,
                 row_group: rg,
@@ -298,6 +319,51 @@ impl ParquetSource {
             self.row_group += 1;
             return Ok(true);
         }
+    }
+
+    /// The row group being read cannot be decoded (a page whose header,
+    /// compression or values are corrupt; rows missing or extra): what is
+    /// left of it becomes one dead letter (fault `data`, reason
+    /// `corrupt_batch`) naming the file, the row group, the rows and the
+    /// bytes of the file it spans, and the position moves past it, so the
+    /// run goes on with the next row group.
+    fn corrupt_row_group(&mut self, out: &mut Emitter, position: String, why: &str) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        self.corrupt(out, cur.row_group, cur.rows_left, position, why);
+    }
+
+    /// Row group `rg` of the current file, `rows_left` of its rows unread,
+    /// as one dead letter (see [`ParquetSource::corrupt_row_group`]), and the
+    /// position past it.
+    fn corrupt(&self, out: &mut Emitter, rg: usize, rows_left: u64, position: String, why: &str) {
+        let file = &self.files[self.file];
+        let meta = self.metas[self.file].metadata().row_group(rg);
+        let total = meta.num_rows().max(0) as u64;
+        let from = total.saturating_sub(rows_left);
+        let (start, end) = meta
+            .columns()
+            .iter()
+            .map(|c| {
+                let (s, n) = c.byte_range();
+                (s, s + n)
+            })
+            .fold((u64::MAX, 0), |(a, b), (s, e)| (a.min(s), b.max(e)));
+        let bytes = if start < end {
+            format!(", bytes {start}..{end} of the file")
+        } else {
+            String::new()
+        };
+        tracing::warn!(file = %file.name, row_group = rg, "a corrupt row group is kept as a dead letter: {why}");
+        out.dead_letter(DeadLetter {
+            fault: Fault::Data,
+            reason: "corrupt_batch".into(),
+            detail: format!("{}: row group {} cannot be decoded: {why}", file.name, rg),
+            position: format!("{position} rows {from}..{total}{bytes}"),
+            record: String::new(),
+        });
+        out.push_at(RecordBatch::new_empty(self.schema.clone()), Some(position));
     }
 
     /// `batch` with the source's schema: columns in `columns` order, the
@@ -323,7 +389,7 @@ impl Source for ParquetSource {
     }
 
     fn next_batch(&mut self, out: &mut Emitter) -> Result<bool, NodeError> {
-        if self.current.is_none() && !self.start_next()? {
+        if self.current.is_none() && !self.start_next(out)? {
             return Ok(false);
         }
         for _ in 0..BATCHES_PER_CALL {
@@ -336,10 +402,9 @@ impl Source for ParquetSource {
                 Some(Ok(batch)) => {
                     let rows = batch.num_rows() as u64;
                     if rows > cur.rows_left {
-                        return Err(NodeError::data(format!(
-                            "{name}: row group {} holds more rows than its footer says",
-                            cur.row_group
-                        )));
+                        let why = "it holds more rows than its footer says".to_owned();
+                        self.corrupt_row_group(out, position, &why);
+                        break;
                     }
                     cur.rows_left -= rows;
                     let last = cur.rows_left == 0;
@@ -353,14 +418,19 @@ impl Source for ParquetSource {
                 }
                 Some(Err(e)) => {
                     let what = format!("row group {}", cur.row_group);
-                    return Err(read_error(name, &what, &e.to_string()));
+                    match read_error(name, &what, &e.to_string()) {
+                        NodeError::Data { .. } => {
+                            self.corrupt_row_group(out, position, &e.to_string());
+                            break;
+                        }
+                        other => return Err(other),
+                    }
                 }
                 None => {
                     if cur.rows_left > 0 {
-                        return Err(NodeError::data(format!(
-                            "{name}: row group {} ended {} rows short of its footer",
-                            cur.row_group, cur.rows_left
-                        )));
+                        let why = format!("it ended {} rows short of its footer", cur.rows_left);
+                        self.corrupt_row_group(out, position, &why);
+                        break;
                     }
                     // A row group of no rows still moves the position on.
                     out.push_at(RecordBatch::new_empty(self.schema.clone()), Some(position));

@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, Field, Int64Type};
 
 use super::*;
 use crate::node::{Durability, Emitter, Lineage, Sink, Source};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 
 fn rows(n: usize) -> NonZeroUsize {
     NonZeroUsize::new(n).unwrap()
@@ -553,6 +554,74 @@ fn a_resumed_read_starts_at_the_next_row_group() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no file `b.parquet`"), "{e}");
+}
+
+#[test]
+fn a_corrupt_row_group_is_one_dead_letter_and_the_rest_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.parquet");
+    let spec = ParquetSinkSpec {
+        row_group_rows: rows(100),
+        ..spec(&path)
+    };
+    write_all(&spec, &[ids(0..300)]);
+    // Overwrite the bytes of row group 1 (its pages, headers included).
+    let meta = ArrowReaderMetadata::load(
+        &std::fs::File::open(&path).unwrap(),
+        ArrowReaderOptions::new(),
+    )
+    .unwrap();
+    let (start, len) = meta.metadata().row_group(1).column(0).byte_range();
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[start as usize..(start + len) as usize] {
+        *b = 0xAB;
+    }
+    std::fs::write(&path, bytes).unwrap();
+
+    let mut src = source(&path, 40);
+    let mut batches = Vec::new();
+    let mut letters = Vec::new();
+    loop {
+        let mut out = Emitter::default();
+        let more = src.next_batch(&mut out).unwrap();
+        letters.append(&mut out.dead_letters);
+        batches.extend(out.take_output().into_iter().map(|(b, _, p)| (b, p)));
+        if !more {
+            break;
+        }
+    }
+    // Row groups 0 and 2 are delivered, each ending at its own position, and
+    // the position moves past row group 1.
+    let got = concat(&batches);
+    let got: Vec<i64> = got
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec();
+    assert_eq!(got, (0..100).chain(200..300).collect::<Vec<i64>>());
+    let positions: Vec<&str> = batches.iter().filter_map(|(_, p)| p.as_deref()).collect();
+    assert_eq!(positions, ["a.parquet:0", "a.parquet:1", "a.parquet:2"]);
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0];
+    assert_eq!(
+        (l.fault, l.reason.as_str()),
+        (crate::node::Fault::Data, "corrupt_batch")
+    );
+    assert_eq!(
+        l.position,
+        format!(
+            "a.parquet:1 rows 0..100, bytes {start}..{} of the file",
+            start + len
+        )
+    );
+    assert!(
+        l.detail
+            .starts_with("a.parquet: row group 1 cannot be decoded: "),
+        "{}",
+        l.detail
+    );
 }
 
 #[test]

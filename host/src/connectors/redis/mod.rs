@@ -44,9 +44,22 @@
 //! **Durability.** A write is durable when Redis answered every pipeline of the
 //! batch ([`Durability::OnWrite`]), as far as Redis itself is durable
 //! (`appendonly`, replicas). A pipeline that failed transiently (the connection
-//! dropped, a timeout, `BUSY`, `LOADING`) is sent again by the `retry` policy
-//! (exponential backoff with full jitter, [`crate::node::retry`]): the guard makes
-//! a repeated write harmless.
+//! refused, reset or dropped, a timeout, `BUSY`, `LOADING`, `READONLY`,
+//! `TRYAGAIN`, `MASTERDOWN`) is sent again by the `retry` policy (exponential
+//! backoff with full jitter, [`crate::node::retry`]), and so is connecting; the
+//! client's own reconnect makes one attempt each time, so the policy is the only
+//! schedule. The guard makes a repeated write harmless, so a retried write never
+//! duplicates or rolls back a vector. Retries are counted in the node's
+//! `retries` counter of the run summary. Any other failure (`NOAUTH`,
+//! `WRONGPASS`, a refused command) is permanent: the run stops at once with one
+//! line that ends `(permanent: not retried)`.
+//!
+//! **Refused rows.** A row no vector can be made of (a null entity, a null
+//! event time or one beyond ±2^53 ms) and a row Redis refuses for its own sake
+//! (`WRONGTYPE`: its key holds something other than a hash) becomes a dead
+//! letter (fault `data`, reasons `entity_null`, `event_time_null`,
+//! `event_time_range`, `redis_refused`, with the row as JSON); the rest of the
+//! batch is written and the run goes on.
 //!
 //! Fields are encoded as [`encode`] describes; each hash also holds
 //! `_event_time_ms` and, with `lineage = true`, `_lineage`: the batch's
@@ -75,9 +88,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Pipeline, RedisError};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::json::{JsonOptions, rows_as_objects};
 use crate::node::config::{BuildCx, SinkConfig, SinkNode, SpecError};
 use crate::node::retry::{GaveUp, RetryPolicy, Transience};
-use crate::node::{AsyncSink, BoxFuture, Durability, Lineage, NodeError};
+use crate::node::{
+    AsyncSink, BoxFuture, DeadLetter, Durability, Emitter, Fault, Lineage, NodeError,
+};
 use crate::units::Millis;
 
 pub use read::{StoredVector, read_vectors};
@@ -208,6 +224,13 @@ pub struct RedisSink {
     stats: RedisSinkStats,
     /// [`KEYS_PER_CALL`], changed only by the measurement that chose it.
     keys_per_call: usize,
+    /// Pipelines of the batch being written that Redis refused for a row's
+    /// sake (see [`refuses_record`]), to be written one row at a time.
+    refused: Vec<Range<usize>>,
+    /// Dead letters not yet handed to the executor ([`AsyncSink::report`]).
+    letters: Vec<DeadLetter>,
+    /// Retries not yet handed to the executor.
+    unreported_retries: u64,
 }
 
 /// The columns of one input schema, resolved.
@@ -304,6 +327,9 @@ impl RedisSink {
             bound: None,
             stats: RedisSinkStats::default(),
             keys_per_call: KEYS_PER_CALL,
+            refused: Vec::new(),
+            letters: Vec::new(),
+            unreported_retries: 0,
         })
     }
 
@@ -317,25 +343,30 @@ impl RedisSink {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
+        // One connection attempt per reconnect: the `retry` policy is the only
+        // schedule, so a dropped connection is retried there, with its jitter and
+        // its deadline, and counted.
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.spec.timeout.0))
             .set_connection_timeout(Some(self.spec.timeout.0))
-            .set_number_of_retries(self.spec.retry.attempts.get() as usize - 1)
-            .set_min_delay(self.spec.retry.backoff.0)
-            .set_max_delay(self.spec.retry.max_wait.0);
+            .set_number_of_retries(0);
         let client = &self.client;
+        let mut retries = 0;
         let c = self
             .spec
             .retry
-            .run(&self.service, &classify, |_| {
+            .run(&self.service, &classify, |attempt| {
+                retries = u64::from(attempt.get() - 1);
                 ConnectionManager::new_with_config(client.clone(), config.clone())
             })
-            .await
-            .map_err(|e| NodeError::Service {
-                service: self.service.clone(),
-                transient: e.transient(),
-                message: format!("connecting {}: {e}", self.service),
-            })?;
+            .await;
+        self.stats.retries += retries;
+        self.unreported_retries += retries;
+        let c = c.map_err(|e| NodeError::Service {
+            service: self.service.clone(),
+            transient: e.transient(),
+            message: format!("connecting {}: {e}", self.service),
+        })?;
         tracing::info!(service = %self.service, "connected to Redis");
         self.conn = Some(c.clone());
         Ok(c)
@@ -375,19 +406,27 @@ impl RedisSink {
         Ok(())
     }
 
-    /// Writes `batch`: every pipeline answered, or an error.
+    /// Writes `batch`: every pipeline answered, or an error. Rows the store
+    /// cannot take because of the rows themselves become dead letters (see
+    /// [`RedisSink::refuse_bad_rows`] and [`RedisSink::write_one_by_one`]); the
+    /// rest are written.
     async fn write_batch(
         &mut self,
         batch: &RecordBatch,
         lineage: &Lineage,
     ) -> Result<(), NodeError> {
-        let rows = batch.num_rows();
-        if rows == 0 {
+        if batch.num_rows() == 0 {
             return Ok(());
         }
         self.bind(&batch.schema())?;
+        let original = batch;
+        let (kept, origin) = self.refuse_bad_rows(batch, lineage)?;
+        if kept.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = &kept;
         let conn = self.connection().await?;
-        let lineage = if self.spec.lineage {
+        let lineage_json = if self.spec.lineage {
             Some(serde_json::to_vec(lineage).map_err(|e| NodeError::Bug(e.to_string()))?)
         } else {
             None
@@ -414,7 +453,8 @@ impl RedisSink {
         // sends again those that failed transiently.
         let policy = self.spec.retry.clone();
         let service = self.service.clone();
-        let (conn, arrays, lineage) = (&conn, &arrays, lineage.as_deref());
+        self.refused.clear();
+        let (conn, arrays, lineage_json) = (&conn, &arrays, lineage_json.as_deref());
         let ((this, _), written) = policy
             .run_with(
                 &service,
@@ -422,7 +462,7 @@ impl RedisSink {
                 (self, Vec::new()),
                 |(this, mut failed), attempt| async move {
                     let sent = if attempt.get() == 1 {
-                        this.send_all(conn, arrays, lineage, &mut failed).await
+                        this.send_all(conn, arrays, lineage_json, &mut failed).await
                     } else {
                         this.send_again(conn, &mut failed).await
                     };
@@ -430,7 +470,173 @@ impl RedisSink {
                 },
             )
             .await;
-        written.map_err(|e| this.gave_up(e))
+        written.map_err(|e| this.gave_up(e))?;
+        for range in std::mem::take(&mut this.refused) {
+            this.write_one_by_one(
+                conn,
+                arrays,
+                lineage_json,
+                range,
+                original,
+                &origin,
+                lineage,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes out of `batch` the rows no vector can be made of: a null entity
+    /// (no key), a null event time or one beyond ±2^53 ms (the newer-wins
+    /// guard cannot compare it). Each becomes a dead letter ([`Fault::Data`],
+    /// reason `entity_null`, `event_time_null` or `event_time_range`, the row
+    /// as JSON) for [`AsyncSink::report`]. Returns the rows left and, when
+    /// rows were taken, each left row's index in `batch`.
+    fn refuse_bad_rows(
+        &mut self,
+        batch: &RecordBatch,
+        lineage: &Lineage,
+    ) -> Result<(RecordBatch, Option<Vec<usize>>), NodeError> {
+        let bound = self
+            .bound
+            .as_ref()
+            .ok_or_else(|| NodeError::Bug("unbound sink".into()))?;
+        let entity = encode::normalize(batch.column(bound.entity))?;
+        let events = encode::EventTime::new(
+            &self.spec.event_time,
+            batch.column(bound.event_time).as_ref(),
+        )?;
+        let mut bad: Vec<(usize, &'static str, String)> = Vec::new();
+        for row in 0..batch.num_rows() {
+            if entity.is_null(row) {
+                bad.push((
+                    row,
+                    "entity_null",
+                    format!(
+                        "entity column `{}` is null: a vector needs an entity",
+                        self.spec.entity
+                    ),
+                ));
+                continue;
+            }
+            match events.millis(row) {
+                None => bad.push((
+                    row,
+                    "event_time_null",
+                    format!(
+                        "event-time column `{}` is null: the newer-wins guard needs it",
+                        self.spec.event_time
+                    ),
+                )),
+                Some(ms) if !(-MAX_EVENT_MS..=MAX_EVENT_MS).contains(&ms) => bad.push((
+                    row,
+                    "event_time_range",
+                    format!(
+                        "event time {ms} ms in `{}` is beyond ±2^53 ms",
+                        self.spec.event_time
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        if bad.is_empty() {
+            return Ok((batch.clone(), None));
+        }
+        let mut keep = vec![true; batch.num_rows()];
+        for (row, reason, detail) in bad {
+            keep[row] = false;
+            self.refuse(batch, row, lineage, reason, detail);
+        }
+        let origin: Vec<usize> = (0..batch.num_rows()).filter(|&r| keep[r]).collect();
+        let kept =
+            arrow::compute::filter_record_batch(batch, &arrow::array::BooleanArray::from(keep))?;
+        Ok((kept, Some(origin)))
+    }
+
+    /// Keeps row `row` of `batch` as a dead letter of `reason` for
+    /// [`AsyncSink::report`].
+    fn refuse(
+        &mut self,
+        batch: &RecordBatch,
+        row: usize,
+        lineage: &Lineage,
+        reason: &str,
+        detail: String,
+    ) {
+        let record = rows_as_objects(&batch.slice(row, 1), None, JsonOptions::default())
+            .ok()
+            .and_then(|mut rows| rows.pop())
+            .map_or_else(
+                || format!("row {row} (not renderable as JSON)"),
+                |o| serde_json::Value::Object(o).to_string(),
+            );
+        tracing::debug!(service = %self.service, row, reason, "a row refused by the Redis sink: {detail}");
+        self.letters.push(DeadLetter {
+            fault: Fault::Data,
+            reason: reason.to_owned(),
+            detail,
+            position: row_position(lineage, row),
+            record,
+        });
+    }
+
+    /// Writes the rows of `range` (of the filtered `arrays`; `origin` maps
+    /// them to rows of `batch`, the batch as the sink received it) one call each,
+    /// after a pipeline of theirs was refused for a row's own sake (`WRONGTYPE`:
+    /// the key holds something that is not a vector). A row Redis refuses again
+    /// becomes a dead letter (reason `redis_refused`, Redis's words); the
+    /// others are written (the guard makes writing again what the refused
+    /// pipeline had written harmless). Each call is retried like a pipeline.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one batch's views, passed down once"
+    )]
+    async fn write_one_by_one(
+        &mut self,
+        conn: &ConnectionManager,
+        arrays: &Arrays,
+        lineage_json: Option<&[u8]>,
+        range: Range<usize>,
+        batch: &RecordBatch,
+        origin: &Option<Vec<usize>>,
+        lineage: &Lineage,
+    ) -> Result<(), NodeError> {
+        let policy = self.spec.retry.clone();
+        for row in range {
+            let pipe = self.encode(arrays, lineage_json, row..row + 1, false)?;
+            let mut retries = 0;
+            let reply = policy
+                .run(&self.service.clone(), &classify, |attempt| {
+                    retries = u64::from(attempt.get() - 1);
+                    let (pipe, mut conn) = (pipe.clone(), conn.clone());
+                    async move { pipe.query_async::<Vec<i64>>(&mut conn).await }
+                })
+                .await;
+            self.stats.pipelines += 1 + retries;
+            self.stats.retries += retries;
+            self.unreported_retries += retries;
+            match reply {
+                Ok(written) => self.count(&(row..row + 1), &written),
+                Err(e) if refuses_record(&e.error) => {
+                    let at = origin.as_ref().map_or(row, |o| o[row]);
+                    let detail = format!("Redis refused the vector: {}", e.error);
+                    self.refuse(batch, at, lineage, "redis_refused", detail);
+                }
+                Err(GaveUp {
+                    error,
+                    attempts,
+                    stop,
+                }) => {
+                    let error = self.pipeline_failure(row..row + 1, error);
+                    return Err(self.gave_up(GaveUp {
+                        error,
+                        attempts,
+                        stop,
+                    }));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sends the batch's pipelines, `in_flight` at a time; keeps those that
@@ -488,6 +694,12 @@ impl RedisSink {
                 self.count(&range, &written);
                 Ok(())
             }
+            Err(e) if refuses_record(&e) => {
+                // A row's own fault: its rows are written one by one once the
+                // batch's other pipelines are through, and the refused row kept.
+                self.refused.push(range);
+                Ok(())
+            }
             Err(e) => {
                 let failure = self.pipeline_failure(range.clone(), e);
                 if failure.transience() == Transience::Permanent {
@@ -518,6 +730,7 @@ impl RedisSink {
         for (pipe, range) in std::mem::take(failed) {
             self.stats.pipelines += 1;
             self.stats.retries += 1;
+            self.unreported_retries += 1;
             let reply = pipe.query_async::<Vec<i64>>(&mut conn.clone()).await;
             self.settle((pipe, range, reply), failed, &mut first)?;
         }
@@ -682,15 +895,59 @@ fn classify(e: &RedisError) -> Transience {
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
-        || matches!(
-            e.code(),
-            Some("NOSCRIPT" | "BUSY" | "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN")
-        );
+        || codes(e).iter().any(|c| {
+            matches!(
+                c.as_str(),
+                "NOSCRIPT"
+                    | "BUSY"
+                    | "LOADING"
+                    | "READONLY"
+                    | "TRYAGAIN"
+                    | "MASTERDOWN"
+                    | "CLUSTERDOWN"
+            )
+        });
     if transient {
         Transience::Transient
     } else {
         Transience::Permanent
     }
+}
+
+/// Whether Redis refused a call for a record's own sake rather than for the
+/// server's or the connection's: `WRONGTYPE`, which the guard answers when an
+/// entity's key holds something other than a hash. Writing the record again
+/// cannot help, and writing the others can.
+fn refuses_record(e: &RedisError) -> bool {
+    codes(e).iter().any(|c| c == "WRONGTYPE")
+}
+
+/// The server's error codes in `e`: its own, and for a pipeline each failed
+/// command's (a pipeline's error names only the first kind redis-rs knows).
+fn codes(e: &RedisError) -> Vec<String> {
+    let mut codes: Vec<String> = e.code().map(str::to_owned).into_iter().collect();
+    if let Some(errors) = e.clone().into_server_errors() {
+        codes.extend(errors.iter().map(|(_, s)| s.code().to_owned()));
+    }
+    codes
+}
+
+/// Where row `row` of a batch with `lineage` came from, for its dead letter:
+/// the batch's source spans and the row's index in it.
+fn row_position(lineage: &Lineage, row: usize) -> String {
+    let spans: Vec<String> = lineage
+        .sources
+        .iter()
+        .map(|s| {
+            format!(
+                "{}@{}..{}",
+                s.source,
+                s.from.as_deref().unwrap_or(""),
+                s.to.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    format!("{} row {row}", spans.join(";"))
 }
 
 /// Why an attempt at writing a batch failed.
@@ -849,6 +1106,17 @@ impl AsyncSink for RedisSink {
     /// Durable when Redis answered every pipeline of the batch.
     fn durability(&self) -> Durability {
         Durability::OnWrite
+    }
+
+    /// Rows refused for their own sake, and the retries made, since the last
+    /// report.
+    fn report(&mut self, out: &mut Emitter) {
+        for letter in self.letters.drain(..) {
+            out.dead_letter(letter);
+        }
+        if self.unreported_retries > 0 {
+            out.count("retries", std::mem::take(&mut self.unreported_retries));
+        }
     }
 
     fn close(&mut self, _complete: bool) -> BoxFuture<'_, Result<(), NodeError>> {

@@ -740,33 +740,95 @@ async fn a_lost_script_cache_is_reloaded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_rows_and_wrong_keys_fail_naming_them() {
+async fn rows_it_cannot_store_are_dead_letters_and_the_rest_are_written() {
     let Some(url) = url() else { return };
     let ns = Namespace::new(&url, "bad");
     let mut sink = RedisSink::new("sink[0].redis", &ns.spec()).unwrap();
-    let l = lineage("d", None, "1");
-    let mut batch = simple(&[("a", 1, Some(1), 1.0), ("b", 1, Some(1), 1.0)]);
-    let mut cols = batch.columns().to_vec();
-    cols[1] = Arc::new(TimestampMillisecondArray::from(vec![Some(1), None]));
-    batch = RecordBatch::try_new(batch.schema(), cols).unwrap();
-    let e = AsyncSink::write(&mut sink, &batch, &l).await.unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "event-time column `ts` is null: the newer-wins guard needs it (row 1)"
-    );
+    let l = lineage("d", Some("10"), "20");
+    // Row 1 has no event time, row 2 no entity; `s`'s key holds a string.
     let mut c = ns.sync();
     let _: () = redis::cmd("SET")
         .arg(format!("{}:s", ns.prefix))
         .arg("x")
         .query(&mut c)
         .unwrap();
-    let e = AsyncSink::write(&mut sink, &simple(&[("s", 1, Some(1), 1.0)]), &l)
-        .await
-        .unwrap_err();
-    assert_eq!(e.fault(), crate::node::Fault::Service { transient: false });
-    let text = e.to_string();
-    assert!(text.contains(&format!("{}:s", ns.prefix)), "{text}");
-    assert!(text.contains("WRONGTYPE"), "{text}");
+    let mut batch = simple(&[
+        ("a", 1, Some(1), 1.0),
+        ("b", 1, Some(2), 2.0),
+        ("c", 1, Some(3), 3.0),
+        ("s", 1, Some(4), 4.0),
+        ("d", 1, Some(5), 5.0),
+    ]);
+    let mut cols = batch.columns().to_vec();
+    cols[0] = Arc::new(StringArray::from(vec![
+        Some("a"),
+        Some("b"),
+        None,
+        Some("s"),
+        Some("d"),
+    ]));
+    cols[1] = Arc::new(TimestampMillisecondArray::from(vec![
+        Some(1),
+        None,
+        Some(1),
+        Some(1),
+        Some(1),
+    ]));
+    batch = RecordBatch::try_new(batch.schema(), cols).unwrap();
+    write(&mut sink, &batch, &l).await;
+    let mut out = Emitter::default();
+    AsyncSink::report(&mut sink, &mut out);
+    let letters: Vec<(&str, &str, &str)> = out
+        .dead_letters
+        .iter()
+        .map(|d| (d.reason.as_str(), d.position.as_str(), d.record.as_str()))
+        .collect();
+    assert_eq!(
+        letters,
+        [
+            (
+                "event_time_null",
+                "events@10..20 row 1",
+                r#"{"user":"b","ts":null,"clicks":2,"score":2.0}"#
+            ),
+            (
+                "entity_null",
+                "events@10..20 row 2",
+                r#"{"user":null,"ts":1,"clicks":3,"score":3.0}"#
+            ),
+            (
+                "redis_refused",
+                "events@10..20 row 3",
+                r#"{"user":"s","ts":1,"clicks":4,"score":4.0}"#
+            ),
+        ]
+    );
+    assert!(out.dead_letters.iter().all(|d| d.fault == Fault::Data));
+    assert_eq!(
+        out.dead_letters[0].detail,
+        "event-time column `ts` is null: the newer-wins guard needs it"
+    );
+    let refused = &out.dead_letters[2].detail;
+    assert!(
+        refused.starts_with("Redis refused the vector: "),
+        "{refused}"
+    );
+    assert!(refused.contains("WRONGTYPE"), "{refused}");
+    assert!(refused.contains(&format!("{}:s", ns.prefix)), "{refused}");
+    // The others are written; `s` keeps what it held.
+    let held: String = redis::cmd("GET")
+        .arg(format!("{}:s", ns.prefix))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(held, "x");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}:s", ns.prefix))
+        .query(&mut c)
+        .unwrap();
+    let snap = ns.snapshot();
+    assert_eq!(snap.keys().collect::<Vec<_>>(), ["a", "d"]);
+    assert_eq!(snap["d"]["clicks"], "5");
+    assert_eq!(sink.stats().written, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

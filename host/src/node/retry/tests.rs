@@ -186,7 +186,7 @@ fn a_permanent_failure_is_not_retried_and_a_success_ends_the_loop() {
         .unwrap_err();
     assert_eq!((e.attempts.get(), e.stop), (1, Stop::Permanent));
     assert!(!e.transient());
-    assert_eq!(e.to_string(), "400 bad request (after 1 attempt)");
+    assert_eq!(e.to_string(), "400 bad request (permanent: not retried)");
     assert!(clock.waits().is_empty());
     // Transient twice, then a success: two waits, the value returned.
     let v = p
@@ -207,6 +207,63 @@ fn a_permanent_failure_is_not_retried_and_a_success_ends_the_loop() {
         })
         .unwrap_err();
     assert_eq!((e.error.as_str(), e.attempts.get()), ("400", 2));
+    assert_eq!(e.retries(), 1);
+    assert_eq!(
+        e.to_string(),
+        "400 (after 2 attempts; permanent: not retried further)"
+    );
+}
+
+#[test]
+fn a_node_error_says_whether_it_was_retried() {
+    use crate::node::{Fault, NodeError};
+    let clock = ManualClock::default();
+    let p = policy(3, 10, 100, 60_000);
+    let refused = || NodeError::Service {
+        service: "redis://127.0.0.1:6379".into(),
+        transient: false,
+        message: "connecting redis://127.0.0.1:6379: WRONGPASS invalid username-password pair"
+            .into(),
+    };
+    let e = p
+        .run_blocking_on(&clock, Top, "svc", &super::node_transience, |_| {
+            Err::<(), _>(refused())
+        })
+        .unwrap_err();
+    assert_eq!(e.retries(), 0);
+    let e = e.into_node_error();
+    assert_eq!(e.fault(), Fault::Service { transient: false });
+    assert_eq!(
+        e.to_string(),
+        "connecting redis://127.0.0.1:6379: WRONGPASS invalid username-password pair (permanent: not retried)"
+    );
+    assert!(clock.waits().is_empty());
+
+    let down = || NodeError::Service {
+        service: "nats://127.0.0.1:4222".into(),
+        transient: true,
+        message: "nats: no responders".into(),
+    };
+    let e = p
+        .run_blocking_on(&clock, Top, "svc", &super::node_transience, |_| {
+            Err::<(), _>(down())
+        })
+        .unwrap_err();
+    assert_eq!(e.retries(), 2);
+    assert_eq!(
+        e.into_node_error().to_string(),
+        "nats: no responders (after 3 attempts) (transient)"
+    );
+    let e = p
+        .run_blocking_on(&clock, Top, "svc", &super::node_transience, |_| {
+            Err::<(), _>(NodeError::config("there is no stream `s`"))
+        })
+        .unwrap_err()
+        .into_node_error();
+    assert_eq!(
+        e.to_string(),
+        "there is no stream `s` (permanent: not retried)"
+    );
 }
 
 #[test]
@@ -245,8 +302,12 @@ fn the_config_has_defaults_units_and_no_unknown_keys() {
             p.max_wait.0,
             p.deadline.0
         ),
-        (4, ms(100), 2.0, ms(10_000), ms(60_000))
+        (10, ms(100), 2.0, ms(10_000), ms(60_000))
     );
+    // The default schedule's ceilings add up to about 33 s: a restart of a
+    // few seconds is ridden out.
+    let total: Duration = (0..p.attempts.get() - 1).map(|n| p.ceiling(n)).sum();
+    assert_eq!(total, ms(32_700));
     let p: RetryPolicy = toml::from_str(
         "attempts = 2\nbackoff = \"5ms\"\nmultiplier = 3.0\nmax_wait = \"1s\"\ndeadline = \"2m\"",
     )
