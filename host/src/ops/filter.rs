@@ -462,6 +462,10 @@ impl Operator for FilterOp {
             out.push(batch);
             return Ok(());
         }
+        if !self.dead_letter {
+            // Dropped by design: the conservation ledger's `filtered`.
+            out.count("filtered", (n - kept) as u64);
+        }
         // Attribute each dropped row to one reason: the first failing predicate of
         // `all`, or `any` as a whole. Masks are combined with kernels; only the
         // dead letters themselves need the rows one by one.
@@ -511,6 +515,12 @@ impl Operator for FilterOp {
 
 /// Checked by building: [`FilterOp::new`] refuses a bad configuration, naming the key.
 impl OperatorConfig for FilterSpec {
+    /// Each batch is processed on its own: a failed call can be made again on
+    /// part of it.
+    fn row_local(&self) -> bool {
+        true
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         FilterOp::new(key, self).map(drop)
     }
