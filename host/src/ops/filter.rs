@@ -598,7 +598,9 @@ mod tests {
             [
                 ("filter:in(country)", 1),
                 ("filter:not_null(label)", 2),
-                ("filter:range(price)", 2)
+                ("filter:range(price)", 2),
+                // Dropped by design, for the conservation ledger: the sum.
+                ("filtered", 5)
             ]
         );
         assert!(out.dead_letters.is_empty());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use proptest::prelude::*;
 
@@ -201,8 +201,8 @@ fn fallback_rows_carry_the_defaults_and_the_mark() {
     let mut out = Emitter::default();
     g.process(input(8), &mut out).unwrap();
     assert_eq!(xs(&out), (0..8).collect::<Vec<_>>());
-    let mut ys = Vec::new();
-    let mut marks = Vec::new();
+    let mut ys: Vec<f64> = Vec::new();
+    let mut marks: Vec<bool> = Vec::new();
     for b in &out.batches {
         assert_eq!(b.schema(), schema);
         ys.extend(b.column(1).as_primitive::<Float64Type>().values().iter());
