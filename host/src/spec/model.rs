@@ -473,7 +473,12 @@ impl<'de> de::Visitor<'de> for NodeKeySeed {
             "name" => return Ok(NodeKey::Name),
             "input" if self.has_inputs => return Ok(NodeKey::Input),
             "inputs" if self.has_inputs => return Ok(NodeKey::Inputs),
-            v if self.policy.keys().iter().any(|k| *k == v) => {
+            v if matches!(
+                (self.policy, v),
+                (PolicyKeys::All, "on_error" | "fallback" | "breaker")
+                    | (PolicyKeys::OnError, "on_error")
+            ) =>
+            {
                 return Ok(match v {
                     "on_error" => NodeKey::OnError,
                     "fallback" => NodeKey::Fallback,
