@@ -9,6 +9,7 @@ mod files;
 mod lineage;
 mod online_store;
 mod ops;
+mod policy;
 mod quickstart;
 mod sandbox;
 mod shadow;

@@ -129,6 +129,11 @@ impl Operator for Hoard {
         }
         Ok(())
     }
+
+    /// What it hoards, for the conservation ledger at each barrier.
+    fn held_rows(&self) -> usize {
+        self.rows.iter().map(RecordBatch::num_rows).sum()
+    }
 }
 
 /// A sink durable at each flush, which reports each flush with the rows

@@ -34,6 +34,8 @@
 mod barrier;
 pub mod channel;
 pub mod control;
+pub mod guard;
+mod ledger;
 mod progress;
 mod summary;
 mod tasks;
@@ -51,6 +53,7 @@ use arrow::datatypes::SchemaRef;
 use tokio::task::JoinSet;
 
 pub use control::{RunControl, StageChange, SwapApplied, SwapError};
+pub use ledger::Ledger;
 pub use summary::{NodeStats, RunSummary};
 
 pub use crate::node::{DeadLetter, Emitter, NodeError, Operator, Sink, Source};
@@ -217,6 +220,9 @@ pub(crate) struct NodeCx {
     pub(crate) memory_watch: crate::node::memory::MemoryWatch,
     /// When the node last published its counters ([`RunControl::live_nodes`]).
     pub(crate) published: Mutex<Instant>,
+    /// The node's error policy, as the executor applies it to a sink's writes
+    /// (operators carry theirs in their guard, [`guard`]).
+    pub(crate) on_error: crate::node::policy::OnError,
 }
 
 impl NodeCx {
@@ -414,6 +420,10 @@ pub async fn run_with(
                 .map(|(_, d)| d.clone()),
             memory_watch: memory.watch.clone(),
             published: Mutex::new(Instant::now()),
+            on_error: match node.kind {
+                NodeKind::Sink => spec.sinks[node.index].policy.effective(true),
+                _ => crate::node::policy::OnError::default_for(false),
+            },
         };
         let rx = receivers[pos].take();
         let id = match (imp, rx) {

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::ledger::Ledger;
 use crate::node::{Checkpoint, NodeKind};
 use crate::units::ByteSize;
 
@@ -38,6 +39,17 @@ pub struct NodeStats {
     /// Dead letters by whose fault they are ([`crate::node::Fault::as_str`]:
     /// `data`, `stage`, …).
     pub dead_letters_by_fault: BTreeMap<&'static str, u64>,
+    /// Named states, the last value set (a stage's trap breaker: `breaker`
+    /// is `closed`, `open` or `half_open`).
+    pub states: BTreeMap<String, String>,
+    /// Rows the node held in its state when it last reported (an operator's
+    /// [`crate::node::Operator::held_rows`]; 0 once it has emitted everything).
+    pub held_rows: u64,
+    /// Rows a resumed operator held when its state was restored.
+    pub restored_rows: u64,
+    /// Whether the node aggregates: its input is absorbed into state and its
+    /// output is new records ([`crate::node::Conservation::Absorbs`]).
+    pub absorbs: bool,
 }
 
 impl NodeStats {
@@ -55,7 +67,16 @@ impl NodeStats {
             max_queue_bytes: ByteSize(0),
             counters: BTreeMap::new(),
             dead_letters_by_fault: BTreeMap::new(),
+            states: BTreeMap::new(),
+            held_rows: 0,
+            restored_rows: 0,
+            absorbs: false,
         }
+    }
+
+    /// The node's conservation ledger (see [`Ledger`]).
+    pub fn ledger(&self) -> Ledger {
+        Ledger::of(self)
     }
 
     /// Dead letters this node produced, in total.
@@ -165,6 +186,10 @@ impl fmt::Display for RunSummary {
             for (k, v) in &n.counters {
                 writeln!(f, "  {:<20}   {k}: {v}", "")?;
             }
+            for (k, v) in &n.states {
+                writeln!(f, "  {:<20}   {k}: {v}", "")?;
+            }
+            writeln!(f, "  {:<20}   ledger: {}", "", n.ledger())?;
         }
         writeln!(
             f,

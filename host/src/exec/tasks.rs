@@ -50,6 +50,13 @@ impl NodeCx {
         }
     }
 
+    /// Checks the node's conservation ledger (see [`super::ledger`]), holding
+    /// `held` rows now; a mismatch fails the run.
+    fn check_ledger(&self, stats: &mut NodeStats, held: usize) -> Result<(), RunError> {
+        stats.held_rows = held as u64;
+        stats.ledger().check(&self.name).map_err(|e| self.fail(e))
+    }
+
     fn fail_run(&self, error: RunError) -> RunError {
         self.shared.fail();
         error
@@ -438,6 +445,7 @@ async fn run_async_operator(
         }
         let (out, held) = match input {
             Some(Input::Barrier(n)) => {
+                cx.check_ledger(&mut stats, 0)?;
                 for out in &outs {
                     let _ = out.mark(Item::Barrier(n)).await;
                 }
@@ -465,6 +473,10 @@ async fn run_async_operator(
         };
         let finishing = held.is_none();
         let alive = emit(&mut cx, out, held, &outs, &mut stats).await?;
+        if finishing {
+            // It holds no rows between calls.
+            cx.check_ledger(&mut stats, 0)?;
+        }
         if finishing || !alive {
             end_outputs(&outs).await;
             let (b, bytes) = rx.max_depth();
@@ -496,8 +508,12 @@ async fn run_sync_operator(
         })
         .await
         .map_err(|e| cx.fail_run(e))?;
+        stats.restored_rows = back.held_rows() as u64;
         op = Some(back);
         r.map_err(|e| cx.fail(e))?;
+    }
+    if let Some(o) = &op {
+        stats.absorbs = o.conservation() == crate::node::Conservation::Absorbs;
     }
     let mut aligner = Aligner::new(checkpoints.inputs);
     // When a lingering operator's oldest buffered row has waited long enough (see
@@ -538,6 +554,8 @@ async fn run_sync_operator(
                 }
                 AtBarrier::Hold => {}
             }
+            let held = op.as_ref().map_or(0, |o| o.held_rows());
+            cx.check_ledger(&mut stats, held)?;
             for out in &outs {
                 let _ = out.mark(Item::Barrier(n)).await;
             }
@@ -553,6 +571,8 @@ async fn run_sync_operator(
             // Stopped with aligned checkpoints: the state was saved at the last
             // barrier and continues in the resumed run; emitting it now would
             // close windows early.
+            let held = op.as_ref().map_or(0, |o| o.held_rows());
+            cx.check_ledger(&mut stats, held)?;
             end_outputs(&outs).await;
             return Ok(stats);
         }
@@ -600,7 +620,11 @@ async fn run_sync_operator(
             let node = op
                 .take()
                 .ok_or_else(|| cx.fail(NodeError::Bug("operator missing".into())))?;
-            drain_operator(node, &outs, &mut stats, &mut cx).await?;
+            op = Some(drain_operator(node, &outs, &mut stats, &mut cx).await?);
+        }
+        if finishing {
+            let held = op.as_ref().map_or(0, |o| o.held_rows());
+            cx.check_ledger(&mut stats, held)?;
         }
         if finishing || !alive {
             end_outputs(&outs).await;
@@ -659,6 +683,7 @@ async fn emit(
         cx.keep_letters(letters, input.into_iter().collect(), stats)?;
     }
     merge(stats, std::mem::take(&mut emitted.counters));
+    stats.states.extend(std::mem::take(&mut emitted.states));
     let mut envelopes = Vec::new();
     for (batch, meta, _) in emitted.take_output() {
         if batch.num_rows() == 0 {
@@ -680,7 +705,7 @@ async fn drain_operator(
     outs: &[channel::Sender],
     stats: &mut NodeStats,
     cx: &mut NodeCx,
-) -> Result<(), RunError> {
+) -> Result<Box<dyn Operator>, RunError> {
     loop {
         let started = Instant::now();
         let (back, (result, emitted)) = on_blocking(&cx.name, op, |mut op| {
@@ -694,7 +719,7 @@ async fn drain_operator(
         stats.busy += started.elapsed();
         let more = result.map_err(|e| cx.fail(e))?;
         if !emit(cx, emitted, None, outs, stats).await? || !more {
-            return Ok(());
+            return Ok(op);
         }
     }
 }
@@ -739,6 +764,9 @@ pub(super) async fn run_sink(
                     // unpublished leaves the previous output as it was.
                     return Ok(stats);
                 }
+                // Before the output is published: a record unaccounted for
+                // fails the run.
+                cx.check_ledger(&mut stats, 0)?;
                 let started = Instant::now();
                 let complete = !cx.control.is_stopped();
                 if durability == Durability::OnFlush {
@@ -759,6 +787,7 @@ pub(super) async fn run_sink(
             // cannot take part: the checkpoint is never complete.
             Some(Some(Input::Barrier(_))) if durability == Durability::OnClose => {}
             Some(Some(Input::Barrier(n))) => {
+                cx.check_ledger(&mut stats, 0)?;
                 let started = Instant::now();
                 let state = sink.flush().await.map_err(|e| cx.fail(e))?;
                 stats.busy += started.elapsed();
@@ -772,17 +801,20 @@ pub(super) async fn run_sink(
                 stats.batches_in += 1;
                 stats.rows_in += batch.num_rows() as u64;
                 let started = Instant::now();
-                let written = sink.write(&batch, &meta.lineage).await;
+                let written = write_guarded(&mut sink, batch, &meta, &cx, &mut stats).await;
                 stats.busy += started.elapsed();
                 // Retries are counted, and refused records kept, whether the
                 // write then succeeded or not.
                 let refused = sink_report(&mut *sink, &cx, &meta, &mut stats)?;
                 // On failure `meta` is still held: the run is marked failed first.
-                written.map_err(|e| cx.fail(e))?;
-                stats.batches_out += 1;
-                stats.rows_out += (batch.num_rows() as u64).saturating_sub(refused);
+                // Rows the sink reported refused are dead letters, not written.
+                let written = (written? as u64).saturating_sub(refused);
+                if written > 0 {
+                    stats.batches_out += 1;
+                    stats.rows_out += written;
+                    log.written(&cx, written, &meta.lineage);
+                }
                 cx.publish(&stats);
-                log.written(&cx, batch.num_rows() as u64, &meta.lineage);
                 match durability {
                     Durability::OnWrite => drop(meta),
                     Durability::OnFlush | Durability::OnClose => pending.push(meta),
@@ -820,6 +852,128 @@ fn sink_report(
     }
     merge(stats, std::mem::take(&mut report.counters));
     Ok(refused)
+}
+
+/// The most rows a sink's write may refuse one by one in a batch before the
+/// rest of the batch goes whole to its policy: each refusal costs a write of
+/// what is left, and sinks are idempotent by key, so the bound is on cost.
+const SINK_ISOLATIONS: usize = 64;
+
+/// Writes `batch` with the sink's error policy ([`crate::node::policy`]):
+/// transient failures retried through the host's retry loop; under `skip`, a
+/// row the sink refuses (an error naming it) becomes a dead letter and the
+/// rest is written again, and a failure naming no row dead-letters what is
+/// left of the batch. Returns the rows written.
+async fn write_guarded(
+    sink: &mut Box<dyn AsyncSink>,
+    batch: RecordBatch,
+    meta: &Meta,
+    cx: &NodeCx,
+    stats: &mut NodeStats,
+) -> Result<usize, RunError> {
+    use crate::node::policy::{Action, Decision};
+    let mut pending = batch;
+    // Each pending row's place in the batch received.
+    let mut rows: Vec<u32> = (0..pending.num_rows() as u32).collect();
+    let mut isolated = 0;
+    loop {
+        let error = match write_retrying(sink, &pending, meta, cx, stats).await {
+            Ok(()) => return Ok(pending.num_rows()),
+            Err(e) => e,
+        };
+        if cx.on_error.decide(error.fault(), false) != Decision::Rows(Action::Skip) {
+            return Err(cx.fail(error));
+        }
+        let named = match &error {
+            NodeError::Data { row, .. } => *row,
+            NodeError::Stage { row, .. } => row.map(|r| r as usize),
+            _ => None,
+        }
+        .filter(|&r| r < pending.num_rows() && isolated < SINK_ISOLATIONS);
+        let (refused, rest): (Vec<u32>, Vec<u32>) = match named {
+            Some(r) => (
+                vec![r as u32],
+                (0..pending.num_rows() as u32)
+                    .filter(|&i| i as usize != r)
+                    .collect(),
+            ),
+            None => ((0..pending.num_rows() as u32).collect(), Vec::new()),
+        };
+        let take = |idx: &[u32]| {
+            arrow::compute::take_record_batch(
+                &pending,
+                &arrow::array::UInt32Array::from(idx.to_vec()),
+            )
+            .map_err(|e| cx.fail(e.into()))
+        };
+        let mut letters = Emitter::default();
+        let reason = if named.is_some() {
+            "refused"
+        } else {
+            "unwritten"
+        };
+        for &i in &refused {
+            let row = take(&[i])?;
+            super::guard::skip_rows(
+                &row,
+                rows[i as usize] as usize,
+                &error,
+                reason,
+                &mut letters,
+            )
+            .map_err(|e| cx.fail(e))?;
+        }
+        stats
+            .counters
+            .entry("rows_skipped".into())
+            .and_modify(|n| *n += refused.len() as u64)
+            .or_insert(refused.len() as u64);
+        let kept = std::mem::take(&mut letters.dead_letters);
+        merge(stats, std::mem::take(&mut letters.counters));
+        cx.keep_letters(kept, vec![meta.clone()], stats)?;
+        if rest.is_empty() {
+            return Ok(0);
+        }
+        isolated += 1;
+        pending = take(&rest)?;
+        rows = rest.iter().map(|&i| rows[i as usize]).collect();
+    }
+}
+
+/// One write, retried while the sink's policy says its failure is worth another
+/// try.
+async fn write_retrying(
+    sink: &mut Box<dyn AsyncSink>,
+    batch: &RecordBatch,
+    meta: &Meta,
+    cx: &NodeCx,
+    stats: &mut NodeStats,
+) -> Result<(), NodeError> {
+    let Some(retry) = cx.on_error.retry.clone() else {
+        return sink.write(batch, &meta.lineage).await;
+    };
+    let policy = cx.on_error.clone();
+    let classify = move |e: &NodeError| match policy.decide(e.fault(), true) {
+        crate::node::policy::Decision::Retry => crate::node::retry::Transience::Transient,
+        _ => crate::node::retry::Transience::Permanent,
+    };
+    let mut retries = 0u64;
+    let (_, r) = retry
+        .run_with(&cx.name, &classify, sink, |sink, attempt| {
+            if attempt.get() > 1 {
+                retries += 1;
+            }
+            let (b, l) = (batch.clone(), meta.lineage.clone());
+            async move {
+                let r = sink.write(&b, &l).await;
+                (sink, r)
+            }
+        })
+        .await;
+    if retries > 0 {
+        *stats.counters.entry("retries".into()).or_default() += retries;
+    }
+    r.map_err(|g| g.error)
 }
 
 fn publish_state(cx: &NodeCx, state: Option<String>) {
@@ -1007,5 +1161,109 @@ path = "out.jsonl"
             .map(|n| format!(r#"{{"n":{n},"m":{}}}"#, n * 2))
             .collect();
         assert_eq!(lines, expected);
+    }
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use arrow::array::RecordBatch;
+
+    use crate::node::{Emitter, NodeError, Operator};
+    use crate::plan::{NodeImpl, OperatorNode, Plan, RunEnv};
+
+    /// Passes each batch on without its last row, and says nothing of it: a
+    /// bug the conservation ledger must catch.
+    struct LosesARow;
+
+    impl Operator for LosesARow {
+        fn process(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+            out.push(batch.slice(0, batch.num_rows().saturating_sub(1)));
+            Ok(())
+        }
+    }
+
+    fn plan(dir: &std::path::Path, lossy: bool) -> (Plan, RunEnv) {
+        let text = r#"
+name = "ledger"
+settings = { batch_rows = 10 }
+[[source]]
+name = "numbers"
+[source.sequence]
+count = 95
+[[stage]]
+name = "keep"
+input = "numbers"
+[stage.filter]
+all = [{ range = { column = "n", min = 5 } }]
+[[sink]]
+name = "out"
+input = "keep"
+[sink.jsonl]
+path = "out.jsonl"
+"#;
+        let mut spec = crate::spec::PipelineSpec::from_toml(text, "ledger.toml").unwrap();
+        spec.base_dir = dir.to_path_buf();
+        let env = RunEnv::standalone(
+            crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig::default()).unwrap(),
+            dir.join("data"),
+        );
+        let mut plan = Plan::build(spec, &env).unwrap();
+        if lossy {
+            let at = plan
+                .dag
+                .nodes
+                .iter()
+                .position(|n| n.name == "keep")
+                .unwrap();
+            plan.nodes[at] = NodeImpl::Operator(OperatorNode::Sync(Box::new(LosesARow)));
+        }
+        (plan, env)
+    }
+
+    /// The ledger balances on a healthy run (rows filtered by design counted),
+    /// and the summary prints it.
+    #[tokio::test]
+    async fn the_ledger_balances_and_is_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, env) = plan(dir.path(), false);
+        let summary = crate::exec::run(plan, &env, &crate::exec::RunOptions::default())
+            .await
+            .unwrap();
+        let keep = summary.node("keep").unwrap();
+        assert_eq!((keep.rows_in, keep.rows_out), (95, 90));
+        assert!(keep.ledger().balanced());
+        let text = summary.to_string();
+        assert!(
+            text.contains(
+                "ledger: in 95 = out 90 (fallen back 0) + filtered 5 + dead-lettered 0 + held 0"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ledger: in 90 = written 90 + dead-lettered 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ledger: read 95 = out 95 + dead-lettered 0 + blank 0"),
+            "{text}"
+        );
+    }
+
+    /// An operator that loses a row fails the run, naming itself and the numbers;
+    /// the sink publishes nothing.
+    #[tokio::test]
+    async fn an_operator_that_loses_a_row_fails_the_run_naming_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, env) = plan(dir.path(), true);
+        let err = crate::exec::run(plan, &env, &crate::exec::RunOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.fault(), crate::node::Fault::Bug);
+        assert_eq!(
+            err.to_string(),
+            "node `keep` failed: the conservation ledger of `keep` does not balance: in 95 ≠ out \
+             85 (fallen back 0) + filtered 0 + dead-lettered 0 + held 0 (this is a bug in weir)"
+        );
+        assert!(!dir.path().join("out.jsonl").exists());
     }
 }

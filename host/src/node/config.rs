@@ -335,6 +335,15 @@ pub trait OperatorConfig {
         self.build(cx).map(OperatorNode::Sync)
     }
 
+    /// Whether the operator processes each batch on its own, keeping nothing
+    /// from one call to the next, so a failed call can be made again on part of
+    /// its batch: the executor then guards it with the node's error policy
+    /// (skip, fallback, bisection, see [`super::policy`]). Default: false (an
+    /// operator that keeps rows, which may only fail).
+    fn row_local(&self) -> bool {
+        false
+    }
+
     /// Whether the operator holds rows, and so the acknowledgements of their
     /// input, for as long as their key stays active (session windows): on an
     /// unbounded input, until the run ends, unless its state is checkpointed.

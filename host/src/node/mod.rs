@@ -36,6 +36,7 @@ mod envelope;
 mod error;
 pub mod lineage;
 pub mod memory;
+pub mod policy;
 pub mod retry;
 pub mod schema;
 pub mod services;
@@ -76,6 +77,7 @@ pub struct Emitter {
     pub(crate) positions: Vec<Option<Position>>,
     pub(crate) dead_letters: Vec<DeadLetter>,
     pub(crate) counters: BTreeMap<String, u64>,
+    pub(crate) states: BTreeMap<String, String>,
     input: Option<Meta>,
 }
 
@@ -131,6 +133,13 @@ impl Emitter {
     /// filter predicate).
     pub fn count(&mut self, name: &str, n: u64) {
         *self.counters.entry(name.to_owned()).or_default() += n;
+    }
+
+    /// Sets a named state reported in the run summary and the live counters,
+    /// the last value set winning (a stage's trap breaker: `closed`, `open`,
+    /// `half_open`).
+    pub fn set_state(&mut self, name: &str, value: &str) {
+        self.states.insert(name.to_owned(), value.to_owned());
     }
 
     /// The batches pushed so far (for tests and wrappers).
@@ -407,6 +416,22 @@ pub trait Operator: Send + 'static {
         0
     }
 
+    /// Rows received and kept in the operator's state, not yet emitted, dropped
+    /// or dead-lettered: what the conservation ledger counts as held at a
+    /// checkpoint barrier (see [`Conservation`]). Default:
+    /// [`Operator::buffered_rows`], right for an operator that holds only
+    /// what waits for its linger.
+    fn held_rows(&self) -> usize {
+        self.buffered_rows()
+    }
+
+    /// How the conservation ledger balances this operator. Default:
+    /// [`Conservation::Rows`] (every row received is emitted, filtered by
+    /// design, dead-lettered or held).
+    fn conservation(&self) -> Conservation {
+        Conservation::Rows
+    }
+
     /// Emits what is buffered because it has waited [`Operator::linger`], or
     /// at a checkpoint barrier ([`AtBarrier::Flush`]). Default: nothing to
     /// emit.
@@ -478,6 +503,20 @@ pub trait Operator: Send + 'static {
     fn component_digest(&self) -> Option<&str> {
         None
     }
+}
+
+/// How a node's rows balance in the conservation ledger, checked at each
+/// checkpoint barrier and at the end of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conservation {
+    /// Rows in = rows out + filtered (counter `filtered`) + dead-lettered +
+    /// held ([`Operator::held_rows`]). Rows out include fallen-back rows.
+    Rows,
+    /// An aggregate: the rows it receives are folded into state ("absorbed")
+    /// and what it emits are new records. Rows in = absorbed (counter
+    /// `absorbed`) + filtered + dead-lettered; its output is not balanced
+    /// against its input.
+    Absorbs,
 }
 
 /// An operator that waits on services (a lookup against a store or a model

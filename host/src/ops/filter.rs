@@ -462,6 +462,10 @@ impl Operator for FilterOp {
             out.push(batch);
             return Ok(());
         }
+        if !self.dead_letter {
+            // Dropped by design: the conservation ledger's `filtered`.
+            out.count("filtered", (n - kept) as u64);
+        }
         // Attribute each dropped row to one reason: the first failing predicate of
         // `all`, or `any` as a whole. Masks are combined with kernels; only the
         // dead letters themselves need the rows one by one.
@@ -513,6 +517,12 @@ impl Operator for FilterOp {
 
 /// Checked by building: [`FilterOp::new`] refuses a bad configuration, naming the key.
 impl OperatorConfig for FilterSpec {
+    /// Each batch is processed on its own: a failed call can be made again on
+    /// part of it.
+    fn row_local(&self) -> bool {
+        true
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         FilterOp::new(key, self).map(drop)
     }
@@ -590,7 +600,9 @@ mod tests {
             [
                 ("filter:in(country)", 1),
                 ("filter:not_null(label)", 2),
-                ("filter:range(price)", 2)
+                ("filter:range(price)", 2),
+                // Dropped by design, for the conservation ledger: the sum.
+                ("filtered", 5)
             ]
         );
         assert!(out.dead_letters.is_empty());

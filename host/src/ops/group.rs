@@ -403,6 +403,12 @@ fn file_len(path: &std::path::Path) -> Result<usize, NodeError> {
 }
 
 impl Operator for GroupOperator {
+    /// An aggregate: rows are folded into state, and what it emits are new
+    /// records.
+    fn conservation(&self) -> crate::node::Conservation {
+        crate::node::Conservation::Absorbs
+    }
+
     /// The key columns (nullable), then one column per aggregate: bound here,
     /// so a key or an aggregate's column the input lacks fails the plan.
     fn output_schema(&mut self, input: &SchemaRef) -> Result<Option<SchemaRef>, NodeError> {

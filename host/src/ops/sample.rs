@@ -265,12 +265,18 @@ impl Operator for SampleOp {
         )?;
         let mut keep = vec![false; n];
         let mut entered = false;
+        // Rows not kept, and candidates pushed out: the ledger's `filtered`.
+        let mut dropped = 0u64;
         for i in 0..n {
             match self.rule(&strata[i]) {
-                None => {}
-                Some(Decide::Fraction(p)) => keep[i] = unit(hashes[i]) < p,
+                None => dropped += 1,
+                Some(Decide::Fraction(p)) => {
+                    keep[i] = unit(hashes[i]) < p;
+                    dropped += u64::from(!keep[i]);
+                }
                 Some(Decide::Count(k)) => {
                     if k == 0 {
+                        dropped += 1;
                         continue;
                     }
                     let (_, heap) = self
@@ -286,6 +292,9 @@ impl Operator for SampleOp {
                         self.held_at.remove(&gone);
                         heap.push(cand);
                         entered = true;
+                        dropped += 1;
+                    } else {
+                        dropped += 1;
                     }
                 }
             }
@@ -323,6 +332,9 @@ impl Operator for SampleOp {
             if self.held_rows > 2 * self.held_at.len() + 1024 {
                 self.compact()?;
             }
+        }
+        if dropped > 0 {
+            out.count("filtered", dropped);
         }
         if keep.iter().any(|&k| k) {
             out.push(filter_record_batch(&batch, &BooleanArray::from(keep))?);
@@ -444,6 +456,11 @@ impl Operator for SampleOp {
             self.held.push(b.project(&(0..base).collect::<Vec<_>>())?);
         }
         Ok(())
+    }
+
+    /// The candidates still in the running.
+    fn held_rows(&self) -> usize {
+        self.held_at.len()
     }
 
     fn buffered_rows(&self) -> usize {

@@ -88,6 +88,8 @@ pub struct SortOperator {
     keys: Vec<Rows>,
     runs: Vec<std::path::PathBuf>,
     output: Output,
+    /// Rows buffered or spilled and not yet emitted (the ledger's `held`).
+    held: usize,
 }
 
 enum Output {
@@ -116,6 +118,7 @@ impl SortOperator {
             keys: Vec::new(),
             runs: Vec::new(),
             output: Output::Pending,
+            held: 0,
         }
     }
 
@@ -187,6 +190,7 @@ impl SortOperator {
             spilled = true;
             self.reservation.try_grow(need).map_err(NodeError::from)?;
         }
+        self.held += batch.num_rows();
         self.buffered.push(batch);
         self.keys.push(keys);
         Ok(spilled)
@@ -208,6 +212,11 @@ impl Operator for SortOperator {
         Ok(())
     }
 
+    /// Every row received, until the merge emits it.
+    fn held_rows(&self) -> usize {
+        self.held
+    }
+
     /// Every row is held until the input ends: they go with the checkpoint.
     fn at_barrier(&self) -> AtBarrier {
         AtBarrier::Snapshot
@@ -227,8 +236,10 @@ impl Operator for SortOperator {
             state_file::link_or_copy(run, &dir.join(&name))?;
             runs.push(name);
         }
+        let buffered: usize = self.buffered.iter().map(RecordBatch::num_rows).sum();
         let state = serde_json::json!({
             "runs": runs,
+            "run_rows": self.held - buffered,
             "lineage": state_file::lineage_json(&self.consumed),
         });
         let fields = self
@@ -262,6 +273,7 @@ impl Operator for SortOperator {
             self.memory.spill.add_bytes(bytes);
             self.runs.push(to);
         }
+        self.held += saved.state["run_rows"].as_u64().unwrap_or(0) as usize;
         for b in saved.batches {
             self.buffer(b?)?;
         }
@@ -299,12 +311,15 @@ impl Operator for SortOperator {
                     return Ok(false);
                 }
                 for b in gather(&self.buffered, &chunk, self.batch_rows) {
-                    out.push_with(b?, self.consumed.union());
+                    let b = b?;
+                    self.held -= b.num_rows();
+                    out.push_with(b, self.consumed.union());
                 }
                 Ok(true)
             }
             Output::Merge(m) => match m.next_chunk(self.batch_rows)? {
                 Some(b) => {
+                    self.held -= b.num_rows();
                     out.push_with(b, self.consumed.union());
                     Ok(true)
                 }

@@ -169,6 +169,12 @@ impl Operator for SplitOp {
 
 /// Checked by building: [`SplitOp::new`] refuses a bad configuration, naming the key.
 impl OperatorConfig for SplitSpec {
+    /// Each batch is processed on its own: a failed call can be made again on
+    /// part of it.
+    fn row_local(&self) -> bool {
+        true
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         SplitOp::new(key, self).map(drop)
     }

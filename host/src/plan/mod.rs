@@ -238,11 +238,28 @@ impl Plan {
                     NodeImpl::Source(spec.sources[i].kind.config().build(&cx).map_err(open)?)
                 }
                 NodeKind::Stage => {
-                    let op = spec.stages[i].kind.config().build_node(&cx).map_err(open)?;
+                    let stage = &spec.stages[i];
+                    let mut op = stage.kind.config().build_node(&cx).map_err(open)?;
                     if let OperatorNode::Sync(op) = &op
                         && let Some(digest) = op.component_digest()
                     {
                         digests.push((name.clone(), digest.to_owned()));
+                    }
+                    if stage.kind.config().row_local()
+                        && let OperatorNode::Sync(inner) = op
+                    {
+                        // Every row-local operator fails, skips, retries and
+                        // falls back the same way: through the executor's guard.
+                        let p = &stage.policy;
+                        op =
+                            OperatorNode::Sync(Box::new(crate::exec::guard::GuardedOperator::new(
+                                inner,
+                                &format!("stage[{i}]"),
+                                p.effective(true),
+                                p.fallback.clone(),
+                                p.breaker.unwrap_or_default(),
+                                clock.clone(),
+                            )));
                     }
                     NodeImpl::Operator(op)
                 }

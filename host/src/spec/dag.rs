@@ -125,6 +125,8 @@ impl PipelineSpec {
             s.kind
                 .config()
                 .check(&format!("{key}.{}", s.kind.table()))?;
+            s.policy
+                .check(&key, s.kind.table(), s.kind.config().row_local(), true)?;
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
             nodes.push((key, s.name.clone(), NodeKind::Stage, i, inputs));
         }
@@ -133,6 +135,7 @@ impl PipelineSpec {
             s.kind
                 .config()
                 .check(&format!("{key}.{}", s.kind.table()))?;
+            s.policy.check(&key, s.kind.table(), true, false)?;
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
             nodes.push((key, s.name.clone(), NodeKind::Sink, i, inputs));
         }

@@ -39,6 +39,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::node::config::{OperatorConfig, SinkConfig, SourceConfig, closest};
+use crate::node::policy::{BreakerSpec, FallbackSpec, NodePolicy, OnError};
 
 use crate::units::ByteSize;
 
@@ -362,6 +363,9 @@ pub struct StageSpec {
     pub inputs: Option<Vec<String>>,
     /// What it does: its one kind table.
     pub kind: StageKind,
+    /// Its error handling: `on_error`, `fallback` and `breaker` (see
+    /// [`crate::node::policy`]); empty: the kind's defaults.
+    pub policy: NodePolicy,
 }
 
 impl StageSpec {
@@ -393,6 +397,9 @@ pub struct SinkSpec {
     pub inputs: Option<Vec<String>>,
     /// Where it writes: its one kind table.
     pub kind: SinkKind,
+    /// Its error handling: `on_error` (see [`crate::node::policy`]); empty:
+    /// the defaults.
+    pub policy: NodePolicy,
 }
 
 impl SinkSpec {
@@ -410,7 +417,29 @@ enum NodeKey {
     Name,
     Input,
     Inputs,
+    OnError,
+    Fallback,
+    Breaker,
     Kind(&'static str),
+}
+
+/// Which of the policy keys a node type takes: stages all three, sinks
+/// `on_error`, sources none (a source dead-letters corrupt records itself).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PolicyKeys {
+    None,
+    OnError,
+    All,
+}
+
+impl PolicyKeys {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Self::None => &[],
+            Self::OnError => &["on_error"],
+            Self::All => &["on_error", "fallback", "breaker"],
+        }
+    }
 }
 
 /// Reads one key of a node's map: `name`, `input`/`inputs` where the node has
@@ -419,6 +448,7 @@ enum NodeKey {
 struct NodeKeySeed {
     tables: &'static [&'static str],
     has_inputs: bool,
+    policy: PolicyKeys,
 }
 
 impl NodeKeySeed {
@@ -428,7 +458,11 @@ impl NodeKeySeed {
         } else {
             &["name"]
         };
-        own.iter().chain(self.tables).copied().collect()
+        own.iter()
+            .chain(self.policy.keys())
+            .chain(self.tables)
+            .copied()
+            .collect()
     }
 }
 
@@ -452,6 +486,18 @@ impl<'de> de::Visitor<'de> for NodeKeySeed {
             "name" => return Ok(NodeKey::Name),
             "input" if self.has_inputs => return Ok(NodeKey::Input),
             "inputs" if self.has_inputs => return Ok(NodeKey::Inputs),
+            v if matches!(
+                (self.policy, v),
+                (PolicyKeys::All, "on_error" | "fallback" | "breaker")
+                    | (PolicyKeys::OnError, "on_error")
+            ) =>
+            {
+                return Ok(match v {
+                    "on_error" => NodeKey::OnError,
+                    "fallback" => NodeKey::Fallback,
+                    _ => NodeKey::Breaker,
+                });
+            }
             _ => {}
         }
         if let Some(t) = self.tables.iter().find(|t| **t == v) {
@@ -475,6 +521,7 @@ struct NodeParts<K> {
     input: Option<String>,
     inputs: Option<Vec<String>>,
     kind: K,
+    policy: NodePolicy,
 }
 
 /// Reads a node's map: `name`, `input`/`inputs` if `has_inputs`, and exactly one
@@ -484,6 +531,7 @@ fn read_node<'de, A, K>(
     mut map: A,
     tables: &'static [&'static str],
     has_inputs: bool,
+    policy_keys: PolicyKeys,
     read: fn(&str, &mut A) -> Result<K, A::Error>,
 ) -> Result<NodeParts<K>, A::Error>
 where
@@ -492,8 +540,31 @@ where
     let (mut name, mut input, mut inputs) = (None, None, None);
     let mut kind: Option<(&str, K)> = None;
     let mut extra: Vec<&str> = Vec::new();
-    while let Some(key) = map.next_key_seed(NodeKeySeed { tables, has_inputs })? {
+    let mut policy = NodePolicy::default();
+    while let Some(key) = map.next_key_seed(NodeKeySeed {
+        tables,
+        has_inputs,
+        policy: policy_keys,
+    })? {
         match key {
+            NodeKey::OnError => {
+                if policy.on_error.is_some() {
+                    return Err(de::Error::duplicate_field("on_error"));
+                }
+                policy.on_error = Some(map.next_value::<OnError>()?);
+            }
+            NodeKey::Fallback => {
+                if policy.fallback.is_some() {
+                    return Err(de::Error::duplicate_field("fallback"));
+                }
+                policy.fallback = Some(map.next_value::<FallbackSpec>()?);
+            }
+            NodeKey::Breaker => {
+                if policy.breaker.is_some() {
+                    return Err(de::Error::duplicate_field("breaker"));
+                }
+                policy.breaker = Some(map.next_value::<BreakerSpec>()?);
+            }
             NodeKey::Name => {
                 if name.is_some() {
                     return Err(de::Error::duplicate_field("name"));
@@ -550,6 +621,7 @@ where
         input: input.flatten(),
         inputs: inputs.flatten(),
         kind,
+        policy,
     })
 }
 
@@ -564,7 +636,13 @@ impl<'de> de::Visitor<'de> for NodeVisitor<SourceSpec> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SourceSpec, A::Error> {
-        let n = read_node(map, SourceKind::TABLES, false, SourceKind::next_value)?;
+        let n = read_node(
+            map,
+            SourceKind::TABLES,
+            false,
+            PolicyKeys::None,
+            SourceKind::next_value,
+        )?;
         Ok(SourceSpec {
             name: n.name,
             kind: n.kind,
@@ -580,12 +658,19 @@ impl<'de> de::Visitor<'de> for NodeVisitor<StageSpec> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StageSpec, A::Error> {
-        let n = read_node(map, StageKind::TABLES, true, StageKind::next_value)?;
+        let n = read_node(
+            map,
+            StageKind::TABLES,
+            true,
+            PolicyKeys::All,
+            StageKind::next_value,
+        )?;
         Ok(StageSpec {
             name: n.name,
             input: n.input,
             inputs: n.inputs,
             kind: n.kind,
+            policy: n.policy,
         })
     }
 }
@@ -598,12 +683,19 @@ impl<'de> de::Visitor<'de> for NodeVisitor<SinkSpec> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SinkSpec, A::Error> {
-        let n = read_node(map, SinkKind::TABLES, true, SinkKind::next_value)?;
+        let n = read_node(
+            map,
+            SinkKind::TABLES,
+            true,
+            PolicyKeys::OnError,
+            SinkKind::next_value,
+        )?;
         Ok(SinkSpec {
             name: n.name,
             input: n.input,
             inputs: n.inputs,
             kind: n.kind,
+            policy: n.policy,
         })
     }
 }
@@ -633,6 +725,7 @@ fn write_node<S: Serializer>(
     name: &str,
     input: Option<&String>,
     inputs: Option<&Vec<String>>,
+    policy: Option<&NodePolicy>,
     kind: impl FnOnce(&mut S::SerializeMap) -> Result<(), S::Error>,
 ) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(None)?;
@@ -643,13 +736,26 @@ fn write_node<S: Serializer>(
     if let Some(i) = inputs {
         map.serialize_entry("inputs", i)?;
     }
+    if let Some(p) = policy {
+        if let Some(o) = &p.on_error {
+            map.serialize_entry("on_error", o)?;
+        }
+        if let Some(f) = &p.fallback {
+            map.serialize_entry("fallback", f)?;
+        }
+        if let Some(b) = &p.breaker {
+            map.serialize_entry("breaker", b)?;
+        }
+    }
     kind(&mut map)?;
     map.end()
 }
 
 impl Serialize for SourceSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        write_node(s, &self.name, None, None, |m| self.kind.serialize_entry(m))
+        write_node(s, &self.name, None, None, None, |m| {
+            self.kind.serialize_entry(m)
+        })
     }
 }
 
@@ -660,6 +766,7 @@ impl Serialize for StageSpec {
             &self.name,
             self.input.as_ref(),
             self.inputs.as_ref(),
+            Some(&self.policy),
             |m| self.kind.serialize_entry(m),
         )
     }
@@ -672,6 +779,7 @@ impl Serialize for SinkSpec {
             &self.name,
             self.input.as_ref(),
             self.inputs.as_ref(),
+            Some(&self.policy),
             |m| self.kind.serialize_entry(m),
         )
     }

@@ -202,8 +202,8 @@ fn an_unknown_node_key_is_named_with_a_suggestion() {
     assert_eq!(
         e,
         "p.toml: line 16 column 8: `stage[0].wasn`: unknown field `wasn`, expected one of \
-         `name`, `input`, `inputs`, `wasm`, `map`, `filter`, `batch`, `sample`, `split`, \
-         `sort`, `group`, `session` (did you mean `wasm`?)"
+         `name`, `input`, `inputs`, `on_error`, `fallback`, `breaker`, `wasm`, `map`, `filter`, \
+         `batch`, `sample`, `split`, `sort`, `group`, `session` (did you mean `wasm`?)"
     );
     let e = err(&GOOD.replace("input = \"events\"", "inpt = \"events\""));
     assert!(
@@ -321,5 +321,74 @@ fn a_kind_left_out_of_the_build_names_the_feature_to_enable() {
              feature `redis` (`cargo build --features redis`)"
         ),
         "{e}"
+    );
+}
+
+#[test]
+fn on_error_is_read_beside_the_name_and_a_malformed_one_names_its_key() {
+    let text = GOOD.replace(
+        "name = \"bucket\"\ninput = \"events\"",
+        "name = \"bucket\"\ninput = \"events\"\non_error = { retry = { attempts = 2 }, then = \"skip\" }\nbreaker = { traps = 2 }",
+    );
+    let spec = PipelineSpec::from_toml(&text, "p.toml").unwrap();
+    let p = spec.stages[0].policy.on_error.as_ref().unwrap();
+    assert_eq!(p.then, crate::node::policy::Action::Skip);
+    assert_eq!(p.retry.as_ref().unwrap().attempts.get(), 2);
+    assert_eq!(spec.stages[0].policy.breaker.unwrap().traps.get(), 2);
+    spec.validate().unwrap();
+    // It survives a round trip through the stored form.
+    let stored = toml::to_string(&spec).unwrap();
+    let again = PipelineSpec::from_toml(&stored, "p.toml").unwrap();
+    assert_eq!(again.stages[0].policy, spec.stages[0].policy);
+
+    let text = GOOD.replace(
+        "name = \"bucket\"\ninput = \"events\"",
+        "name = \"bucket\"\ninput = \"events\"\non_error = \"ignore\"",
+    );
+    let e = err(&text);
+    assert!(
+        e.contains("`stage[0].on_error`: unknown policy `ignore`: expected \"fail\", \"skip\""),
+        "{e}"
+    );
+    let text = GOOD.replace(
+        "name = \"bucket\"\ninput = \"events\"",
+        "name = \"bucket\"\ninput = \"events\"\non_eror = \"skip\"",
+    );
+    let e = err(&text);
+    assert!(
+        e.contains("`stage[0].on_eror`: unknown field `on_eror`"),
+        "{e}"
+    );
+    assert!(e.contains("(did you mean `on_error`?)"), "{e}");
+    // A source takes no policy: it dead-letters corrupt records itself.
+    let text = GOOD.replace(
+        "name = \"events\"\n[source.jsonl]",
+        "name = \"events\"\non_error = \"skip\"\n[source.jsonl]",
+    );
+    assert!(err(&text).contains("unknown field `on_error`"));
+}
+
+#[test]
+fn skip_on_a_stateful_operator_is_refused_at_check_time_naming_the_key() {
+    let text = GOOD.replace(
+        "[[sink]]\nname = \"out\"\ninput = \"bucket\"",
+        "[[stage]]\nname = \"sorted\"\ninput = \"bucket\"\non_error = \"skip\"\n[stage.sort]\nby = [{ column = \"price\" }]\n\n[[sink]]\nname = \"out\"\ninput = \"sorted\"",
+    );
+    let e = err(&text);
+    assert!(
+        e.starts_with(
+            "`stage[1].on_error`: `skip` needs a node that processes each batch on its own"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("`sort` keeps rows across batches"), "{e}");
+    // Fallback on a sink is refused too: it has nothing to mark.
+    let text = GOOD.replace(
+        "name = \"out\"\ninput = \"bucket\"",
+        "name = \"out\"\ninput = \"bucket\"\non_error = \"fallback\"",
+    );
+    assert_eq!(
+        err(&text),
+        "`sink[0].on_error`: a sink has no output to fall back to: use \"skip\" or \"fail\""
     );
 }

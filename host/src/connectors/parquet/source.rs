@@ -361,7 +361,7 @@ impl ParquetSource {
             reason: "corrupt_batch".into(),
             detail: format!("{}: row group {} cannot be decoded: {why}", file.name, rg),
             position: format!("{position} rows {from}..{total}{bytes}"),
-            record: String::new(),
+            payload: crate::node::Payload::Raw(Vec::new()),
         });
         out.push_at(RecordBatch::new_empty(self.schema.clone()), Some(position));
     }

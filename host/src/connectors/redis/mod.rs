@@ -576,7 +576,7 @@ impl RedisSink {
             reason: reason.to_owned(),
             detail,
             position: row_position(lineage, row),
-            record,
+            payload: crate::node::Payload::text_of(record),
         });
     }
 

@@ -616,6 +616,12 @@ fn apply(t: &Transform, batch: RecordBatch, what: &str) -> Result<RecordBatch, N
 
 /// Checked by building: [`MapOp::new`] refuses a bad configuration, naming the key.
 impl OperatorConfig for MapSpec {
+    /// Each batch is processed on its own: a failed call can be made again on
+    /// part of it.
+    fn row_local(&self) -> bool {
+        true
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         MapOp::new(key, self).map(drop)
     }

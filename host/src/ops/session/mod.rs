@@ -734,6 +734,12 @@ impl SessionOperator {
 }
 
 impl Operator for SessionOperator {
+    /// An aggregate: rows are folded into state, and what it emits are new
+    /// records.
+    fn conservation(&self) -> crate::node::Conservation {
+        crate::node::Conservation::Absorbs
+    }
+
     /// The key columns (nullable), `session_start` and `session_end` (of the
     /// time column's type), then one column per aggregate: bound here, so a
     /// key, time or aggregate column the input lacks fails the plan.

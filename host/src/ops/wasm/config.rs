@@ -189,6 +189,12 @@ fn stage_code(error: impl std::error::Error + Send + Sync + 'static) -> NodeErro
 /// A WebAssembly stage builds itself like any kind: the sandbox and the
 /// component store come from [`BuildCx::services`].
 impl OperatorConfig for WasmStageSpec {
+    /// Each batch is processed on its own: a failed call can be made again on
+    /// part of it.
+    fn row_local(&self) -> bool {
+        true
+    }
+
     fn check(&self, key: &str) -> Result<(), SpecError> {
         self.reference(key)?;
         if self.limits.fuel == 0 {
