@@ -781,7 +781,13 @@ async fn rows_it_cannot_store_are_dead_letters_and_the_rest_are_written() {
     let letters: Vec<(&str, &str, &str)> = out
         .dead_letters
         .iter()
-        .map(|d| (d.reason.as_str(), d.position.as_str(), d.text().unwrap_or_default()))
+        .map(|d| {
+            (
+                d.reason.as_str(),
+                d.position.as_str(),
+                d.text().unwrap_or_default(),
+            )
+        })
         .collect();
     assert_eq!(
         letters,
