@@ -377,11 +377,8 @@ retry = {{ attempts = 60, backoff = "50ms", max_wait = "500ms", deadline = "60s"
     assert_eq!(proxy.cuts(), 1, "the run ended before the cut");
     let out = summary.node("out").unwrap();
     assert_eq!(out.rows_out, MESSAGES as u64);
-    assert!(
-        out.counters.get("retries").copied().unwrap_or(0) >= 1,
-        "{:?}",
-        out.counters
-    );
+    // Whether a publish was in flight when the cut came depends on timing (the
+    // client may reconnect with nothing to resend): retries are not asserted.
     // Republished messages carried their Nats-Msg-Id: the stream holds each
     // row once.
     each_once(stream.ids().await, MESSAGES).unwrap();

@@ -218,7 +218,10 @@ async fn http_sink_posts_kserve_v2_inputs_per_column_and_as_one_tensor() {
     // the column and its row, and nothing is sent.
     let (url, seen) = serve(vec![]);
     let sink = format!("url = \"{url}/v2/models/ctr/infer\"\nprotocol = \"kserve\"");
-    let e = run_toml(&http_pipeline(&sink), dir.path())
+    // `fail`: under the sinks' default policy the refused rows would be dead
+    // letters and the rest sent.
+    let failing = http_pipeline(&sink).replace("[sink.http]", "on_error = \"fail\"\n[sink.http]");
+    let e = run_toml(&failing, dir.path())
         .await
         .unwrap_err()
         .to_string();

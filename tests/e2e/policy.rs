@@ -183,7 +183,7 @@ async fn without_a_policy_a_stage_error_fails_the_run_as_before() {
     let err = run_toml(&pipeline(""), dir.path()).await.unwrap_err();
     let text = err.to_string();
     assert!(
-        text.starts_with("node `score` failed: stage `score` trapped"),
+        text.starts_with("node `score` failed: stage `score` panicked"),
         "{text}"
     );
     assert!(text.contains("n = 9 traps"), "{text}");
