@@ -34,7 +34,6 @@
 mod barrier;
 pub mod channel;
 pub mod control;
-pub mod guard;
 mod ledger;
 mod progress;
 mod summary;
@@ -221,7 +220,7 @@ pub(crate) struct NodeCx {
     /// When the node last published its counters ([`RunControl::live_nodes`]).
     pub(crate) published: Mutex<Instant>,
     /// The node's error policy, as the executor applies it to a sink's writes
-    /// (operators carry theirs in their guard, [`guard`]).
+    /// (operators carry theirs in their guard, [`crate::ops::guard`]).
     pub(crate) on_error: crate::node::policy::OnError,
 }
 

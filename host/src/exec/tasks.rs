@@ -914,7 +914,7 @@ async fn write_guarded(
         };
         for &i in &refused {
             let row = take(&[i])?;
-            super::guard::skip_rows(
+            crate::ops::guard::skip_rows(
                 &row,
                 rows[i as usize] as usize,
                 &error,

@@ -41,6 +41,9 @@ pub mod batch;
 mod external;
 pub mod filter;
 pub mod group;
+/// The error policy of a row-local operator: retries, row isolation and
+/// bisection, fallback defaults, the trap breaker.
+pub mod guard;
 pub mod map;
 pub mod sample;
 pub mod session;

@@ -251,15 +251,14 @@ impl Plan {
                         // Every row-local operator fails, skips, retries and
                         // falls back the same way: through the executor's guard.
                         let p = &stage.policy;
-                        op =
-                            OperatorNode::Sync(Box::new(crate::exec::guard::GuardedOperator::new(
-                                inner,
-                                &format!("stage[{i}]"),
-                                p.effective(true),
-                                p.fallback.clone(),
-                                p.breaker.unwrap_or_default(),
-                                clock.clone(),
-                            )));
+                        op = OperatorNode::Sync(Box::new(crate::ops::guard::GuardedOperator::new(
+                            inner,
+                            &format!("stage[{i}]"),
+                            p.effective(true),
+                            p.fallback.clone(),
+                            p.breaker.unwrap_or_default(),
+                            clock.clone(),
+                        )));
                     }
                     NodeImpl::Operator(op)
                 }
