@@ -11,6 +11,10 @@
 //! Each batch adds the number of prices that got the fallback bucket to the stage's
 //! counter `price_fallbacks`.
 //!
+//! With `max_dwell_ms` set, an event whose `dwell_ms` exceeds it is refused: the call
+//! fails naming the first such row (`dwell_ms 93000 above max_dwell_ms 90000`), so the
+//! node's `on_error` policy decides what becomes of it. Without it no row is refused.
+//!
 //! Both are computed column at a time: each input column is looked up once and read as
 //! a slice.
 
@@ -41,6 +45,10 @@ struct Params {
     /// The bucket for a null, NaN or below-range price. Default: -1.
     #[serde(default = "default_fallback_bucket")]
     fallback_bucket: i32,
+    /// The longest credible dwell time: a longer one is refused as a row error
+    /// (a tab left open is not engagement). Default: none, every row is taken.
+    #[serde(default)]
+    max_dwell_ms: Option<f64>,
 }
 
 fn default_price_boundaries() -> Vec<f64> {
@@ -56,6 +64,7 @@ fn default_fallback_bucket() -> i32 {
 struct ClickstreamFeatures {
     boundaries: Boundaries,
     fallback: i32,
+    max_dwell_ms: Option<f64>,
 }
 
 impl Featurizer for ClickstreamFeatures {
@@ -65,10 +74,22 @@ impl Featurizer for ClickstreamFeatures {
             boundaries: Boundaries::new(p.price_boundaries)
                 .map_err(|e| format!("`price_boundaries` {e}"))?,
             fallback: p.fallback_bucket,
+            max_dwell_ms: p.max_dwell_ms,
         })
     }
 
     fn process(&mut self, input: Batch) -> Result<Batch, StageError> {
+        if let Some(max) = self.max_dwell_ms {
+            let dwell = input.f64s_lossy(DWELL_MS)?;
+            if let Some((row, ms)) = (0..dwell.len())
+                .filter_map(|i| dwell.get(i).map(|d| (i, d)))
+                .find(|(_, d)| *d > max)
+            {
+                return Err(
+                    StageError::new(format!("dwell_ms {ms} above max_dwell_ms {max}")).at_row(row),
+                );
+            }
+        }
         let price = input.f64s_lossy(PRICE)?;
         let bucketed = self.boundaries.bucket_column(price, self.fallback);
         if bucketed.fallbacks > 0 {
@@ -147,6 +168,16 @@ mod tests {
         assert_eq!(out.i32s(PRICE_BUCKET).unwrap().values(), &[7, 0]);
         let logs = out.f64s(DWELL_LOG).unwrap();
         assert_eq!(logs.iter().collect::<Vec<_>>(), [None, Some(0.0)]);
+    }
+
+    #[test]
+    fn a_dwell_above_the_maximum_is_refused_naming_its_row() {
+        let mut stage = ClickstreamFeatures::init(r#"{"max_dwell_ms": 1000}"#).unwrap();
+        let err = stage.process(events()).unwrap_err();
+        assert_eq!(err.row, Some(3), "{err}");
+        assert!(err.message.contains("dwell_ms 12000 above max_dwell_ms 1000"), "{err}");
+        let mut lenient = ClickstreamFeatures::init(r#"{"max_dwell_ms": 12000}"#).unwrap();
+        assert_eq!(lenient.process(events()).unwrap().num_rows(), 5);
     }
 
     #[test]

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# What failure policies cost: the clickstream job on the large data set run three
+# ways, alternating round after round (ROUNDS, default 5):
+#   defaults    the pipeline as shipped (no `on_error` anywhere)
+#   skip        `on_error = "skip"` on every node that takes it (the featurizer and
+#               the sink; sort and session keep rows across batches and refuse it)
+#   skip-1pct   as `skip`, with the featurizer refusing events whose dwell time is
+#               above the 99th percentile (`max_dwell_ms`): 1 % of the rows fail,
+#               each isolated by the guard and written to the dead-letter store
+# Prints each run's wall time, the median ratio against `defaults` with its range
+# over the rounds, checks that `skip` wrote the same file as `defaults`, and counts
+# the dead letters of a `skip-1pct` run. Needs a release build (done here).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+weir="$target/release/weir"
+cd "$here"
+mkdir -p data out
+cargo build --release -q -p weir-host --bin weir -p weir-e2e --bin weir-gen-clicks
+[ -f data/large.jsonl ] || "$target/release/weir-gen-clicks" large > data/large.jsonl
+lines=$(wc -l < data/large.jsonl)
+echo "data/large.jsonl: $lines events"
+
+# The dwell time above which 1 % of the events lie.
+p99=$(python3 -c '
+import json, sys
+d = sorted(json.loads(l).get("dwell_ms") or 0 for l in open("data/large.jsonl"))
+print(d[int(len(d) * 0.99)])')
+above=$(python3 -c "
+import json
+print(sum(1 for l in open('data/large.jsonl') if (json.loads(l).get('dwell_ms') or 0) > $p99))")
+echo "max_dwell_ms = $p99: $above events above it ($(echo "scale=2; 100 * $above / $lines" | bc) %)"
+
+wasm=$("$weir" stage build ../../stages/clickstream-features | sed -n 's/^built //p')
+make_toml() { # name, sed script for the nodes
+  sed -e 's#data/small.jsonl#../data/large.jsonl#' -e "s#\"out/#\"#g" \
+    -e "s#^crate = .*#component = \"$wasm\"#" -e "s#^name = \"clickstream\"#name = \"clickstream-$1\"#" \
+    -e "s#sessions.jsonl#sessions-$1.jsonl#" -e "$2" pipeline.toml > "out/policy-$1.toml"
+}
+make_toml defaults ''
+make_toml skip 's#^name = "\(features\|features_out\)"#&\non_error = "skip"#'
+make_toml skip-1pct "s#^name = \"\(features\|features_out\)\"#&\non_error = \"skip\"#; s#fallback_bucket = -1 }#fallback_bucket = -1, max_dwell_ms = $p99 }#"
+
+measure() { # name
+  local dir="out/policy-data-$1"
+  rm -rf "$dir"
+  local start end
+  start=$(date +%s.%N)
+  (cd out && WEIR_DATA_DIR="policy-data-$1" "$weir" run "policy-$1.toml" > "policy-$1.stdout" 2>&1) \
+    || { cat "out/policy-$1.stdout"; exit 1; }
+  end=$(date +%s.%N)
+  local wall
+  wall=$(echo "$end - $start" | bc -l)
+  printf '%-10s %7.2f s %10.0f events/s\n' "$1" "$wall" "$(echo "$lines / $wall" | bc -l)"
+  echo "$wall" >> "out/policy-walls-$1.txt"
+}
+
+"$weir" run "out/policy-defaults.toml" > /dev/null 2>&1 || true # warm the component cache
+rm -f out/policy-walls-*.txt
+for round in $(seq 1 "${ROUNDS:-5}"); do
+  echo "round $round"
+  for v in defaults skip skip-1pct; do measure "$v"; done
+done
+python3 - <<'PY'
+import statistics
+w = {v: [float(x) for x in open(f"out/policy-walls-{v}.txt")] for v in ("defaults", "skip", "skip-1pct")}
+for v in ("skip", "skip-1pct"):
+    r = [a / b for a, b in zip(w[v], w["defaults"])]
+    print(f"{v} / defaults: median {statistics.median(r):.3f}x the wall time "
+          f"(range {min(r):.3f}-{max(r):.3f} over {len(r)} rounds)")
+PY
+if cmp -s out/sessions-defaults.jsonl out/sessions-skip.jsonl; then
+  echo "skip wrote the same sessions as defaults"
+else
+  echo "skip's sessions DIFFER from defaults'"; exit 1
+fi
+echo "skip-1pct, its last run: $(cd out && WEIR_DATA_DIR=policy-data-skip-1pct "$weir" dlq list --limit 0 | tail -1)"
+grep -E 'rows_skipped|bisections|dead' out/policy-skip-1pct.stdout | head -5 || true
