@@ -40,9 +40,15 @@ sed -i "s#^crate = .*#component = \"$wasm\"#" out/large.toml
 # stretch of the machine hits all of them; ratios are taken within a round and
 # the median and the spread over the rounds are reported.
 rm -f out/walls-*.txt
+# The file's corrupt records go to the dead-letter store on every run; they are
+# purged before each weir run, outside the timing, so each run starts from the
+# same store rather than one that grew with every earlier run's letters.
+purge() { "$target/release/weir" dlq purge --all > /dev/null; }
 for round in $(seq 1 "${ROUNDS:-5}"); do
   echo "round $round"
+  purge
   measure weir-wasm "$target/release/weir" run out/large.toml
+  purge
   measure weir-native "$target/release/weir" run out/large-native.toml
   measure duckdb python3 duckdb_job.py data/large.jsonl out/duckdb.jsonl
   measure polars python3 polars_job.py data/large.jsonl out/polars.jsonl

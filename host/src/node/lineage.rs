@@ -21,7 +21,7 @@
 //! authority on what code ran.
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Where one output batch came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ pub struct Lineage {
 }
 
 /// A source's positions before and after the batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SourceSpan {
     /// The source node.
     pub source: String,
@@ -98,7 +98,19 @@ pub fn merge_spans(spans: Vec<SourceSpan>) -> Vec<SourceSpan> {
     if spans.len() < 2 {
         return spans;
     }
-    let mut by_start: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+    // The same span twice is the same records twice (the pieces of one batch
+    // that a guard split and processed apart): keep it once, or a holder of
+    // many such pieces (a session window) would grow its lineage with each.
+    let mut seen: HashSet<&SourceSpan, foldhash::fast::RandomState> = HashSet::default();
+    let unique: Vec<usize> = (0..spans.len()).filter(|&i| seen.insert(&spans[i])).collect();
+    drop(seen);
+    let spans: Vec<SourceSpan> = if unique.len() == spans.len() {
+        spans
+    } else {
+        unique.into_iter().map(|i| spans[i].clone()).collect()
+    };
+    let mut by_start: HashMap<(&str, Option<&str>), usize, foldhash::fast::RandomState> =
+        HashMap::default();
     for (i, s) in spans.iter().enumerate() {
         by_start
             .entry((s.source.as_str(), s.from.as_deref()))
@@ -136,7 +148,7 @@ pub fn merge_spans(spans: Vec<SourceSpan>) -> Vec<SourceSpan> {
             chain(i, &mut used, &mut out);
         }
     }
-    // Whatever is left is a cycle of equal positions or a duplicate: keep it as is.
+    // Whatever is left is a cycle of equal positions: keep it as is.
     for i in 0..spans.len() {
         if !used[i] {
             chain(i, &mut used, &mut out);
@@ -195,6 +207,16 @@ mod tests {
                 span("a", Some("5"), "6")
             ]
         );
+    }
+
+    #[test]
+    fn the_same_span_many_times_is_kept_once() {
+        // The pieces of one batch a guard split apart, each with its own lineage.
+        let mut spans = vec![span("a", None, "1")];
+        spans.extend(std::iter::repeat_n(span("a", Some("1"), "2"), 200));
+        spans.push(span("a", Some("2"), "3"));
+        spans.extend(std::iter::repeat_n(span("a", Some("1"), "2"), 50));
+        assert_eq!(merge_spans(spans), vec![span("a", None, "3")]);
     }
 
     #[test]

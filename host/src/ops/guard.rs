@@ -420,6 +420,65 @@ impl Budget {
 }
 
 /// The row a failure names within the batch it was given, if any.
+/// Joins the adjacent batches `out` holds from index `first` on that share
+/// a schema and a lineage (the pieces of one input batch that a search
+/// processed apart), so what leaves is one batch per input batch again, not
+/// one per piece: a holder downstream (a session window, a sort) then keeps
+/// one meta per batch, as without failures.
+fn coalesce(out: &mut Emitter, first: usize) -> Result<(), NodeError> {
+    if out.batches.len().saturating_sub(first) < 2 {
+        return Ok(());
+    }
+    let batches = out.batches.split_off(first);
+    let metas = out.metas.split_off(first);
+    let positions = out.positions.split_off(first);
+    let same = |a: &Option<Meta>, b: &Option<Meta>| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            (Arc::ptr_eq(&a.lineage, &b.lineage) || a.lineage == b.lineage)
+                && a.acks.len() == b.acks.len()
+                && a.acks.iter().zip(&b.acks).all(|(x, y)| Arc::ptr_eq(x, y))
+        }
+        _ => false,
+    };
+    let mut group: Vec<RecordBatch> = Vec::new();
+    let mut group_meta: Option<Meta> = None;
+    let flush = |group: &mut Vec<RecordBatch>, meta: Option<Meta>, out: &mut Emitter| {
+        if group.is_empty() {
+            return Ok::<(), NodeError>(());
+        }
+        let b = if group.len() == 1 {
+            group.remove(0)
+        } else {
+            let b = arrow::compute::concat_batches(&group[0].schema(), group.iter())?;
+            group.clear();
+            b
+        };
+        out.batches.push(b);
+        out.metas.push(meta);
+        out.positions.push(None);
+        Ok(())
+    };
+    for ((b, m), p) in batches.into_iter().zip(metas).zip(positions) {
+        let joins = p.is_none()
+            && group
+                .first()
+                .is_some_and(|g| g.schema() == b.schema() && same(&group_meta, &m));
+        if !joins {
+            flush(&mut group, group_meta.take(), out)?;
+            if p.is_some() {
+                out.batches.push(b);
+                out.metas.push(m);
+                out.positions.push(p);
+                continue;
+            }
+            group_meta = m;
+        }
+        group.push(b);
+    }
+    flush(&mut group, group_meta, out)
+}
+
 fn named_row(e: &NodeError) -> Option<usize> {
     match e {
         NodeError::Stage { row, .. } => row.map(|r| r as usize),
@@ -617,7 +676,9 @@ impl Operator for GuardedOperator {
             }
             Decision::Rows(_) => {
                 let pieces = self.resolve(&batch, &meta, error, out, &mut budget)?;
-                self.emit(&batch, pieces, out)
+                let first = out.batches.len();
+                self.emit(&batch, pieces, out)?;
+                coalesce(out, first)
             }
         }
     }

@@ -156,6 +156,8 @@ fn skip_isolates_exactly_the_failing_rows_and_keeps_order() {
     g.process(input(32), &mut out).unwrap();
     let expected: Vec<i64> = (0..32).filter(|x| ![3, 9, 17, 30].contains(x)).collect();
     assert_eq!(xs(&out), expected);
+    // The pieces the search processed apart leave as one batch.
+    assert_eq!(out.batches.len(), 1);
     assert_eq!(
         letter_rows(&out),
         [
