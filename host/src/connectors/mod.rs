@@ -28,6 +28,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod sequence;
+#[cfg(test)]
+pub(crate) mod testcx;
 pub mod vectors;
 
 #[cfg(feature = "redis")]

@@ -37,7 +37,6 @@ pub(super) enum Probe {
 pub(super) struct Cache {
     keys: RowConverter,
     values: RowConverter,
-    value_schema: SchemaRef,
     map: HashMap<Box<[u8]>, Slot, foldhash::fast::RandomState>,
     default_row: Box<[u8]>,
     /// Bytes held by keys and values (what the memory pool is charged).
@@ -73,7 +72,6 @@ impl Cache {
         Ok(Self {
             keys,
             values,
-            value_schema,
             map: HashMap::default(),
             default_row,
             bytes: 0,
@@ -101,7 +99,9 @@ impl Cache {
         keys: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Vec<ArrayRef>, NodeError> {
         let parser = self.keys.parser();
-        Ok(self.keys.convert_rows(keys.into_iter().map(|k| parser.parse(k)))?)
+        Ok(self
+            .keys
+            .convert_rows(keys.into_iter().map(|k| parser.parse(k)))?)
     }
 
     /// Adds every row of `keys` and `values` (columns of the same length),
@@ -118,7 +118,7 @@ impl Cache {
             if keys.iter().any(|c| c.is_null(i)) {
                 continue;
             }
-            self.put(k.row(i).as_ref().into(), Some(v.row(i).as_ref().into()), now_ms);
+            self.put(k.row(i).data().into(), Some(v.row(i).data().into()), now_ms);
         }
         Ok(())
     }
@@ -170,9 +170,13 @@ impl Cache {
                 if nulls[i] {
                     return Probe::NullKey;
                 }
-                match self.map.get(keys.row(i).as_ref()) {
+                match self.map.get(keys.row(i).data()) {
                     Some(s) => {
-                        let max = if s.value.is_some() { ttl.present } else { ttl.absent };
+                        let max = if s.value.is_some() {
+                            ttl.present
+                        } else {
+                            ttl.absent
+                        };
                         if now_ms.saturating_sub(s.fetched_ms) > max {
                             Probe::Unknown
                         } else {
@@ -201,10 +205,8 @@ impl Cache {
             let bytes = if nulls[i] {
                 &self.default_row
             } else {
-                match self.map.get(keys.row(i).as_ref()) {
-                    Some(Slot {
-                        value: Some(v), ..
-                    }) => v,
+                match self.map.get(keys.row(i).data()) {
+                    Some(Slot { value: Some(v), .. }) => v,
                     _ => &self.default_row,
                 }
             };
@@ -215,24 +217,22 @@ impl Cache {
 
     /// Every entry as columns (keys, then values, then fetch times and
     /// presence), for keeping in the store.
-    pub(super) fn export(&self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, Vec<u64>, Vec<bool>), NodeError> {
+    pub(super) fn export(
+        &self,
+    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, Vec<u64>, Vec<bool>), NodeError> {
         let key_parser = self.keys.parser();
         let value_parser = self.values.parser();
         let entries: Vec<(&Box<[u8]>, &Slot)> = self.map.iter().collect();
         let keys = self
             .keys
             .convert_rows(entries.iter().map(|(k, _)| key_parser.parse(k)))?;
-        let values = self.values.convert_rows(entries.iter().map(|(_, s)| {
-            value_parser.parse(s.value.as_deref().unwrap_or(&self.default_row))
-        }))?;
+        let values =
+            self.values.convert_rows(entries.iter().map(|(_, s)| {
+                value_parser.parse(s.value.as_deref().unwrap_or(&self.default_row))
+            }))?;
         let times = entries.iter().map(|(_, s)| s.fetched_ms).collect();
         let present = entries.iter().map(|(_, s)| s.value.is_some()).collect();
         Ok((keys, values, times, present))
-    }
-
-    /// The schema of the looked-up columns.
-    pub(super) fn value_schema(&self) -> &SchemaRef {
-        &self.value_schema
     }
 }
 

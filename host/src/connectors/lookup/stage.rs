@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::cache::{Cache, Probe, Ttl, null_keys};
-use crate::node::config::{BuildCx, OperatorConfig, OperatorNode, SourceConfig, SourceNode, SpecError};
-use crate::node::envelope::Meta;
+use crate::node::Meta;
+use crate::node::config::{
+    BuildCx, OperatorConfig, OperatorNode, SourceConfig, SourceNode, SpecError,
+};
 use crate::node::lineage::StageLineage;
 use crate::node::memory::{MemorySource, Reservation, RunMemory};
 use crate::node::retry::{GaveUp, RetryPolicy, node_transience};
@@ -301,7 +303,11 @@ impl OperatorConfig for LookupSpec {
                 return Err(NodeError::config(format!(
                     "`{}.defaults.{name}`: `{name}` is not a looked-up column (they are {})",
                     cx.key,
-                    columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                    columns
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -501,7 +507,9 @@ impl Table {
             spec, key, owned, ..
         } = self
         else {
-            return Err(NodeError::Bug("read_file on a table that is no file".into()));
+            return Err(NodeError::Bug(
+                "read_file on a table that is no file".into(),
+            ));
         };
         let SourceNode::Sync(mut source) = owned.build(spec, key)? else {
             return Err(NodeError::Bug("a file table built an async source".into()));
@@ -570,12 +578,23 @@ impl LookupStage {
     fn generation_of(&self, batches: &[RecordBatch], now: u64) -> Result<Generation, NodeError> {
         let schema = self.table.schema();
         let all = arrow::compute::concat_batches(&schema, batches)?;
-        let keys: Vec<ArrayRef> = self.table_key_cols.iter().map(|&i| all.column(i).clone()).collect();
-        let values: Vec<ArrayRef> = self.value_cols.iter().map(|&i| all.column(i).clone()).collect();
+        let keys: Vec<ArrayRef> = self
+            .table_key_cols
+            .iter()
+            .map(|&i| all.column(i).clone())
+            .collect();
+        let values: Vec<ArrayRef> = self
+            .value_cols
+            .iter()
+            .map(|&i| all.column(i).clone())
+            .collect();
         let mut cache = Cache::new(&self.key_fields, self.value_schema.clone(), &self.defaults)?;
         cache.insert_rows(&keys, &values, now)?;
         if cache.len() > self.spec.max_entries
-            || self.spec.max_bytes.is_some_and(|m| cache.bytes() as u64 > m.0)
+            || self
+                .spec
+                .max_bytes
+                .is_some_and(|m| cache.bytes() as u64 > m.0)
         {
             return Err(NodeError::config(format!(
                 "`{}`: the table holds {} entries ({} bytes), past the cache's cap \
@@ -584,7 +603,9 @@ impl LookupStage {
                 cache.len(),
                 cache.bytes(),
                 self.spec.max_entries,
-                self.spec.max_bytes.map_or("none".into(), |b| b.0.to_string())
+                self.spec
+                    .max_bytes
+                    .map_or("none".into(), |b| b.0.to_string())
             )));
         }
         let mut h = Sha256::new();
@@ -694,9 +715,22 @@ impl LookupStage {
         };
         let (keys, values, times, present) = g.cache.export()?;
         let mut fields: Vec<Field> = self.key_fields.clone();
-        fields.extend(self.value_schema.fields().iter().map(|f| f.as_ref().clone()));
-        fields.push(Field::new("_fetched_ms", arrow::datatypes::DataType::UInt64, false));
-        fields.push(Field::new("_present", arrow::datatypes::DataType::Boolean, false));
+        fields.extend(
+            self.value_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        );
+        fields.push(Field::new(
+            "_fetched_ms",
+            arrow::datatypes::DataType::UInt64,
+            false,
+        ));
+        fields.push(Field::new(
+            "_present",
+            arrow::datatypes::DataType::Boolean,
+            false,
+        ));
         let schema = Arc::new(Schema::new(fields));
         let mut columns = keys;
         columns.extend(values);
@@ -749,8 +783,14 @@ impl LookupStage {
         for b in &batches {
             let keys: Vec<ArrayRef> = b.columns()[..k].to_vec();
             let values: Vec<ArrayRef> = b.columns()[k..k + v].to_vec();
-            let times = b.column(k + v).as_any().downcast_ref::<arrow::array::UInt64Array>();
-            let present = b.column(k + v + 1).as_any().downcast_ref::<arrow::array::BooleanArray>();
+            let times = b
+                .column(k + v)
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>();
+            let present = b
+                .column(k + v + 1)
+                .as_any()
+                .downcast_ref::<arrow::array::BooleanArray>();
             let (Some(times), Some(present)) = (times, present) else {
                 return Ok(None);
             };
@@ -786,14 +826,22 @@ impl LookupStage {
             return Ok(());
         };
         let now = self.clock.now_ms();
-        if self.reload.as_ref().is_some_and(tokio::task::JoinHandle::is_finished) {
-            let handle = self.reload.take();
-            let result = handle
-                .and_then(|h| futures_util::FutureExt::now_or_never(h))
-                .unwrap_or_else(|| Err(NodeError::Bug("a finished reload was not ready".into())));
-            let outcome = match result.map_err(|e| NodeError::Bug(e.to_string())) {
-                Ok(Ok((batches, _rejected))) => self.accept(&batches, now),
-                Ok(Err(e)) | Err(e) => Err(format!("the reload failed: {e}")),
+        if self
+            .reload
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
+            let result = self
+                .reload
+                .take()
+                .and_then(futures_util::FutureExt::now_or_never)
+                .map(|joined| {
+                    joined.map_err(|e| NodeError::Bug(format!("a reload panicked: {e}")))
+                });
+            let outcome = match result {
+                Some(Ok(Ok((batches, _rejected)))) => self.accept(&batches, now),
+                Some(Ok(Err(e)) | Err(e)) => Err(format!("the reload failed: {e}")),
+                None => Err("a finished reload was not ready".to_owned()),
             };
             match outcome {
                 Ok(()) => {
@@ -807,7 +855,9 @@ impl LookupStage {
                 }
             }
         }
-        if self.reload.is_none() && now.saturating_sub(self.last_attempt_ms) >= every.0.as_millis() as u64 {
+        if self.reload.is_none()
+            && now.saturating_sub(self.last_attempt_ms) >= every.0.as_millis() as u64
+        {
             self.last_attempt_ms = now;
             let table = self.table.clone();
             self.reload = Some(tokio::spawn(async move { table.read_all().await }));
@@ -819,13 +869,15 @@ impl LookupStage {
     /// columns or shrink the table past `max_shrink`.
     fn accept(&mut self, batches: &[RecordBatch], now: u64) -> Result<(), String> {
         let schema = self.table.schema();
-        if let Some(b) = batches.iter().find(|b| b.schema().fields() != schema.fields()) {
-            return Err(format!(
-                "its columns changed (now {})",
-                names(&b.schema())
-            ));
+        if let Some(b) = batches
+            .iter()
+            .find(|b| b.schema().fields() != schema.fields())
+        {
+            return Err(format!("its columns changed (now {})", names(&b.schema())));
         }
-        let g = self.generation_of(batches, now).map_err(|e| e.to_string())?;
+        let g = self
+            .generation_of(batches, now)
+            .map_err(|e| e.to_string())?;
         let old = self.generation.as_ref().map_or(0, |g| g.rows);
         if (g.rows as f64) < old as f64 * (1.0 - self.spec.max_shrink) {
             return Err(format!(
@@ -894,8 +946,8 @@ impl LookupStage {
         let mut wanted: Vec<&[u8]> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (i, p) in probes.iter().enumerate() {
-            if *p == Probe::Unknown && seen.insert(keys.row(i).as_ref()) {
-                wanted.push(keys.row(i).as_ref());
+            if *p == Probe::Unknown && seen.insert(keys.row(i).data()) {
+                wanted.push(keys.row(i).data());
             }
         }
         if wanted.is_empty() {
@@ -927,10 +979,16 @@ impl LookupStage {
         match r {
             Ok(batches) => {
                 for b in &batches {
-                    let ks: Vec<ArrayRef> =
-                        self.table_key_cols.iter().map(|&i| b.column(i).clone()).collect();
-                    let vs: Vec<ArrayRef> =
-                        self.value_cols.iter().map(|&i| b.column(i).clone()).collect();
+                    let ks: Vec<ArrayRef> = self
+                        .table_key_cols
+                        .iter()
+                        .map(|&i| b.column(i).clone())
+                        .collect();
+                    let vs: Vec<ArrayRef> = self
+                        .value_cols
+                        .iter()
+                        .map(|&i| b.column(i).clone())
+                        .collect();
                     g.cache.insert_rows(&ks, &vs, now)?;
                 }
                 // Keys the table lacks are remembered as absent.
@@ -981,7 +1039,11 @@ impl LookupStage {
         Ok(false)
     }
 
-    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<(), NodeError> {
+    async fn process_batch(
+        &mut self,
+        batch: RecordBatch,
+        out: &mut Emitter,
+    ) -> Result<(), NodeError> {
         if self.generation.is_none() {
             self.start(out).await?;
         }
@@ -997,7 +1059,10 @@ impl LookupStage {
             .zip(&self.key_fields)
             .map(|(name, field)| {
                 let c = batch.column_by_name(name).ok_or_else(|| {
-                    NodeError::config(format!("`{}.key`: the input has no column `{name}`", self.key))
+                    NodeError::config(format!(
+                        "`{}.key`: the input has no column `{name}`",
+                        self.key
+                    ))
                 })?;
                 arrow::compute::cast(c, field.data_type()).map_err(|e| {
                     NodeError::data(format!(
@@ -1016,14 +1081,23 @@ impl LookupStage {
                 absent: self.spec.negative_ttl.0.as_millis() as u64,
             },
         };
-        let g = self.generation.as_ref().ok_or_else(|| NodeError::Bug("no generation".into()))?;
+        let g = self
+            .generation
+            .as_ref()
+            .ok_or_else(|| NodeError::Bug("no generation".into()))?;
         let rows = g.cache.encode_keys(&keys)?;
         let mut probes = g.cache.probe(&rows, &nulls, now, ttl);
         if self.spec.mode == CacheMode::Lazy {
-            let hits_before = probes.iter().filter(|p| matches!(p, Probe::Hit { .. })).count();
+            let hits_before = probes
+                .iter()
+                .filter(|p| matches!(p, Probe::Hit { .. }))
+                .count();
             out.count("lookup_hits", hits_before as u64);
             stale |= self.fetch_missing(&rows, &probes, out).await?;
-            let g = self.generation.as_ref().ok_or_else(|| NodeError::Bug("no generation".into()))?;
+            let g = self
+                .generation
+                .as_ref()
+                .ok_or_else(|| NodeError::Bug("no generation".into()))?;
             probes = g.cache.probe(&rows, &nulls, now, Ttl::FOREVER);
             let fetched = probes.len() - hits_before - nulls.iter().filter(|n| **n).count();
             out.count("lookup_misses", fetched as u64);
@@ -1038,7 +1112,10 @@ impl LookupStage {
         if stale {
             out.count("stale_served", batch.num_rows() as u64);
         }
-        let g = self.generation.as_ref().ok_or_else(|| NodeError::Bug("no generation".into()))?;
+        let g = self
+            .generation
+            .as_ref()
+            .ok_or_else(|| NodeError::Bug("no generation".into()))?;
         let values = g.cache.output(&rows, &nulls)?;
         let digest = match self.spec.mode {
             CacheMode::Full => g.digest.clone(),
@@ -1053,8 +1130,18 @@ impl LookupStage {
                 oldest.map_or_else(|| "fetched:none".to_owned(), |t| format!("fetched:{t}"))
             }
         };
-        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.extend(self.value_schema.fields().iter().map(|f| f.as_ref().clone()));
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(
+            self.value_schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        );
         let mut columns = batch.columns().to_vec();
         columns.extend(values);
         let output = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;

@@ -57,7 +57,10 @@ impl ConnSpec {
     pub fn check(&self, key: &str) -> Result<(), SpecError> {
         if let Some(url) = &self.url {
             url.parse::<tokio_postgres::Config>().map_err(|e| {
-                SpecError::invalid(format!("{key}.url"), format!("is not a PostgreSQL URL: {e}"))
+                SpecError::invalid(
+                    format!("{key}.url"),
+                    format!("is not a PostgreSQL URL: {e}"),
+                )
             })?;
         }
         if self.password_env.as_deref() == Some("") {
@@ -123,7 +126,10 @@ impl ConnSpec {
             }
             None => {}
         }
-        config.connect_timeout(self.connect_timeout.map_or(Duration::from_secs(10), |m| m.0));
+        config.connect_timeout(
+            self.connect_timeout
+                .map_or(Duration::from_secs(10), |m| m.0),
+        );
         config.application_name("weir");
         let name = describe(&config);
         Ok(Conn { config, name })
@@ -180,12 +186,16 @@ impl Conn {
         retries: &mut u64,
     ) -> Result<tokio_postgres::Client, NodeError> {
         let r = retry
-            .run(&self.name, &crate::node::retry::node_transience, |attempt| {
-                if attempt.get() > 1 {
-                    *retries += 1;
-                }
-                self.connect()
-            })
+            .run(
+                &self.name,
+                &crate::node::retry::node_transience,
+                |attempt| {
+                    if attempt.get() > 1 {
+                        *retries += 1;
+                    }
+                    self.connect()
+                },
+            )
             .await;
         r.map_err(crate::node::retry::GaveUp::into_node_error)
     }
@@ -199,7 +209,9 @@ impl Conn {
                 self.name,
                 db.message(),
                 db.code().code(),
-                db.hint().map(|h| format!("; hint: {h}")).unwrap_or_default()
+                db.hint()
+                    .map(|h| format!("; hint: {h}"))
+                    .unwrap_or_default()
             ),
             None => format!("{}: {what}: {e}", self.name),
         };
@@ -264,7 +276,11 @@ mod tests {
     use super::*;
 
     fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
     }
 
     #[test]
@@ -304,7 +320,10 @@ mod tests {
             ..ConnSpec::default()
         };
         let err = spec.check("source[1].postgres").unwrap_err().to_string();
-        assert!(err.starts_with("`source[1].postgres.url`: is not a PostgreSQL URL"), "{err}");
+        assert!(
+            err.starts_with("`source[1].postgres.url`: is not a PostgreSQL URL"),
+            "{err}"
+        );
         assert!(!err.contains("pw"), "{err}");
     }
 }

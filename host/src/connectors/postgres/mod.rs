@@ -8,7 +8,7 @@ pub mod source;
 pub(crate) mod types;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use conn::{Conn, ConnSpec};
 pub use source::{IncrementalSpec, PostgresSource, PostgresSourceSpec};

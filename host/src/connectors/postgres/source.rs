@@ -70,7 +70,9 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{
+    DataType, Int16Type, Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
@@ -79,7 +81,7 @@ use tokio_postgres::types::Type;
 use super::conn::{Conn, ConnSpec, block_on};
 use super::types::{Builders, Mapping, Raw};
 use crate::node::config::{BuildCx, SourceConfig, SourceNode, SpecError};
-use crate::node::retry::{GaveUp, RetryPolicy, node_transience};
+use crate::node::retry::{RetryPolicy, node_transience};
 use crate::node::{AsyncSource, BoxFuture, DeadLetter, Emitter, Fault, NodeError, Payload};
 use crate::units::Millis;
 
@@ -361,7 +363,6 @@ impl SourceConfig for PostgresSourceSpec {
                 mapping: mapping.clone(),
                 batch_rows: self.batch_rows.unwrap_or(cx.batch_rows).get(),
                 state: State::default(),
-                sees_all_sessions,
                 retries: 0,
                 infinities: 0,
                 tx: None,
@@ -465,9 +466,13 @@ impl State {
         Ok(s)
     }
 
-    /// Moves `p` up to the largest candidate the snapshot `(xmin, oldest)`
-    /// proves final, and forgets delivered values at or below it.
-    fn settle(&mut self, xmin: i64, oldest_open: Option<i64>) {
+    /// Takes out of `pending` the candidates a snapshot proves final (every
+    /// transaction open at theirs has ended by it: `xmin` past their `xmax`, and
+    /// no session open since before their time) and returns the largest value
+    /// among them. Apply it with [`State::advance`] only after reading in that
+    /// snapshot: rows of those transactions became visible in it, and must be
+    /// delivered before `p` passes them.
+    fn settled(&mut self, xmin: i64, oldest_open: Option<i64>) -> Option<i64> {
         let mut settled = None;
         self.pending.retain(|c| {
             let done = xmin >= c.xmax && oldest_open.is_none_or(|o| o > c.at);
@@ -476,7 +481,12 @@ impl State {
             }
             !done
         });
-        if let Some(high) = settled
+        settled
+    }
+
+    /// Moves `p` up to `high` and forgets the delivered values at or below it.
+    fn advance(&mut self, high: Option<i64>) {
+        if let Some(high) = high
             && self.p.is_none_or(|p| high > p)
         {
             self.p = Some(high);
@@ -511,8 +521,6 @@ struct Reader {
     mapping: Mapping,
     batch_rows: usize,
     state: State,
-    /// The role sees every session's transactions (rule 2 of the module docs).
-    sees_all_sessions: bool,
     retries: u64,
     infinities: u64,
     tx: Option<mpsc::Sender<Msg>>,
@@ -598,7 +606,11 @@ impl Reader {
         }
     }
 
-    async fn send(&mut self, batch: RecordBatch, letters: Vec<DeadLetter>) -> Result<(), NodeError> {
+    async fn send(
+        &mut self,
+        batch: RecordBatch,
+        letters: Vec<DeadLetter>,
+    ) -> Result<(), NodeError> {
         let msg = Msg::Batch {
             batch,
             position: self.state.position(self.incremental.is_some()),
@@ -680,7 +692,9 @@ impl Reader {
         let xmax: i64 = snap.get(1);
         let at = micros(snap.get::<_, Raw>(2)).unwrap_or(i64::MAX);
         let oldest = micros(snap.get::<_, Raw>(3));
-        self.state.settle(xmin, oldest);
+        let mut settle_to = self.state.settled(xmin, oldest);
+        // Nothing else open at this snapshot: what it shows is final already.
+        let final_now = xmin == xmax && oldest.is_none();
 
         let portal = match self.state.p {
             None => {
@@ -730,27 +744,19 @@ impl Reader {
         tx.commit()
             .await
             .map_err(|e| err("cannot end the transaction", e))?;
-        if let Some(high) = high {
-            self.state.pending.push(Candidate { high, xmax, at });
+        match high {
+            Some(high) if final_now => settle_to = settle_to.max(Some(high)),
+            Some(high) => self.state.pending.push(Candidate { high, xmax, at }),
+            None => {}
         }
-        if self.sees_all_sessions {
-            // A second look, now that the poll's own transaction has ended:
-            // when nothing was open across the poll, its rows are final at once.
-            let now = client
-                .query_one(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8, \
-                            (SELECT min(xact_start) FROM pg_stat_activity \
-                              WHERE pid <> pg_backend_pid() AND xact_start IS NOT NULL)",
-                    &[],
-                )
-                .await
-                .map_err(|e| err("cannot read the snapshot", e))?;
-            self.state.settle(now.get(0), micros(now.get::<_, Raw>(1)));
-        }
+        self.state.advance(settle_to);
         // The position after the poll, with no rows: the executor commits it
         // (and learns the source is alive) even when nothing was new.
-        self.send(RecordBatch::new_empty(self.mapping.schema.clone()), Vec::new())
-            .await?;
+        self.send(
+            RecordBatch::new_empty(self.mapping.schema.clone()),
+            Vec::new(),
+        )
+        .await?;
         Ok(delivered)
     }
 
@@ -767,7 +773,10 @@ impl Reader {
                     fault: Fault::Data,
                     reason: "undecodable".into(),
                     detail: format!("{}: {why}", self.conn.describe()),
-                    position: format!("{} row {i} of its fetch", self.state.position(self.incremental.is_some())),
+                    position: format!(
+                        "{} row {i} of its fetch",
+                        self.state.position(self.incremental.is_some())
+                    ),
                     payload: Payload::text_of(why),
                 });
             }
@@ -788,10 +797,21 @@ fn micros(raw: Raw<'_>) -> Option<i64> {
 fn column_values(batch: &RecordBatch, index: usize) -> Result<Vec<Option<i64>>, NodeError> {
     let c = batch.column(index);
     Ok(match c.data_type() {
-        DataType::Int16 => c.as_primitive::<Int16Type>().iter().map(|v| v.map(i64::from)).collect(),
-        DataType::Int32 => c.as_primitive::<Int32Type>().iter().map(|v| v.map(i64::from)).collect(),
+        DataType::Int16 => c
+            .as_primitive::<Int16Type>()
+            .iter()
+            .map(|v| v.map(i64::from))
+            .collect(),
+        DataType::Int32 => c
+            .as_primitive::<Int32Type>()
+            .iter()
+            .map(|v| v.map(i64::from))
+            .collect(),
         DataType::Int64 => c.as_primitive::<Int64Type>().iter().collect(),
-        DataType::Timestamp(..) => c.as_primitive::<TimestampMicrosecondType>().iter().collect(),
+        DataType::Timestamp(..) => c
+            .as_primitive::<TimestampMicrosecondType>()
+            .iter()
+            .collect(),
         other => {
             return Err(NodeError::Bug(format!(
                 "the incremental column became {other} after the plan checked it"
@@ -839,9 +859,7 @@ impl PgTable {
     }
 
     /// The kept connection, made first if there is none.
-    async fn client(
-        &self,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, NodeError> {
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, NodeError> {
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(Client::is_closed) {
             *slot = Some(self.conn.connect().await?);
@@ -926,7 +944,11 @@ impl PgTable {
         let ints = param == Type::INT8_ARRAY;
         let keys = arrow::compute::cast(
             keys,
-            if ints { &DataType::Int64 } else { &DataType::Utf8 },
+            if ints {
+                &DataType::Int64
+            } else {
+                &DataType::Utf8
+            },
         )?;
         let int_keys: Vec<i64> = if ints {
             keys.as_primitive::<Int64Type>().iter().flatten().collect()
@@ -946,22 +968,24 @@ impl PgTable {
             if ints { &int_keys } else { &text_keys };
         let mut slot = self.client().await?;
         let r = match slot.as_mut() {
-            Some(client) => async {
-                let stmt = client
-                    .prepare_typed(&sql, &[param.clone()])
-                    .await
-                    .map_err(|e| self.conn.error("cannot prepare the lookup", &e))?;
-                let rows = client
-                    .query(&stmt, &[value])
-                    .await
-                    .map_err(|e| self.conn.error("cannot look keys up", &e))?;
-                if rows.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    Ok(vec![decode_strict(&self.mapping, &rows)?])
+            Some(client) => {
+                async {
+                    let stmt = client
+                        .prepare_typed(&sql, &[param.clone()])
+                        .await
+                        .map_err(|e| self.conn.error("cannot prepare the lookup", &e))?;
+                    let rows = client
+                        .query(&stmt, &[value])
+                        .await
+                        .map_err(|e| self.conn.error("cannot look keys up", &e))?;
+                    if rows.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        Ok(vec![decode_strict(&self.mapping, &rows)?])
+                    }
                 }
+                .await
             }
-            .await,
             None => Err(NodeError::Bug("no client after connecting".into())),
         };
         if r.is_err() {
@@ -1090,18 +1114,25 @@ mod tests {
     fn the_position_waits_for_every_transaction_open_at_the_poll() {
         let mut s = State::default();
         s.delivered.extend([2, 3]);
-        s.pending.push(Candidate { high: 3, xmax: 105, at: 1_000 });
+        s.pending.push(Candidate {
+            high: 3,
+            xmax: 105,
+            at: 1_000,
+        });
         // A transaction with an id below 105 is still open.
-        s.settle(101, None);
-        assert_eq!((s.p, s.pending.len()), (None, 1));
+        assert_eq!(s.settled(101, None), None);
+        assert_eq!(s.pending.len(), 1);
         // Every id has ended, but a session opened at 900 (before the poll) is open.
-        s.settle(110, Some(900));
-        assert_eq!(s.p, None);
-        // Both rules hold: 3 is final, and the delivered set forgets what is below it.
+        assert_eq!(s.settled(110, Some(900)), None);
+        // Both rules hold: 3 is final; once the poll has read, the position moves
+        // and the delivered set forgets what is below it.
         s.delivered.insert(5);
-        s.settle(110, Some(1_001));
+        let high = s.settled(110, Some(1_001));
+        assert_eq!(high, Some(3));
+        assert!(s.pending.is_empty());
+        assert_eq!(s.p, None, "nothing moves before the poll's read");
+        s.advance(high);
         assert_eq!(s.p, Some(3));
         assert_eq!(s.delivered.iter().copied().collect::<Vec<_>>(), [5]);
-        assert!(s.pending.is_empty());
     }
 }

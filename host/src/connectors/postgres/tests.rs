@@ -2,38 +2,38 @@
 //! `postgres://postgres@127.0.0.1:5432/test`): each test works in a table of
 //! its own and drops it.
 
-use std::sync::Arc;
-
 use arrow::array::{
-    Array, AsArray, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array,
-    Int16Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, AsArray, BinaryArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int16Array,
+    Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{Int64Type, TimeUnit};
 
 use super::source::PostgresSourceSpec;
-use crate::node::config::{BuildCx, SourceConfig, SourceNode};
-use crate::node::memory::{MemorySource, RunMemory};
-use crate::node::services::{Clock, Services, SystemClock};
+use crate::node::config::{SourceConfig, SourceNode};
+use crate::node::services::Services;
 use crate::node::{AsyncSource, Emitter, NodeError};
-use crate::units::ByteSize;
 
 // The one test-support file, also included by the other service tests here.
 #[allow(clippy::duplicate_mod)]
 #[path = "../../../../tests/src/services.rs"]
 mod services;
 
-fn url() -> Option<String> {
+pub(crate) fn url() -> Option<String> {
     services::url(services::Service::Postgres)
 }
 
 /// A table name no other test uses; the table is dropped with this.
-struct Table {
+pub(crate) struct Table {
     url: String,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Table {
-    async fn new(url: &str, test: &str, columns: &str) -> (Self, tokio_postgres::Client) {
+    pub(crate) async fn new(
+        url: &str,
+        test: &str,
+        columns: &str,
+    ) -> (Self, tokio_postgres::Client) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -58,12 +58,14 @@ impl Drop for Table {
         let (url, name) = (self.url.clone(), self.name.clone());
         super::conn::block_on(async move {
             let c = client(&url).await;
-            let _ = c.batch_execute(&format!("DROP TABLE IF EXISTS {name}")).await;
+            let _ = c
+                .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                .await;
         });
     }
 }
 
-async fn client(url: &str) -> tokio_postgres::Client {
+pub(crate) async fn client(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -78,28 +80,14 @@ fn build(toml_body: &str, batch_rows: usize) -> Result<Box<dyn AsyncSource>, Nod
     spec.check("source[0].postgres")
         .map_err(|e| NodeError::config(e.to_string()))?;
     let dir = tempfile::tempdir().unwrap();
-    let memory = RunMemory::for_run(
-        ByteSize(1 << 30),
-        ByteSize(0),
+    let built = crate::connectors::testcx::with_cx(
+        "source[0].postgres",
         dir.path(),
-        None,
-        &MemorySource::System,
-    )
-    .unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let cx = BuildCx {
-        key: "source[0].postgres",
-        name: "rows",
-        pipeline: "p",
-        base_dir: dir.path(),
-        batch_rows: std::num::NonZeroUsize::new(batch_rows).unwrap(),
-        memory: &memory,
-        data_dir: dir.path(),
-        tenant: "default",
-        services: &Services::new(),
-        clock: &clock,
-    };
-    match spec.build(&cx)? {
+        batch_rows,
+        &Services::new(),
+        |cx| spec.build(cx),
+    )?;
+    match built {
         SourceNode::Async(s) => Ok(s),
         SourceNode::Sync(_) => panic!("the PostgreSQL source is async"),
     }
@@ -178,7 +166,13 @@ async fn every_mapped_type_reads_back_as_stored_with_nulls() {
     .unwrap();
     let (batches, last) = read_all(src.as_mut()).await;
     assert_eq!(last.as_deref(), Some("rows=3"));
-    assert_eq!(batches.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), [2, 1]);
+    assert_eq!(
+        batches
+            .iter()
+            .map(RecordBatch::num_rows)
+            .collect::<Vec<_>>(),
+        [2, 1]
+    );
     let b = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
     let col = |n: &str| b.column_by_name(n).unwrap().clone();
     assert_eq!(ids(&[b.clone()]), [1, 2, 3]);
@@ -196,7 +190,10 @@ async fn every_mapped_type_reads_back_as_stored_with_nulls() {
     );
     let f4 = col("f4");
     let f4 = f4.as_any().downcast_ref::<Float32Array>().unwrap();
-    assert_eq!((f4.value(0), f4.is_null(1), f4.value(2).is_nan()), (1.5, true, true));
+    assert_eq!(
+        (f4.value(0), f4.is_null(1), f4.value(2).is_nan()),
+        (1.5, true, true)
+    );
     assert_eq!(
         col("f8").as_any().downcast_ref::<Float64Array>().unwrap(),
         &Float64Array::from(vec![Some(-2.25), None, Some(1e300)])
@@ -270,7 +267,7 @@ async fn an_unsupported_column_is_refused_when_the_plan_is_built() {
     );
     let err = build(
         &format!(
-            "url = \"{url}\"\ntable = \"{}\"\nincremental = {{ column = \"idd\" }}",
+            "url = \"{url}\"\nquery = \"SELECT id FROM {}\"\nincremental = {{ column = \"idd\" }}",
             t.name
         ),
         10,
@@ -281,12 +278,16 @@ async fn an_unsupported_column_is_refused_when_the_plan_is_built() {
         err.to_string().contains("the query has no column `idd`"),
         "{err}"
     );
-    let err = build(&format!("url = \"{url}\"\ntable = \"no_such_table_weir\""), 10)
-        .err()
-        .expect("refused");
+    let err = build(
+        &format!("url = \"{url}\"\ntable = \"no_such_table_weir\""),
+        10,
+    )
+    .err()
+    .expect("refused");
     assert!(
-        err.to_string()
-            .contains("cannot prepare the query: relation \"no_such_table_weir\" does not exist (42P01)"),
+        err.to_string().contains(
+            "cannot prepare the query: relation \"no_such_table_weir\" does not exist (42P01)"
+        ),
         "{err}"
     );
     assert!(!err.to_string().contains("password"), "{err}");
@@ -359,7 +360,14 @@ async fn a_transaction_that_commits_late_is_still_delivered_exactly_once() {
     // More polls while the late transaction is open: nothing new, nothing again.
     for _ in 0..4 {
         let (_, mut out) = read(src.as_mut()).await;
-        assert_eq!(ids(&out.take_output().into_iter().map(|(b, ..)| b).collect::<Vec<_>>()), Vec::<i64>::new());
+        assert_eq!(
+            ids(&out
+                .take_output()
+                .into_iter()
+                .map(|(b, ..)| b)
+                .collect::<Vec<_>>()),
+            Vec::<i64>::new()
+        );
     }
     late_tx.commit().await.unwrap();
     c.execute(&format!("INSERT INTO {} (v) VALUES ('after')", t.name), &[])
@@ -368,7 +376,11 @@ async fn a_transaction_that_commits_late_is_still_delivered_exactly_once() {
     let (got, position) = poll_ids(src.as_mut(), 2).await;
     let mut sorted = got.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, [1, 3], "the late row and the next, once each: {got:?}");
+    assert_eq!(
+        sorted,
+        [1, 3],
+        "the late row and the next, once each: {got:?}"
+    );
     // A few more polls settle the position past all three; nothing repeats.
     let (more, position) = {
         let mut extra = Vec::new();

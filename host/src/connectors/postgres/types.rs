@@ -25,8 +25,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float32Builder,
-    Float64Builder, Int16Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder,
+    Int16Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -148,10 +148,7 @@ impl Mapping {
 pub(crate) struct Raw<'a>(pub(crate) Option<&'a [u8]>);
 
 impl<'a> FromSql<'a> for Raw<'a> {
-    fn from_sql(
-        _: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         Ok(Raw(Some(raw)))
     }
 
@@ -268,21 +265,6 @@ impl Column {
             Self::Ts(b, _) => Arc::new(b.finish()),
         }
     }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::Bool(b) => b.len(),
-            Self::I16(b) => b.len(),
-            Self::I32(b) => b.len(),
-            Self::I64(b) => b.len(),
-            Self::F32(b) => b.len(),
-            Self::F64(b, _) => b.len(),
-            Self::Utf8(b, _) => b.len(),
-            Self::Bytes(b) => b.len(),
-            Self::Date(b) => b.len(),
-            Self::Ts(b, _) => b.len(),
-        }
-    }
 }
 
 /// Builders for one batch.
@@ -294,11 +276,6 @@ pub(crate) struct Builders {
 }
 
 impl Builders {
-    /// Rows appended so far.
-    pub(crate) fn rows(&self) -> usize {
-        self.columns.first().map_or(0, Column::len)
-    }
-
     /// Checks every value of a row before appending any of it, so a row that
     /// cannot be decoded leaves the builders as they were.
     ///
@@ -462,7 +439,10 @@ mod tests {
     #[test]
     fn numerics_decode_to_the_nearest_double() {
         // 12345.678 = 1|2345|6780 with weight 1.
-        assert_eq!(numeric(&numeric_bytes(1, 0, &[1, 2345, 6780])).unwrap(), 12345.678);
+        assert_eq!(
+            numeric(&numeric_bytes(1, 0, &[1, 2345, 6780])).unwrap(),
+            12345.678
+        );
         assert_eq!(numeric(&numeric_bytes(-1, 0x4000, &[5000])).unwrap(), -0.5);
         assert_eq!(numeric(&numeric_bytes(0, 0, &[])).unwrap(), 0.0);
         assert_eq!(numeric(&numeric_bytes(2, 0, &[7])).unwrap(), 7e8);
