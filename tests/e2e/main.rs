@@ -3,6 +3,7 @@
 
 mod backpressure;
 mod clickstream;
+mod enrich;
 mod executor;
 mod faults;
 mod files;

@@ -7,7 +7,7 @@
 //! spec's kind table (`[source.jsonl]`, `[sink.jsonl]`) picks one.
 //!
 //! Each family that needs a client crate is a Cargo feature of its own (`nats`,
-//! `redis`, `parquet`, `csv`, `http`; all on by default), so a program embedding
+//! `redis`, `parquet`, `csv`, `http`, `postgres`; all on by default), so a program embedding
 //! the runtime compiles only the clients it uses. The files of JSON lines
 //! (`jsonl`, `vectors`) and `sequence` are always there.
 
@@ -20,11 +20,16 @@ pub mod http;
 pub mod jetstream;
 pub(crate) mod jsonl_sink;
 mod jsonl_source;
+pub mod lookup;
 #[cfg(feature = "parquet")]
 pub mod parquet;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod sequence;
+#[cfg(test)]
+pub(crate) mod testcx;
 pub mod vectors;
 
 #[cfg(feature = "redis")]

@@ -102,7 +102,9 @@ pub fn merge_spans(spans: Vec<SourceSpan>) -> Vec<SourceSpan> {
     // that a guard split and processed apart): keep it once, or a holder of
     // many such pieces (a session window) would grow its lineage with each.
     let mut seen: HashSet<&SourceSpan, foldhash::fast::RandomState> = HashSet::default();
-    let unique: Vec<usize> = (0..spans.len()).filter(|&i| seen.insert(&spans[i])).collect();
+    let unique: Vec<usize> = (0..spans.len())
+        .filter(|&i| seen.insert(&spans[i]))
+        .collect();
     drop(seen);
     let spans: Vec<SourceSpan> = if unique.len() == spans.len() {
         spans

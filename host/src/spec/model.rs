@@ -272,6 +272,8 @@ kinds! {
         Csv(crate::connectors::CsvSourceSpec) = "csv" if "csv",
         /// A durable pull consumer on a NATS JetStream stream (`[source.jetstream]`).
         Jetstream(crate::connectors::jetstream::JetStreamSourceSpec) = "jetstream" if "nats",
+        /// A PostgreSQL query or table, once or incrementally (`[source.postgres]`).
+        Postgres(crate::connectors::postgres::PostgresSourceSpec) = "postgres" if "postgres",
     }
 }
 
@@ -297,6 +299,8 @@ kinds! {
         Group(super::GroupSpec) = "group",
         /// Session windows per key on event time (`[stage.session]`).
         Session(super::SessionSpec) = "session",
+        /// Columns looked up by key in a cached table (`[stage.lookup]`).
+        Lookup(crate::connectors::lookup::LookupSpec) = "lookup",
     }
 }
 
