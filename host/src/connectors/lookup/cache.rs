@@ -215,11 +215,8 @@ impl Cache {
         Ok(self.values.convert_rows(rows)?)
     }
 
-    /// Every entry as columns (keys, then values, then fetch times and
-    /// presence), for keeping in the store.
-    pub(super) fn export(
-        &self,
-    ) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, Vec<u64>, Vec<bool>), NodeError> {
+    /// Every entry as columns, for keeping in the store.
+    pub(super) fn export(&self) -> Result<Exported, NodeError> {
         let key_parser = self.keys.parser();
         let value_parser = self.values.parser();
         let entries: Vec<(&Box<[u8]>, &Slot)> = self.map.iter().collect();
@@ -232,8 +229,22 @@ impl Cache {
             }))?;
         let times = entries.iter().map(|(_, s)| s.fetched_ms).collect();
         let present = entries.iter().map(|(_, s)| s.value.is_some()).collect();
-        Ok((keys, values, times, present))
+        Ok(Exported {
+            keys,
+            values,
+            times,
+            present,
+        })
     }
+}
+
+/// A cache's entries as columns: the keys, the values (the defaults' row for
+/// a known absence), when each was fetched, and whether the table had it.
+pub(super) struct Exported {
+    pub(super) keys: Vec<ArrayRef>,
+    pub(super) values: Vec<ArrayRef>,
+    pub(super) times: Vec<u64>,
+    pub(super) present: Vec<bool>,
 }
 
 /// How long entries count as fresh (ms): present values and known absences.

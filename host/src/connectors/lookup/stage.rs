@@ -713,7 +713,12 @@ impl LookupStage {
         let (Some(store), Some(g)) = (&self.store, &self.generation) else {
             return Ok(());
         };
-        let (keys, values, times, present) = g.cache.export()?;
+        let super::cache::Exported {
+            keys,
+            values,
+            times,
+            present,
+        } = g.cache.export()?;
         let mut fields: Vec<Field> = self.key_fields.clone();
         fields.extend(
             self.value_schema

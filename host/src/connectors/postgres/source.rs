@@ -971,7 +971,7 @@ impl PgTable {
             Some(client) => {
                 async {
                     let stmt = client
-                        .prepare_typed(&sql, &[param.clone()])
+                        .prepare_typed(&sql, std::slice::from_ref(&param))
                         .await
                         .map_err(|e| self.conn.error("cannot prepare the lookup", &e))?;
                     let rows = client

@@ -175,7 +175,7 @@ async fn every_mapped_type_reads_back_as_stored_with_nulls() {
     );
     let b = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
     let col = |n: &str| b.column_by_name(n).unwrap().clone();
-    assert_eq!(ids(&[b.clone()]), [1, 2, 3]);
+    assert_eq!(ids(std::slice::from_ref(&b)), [1, 2, 3]);
     assert_eq!(
         col("b").as_any().downcast_ref::<BooleanArray>().unwrap(),
         &BooleanArray::from(vec![Some(true), None, Some(false)])
