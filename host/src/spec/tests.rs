@@ -203,7 +203,7 @@ fn an_unknown_node_key_is_named_with_a_suggestion() {
         e,
         "p.toml: line 16 column 8: `stage[0].wasn`: unknown field `wasn`, expected one of \
          `name`, `input`, `inputs`, `on_error`, `fallback`, `breaker`, `wasm`, `map`, `filter`, \
-         `batch`, `sample`, `split`, `sort`, `group`, `session` (did you mean `wasm`?)"
+         `batch`, `sample`, `split`, `sort`, `group`, `session`, `lookup` (did you mean `wasm`?)"
     );
     let e = err(&GOOD.replace("input = \"events\"", "inpt = \"events\""));
     assert!(

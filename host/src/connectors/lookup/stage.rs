@@ -339,7 +339,7 @@ impl OperatorConfig for LookupSpec {
             retry: self.retry.clone(),
             clock: cx.clock.clone(),
             store: cx.services.get::<dyn NodeStateStore>(),
-            space: format!("lookup/{}", cx.name),
+            space: format!("lookup/{}/{}", cx.pipeline, cx.name),
             params_hash: hex::encode(Sha256::digest(params.as_bytes())),
             stage_name: cx.name.to_owned(),
             reservation: cx.memory.pool.reservation(format!("lookup `{}`", cx.name)),
