@@ -23,7 +23,7 @@ if [ "$(psql -tAc "SELECT count(*) FROM pg_class WHERE relname = '$table'")" = 1
   && [ "$(psql -tAc "SELECT count(*) FROM $table")" = "$rows" ]; then
   echo "$table: $rows rows (kept from an earlier run)"
 else
-  psql -q -v ON_ERROR_STOP=1 <<SQL
+  PGOPTIONS="-c client_min_messages=warning" psql -q -v ON_ERROR_STOP=1 <<SQL
 DROP TABLE IF EXISTS $table;
 CREATE TABLE $table AS
   SELECT g::int8 AS id, 'u' || (g % 50000) AS user_id, (g % 1000) / 7.0::float8 AS amount,

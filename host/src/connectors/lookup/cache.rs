@@ -93,6 +93,10 @@ impl Cache {
         Ok(self.keys.convert_columns(columns)?)
     }
 
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(dead_code, reason = "used by the lazy PostgreSQL cache")
+    )]
     /// The key columns of the encoded `keys` (for asking the table).
     pub(super) fn decode_keys<'a>(
         &self,
@@ -137,6 +141,10 @@ impl Cache {
         self.bytes += add;
     }
 
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(dead_code, reason = "used by the lazy PostgreSQL cache")
+    )]
     /// Drops the entries fetched longest ago until at most `entries` and
     /// `bytes` remain; returns how many were dropped.
     pub(super) fn evict_to(&mut self, entries: usize, bytes: usize) -> usize {
@@ -192,6 +200,10 @@ impl Cache {
             .collect()
     }
 
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(dead_code, reason = "used by the lazy PostgreSQL cache")
+    )]
     /// The entry of `key`, expired or not.
     pub(super) fn get(&self, key: &[u8]) -> Option<&Slot> {
         self.map.get(key)

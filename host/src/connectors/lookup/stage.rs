@@ -503,13 +503,16 @@ impl Table {
     }
 
     fn read_file(&self) -> Result<(Vec<RecordBatch>, u64), NodeError> {
-        let Self::File {
-            spec, key, owned, ..
-        } = self
-        else {
-            return Err(NodeError::Bug(
-                "read_file on a table that is no file".into(),
-            ));
+        let (spec, key, owned) = match self {
+            Self::File {
+                spec, key, owned, ..
+            } => (spec, key, owned),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => {
+                return Err(NodeError::Bug(
+                    "read_file on a table that is no file".into(),
+                ));
+            }
         };
         let SourceNode::Sync(mut source) = owned.build(spec, key)? else {
             return Err(NodeError::Bug("a file table built an async source".into()));
@@ -541,6 +544,13 @@ struct Generation {
 type Reload = tokio::task::JoinHandle<Result<(Vec<RecordBatch>, u64), NodeError>>;
 
 /// The running stage.
+#[cfg_attr(
+    not(feature = "postgres"),
+    allow(
+        dead_code,
+        reason = "the table's key names serve the lazy PostgreSQL cache"
+    )
+)]
 struct LookupStage {
     key: String,
     input_key: Vec<String>,

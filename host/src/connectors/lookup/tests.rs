@@ -171,163 +171,169 @@ async fn bad_settings_name_their_key() {
     );
 }
 
-/// Index scans of `table` that reached PostgreSQL, once its statistics show
-/// at least `at_least` (a backend flushes them within about ten seconds of
-/// going idle). PostgreSQL counts one per key of an `= ANY($1)` array.
-async fn scans(c: &tokio_postgres::Client, table: &str, at_least: i64) -> i64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        c.batch_execute("SELECT pg_stat_clear_snapshot()")
-            .await
-            .unwrap();
-        let row = c
-            .query_one(
-                "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
-                &[&table],
-            )
-            .await
-            .unwrap();
-        let n: i64 = row.get(0);
-        if n >= at_least || std::time::Instant::now() > deadline {
-            return n;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    }
-}
+/// Against the real PostgreSQL.
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lazy_cache_asks_once_per_batch_for_what_it_lacks() {
-    let Some(url) = crate::connectors::postgres::tests::url() else {
-        return;
-    };
-    let (t, c) = crate::connectors::postgres::tests::Table::new(
-        &url,
-        "lazy",
-        "user_id text PRIMARY KEY, segment text",
-    )
-    .await;
-    c.batch_execute(&format!(
-        "INSERT INTO {} SELECT 'u' || g, CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END \
-         FROM generate_series(1, 20000) g; ANALYZE {}",
-        t.name, t.name
-    ))
-    .await
-    .unwrap();
-    let before = scans(&c, &t.name, 0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "key = [\"user_id\"]\ndefaults = {{ segment = \"none\" }}\n\
-         cache = {{ mode = \"lazy\", negative_ttl = \"1h\" }}\n\
-         [table.postgres]\nurl = \"{url}\"\ntable = \"{}\"\n",
-        t.name
-    );
-    let mut op = build(&body, dir.path()).unwrap();
-    // Batch 1: u1 four times, u2, and a key the table lacks twice: one query.
-    let out = process(
-        op.as_mut(),
-        events(&[
-            Some("u1"),
-            Some("u1"),
-            Some("u2"),
-            Some("nope"),
-            Some("u1"),
-            Some("nope"),
-            Some("u1"),
-        ]),
-    )
-    .await;
-    let mut out = out;
-    let b = out.take_output().remove(0).0;
-    assert_eq!(
-        strings(&b, "segment"),
-        [
-            s("odd"),
-            s("odd"),
-            s("even"),
-            s("none"),
-            s("odd"),
-            s("none"),
-            s("odd")
-        ]
-    );
-    assert_eq!(out.counters.get("lookup_queries"), Some(&1));
-    assert_eq!(out.counters.get("lookup_hits"), Some(&0));
-    // Batch 2: all cached (the missing key too, within its negative TTL): no query.
-    let out = process(op.as_mut(), events(&[Some("u2"), Some("nope"), Some("u1")])).await;
-    assert_eq!(out.counters.get("lookup_queries"), None);
-    assert_eq!(out.counters.get("lookup_hits"), Some(&3));
-    // Batch 3: two new keys and a cached one: one more query.
-    let mut out = process(op.as_mut(), events(&[Some("u3"), Some("u1"), Some("u4")])).await;
-    assert_eq!(out.counters.get("lookup_queries"), Some(&1));
-    let b = out.take_output().remove(0).0;
-    assert_eq!(strings(&b, "segment"), [s("odd"), s("odd"), s("even")]);
-    // PostgreSQL was asked for each distinct key once: u1, u2, nope, then u3,
-    // u4 (13 rows looked up; the describe scans nothing).
-    assert_eq!(scans(&c, &t.name, before + 5).await, before + 5);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_table_refuses_a_truncated_reload_and_keeps_serving() {
-    let Some(url) = crate::connectors::postgres::tests::url() else {
-        return;
-    };
-    let (t, c) = crate::connectors::postgres::tests::Table::new(
-        &url,
-        "reload",
-        "user_id text PRIMARY KEY, segment text",
-    )
-    .await;
-    c.batch_execute(&format!(
-        "INSERT INTO {} VALUES ('u1', 'gold'), ('u2', 'silver'), ('u3', 'bronze'), ('u4', 'tin')",
-        t.name
-    ))
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "key = [\"user_id\"]\ncache = {{ refresh = \"100ms\", max_shrink = 0.5 }}\n\
-         [table.postgres]\nurl = \"{url}\"\ntable = \"{}\"\n",
-        t.name
-    );
-    let mut op = build(&body, dir.path()).unwrap();
-    let mut out = process(op.as_mut(), events(&[Some("u1")])).await;
-    let first = out.take_output().remove(0);
-    assert_eq!(strings(&first.0, "segment"), [s("gold")]);
-    let gen1 = first.1.unwrap().lineage.stages[0].digest.clone();
-    // A changed row is picked up by the next reload.
-    c.batch_execute(&format!(
-        "UPDATE {} SET segment = 'platinum' WHERE user_id = 'u1'",
-        t.name
-    ))
-    .await
-    .unwrap();
-    let mut seen = None;
-    for _ in 0..100 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut out = process(op.as_mut(), events(&[Some("u1")])).await;
-        let (b, m, _) = out.take_output().remove(0);
-        if strings(&b, "segment") == [s("platinum")] {
-            seen = Some(m.unwrap().lineage.stages[0].digest.clone());
-            break;
+    /// Index scans of `table` that reached PostgreSQL, once its statistics show
+    /// at least `at_least` (a backend flushes them within about ten seconds of
+    /// going idle). PostgreSQL counts one per key of an `= ANY($1)` array.
+    async fn scans(c: &tokio_postgres::Client, table: &str, at_least: i64) -> i64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            c.batch_execute("SELECT pg_stat_clear_snapshot()")
+                .await
+                .unwrap();
+            let row = c
+                .query_one(
+                    "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = $1",
+                    &[&table],
+                )
+                .await
+                .unwrap();
+            let n: i64 = row.get(0);
+            if n >= at_least || std::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     }
-    let gen2 = seen.expect("the reload picked up the change");
-    assert_ne!(gen1, gen2, "a new generation names a new digest");
-    // The table truncated to one row of four: refused, the old rows keep serving.
-    c.batch_execute(&format!("DELETE FROM {} WHERE user_id <> 'u1'", t.name))
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lazy_cache_asks_once_per_batch_for_what_it_lacks() {
+        let Some(url) = crate::connectors::postgres::tests::url() else {
+            return;
+        };
+        let (t, c) = crate::connectors::postgres::tests::Table::new(
+            &url,
+            "lazy",
+            "user_id text PRIMARY KEY, segment text",
+        )
+        .await;
+        c.batch_execute(&format!(
+            "INSERT INTO {} SELECT 'u' || g, CASE WHEN g % 2 = 0 THEN 'even' ELSE 'odd' END \
+             FROM generate_series(1, 20000) g; ANALYZE {}",
+            t.name, t.name
+        ))
         .await
         .unwrap();
-    let mut refused = 0;
-    let mut stale = 0;
-    for _ in 0..40 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let mut out = process(op.as_mut(), events(&[Some("u3")])).await;
-        refused += out.counters.get("reloads_refused").copied().unwrap_or(0);
-        stale += out.counters.get("stale_served").copied().unwrap_or(0);
-        let (b, m, _) = out.take_output().remove(0);
-        assert_eq!(strings(&b, "segment"), [s("bronze")]);
-        assert_eq!(m.unwrap().lineage.stages[0].digest, gen2);
+        let before = scans(&c, &t.name, 0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!(
+            "key = [\"user_id\"]\ndefaults = {{ segment = \"none\" }}\n\
+             cache = {{ mode = \"lazy\", negative_ttl = \"1h\" }}\n\
+             [table.postgres]\nurl = \"{url}\"\ntable = \"{}\"\n",
+            t.name
+        );
+        let mut op = build(&body, dir.path()).unwrap();
+        // Batch 1: u1 four times, u2, and a key the table lacks twice: one query.
+        let out = process(
+            op.as_mut(),
+            events(&[
+                Some("u1"),
+                Some("u1"),
+                Some("u2"),
+                Some("nope"),
+                Some("u1"),
+                Some("nope"),
+                Some("u1"),
+            ]),
+        )
+        .await;
+        let mut out = out;
+        let b = out.take_output().remove(0).0;
+        assert_eq!(
+            strings(&b, "segment"),
+            [
+                s("odd"),
+                s("odd"),
+                s("even"),
+                s("none"),
+                s("odd"),
+                s("none"),
+                s("odd")
+            ]
+        );
+        assert_eq!(out.counters.get("lookup_queries"), Some(&1));
+        assert_eq!(out.counters.get("lookup_hits"), Some(&0));
+        // Batch 2: all cached (the missing key too, within its negative TTL): no query.
+        let out = process(op.as_mut(), events(&[Some("u2"), Some("nope"), Some("u1")])).await;
+        assert_eq!(out.counters.get("lookup_queries"), None);
+        assert_eq!(out.counters.get("lookup_hits"), Some(&3));
+        // Batch 3: two new keys and a cached one: one more query.
+        let mut out = process(op.as_mut(), events(&[Some("u3"), Some("u1"), Some("u4")])).await;
+        assert_eq!(out.counters.get("lookup_queries"), Some(&1));
+        let b = out.take_output().remove(0).0;
+        assert_eq!(strings(&b, "segment"), [s("odd"), s("odd"), s("even")]);
+        // PostgreSQL was asked for each distinct key once: u1, u2, nope, then u3,
+        // u4 (13 rows looked up; the describe scans nothing).
+        assert_eq!(scans(&c, &t.name, before + 5).await, before + 5);
     }
-    assert!(refused > 0, "the truncated table was refused");
-    assert!(stale > 0, "rows served meanwhile are counted stale");
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_table_refuses_a_truncated_reload_and_keeps_serving() {
+        let Some(url) = crate::connectors::postgres::tests::url() else {
+            return;
+        };
+        let (t, c) = crate::connectors::postgres::tests::Table::new(
+            &url,
+            "reload",
+            "user_id text PRIMARY KEY, segment text",
+        )
+        .await;
+        c.batch_execute(&format!(
+            "INSERT INTO {} VALUES ('u1', 'gold'), ('u2', 'silver'), ('u3', 'bronze'), ('u4', 'tin')",
+            t.name
+        ))
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let body = format!(
+            "key = [\"user_id\"]\ncache = {{ refresh = \"100ms\", max_shrink = 0.5 }}\n\
+             [table.postgres]\nurl = \"{url}\"\ntable = \"{}\"\n",
+            t.name
+        );
+        let mut op = build(&body, dir.path()).unwrap();
+        let mut out = process(op.as_mut(), events(&[Some("u1")])).await;
+        let first = out.take_output().remove(0);
+        assert_eq!(strings(&first.0, "segment"), [s("gold")]);
+        let gen1 = first.1.unwrap().lineage.stages[0].digest.clone();
+        // A changed row is picked up by the next reload.
+        c.batch_execute(&format!(
+            "UPDATE {} SET segment = 'platinum' WHERE user_id = 'u1'",
+            t.name
+        ))
+        .await
+        .unwrap();
+        let mut seen = None;
+        for _ in 0..100 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut out = process(op.as_mut(), events(&[Some("u1")])).await;
+            let (b, m, _) = out.take_output().remove(0);
+            if strings(&b, "segment") == [s("platinum")] {
+                seen = Some(m.unwrap().lineage.stages[0].digest.clone());
+                break;
+            }
+        }
+        let gen2 = seen.expect("the reload picked up the change");
+        assert_ne!(gen1, gen2, "a new generation names a new digest");
+        // The table truncated to one row of four: refused, the old rows keep serving.
+        c.batch_execute(&format!("DELETE FROM {} WHERE user_id <> 'u1'", t.name))
+            .await
+            .unwrap();
+        let mut refused = 0;
+        let mut stale = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let mut out = process(op.as_mut(), events(&[Some("u3")])).await;
+            refused += out.counters.get("reloads_refused").copied().unwrap_or(0);
+            stale += out.counters.get("stale_served").copied().unwrap_or(0);
+            let (b, m, _) = out.take_output().remove(0);
+            assert_eq!(strings(&b, "segment"), [s("bronze")]);
+            assert_eq!(m.unwrap().lineage.stages[0].digest, gen2);
+        }
+        assert!(refused > 0, "the truncated table was refused");
+        assert!(stale > 0, "rows served meanwhile are counted stale");
+    }
 }
