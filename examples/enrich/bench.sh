@@ -26,7 +26,7 @@ lines=$(wc -l < "$data")
 
 variant() { # name, pipeline file
   sed -e "s#../quickstart/events.jsonl#$data#" -e "s#out/enriched[a-z-]*.jsonl#out/bench-$1.jsonl#" \
-    -e "s#^name = \".*\"#name = \"enrich-bench-$1\"#" "$2"
+    -e "0,/^name = \".*\"/s//name = \"enrich-bench-$1\"/" "$2"
 }
 variant csv pipeline.toml > out/bench-csv.toml
 variant postgres pipeline-postgres.toml > out/bench-postgres.toml

@@ -71,7 +71,12 @@ enum Col<'a> {
     F64(&'a Float64Array),
     Str(&'a StringArray),
     Ts(&'a TimestampMillisecondArray),
-    /// Timestamps rendered as text up front by Arrow's formatter.
+    /// Narrower or unsigned integers, widened once per batch.
+    I64Own(Int64Array),
+    /// Timestamps of a finer unit, floored to milliseconds once per batch.
+    TsOwn(TimestampMillisecondArray),
+    /// Timestamps rendered as text up front by Arrow's formatter, and any
+    /// other type (dates, binary as hex, decimals) as Arrow displays it.
     Text(StringArray),
 }
 
@@ -116,6 +121,8 @@ impl Col<'_> {
             Col::F64(a) => a.is_valid(i),
             Col::Str(a) => a.is_valid(i),
             Col::Ts(a) => a.is_valid(i),
+            Col::I64Own(a) => a.is_valid(i),
+            Col::TsOwn(a) => a.is_valid(i),
             Col::Text(a) => a.is_valid(i),
         };
         if !valid {
@@ -129,6 +136,8 @@ impl Col<'_> {
             Col::F64(a) => float(a.value(i), options, column, i)?,
             Col::Str(a) => Value::String(a.value(i).to_owned()),
             Col::Ts(a) => Value::from(a.value(i)),
+            Col::I64Own(a) => Value::from(a.value(i)),
+            Col::TsOwn(a) => Value::from(a.value(i)),
             Col::Text(a) => Value::String(a.value(i).to_owned()),
         })
     }
@@ -157,7 +166,7 @@ fn typed_columns<'a>(
             DataType::Float32 => Col::F32(array.as_primitive()),
             DataType::Float64 => Col::F64(array.as_primitive()),
             DataType::Utf8 => Col::Str(array.as_string()),
-            DataType::Timestamp(TimeUnit::Millisecond, _)
+            DataType::Timestamp(TimeUnit::Millisecond, None)
                 if options.timestamps == Timestamps::Rfc3339 =>
             {
                 let format =
@@ -169,17 +178,60 @@ fn typed_columns<'a>(
                         .collect(),
                 )
             }
-            DataType::Timestamp(TimeUnit::Millisecond, _) => Col::Ts(array.as_primitive()),
-            other => {
+            DataType::Timestamp(TimeUnit::Millisecond, _)
+                if options.timestamps == Timestamps::EpochMs =>
+            {
+                Col::Ts(array.as_primitive())
+            }
+            DataType::Int8
+            | DataType::Int16
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32 => Col::I64Own(
+                arrow::compute::cast(array, &DataType::Int64)?
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .clone(),
+            ),
+            DataType::Timestamp(_, tz) => {
+                // Epoch values are UTC whatever the zone's name; formatting
+                // a named zone would need chrono-tz, so the name is dropped.
+                let zone = if options.timestamps == Timestamps::Rfc3339 {
+                    None
+                } else {
+                    tz.clone()
+                };
+                let ms =
+                    arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Millisecond, zone))?;
+                if options.timestamps == Timestamps::Rfc3339 {
+                    Col::Text(formatted(&ms, Some("%Y-%m-%dT%H:%M:%S%.3fZ"))?)
+                } else {
+                    Col::TsOwn(
+                        ms.as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                            .clone(),
+                    )
+                }
+            }
+            DataType::Struct(_) | DataType::List(_) | DataType::Map(..) | DataType::Union(..) => {
                 return Err(BatchError::UnsupportedType {
                     column: name.clone(),
-                    data_type: other.clone(),
+                    data_type: array.data_type().clone(),
                 });
             }
+            _ => Col::Text(formatted(array, None)?),
         };
         cols.push(col);
     }
     Ok((names, cols))
+}
+
+/// `array` as text, each value as Arrow's formatter shows it (`timestamp`: a
+/// chrono format for timestamps); nulls stay null.
+fn formatted(array: &dyn Array, timestamp: Option<&str>) -> Result<StringArray, BatchError> {
+    let format = FormatOptions::new().with_timestamp_format(timestamp);
+    let f = ArrayFormatter::try_new(array, &format)?;
+    Ok((0..array.len())
+        .map(|i| array.is_valid(i).then(|| f.value(i).to_string()))
+        .collect())
 }
 
 /// Each row of `batch` as a JSON object, keys in `columns` order (or the batch's).
@@ -348,6 +400,47 @@ mod tests {
                 [null, 86_400_000]
             ])
         );
+    }
+
+    #[test]
+    fn narrow_integers_finer_timestamps_dates_and_bytes_are_written_too() {
+        use arrow::array::{BinaryArray, Date32Array, Int16Array, TimestampMicrosecondArray};
+        let b = RecordBatch::try_from_iter([
+            (
+                "i",
+                Arc::new(Int16Array::from(vec![Some(-2), None])) as arrow::array::ArrayRef,
+            ),
+            (
+                "at",
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(1_704_067_200_123_456), None])
+                        .with_timezone("UTC"),
+                ) as _,
+            ),
+            (
+                "d",
+                Arc::new(Date32Array::from(vec![Some(19_782), None])) as _,
+            ),
+            (
+                "b",
+                Arc::new(BinaryArray::from(vec![Some(&[0u8, 255][..]), None])) as _,
+            ),
+        ])
+        .unwrap();
+        let (_, rows) = rows_as_arrays(&b, None, JsonOptions::default()).unwrap();
+        assert_eq!(
+            json!(rows),
+            json!([
+                [-2, 1_704_067_200_123i64, "2024-02-29", "00ff"],
+                [null, null, null, null]
+            ])
+        );
+        let rfc = JsonOptions {
+            timestamps: Timestamps::Rfc3339,
+            ..JsonOptions::default()
+        };
+        let (_, rows) = rows_as_arrays(&b, Some(&["at".to_owned()]), rfc).unwrap();
+        assert_eq!(json!(rows), json!([["2024-01-01T00:00:00.123Z"], [null]]));
     }
 
     #[test]
