@@ -200,6 +200,24 @@ impl Conn {
         r.map_err(crate::node::retry::GaveUp::into_node_error)
     }
 
+    /// A `REPEATABLE READ READ ONLY` transaction on `client`: every statement
+    /// in it sees one snapshot, and portals live until it ends.
+    ///
+    /// # Errors
+    /// [`NodeError::Service`] when it cannot begin.
+    pub async fn begin_read<'c>(
+        &self,
+        client: &'c mut tokio_postgres::Client,
+    ) -> Result<tokio_postgres::Transaction<'c>, NodeError> {
+        client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.error("cannot begin a transaction", &e))
+    }
+
     /// `e`, from doing `what` on this connection, as a node error that says
     /// whether it is worth another try (see [`transience`]).
     pub fn error(&self, what: &str, e: &tokio_postgres::Error) -> NodeError {

@@ -626,13 +626,7 @@ impl Reader {
     async fn read_once(&mut self, client: &mut Client) -> Result<(), NodeError> {
         let conn = self.conn.clone();
         let err = |what: &str, e: tokio_postgres::Error| conn.error(what, &e);
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| err("cannot begin a transaction", e))?;
+        let tx = conn.begin_read(client).await?;
         let stmt = tx
             .prepare_typed(&self.once, &[Type::INT8])
             .await
@@ -668,13 +662,7 @@ impl Reader {
     async fn poll(&mut self, client: &mut Client, inc: &Incremental) -> Result<u64, NodeError> {
         let conn = self.conn.clone();
         let err = |what: &str, e: tokio_postgres::Error| conn.error(what, &e);
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| err("cannot begin a transaction", e))?;
+        let tx = conn.begin_read(client).await?;
         // The first statement takes the transaction's snapshot: this one reads
         // its bounds and the oldest transaction open elsewhere.
         let snap = tx
@@ -886,13 +874,7 @@ impl PgTable {
 
     async fn read_all_on(&self, client: &mut Client) -> Result<Vec<RecordBatch>, NodeError> {
         let err = |what: &str, e: tokio_postgres::Error| self.conn.error(what, &e);
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| err("cannot begin a transaction", e))?;
+        let tx = self.conn.begin_read(client).await?;
         let stmt = tx
             .prepare(&self.query)
             .await
