@@ -172,6 +172,27 @@ impl Backend {
     }
 
     /// Takes the lock and opens the store, if no other process holds it.
+    /// Opens sled once this process holds `owner.lock`. sled's own lock on
+    /// its file can then be held only by a handle of this process still being
+    /// dropped (its flusher thread lets go a moment later), so a refusal is
+    /// tried again for up to two seconds before it is an error.
+    fn open_db(&self) -> Result<sled::Db, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match sled::Config::new().path(&self.path).open() {
+                Ok(db) => return Ok(db),
+                // sled reports its lock as an `Other` error naming it.
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
     fn try_own(&self) -> Result<Option<Owned>, StoreError> {
         let lock_path = self.data_dir.join("owner.lock");
         let lock = File::options()
@@ -183,10 +204,7 @@ impl Backend {
         if lock.try_lock().is_err() {
             return Ok(None);
         }
-        let db = sled::Config::new()
-            .path(&self.path)
-            .open()
-            .map_err(|e| self.err(e))?;
+        let db = self.open_db()?;
         super::layout::migrate(&db, &self.data_dir, |m| self.err(m))?;
         let socket = self.data_dir.join("owner.sock");
         // We hold the lock: a socket file here was left by an owner that died.
