@@ -131,12 +131,11 @@ pub fn request(path: &Path, request: &Request, timeout: Duration) -> Result<Resp
         path: shown.clone(),
         source,
     };
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|source| {
-        ClientError::NotRunning {
+    let mut stream =
+        crate::node::unix_socket::connect(path).map_err(|source| ClientError::NotRunning {
             path: shown.clone(),
             source,
-        }
-    })?;
+        })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
@@ -203,7 +202,7 @@ pub fn serve(path: PathBuf, live: Arc<Mutex<LiveRun>>) -> Result<ControlSocket, 
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        if crate::node::unix_socket::connect(&path).is_ok() {
             return Err(ServeError::InUse {
                 path: path.display().to_string(),
             });
@@ -211,7 +210,12 @@ pub fn serve(path: PathBuf, live: Arc<Mutex<LiveRun>>) -> Result<ControlSocket, 
         // Left by a run that died: nobody answers.
         std::fs::remove_file(&path).map_err(io)?;
     }
-    let listener = tokio::net::UnixListener::bind(&path).map_err(io)?;
+    let listener = crate::node::unix_socket::bind(&path)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)
+        })
+        .map_err(io)?;
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {

@@ -41,6 +41,7 @@ pub mod retry;
 pub mod schema;
 pub mod services;
 pub mod swap;
+pub mod unix_socket;
 
 use std::collections::BTreeMap;
 use std::future::Future;

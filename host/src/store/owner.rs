@@ -210,7 +210,7 @@ impl Backend {
         // We hold the lock: a socket file here was left by an owner that died.
         let _ = std::fs::remove_file(&socket);
         let stop = Arc::new(AtomicBool::new(false));
-        let server_done = match UnixListener::bind(&socket) {
+        let server_done = match crate::node::unix_socket::bind(&socket) {
             Ok(listener) => Some(serve(listener, db.clone(), self.path.clone(), stop.clone())),
             Err(e) => {
                 // Other processes will wait, then fail, naming the cause here.
@@ -241,7 +241,7 @@ impl Backend {
                 State::Owner(owned) => return super::ops::run(&owned.db, &self.path, tenant, op),
                 State::Client(conn) => {
                     if conn.is_none() {
-                        match UnixStream::connect(self.data_dir.join("owner.sock")) {
+                        match crate::node::unix_socket::connect(&self.data_dir.join("owner.sock")) {
                             Ok(s) => *conn = Some(BufReader::new(s)),
                             Err(e) => {
                                 if let Some(owned) = self.try_own()? {
