@@ -16,6 +16,7 @@ root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 weir="$target/release/weir"
 cd "$here"
+. "$root/scripts/bench-lib.sh"
 mkdir -p data out
 cargo build --release -q -p weir-host --bin weir -p weir-e2e --bin weir-gen-clicks
 [ -f data/large.jsonl ] || "$target/release/weir-gen-clicks" large > data/large.jsonl
@@ -54,15 +55,12 @@ make_toml skip-1pct "s#^name = \"\(features\|features_out\)\"#&\non_error = \"sk
 # every run starts from the same store.
 measure() { # name
   (cd out && WEIR_DATA_DIR="policy-data-$1" "$weir" dlq purge --all > /dev/null)
-  local start end
-  start=$(date +%s.%N)
+  bench_time "out/policy-walls-$1.txt" run_variant "$1"
+  printf '%-10s %7.2f s %10.0f events/s\n' "$1" "$wall" "$(echo "$lines / $wall" | bc -l)"
+}
+run_variant() { # name
   (cd out && WEIR_DATA_DIR="policy-data-$1" "$weir" run "policy-$1.toml" > "policy-$1.stdout" 2>&1) \
     || { cat "out/policy-$1.stdout"; exit 1; }
-  end=$(date +%s.%N)
-  local wall
-  wall=$(echo "$end - $start" | bc -l)
-  printf '%-10s %7.2f s %10.0f events/s\n' "$1" "$wall" "$(echo "$lines / $wall" | bc -l)"
-  echo "$wall" >> "out/policy-walls-$1.txt"
 }
 
 rm -rf out/policy-data-*
@@ -74,14 +72,7 @@ for round in $(seq 1 "${ROUNDS:-5}"); do
   echo "round $round"
   for v in defaults skip skip-1pct; do measure "$v"; done
 done
-python3 - <<'PY'
-import statistics
-w = {v: [float(x) for x in open(f"out/policy-walls-{v}.txt")] for v in ("defaults", "skip", "skip-1pct")}
-for v in ("skip", "skip-1pct"):
-    r = [a / b for a, b in zip(w[v], w["defaults"])]
-    print(f"{v} / defaults: median {statistics.median(r):.3f}x the wall time "
-          f"(range {min(r):.3f}-{max(r):.3f} over {len(r)} rounds)")
-PY
+bench_ratios "out/policy-walls-{}.txt" skip/defaults skip-1pct/defaults
 if cmp -s out/sessions-defaults.jsonl out/sessions-skip.jsonl; then
   echo "skip wrote the same sessions as defaults"
 else

@@ -10,6 +10,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 cd "$here"
+. "$root/scripts/bench-lib.sh"
 mkdir -p data out
 cargo build --release -q -p weir-host --bin weir -p weir-e2e --bin weir-gen-clicks
 [ -f data/large.jsonl ] || "$target/release/weir-gen-clicks" large > data/large.jsonl
@@ -53,14 +54,8 @@ for round in $(seq 1 "${ROUNDS:-5}"); do
   measure duckdb python3 duckdb_job.py data/large.jsonl out/duckdb.jsonl
   measure polars python3 polars_job.py data/large.jsonl out/polars.jsonl
 done
-python3 - <<'PY'
-import statistics
-w = {j: [float(x) for x in open(f"out/walls-{j}.txt")] for j in ("weir-wasm", "weir-native", "duckdb", "polars")}
-for weir in ("weir-wasm", "weir-native"):
-    for peer in ("duckdb", "polars"):
-        r = [p / q for p, q in zip(w[peer], w[weir])]
-        print(f"{weir} vs {peer}: median {statistics.median(r):.2f}x throughput (range {min(r):.2f}-{max(r):.2f} over {len(r)} rounds)")
-PY
+# A peer's wall time over weir's: weir's throughput over the peer's.
+bench_ratios "out/walls-{}.txt" duckdb/weir-wasm polars/weir-wasm duckdb/weir-native polars/weir-native
 
 # The four outputs must be the same file, byte for byte.
 for f in sessions-native.jsonl duckdb.jsonl polars.jsonl; do

@@ -16,6 +16,7 @@ root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 weir="$target/release/weir"
 cd "$here"
+. "$root/scripts/bench-lib.sh"
 mkdir -p out
 cargo build --release -q -p weir-host --bin weir -p weir-e2e --bin weir-gen-clicks
 data=../clickstream/data/large.jsonl
@@ -41,14 +42,12 @@ for v in plain csv postgres; do sed -i "s#\"$data\"#\"../$data\"#; s#\"segments.
 
 measure() { # name
   (cd out && WEIR_DATA_DIR=bench-data "$weir" dlq purge --all > /dev/null)
-  local start end wall
-  start=$(date +%s.%N)
+  bench_time "out/bench-walls-$1.txt" run_variant "$1"
+  printf '%-9s %7.2f s %10.0f events/s\n' "$1" "$wall" "$(echo "$lines / $wall" | bc -l)"
+}
+run_variant() { # name
   (cd out && WEIR_DATA_DIR=bench-data "$weir" run "bench-$1.toml" > "bench-$1.stdout" 2>&1) \
     || { cat "out/bench-$1.stdout"; exit 1; }
-  end=$(date +%s.%N)
-  wall=$(echo "$end - $start" | bc -l)
-  printf '%-9s %7.2f s %10.0f events/s\n' "$1" "$wall" "$(echo "$lines / $wall" | bc -l)"
-  echo "$wall" >> "out/bench-walls-$1.txt"
 }
 
 rm -rf out/bench-data out/bench-walls-*.txt
@@ -57,13 +56,5 @@ for round in $(seq 1 "${ROUNDS:-5}"); do
   echo "round $round"
   for v in plain csv postgres; do measure "$v"; done
 done
-rm -f out/bench-walls-*.txt.tmp
-python3 - <<'PY'
-import statistics
-w = {v: [float(x) for x in open(f"out/bench-walls-{v}.txt")] for v in ("plain", "csv", "postgres")}
-for v in ("csv", "postgres"):
-    r = [a / b for a, b in zip(w[v], w["plain"])]
-    print(f"{v} / plain: median {statistics.median(r):.3f}x the wall time "
-          f"(range {min(r):.3f}-{max(r):.3f} over {len(r)} rounds)")
-PY
+bench_ratios "out/bench-walls-{}.txt" csv/plain postgres/plain
 grep -E "warm_starts|lookup_hits|lookup_misses" out/bench-postgres.stdout || true
