@@ -402,7 +402,7 @@ impl Exec<'_> {
                 let (mut entries, mut bytes) = (0u64, 0u64);
                 for item in tree.scan_prefix(filter.prefix()) {
                     let (k, v) = item.map_err(|e| self.err(e))?;
-                    let letter: StoredLetter = self.decode(&k, &v)?;
+                    let letter = self.letter(&k, &v)?;
                     if filter.matches(&letter)
                         && tree.remove(&k).map_err(|e| self.err(e))?.is_some()
                     {
@@ -428,7 +428,7 @@ impl Exec<'_> {
                 break;
             }
             let (k, v) = item.map_err(|e| self.err(e))?;
-            let letter: StoredLetter = self.decode(&k, &v)?;
+            let letter = self.letter(&k, &v)?;
             if filter.matches(&letter) {
                 out.push(letter);
             }
@@ -436,18 +436,48 @@ impl Exec<'_> {
         Ok(out)
     }
 
+    /// A letter as kept under `key`.
+    fn letter(&self, key: &[u8], value: &[u8]) -> Result<StoredLetter, StoreError> {
+        StoredLetter::decode(value).map_err(|message| StoreError::Corrupt {
+            path: self.path.to_owned(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            message,
+        })
+    }
+
     /// Writes `letters` under their keys, refusing the whole batch when it would
     /// take the tenant past `limit`; counts only what is new or grew.
+    ///
+    /// A run's letters have keys no letter had before, in order, so one range
+    /// probe over the batch's keys usually shows them all new; only when it
+    /// finds one (a client appending again after the owner went away, a
+    /// replay rewriting its letters) is each key looked up.
     fn put_letters(&self, batch: &[StoredLetter], limit: Option<u64>) -> Result<(), StoreError> {
         let tree = self.tree(letters::TREE)?;
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> = batch
-            .iter()
-            .map(|l| Ok((l.key(), serde_json::to_vec(l).map_err(|e| self.err(e))?)))
-            .collect::<Result<_, StoreError>>()?;
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> =
+            batch.iter().map(|l| (l.key(), l.encode())).collect();
         let mut entries = 0i64;
         let mut bytes = 0i64;
+        let (lowest, highest) = (
+            encoded.iter().map(|(k, _)| k).min(),
+            encoded.iter().map(|(k, _)| k).max(),
+        );
+        let any_kept = match (lowest, highest) {
+            (Some(lo), Some(hi)) => tree
+                .range(lo.as_slice()..=hi.as_slice())
+                .next()
+                .transpose()
+                .map_err(|e| self.err(e))?
+                .is_some(),
+            _ => false,
+        };
         for (k, v) in &encoded {
-            match tree.get(k).map_err(|e| self.err(e))? {
+            let old = if any_kept {
+                tree.get(k).map_err(|e| self.err(e))?
+            } else {
+                None
+            };
+            match old {
                 Some(old) => bytes += v.len() as i64 - old.len() as i64,
                 None => {
                     entries += 1;

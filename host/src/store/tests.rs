@@ -236,11 +236,61 @@ mod letters {
             .letters(&LetterFilter::default(), 100)
             .unwrap()
             .iter()
-            .map(|l| (l.key().len() + serde_json::to_vec(l).unwrap().len()) as u64)
+            .map(|l| (l.key().len() + l.encode().len()) as u64)
             .sum();
         assert_eq!(usage.bytes, left, "the usage is what the entries take");
         assert_eq!(store.remove_letters(&LetterFilter::default()).unwrap(), 3);
         assert_eq!(store.letter_usage().unwrap(), Default::default());
+    }
+
+    #[test]
+    fn an_append_overlapping_kept_letters_counts_only_the_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let letter = |i: u64| StoredLetter::new(record("run-1", "src", "x", 1000 + i), i);
+        store
+            .append_letters((0..5).map(letter).collect(), None)
+            .unwrap();
+        store
+            .append_letters((3..8).map(letter).collect(), None)
+            .unwrap();
+        assert_eq!(store.letter_usage().unwrap().entries, 8);
+        let ids: Vec<String> = store
+            .letters(&LetterFilter::default(), 100)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        assert_eq!(
+            ids,
+            (0..8).map(|i| format!("run-1/{i}")).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn letters_read_back_from_both_layouts() {
+        let mut letter = StoredLetter::new(record("run-1", "op", "late", 7), 3);
+        letter.record.component = Some("ab12".into());
+        letter.record.version = Some(4);
+        letter.replays = 1;
+        letter.last_replay = Some(crate::store::letters::ReplayFailure {
+            at_ms: 9,
+            version: Some(5),
+            node: "op".into(),
+            reason: "late".into(),
+            message: "still late".into(),
+        });
+        let binary = letter.encode();
+        assert_eq!(binary[0], 1);
+        assert_eq!(StoredLetter::decode(&binary).unwrap(), letter);
+        // The payload is kept as its bytes, not as hex inside JSON.
+        assert!(binary.ends_with(&[0xff, b'{', 0xfe]));
+        // What an earlier weir wrote: the whole letter as JSON.
+        let json = serde_json::to_vec(&letter).unwrap();
+        assert_eq!(StoredLetter::decode(&json).unwrap(), letter);
+        let cut = &binary[..binary.len().min(10)];
+        assert!(StoredLetter::decode(cut).is_err());
+        assert!(StoredLetter::decode(b"").is_err());
     }
 
     #[test]
