@@ -344,6 +344,14 @@ pub trait OperatorConfig {
         false
     }
 
+    /// Why a failure of this operator cannot be skipped, retried or replaced
+    /// row by row, for the message that refuses an `on_error` other than
+    /// `fail` on a node that is not [`row_local`](Self::row_local). Default:
+    /// it keeps rows across batches.
+    fn unguarded_because(&self) -> &'static str {
+        "keeps rows across batches, so a failed row cannot be taken out of its state"
+    }
+
     /// Whether the operator holds rows, and so the acknowledgements of their
     /// input, for as long as their key stays active (session windows): on an
     /// unbounded input, until the run ends, unless its state is checkpointed.

@@ -431,22 +431,27 @@ impl NodePolicy {
         &self,
         node_key: &str,
         kind: &str,
-        row_local: bool,
+        unguarded: Option<&str>,
         stage: bool,
     ) -> Result<(), super::config::SpecError> {
         use super::config::SpecError;
         let key = format!("{node_key}.on_error");
         if let Some(p) = &self.on_error {
             p.check(&key)?;
-            if !row_local && p.then != Action::Fail {
+            if let Some(because) = unguarded
+                && (p.then != Action::Fail || p.retry.is_some())
+            {
+                let asked = if p.retry.is_some() {
+                    "a retry"
+                } else {
+                    p.then.as_str()
+                };
                 return Err(SpecError::invalid(
                     key,
                     format!(
-                        "`{}` needs a node that processes each batch on its own \
-                         (map, filter, split, a WebAssembly stage, a sink); `{kind}` keeps \
-                         rows across batches, so a failed row cannot be taken out of its \
-                         state: use \"fail\" or a retry with `then = \"fail\"`",
-                        p.then.as_str()
+                        "`{asked}` needs a node that processes each batch on its own \
+                         (map, filter, split, a WebAssembly stage, a sink); `{kind}` \
+                         {because}: use \"fail\" (the default)"
                     ),
                 ));
             }
@@ -607,6 +612,9 @@ mod tests {
         );
     }
 
+    /// What a node that keeps rows says of itself.
+    const KEEPS: &str = "keeps rows across batches, so a failed row cannot be taken out of its state";
+
     #[test]
     fn a_policy_is_checked_against_its_node() {
         let skip = NodePolicy {
@@ -614,22 +622,43 @@ mod tests {
             ..NodePolicy::default()
         };
         assert_eq!(
-            skip.check("stage[1]", "sort", false, true)
+            skip.check("stage[1]", "sort", Some(KEEPS), true)
                 .unwrap_err()
                 .to_string(),
             "`stage[1].on_error`: `skip` needs a node that processes each batch on its own \
              (map, filter, split, a WebAssembly stage, a sink); `sort` keeps rows across \
-             batches, so a failed row cannot be taken out of its state: use \"fail\" or a \
-             retry with `then = \"fail\"`"
+             batches, so a failed row cannot be taken out of its state: use \"fail\" (the \
+             default)"
         );
-        skip.check("stage[1]", "map", true, true).unwrap();
+        skip.check("stage[1]", "map", None, true).unwrap();
+        // A retry is not applied to such a node either: it is refused, not ignored.
+        let retry = NodePolicy {
+            on_error: Some(OnError {
+                retry: Some(RetryPolicy::default()),
+                then: Action::Fail,
+                data_only: false,
+            }),
+            ..NodePolicy::default()
+        };
+        assert!(
+            retry
+                .check("stage[1]", "group", Some(KEEPS), true)
+                .unwrap_err()
+                .to_string()
+                .contains("`a retry` needs a node that processes each batch on its own")
+        );
+        let fail = NodePolicy {
+            on_error: Some(OnError::action(Action::Fail)),
+            ..NodePolicy::default()
+        };
+        fail.check("stage[1]", "group", Some(KEEPS), true).unwrap();
         let fallback = NodePolicy {
             on_error: Some(OnError::action(Action::Fallback)),
             ..NodePolicy::default()
         };
         assert!(
             fallback
-                .check("stage[0]", "wasm", true, true)
+                .check("stage[0]", "wasm", None, true)
                 .unwrap_err()
                 .to_string()
                 .starts_with("`stage[0].on_error`: \"fallback\" needs the rows' defaults")
@@ -643,7 +672,7 @@ mod tests {
         };
         assert!(
             stray
-                .check("stage[0]", "wasm", true, true)
+                .check("stage[0]", "wasm", None, true)
                 .unwrap_err()
                 .to_string()
                 .starts_with("`stage[0].fallback`: is only used with")
@@ -657,7 +686,7 @@ mod tests {
         };
         assert_eq!(
             breaker
-                .check("stage[0]", "wasm", true, true)
+                .check("stage[0]", "wasm", None, true)
                 .unwrap_err()
                 .to_string(),
             "`stage[0].breaker.max_open`: (1s) is below `open` (30s)"

@@ -125,8 +125,9 @@ impl PipelineSpec {
             s.kind
                 .config()
                 .check(&format!("{key}.{}", s.kind.table()))?;
-            s.policy
-                .check(&key, s.kind.table(), s.kind.config().row_local(), true)?;
+            let config = s.kind.config();
+            let unguarded = (!config.row_local()).then(|| config.unguarded_because());
+            s.policy.check(&key, s.kind.table(), unguarded, true)?;
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
             nodes.push((key, s.name.clone(), NodeKind::Stage, i, inputs));
         }
@@ -135,7 +136,7 @@ impl PipelineSpec {
             s.kind
                 .config()
                 .check(&format!("{key}.{}", s.kind.table()))?;
-            s.policy.check(&key, s.kind.table(), true, false)?;
+            s.policy.check(&key, s.kind.table(), None, false)?;
             let inputs = inputs_of(&key, &s.input, &s.inputs)?;
             nodes.push((key, s.name.clone(), NodeKind::Sink, i, inputs));
         }

@@ -354,6 +354,11 @@ impl OperatorConfig for LookupSpec {
     fn row_local(&self) -> bool {
         false
     }
+
+    fn unguarded_because(&self) -> &'static str {
+        "fails only when its table cannot be read past the cache's `staleness`, which no row \
+         caused; the table's own `retry` says how an outage is retried"
+    }
 }
 
 fn names(schema: &Schema) -> String {
