@@ -266,6 +266,8 @@ kinds! {
         Jsonl(JsonlSourceSpec) = "jsonl",
         /// A generator of numbered records (`[source.sequence]`).
         Sequence(crate::connectors::SequenceSourceSpec) = "sequence",
+        /// A WebAssembly connector plugin with granted capabilities (`[source.plugin]`).
+        Plugin(crate::connectors::PluginSourceSpec) = "plugin",
         /// Parquet files: a file, a glob or a directory (`[source.parquet]`).
         Parquet(crate::connectors::ParquetSourceSpec) = "parquet" if "parquet",
         /// CSV files with a typed schema (`[source.csv]`).
