@@ -349,6 +349,14 @@ impl SourceSpec {
         }
     }
 
+    /// Its `[source.plugin]` table, to change, if it is a source plugin.
+    pub fn plugin_mut(&mut self) -> Option<&mut crate::connectors::PluginSourceSpec> {
+        match &mut self.kind {
+            SourceKind::Plugin(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Its `[source.jsonl]` table, to change, if it is a JSON-lines source.
     pub fn jsonl_mut(&mut self) -> Option<&mut JsonlSourceSpec> {
         match &mut self.kind {
