@@ -159,11 +159,11 @@ impl ConnectorStage {
     /// when an earlier trap left no instance.
     pub fn open(&mut self, checkpoint: Option<&str>) -> Result<(), StageFailure> {
         let started = Instant::now();
-        let live = self.live_mut()?;
+        let live = self.live.as_mut().ok_or_else(|| no_instance(&self.name))?;
         arm(&mut live.store, &self.limits, &self.sandbox, started);
-        let result =
-            live.bindings
-                .call_open_source(&mut live.store, &self.config, checkpoint);
+        let result = live
+            .bindings
+            .call_open_source(&mut live.store, &self.config, checkpoint);
         self.account(started);
         match result {
             Ok(Ok(())) => Ok(()),
@@ -190,7 +190,7 @@ impl ConnectorStage {
         max_rows: u32,
     ) -> Result<Option<(RecordBatch, String)>, StageFailure> {
         let started = Instant::now();
-        let live = self.live_mut()?;
+        let live = self.live.as_mut().ok_or_else(|| no_instance(&self.name))?;
         arm(&mut live.store, &self.limits, &self.sandbox, started);
         let result = live.bindings.call_next_batch(&mut live.store, max_rows);
         self.account(started);
@@ -224,13 +224,6 @@ impl ConnectorStage {
         })?;
         let batch = outputs::conform(&self.name, &batch, &self.schema)?;
         Ok(Some((batch, next.checkpoint)))
-    }
-
-    fn live_mut(&mut self) -> Result<&mut Live, StageFailure> {
-        self.live.as_mut().ok_or_else(|| StageFailure::Instantiate {
-            stage: self.name.to_string(),
-            message: "its instance was dropped after a trap; the run must resume from its last checkpoint".into(),
-        })
     }
 
     /// Adds a finished call's fuel and time to the stats.
@@ -274,6 +267,15 @@ impl ConnectorStage {
         let failure = classify(&self.name, &self.limits, &mut live.store, error);
         tracing::warn!(source = %self.name, error = %failure, "connector instance poisoned");
         failure
+    }
+}
+
+/// The failure of a call after a trap dropped the instance.
+fn no_instance(name: &str) -> StageFailure {
+    StageFailure::Instantiate {
+        stage: name.to_owned(),
+        message: "its instance was dropped after a trap; the run must resume from its last checkpoint"
+            .into(),
     }
 }
 
