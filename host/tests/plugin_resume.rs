@@ -192,7 +192,10 @@ fn a_plugin_source_killed_twice_and_resumed_delivers_every_event() {
         missing.first()
     );
     let extra: Vec<&String> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
-    assert!(extra.is_empty(), "seed {seed}: events not in the input: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "seed {seed}: events not in the input: {extra:?}"
+    );
     let twice = got.values().filter(|&&c| c > 1).count();
     println!("killed after bytes {at} and {again} of {size}: {twice} events written twice");
 

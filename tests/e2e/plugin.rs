@@ -202,12 +202,9 @@ async fn the_access_log_plugin_gives_exactly_the_events_of_the_sample_log() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(&sample, dir.path().join("access.log")).unwrap();
     // Small batches, so batches end mid-file and on malformed lines.
-    let summary = run_toml(
-        &access_log_pipeline("access.log", "\".\"", 7),
-        dir.path(),
-    )
-    .await
-    .expect("the access-log plugin runs");
+    let summary = run_toml(&access_log_pipeline("access.log", "\".\"", 7), dir.path())
+        .await
+        .expect("the access-log plugin runs");
     let got = read_jsonl(&dir.path().join("out.jsonl"));
     assert_eq!(got.len(), expected.len());
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
@@ -387,8 +384,10 @@ async fn a_plugin_over_its_memory_cap_or_panicking_is_stopped_naming_the_cause()
     let err = run_hostile("panic", "{}").await;
     assert_eq!(plugin_failure(&err).reason, "panic");
     assert!(
-        err.to_string()
-            .contains("panicked at src/lib.rs:") && err.to_string().ends_with(": hostile connector panicked on purpose"),
+        err.to_string().contains("panicked at src/lib.rs:")
+            && err
+                .to_string()
+                .ends_with(": hostile connector panicked on purpose"),
         "{err}"
     );
     host_still_works().await;
@@ -398,7 +397,9 @@ async fn a_plugin_over_its_memory_cap_or_panicking_is_stopped_naming_the_cause()
 async fn a_batch_not_of_the_declared_schema_is_a_stage_fault() {
     let dir = tempfile::tempdir().unwrap();
     let text = hostile_pipeline("{ mode = \"wrong_type\", rows = 10 }", "{}", "int64");
-    let err = run_toml(&text, dir.path()).await.expect_err("a wrong type fails");
+    let err = run_toml(&text, dir.path())
+        .await
+        .expect_err("a wrong type fails");
     assert_eq!(plugin_failure(&err).reason, "output_contract");
     assert_eq!(
         err.to_string(),

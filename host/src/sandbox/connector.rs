@@ -274,8 +274,9 @@ impl ConnectorStage {
 fn no_instance(name: &str) -> StageFailure {
     StageFailure::Instantiate {
         stage: name.to_owned(),
-        message: "its instance was dropped after a trap; the run must resume from its last checkpoint"
-            .into(),
+        message:
+            "its instance was dropped after a trap; the run must resume from its last checkpoint"
+                .into(),
     }
 }
 

@@ -391,7 +391,12 @@ impl FeaturizerStage {
 /// Refuels the store and sets its deadlines, before every call: the epoch deadline
 /// for guest code, and the instant host calls wait until, counted from `started`
 /// (the caller's clock reading, so a call reads the clock no more than it did).
-pub(super) fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox, started: Instant) {
+pub(super) fn arm(
+    store: &mut Store<StageState>,
+    limits: &StageLimits,
+    sandbox: &Sandbox,
+    started: Instant,
+) {
     store
         .set_fuel(limits.fuel)
         .expect("fuel is enabled on the engine");

@@ -197,7 +197,9 @@ impl<'a> Cursor<'a> {
         let inner = rest
             .strip_prefix('[')
             .ok_or_else(|| format!("no [{what}]"))?;
-        let end = inner.find(']').ok_or_else(|| format!("unclosed [{what}]"))?;
+        let end = inner
+            .find(']')
+            .ok_or_else(|| format!("unclosed [{what}]"))?;
         self.rest = &inner[end + 1..];
         Ok(&inner[..end])
     }
@@ -225,7 +227,9 @@ impl<'a> Cursor<'a> {
                             .map_err(|_| format!("bad escape \\x{hex} in {what}"))?;
                         out.push(byte);
                     }
-                    Some((_, other)) => out.extend_from_slice(other.encode_utf8(&mut [0; 4]).as_bytes()),
+                    Some((_, other)) => {
+                        out.extend_from_slice(other.encode_utf8(&mut [0; 4]).as_bytes())
+                    }
                     None => return Err(format!("unclosed quoted {what}")),
                 },
                 c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
@@ -362,7 +366,10 @@ mod tests {
         assert_eq!(e.method.as_deref(), Some("GET"));
         assert_eq!(e.status, 200);
         assert_eq!(e.bytes, Some(2326));
-        assert_eq!(e.user_agent.as_deref(), Some("Mozilla/4.08 [en] (Win98; I ;Nav)"));
+        assert_eq!(
+            e.user_agent.as_deref(),
+            Some("Mozilla/4.08 [en] (Win98; I ;Nav)")
+        );
     }
 
     #[test]
@@ -371,13 +378,18 @@ mod tests {
             r#"::1 - - [01/Jan/2024:00:00:00 +0000] "-" 400 - "-" "say \"hi\" \x22x\x22""#,
         )
         .unwrap();
-        assert_eq!((e.user, e.method, e.bytes, e.referer), (None, None, None, None));
+        assert_eq!(
+            (e.user, e.method, e.bytes, e.referer),
+            (None, None, None, None)
+        );
         assert_eq!(e.ts_ms, 1_704_067_200_000);
         assert_eq!(e.user_agent.as_deref(), Some(r#"say "hi" "x""#));
         assert!(parse_line("garbage").is_err());
         assert!(
-            parse_line(r#"1.2.3.4 - - [01/Foo/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#)
-                .is_err()
+            parse_line(
+                r#"1.2.3.4 - - [01/Foo/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "-""#
+            )
+            .is_err()
         );
     }
 }
