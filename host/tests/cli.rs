@@ -122,6 +122,48 @@ path = "out.jsonl"
     );
 }
 
+#[test]
+fn a_new_connector_builds_and_reads_its_granted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = weir(&["stage", "new", "--connector", "my-lines"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("created connector `my-lines`"), "{out}");
+
+    let (ok, out, err) = weir(&["stage", "build", "my-lines"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("world:   connector"), "{out}");
+
+    std::fs::write(dir.path().join("in.txt"), "one\ntwo\r\nthree\n").unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        r#"
+name = "lines"
+[[source]]
+name = "in"
+[source.plugin]
+crate = "my-lines"
+config = { path = "in.txt" }
+grants = { read = ["."] }
+max_rows = 2
+schema = [{ name = "line", type = "utf8" }]
+[[sink]]
+name = "out"
+input = "in"
+[sink.jsonl]
+path = "out.jsonl"
+"#,
+    )
+    .unwrap();
+    let (ok, out, err) = weir(&["run", "--quiet", "p.toml"], dir.path());
+    assert!(ok, "{err}");
+    assert!(out.contains("3 records in"), "{out}");
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(
+        written,
+        "{\"line\":\"one\"}\n{\"line\":\"two\"}\n{\"line\":\"three\"}\n"
+    );
+}
+
 /// `weir features get` and `weir lineage --redis` on vectors a `[sink.redis]`
 /// stored, against a real server (`WEIR_TEST_REDIS_URL`, by default the local
 /// one; see `tests/src/services.rs`).

@@ -10,6 +10,7 @@ mod files;
 mod lineage;
 mod online_store;
 mod ops;
+mod plugin;
 mod policy;
 mod quickstart;
 mod sandbox;

@@ -9,7 +9,8 @@
 //! Each family that needs a client crate is a Cargo feature of its own (`nats`,
 //! `redis`, `parquet`, `csv`, `http`, `postgres`; all on by default), so a program embedding
 //! the runtime compiles only the clients it uses. The files of JSON lines
-//! (`jsonl`, `vectors`) and `sequence` are always there.
+//! (`jsonl`, `vectors`), `sequence` and `plugin` (a WebAssembly source, run in the
+//! host's sandbox) are always there.
 
 #[cfg(feature = "csv")]
 pub mod csv;
@@ -23,6 +24,7 @@ mod jsonl_source;
 pub mod lookup;
 #[cfg(feature = "parquet")]
 pub mod parquet;
+pub mod plugin;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -44,5 +46,6 @@ pub use jsonl_source::{
 };
 #[cfg(feature = "parquet")]
 pub use parquet::{ParquetSink, ParquetSinkSpec, ParquetSource, ParquetSourceSpec};
+pub use plugin::{PluginSource, PluginSourceSpec};
 pub use sequence::{SequenceSource, SequenceSourceSpec, default_sequence_column};
 pub use vectors::{VectorsSink, VectorsSinkSpec};

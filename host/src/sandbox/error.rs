@@ -106,6 +106,29 @@ pub enum StageFailure {
         /// The stage's message.
         message: String,
     },
+    /// A connector's `open-source` refused its configuration or checkpoint
+    /// (the file it names cannot be opened, a key is wrong). The message adds
+    /// what the plugin was granted, since a path outside its grants reads to
+    /// the guest as a missing file.
+    #[error("connector `{stage}` could not open its source: {message} ({grants})")]
+    Open {
+        /// The source's name.
+        stage: String,
+        /// The plugin's message.
+        message: String,
+        /// What it may read: `granted read-only: /data/logs` or `granted no directories`.
+        grants: String,
+    },
+    /// A connector returned more rows than the `max-rows` it was asked for.
+    #[error("connector `{stage}` returned {rows} rows when asked for at most {max_rows}")]
+    TooManyRows {
+        /// The source's name.
+        stage: String,
+        /// Rows it returned.
+        rows: usize,
+        /// The `max-rows` of the call.
+        max_rows: u32,
+    },
     /// The call used up its fuel budget (a deterministic CPU cap).
     #[error("stage `{stage}` ran out of fuel (budget {budget} per call)")]
     OutOfFuel {
@@ -297,12 +320,14 @@ impl StageFailure {
     /// `memory_cap`, `stack_overflow`, `panic`, `host_call_refused`,
     /// `output_cap`, `crossing_cap` (an output over the crossing cap) and
     /// `trap` (any other); otherwise `stage_error` (the guest's own error),
-    /// `init`, `crossing_cap`, `batch`, `output_contract` (rows or columns
-    /// not as declared) and `instantiate`.
+    /// `init`, `open` (a connector refused its configuration or checkpoint),
+    /// `crossing_cap`, `batch`, `output_contract` (rows or columns not as
+    /// declared) and `instantiate`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Guest { .. } => "stage_error",
             Self::Init { .. } => "init",
+            Self::Open { .. } => "open",
             Self::OutOfFuel { .. } => "out_of_fuel",
             Self::Deadline { .. } => "deadline",
             Self::Memory { .. } => "memory_cap",
@@ -314,6 +339,7 @@ impl StageFailure {
             Self::Trap { .. } => "trap",
             Self::Batch { .. } => "batch",
             Self::RowCount { .. }
+            | Self::TooManyRows { .. }
             | Self::FilterColumn { .. }
             | Self::OutputMissing { .. }
             | Self::OutputType { .. }

@@ -6,6 +6,8 @@
 //!                                                                             ▼
 //!   FeaturizerStage ── per call: set_fuel, set_epoch_deadline ──► Store + instance
 //!        │                    trap? drop the Store; the next call instantiates anew
+//!   ConnectorStage  ── the same per call; trap? drop the Store, the source fails
+//!                      and the run resumes from its last committed checkpoint
 //! ```
 //!
 //! One [`Sandbox`] holds the host's single wasmtime `Engine` (pooling allocator,
@@ -32,6 +34,7 @@
 pub use crate::wit as bindings;
 mod build;
 mod cache;
+mod connector;
 mod console;
 mod crossing;
 mod deadline;
@@ -53,6 +56,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 pub use build::{BuildError, build_stage};
+pub use connector::ConnectorStage;
 pub use engine::EngineConfig;
 pub use error::{LoadError, StageFailure};
 pub use limits::{

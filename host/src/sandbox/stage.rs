@@ -342,6 +342,7 @@ impl FeaturizerStage {
             self.limits.memory.as_usize(),
             self.limits.max_output.as_usize(),
             &self.grants,
+            None,
             self.metrics.clone(),
         )
         .map_err(|message| StageFailure::Instantiate {
@@ -390,7 +391,12 @@ impl FeaturizerStage {
 /// Refuels the store and sets its deadlines, before every call: the epoch deadline
 /// for guest code, and the instant host calls wait until, counted from `started`
 /// (the caller's clock reading, so a call reads the clock no more than it did).
-fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox, started: Instant) {
+pub(super) fn arm(
+    store: &mut Store<StageState>,
+    limits: &StageLimits,
+    sandbox: &Sandbox,
+    started: Instant,
+) {
     store
         .set_fuel(limits.fuel)
         .expect("fuel is enabled on the engine");
@@ -414,7 +420,7 @@ fn arm(store: &mut Store<StageState>, limits: &StageLimits, sandbox: &Sandbox, s
 /// crossing cap; a guest panic (its message read from the call's stderr); an
 /// error raised by a host function (no trap code: a refused host call); any
 /// other trap, by its code's description. Each reads as one line.
-fn classify(
+pub(super) fn classify(
     stage: &str,
     limits: &StageLimits,
     store: &mut Store<StageState>,

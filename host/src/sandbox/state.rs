@@ -43,6 +43,7 @@ impl StageState {
         memory_cap: usize,
         output_cap: usize,
         grants: &Grants,
+        base: Option<&std::path::Path>,
         metrics: Arc<Mutex<GuestMetrics>>,
     ) -> Result<Self, String> {
         let stdout = Console::new("stdout", output_cap);
@@ -52,11 +53,19 @@ impl StageState {
         if !grants.clock {
             builder.wall_clock(FrozenClock).monotonic_clock(FrozenClock);
         }
+        // The guest sees each directory under the path as granted; with a
+        // `base`, a relative one is read from under it on the host (a plugin's
+        // `grants.read = ["."]` is the pipeline file's directory, and the
+        // plugin's relative paths resolve in it, as `wasmtime run --dir .`).
         for dir in &grants.read_dirs {
             let guest = dir.to_string_lossy().into_owned();
+            let host = match base {
+                Some(base) if dir.is_relative() => base.join(dir),
+                _ => dir.clone(),
+            };
             builder
-                .preopened_dir(dir, &guest, FsPerms::ReadOnly)
-                .map_err(|e| format!("cannot grant directory {}: {e:#}", dir.display()))?;
+                .preopened_dir(&host, &guest, FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot grant directory {}: {e:#}", host.display()))?;
         }
         Ok(Self {
             wasi: builder.build(),

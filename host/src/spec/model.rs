@@ -266,6 +266,8 @@ kinds! {
         Jsonl(JsonlSourceSpec) = "jsonl",
         /// A generator of numbered records (`[source.sequence]`).
         Sequence(crate::connectors::SequenceSourceSpec) = "sequence",
+        /// A WebAssembly connector plugin with granted capabilities (`[source.plugin]`).
+        Plugin(crate::connectors::PluginSourceSpec) = "plugin",
         /// Parquet files: a file, a glob or a directory (`[source.parquet]`).
         Parquet(crate::connectors::ParquetSourceSpec) = "parquet" if "parquet",
         /// CSV files with a typed schema (`[source.csv]`).
@@ -343,6 +345,14 @@ impl SourceSpec {
     pub fn jsonl(&self) -> Option<&JsonlSourceSpec> {
         match &self.kind {
             SourceKind::Jsonl(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// Its `[source.plugin]` table, to change, if it is a source plugin.
+    pub fn plugin_mut(&mut self) -> Option<&mut crate::connectors::PluginSourceSpec> {
+        match &mut self.kind {
+            SourceKind::Plugin(p) => Some(p),
             _ => None,
         }
     }

@@ -1,7 +1,7 @@
 //! Turning a pipeline file into an immutable version: every WebAssembly stage's
-//! component is validated, recorded in the store and pinned by digest, so that
-//! activating the version later runs exactly the same code, whatever happened to
-//! the files or names since.
+//! and source plugin's component is validated, recorded in the store and pinned
+//! by digest, so that activating the version later runs exactly the same code,
+//! whatever happened to the files or names since.
 
 use std::collections::BTreeMap;
 
@@ -92,6 +92,33 @@ pub fn pin(
             params: w.params.clone(),
             limits: w.limits,
         });
+    }
+    for (index, source) in pinned.sources.iter_mut().enumerate() {
+        let name = source.name.clone();
+        let Some(p) = source.plugin_mut() else {
+            continue;
+        };
+        let reference = p.reference(&format!("source[{index}].plugin"))?;
+        let bytes = reference
+            .resolve(&spec.base_dir, Some(store))
+            .and_then(crate::sandbox::Resolved::into_bytes)
+            .map_err(|source| PinError::Resolve {
+                stage: name.clone(),
+                source,
+            })?;
+        let label = reference.label().unwrap_or_else(|| name.clone());
+        let loaded = sandbox.load(&bytes).map_err(|source| PinError::Load {
+            stage: name.clone(),
+            source,
+        })?;
+        let record = store
+            .push_component(&label, &bytes, loaded.world())
+            .map_err(|source| PinError::Store {
+                stage: name.clone(),
+                source,
+            })?;
+        p.component = Some(format!("sha256:{}", record.digest).into());
+        p.krate = None;
     }
     Ok((pinned, stages))
 }
