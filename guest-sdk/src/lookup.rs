@@ -41,9 +41,10 @@ impl LookupError {
     /// The host's message.
     pub fn message(&self) -> &str {
         match self {
-            Self::UnknownTable(m) | Self::BadKeys(m) | Self::Unavailable(m) | Self::Malformed(m) => {
-                m
-            }
+            Self::UnknownTable(m)
+            | Self::BadKeys(m)
+            | Self::Unavailable(m)
+            | Self::Malformed(m) => m,
         }
     }
 
@@ -103,9 +104,7 @@ pub fn lookup(table: &str, keys: &Column) -> Result<Batch, LookupError> {
     {
         use crate::bindings::weir::stage::lookup as wit;
         match wit::lookup(table, &keys.clone().into_wit()) {
-            Ok(batch) => {
-                Batch::from_wit(batch).map_err(|e| LookupError::Malformed(e.message))
-            }
+            Ok(batch) => Batch::from_wit(batch).map_err(|e| LookupError::Malformed(e.message)),
             Err(wit::LookupError::UnknownTable(m)) => Err(LookupError::UnknownTable(m)),
             Err(wit::LookupError::BadKeys(m)) => Err(LookupError::BadKeys(m)),
             Err(wit::LookupError::Unavailable(m)) => Err(LookupError::Unavailable(m)),

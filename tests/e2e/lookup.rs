@@ -95,7 +95,10 @@ async fn a_featurizer_looks_up_the_values_the_lookup_stage_adds() {
     let by_stage = std::fs::read_to_string(&out).unwrap();
     assert_eq!(by_stage, EXPECTED);
 
-    let wasm = pipeline(&wasm_stage("{ table = \"segments\", key = \"user_id\" }", true));
+    let wasm = pipeline(&wasm_stage(
+        "{ table = \"segments\", key = \"user_id\" }",
+        true,
+    ));
     let wasm_summary = run_toml(&wasm, dir.path()).await.unwrap();
     let by_import = std::fs::read_to_string(&out).unwrap();
     assert_eq!(by_import, EXPECTED);
@@ -107,7 +110,10 @@ async fn a_featurizer_looks_up_the_values_the_lookup_stage_adds() {
     // Four hits, two misses (`zz`, the null key); the table loaded once.
     assert_eq!(counters(&native_summary), (4, 2, 1));
     assert_eq!(counters(&wasm_summary), (4, 2, 1));
-    assert_eq!(wasm_summary.node("enrich").unwrap().counters["wasm:calls"], 2);
+    assert_eq!(
+        wasm_summary.node("enrich").unwrap().counters["wasm:calls"],
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,7 +186,9 @@ fn a_component_that_never_calls_lookup_does_not_import_it() {
     );
     let user = sandbox().load_file(&component(LOOKUP_USER)).unwrap();
     assert!(
-        user.imports().iter().any(|i| i == "weir:stage/lookup@0.1.1"),
+        user.imports()
+            .iter()
+            .any(|i| i == "weir:stage/lookup@0.1.1"),
         "{:?}",
         user.imports()
     );
@@ -191,7 +199,10 @@ async fn a_component_built_against_the_0_1_0_contract_still_runs() {
     let path = component(CONTRACT_0_1_0);
     let loaded = sandbox().load_file(&path).unwrap();
     assert!(
-        loaded.imports().iter().any(|i| i == "weir:stage/host@0.1.0"),
+        loaded
+            .imports()
+            .iter()
+            .any(|i| i == "weir:stage/host@0.1.0"),
         "built against 0.1.0: {:?}",
         loaded.imports()
     );

@@ -40,7 +40,8 @@ pub const LOOKUP_IMPORT: &str = "weir:stage/lookup@0.1.1";
 pub(super) const LOOKUP_PREFIX: &str = "weir:stage/lookup@0.1.";
 
 /// A future a [`TableLookup`] returns.
-pub type LookupFuture<'a> = Pin<Box<dyn Future<Output = Result<Looked, LookupFailure>> + Send + 'a>>;
+pub type LookupFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Looked, LookupFailure>> + Send + 'a>>;
 
 /// A table a stage may look keys up in.
 ///

@@ -59,12 +59,12 @@ pub use error::{LoadError, StageFailure};
 pub use limits::{
     Grants, StageLimits, default_deadline, default_fuel, default_max_crossing, default_memory,
 };
+pub use lookup::{
+    LOOKUP_IMPORT, Looked, LookupFailure, LookupFuture, LookupLog, Lookups, TableLookup,
+};
 pub use outputs::{DeclaredOutputs, FILTER_COLUMN, OutputColumn, OutputSchemaError, output_schema};
 pub use reference::{ComponentRef, ResolveError, Resolved, is_reference};
 pub use stage::{FeaturizerStage, StageStats};
-pub use lookup::{
-    LOOKUP_IMPORT, LookupFailure, LookupFuture, LookupLog, Looked, Lookups, TableLookup,
-};
 pub use state::GuestMetrics;
 pub(crate) use state::StageState;
 

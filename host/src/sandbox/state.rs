@@ -178,7 +178,9 @@ impl lookup::Host for StageState {
                 return Ok(Err(WitLookupError::Unavailable(m)));
             }
             Err(LookupFailure::Failed(m)) => {
-                return Err(wasmtime::format_err!("lookup in table `{table}` failed: {m}"));
+                return Err(wasmtime::format_err!(
+                    "lookup in table `{table}` failed: {m}"
+                ));
             }
         };
         self.lookup_log

@@ -28,7 +28,7 @@ use super::table::{Found, LookupTable, TableDef};
 use crate::node::config::{BuildCx, SpecError};
 use crate::node::retry::RetryPolicy;
 use crate::node::{Emitter, NodeError};
-use crate::sandbox::{LookupFailure, LookupFuture, Looked, TableLookup};
+use crate::sandbox::{Looked, LookupFailure, LookupFuture, TableLookup};
 
 /// A table a WebAssembly stage may look keys up in. See the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,12 +129,9 @@ impl TableLookup for SharedTable {
                 .await
                 .map_err(|e| failure(&table, e))?;
             let options = RecordBatchOptions::new().with_row_count(Some(rows));
-            let values = RecordBatch::try_new_with_options(
-                table.value_schema().clone(),
-                values,
-                &options,
-            )
-            .map_err(|e| LookupFailure::Failed(format!("{}: {e}", table.describe())))?;
+            let values =
+                RecordBatch::try_new_with_options(table.value_schema().clone(), values, &options)
+                    .map_err(|e| LookupFailure::Failed(format!("{}: {e}", table.describe())))?;
             Ok(Looked {
                 values,
                 generation: digest,

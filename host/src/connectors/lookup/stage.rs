@@ -299,7 +299,6 @@ impl OperatorConfig for LookupSpec {
     }
 }
 
-
 /// The running stage: its input's key columns, and the table.
 struct LookupStage {
     key: String,

@@ -159,8 +159,12 @@ schema = [
     )
     .unwrap();
     // int32 keys are cast to the table's int64.
-    let keys: arrow::array::ArrayRef =
-        Arc::new(arrow::array::Int32Array::from(vec![Some(8), Some(9), None, Some(7)]));
+    let keys: arrow::array::ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![
+        Some(8),
+        Some(9),
+        None,
+        Some(7),
+    ]));
     let looked = table.lookup(keys).await.unwrap();
     assert_eq!(
         looked
@@ -176,7 +180,11 @@ schema = [
         strings(&looked.values, "segment"),
         [s("silver"), None, None, s("gold")]
     );
-    assert!(looked.generation.starts_with("table:"), "{}", looked.generation);
+    assert!(
+        looked.generation.starts_with("table:"),
+        "{}",
+        looked.generation
+    );
     assert_eq!(looked.counters.get("lookup_hits"), Some(&2));
     assert_eq!(looked.counters.get("lookup_misses"), Some(&2));
     assert_eq!(looked.counters.get("reloads"), Some(&1));

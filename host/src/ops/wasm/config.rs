@@ -17,8 +17,8 @@ use crate::node::config::{BuildCx, FieldType, OperatorConfig, SpecError};
 use crate::node::services::ComponentSource;
 use crate::node::{NodeError, Operator};
 use crate::sandbox::{
-    ComponentRef, DeclaredOutputs, FeaturizerStage, Grants, LoadedComponent, Lookups,
-    OutputColumn, OutputSchemaError, ResolveError, Sandbox, StageLimits, TableLookup,
+    ComponentRef, DeclaredOutputs, FeaturizerStage, Grants, LoadedComponent, Lookups, OutputColumn,
+    OutputSchemaError, ResolveError, Sandbox, StageLimits, TableLookup,
 };
 
 /// A WebAssembly featurizer stage.
