@@ -78,8 +78,8 @@ fn wasm_stage(params: &str, grant: bool) -> String {
 
 const EXPECTED: &str = r#"{"user_id":"u1","n":1,"segment":"casual","ltv":1.25}
 {"user_id":"u2","n":2,"segment":"loyal","ltv":40.5}
-{"user_id":"zz","n":3}
-{"n":4}
+{"user_id":"zz","n":3,"segment":null,"ltv":null}
+{"user_id":null,"n":4,"segment":null,"ltv":null}
 {"user_id":"u3","n":5,"segment":"new","ltv":0.0}
 {"user_id":"u1","n":6,"segment":"casual","ltv":1.25}
 "#;
@@ -215,7 +215,7 @@ async fn a_component_built_against_the_0_1_0_contract_still_runs() {
         r#"{"user_id":"u1","n":1,"n2":2}
 {"user_id":"u2","n":2,"n2":4}
 {"user_id":"zz","n":3,"n2":6}
-{"n":4,"n2":8}
+{"user_id":null,"n":4,"n2":8}
 {"user_id":"u3","n":5,"n2":10}
 {"user_id":"u1","n":6,"n2":12}
 "#
