@@ -400,7 +400,8 @@ fn with_lookup(extra: &str) -> String {
         "\n[[sink]]",
         &format!(
             "[stage.wasm.lookups.segments]\nkey = \"user_id\"\n\
-             table.csv = {{ path = \"segments.csv\" }}\n{extra}\n[[sink]]"
+             table.csv = {{ path = \"segments.csv\", schema = [{{ name = \"user_id\", type = \"utf8\" }}] }}\n\
+             {extra}\n[[sink]]"
         ),
     )
 }
