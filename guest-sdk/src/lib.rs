@@ -72,7 +72,10 @@
 //! # Host services
 //!
 //! [`log`] and [`metrics`] go through the host (`weir:stage/host`), which attributes
-//! them to the stage. The SDK imports nothing else. Rust's standard library adds the
+//! them to the stage. A featurizer may also look keys up in the tables its pipeline
+//! grants it with `lookup::lookup` (`weir:stage/lookup`, contract `0.1.1`): a
+//! component imports that interface only if it calls it, and the host loads such a
+//! component only into a stage granted a table. The SDK imports nothing else. Rust's standard library adds the
 //! few WASI interfaces its runtime needs (`wasi:cli` stdio, environment and exit, and
 //! `wasi:io` streams, used to print a panic message); a stage's own code pulls in more
 //! only if it uses them (a `HashMap`'s random seed needs `wasi:random`, `SystemTime`
@@ -122,6 +125,8 @@ mod featurizer;
 
 pub mod hash;
 pub mod log;
+#[cfg(feature = "featurizer")]
+pub mod lookup;
 pub mod metrics;
 #[cfg(feature = "params")]
 pub mod params;

@@ -46,27 +46,32 @@ impl Batch {
         let columns = self
             .into_columns()
             .into_iter()
-            .map(|c| {
-                let (name, values, validity) = c.into_parts();
-                let values = match values {
-                    Values::Boolean(v) => wit::ColumnValues::Boolean(v),
-                    Values::Int32(v) => wit::ColumnValues::Int32(v),
-                    Values::Int64(v) => wit::ColumnValues::Int64(v),
-                    Values::Float32(v) => wit::ColumnValues::Float32(v),
-                    Values::Float64(v) => wit::ColumnValues::Float64(v),
-                    Values::Utf8 { offsets, data } => {
-                        wit::ColumnValues::Utf8(wit::Utf8Values { offsets, data })
-                    }
-                    Values::TimestampMs(v) => wit::ColumnValues::TimestampMs(v),
-                };
-                wit::Column {
-                    name,
-                    values,
-                    validity,
-                }
-            })
+            .map(Column::into_wit)
             .collect();
         wit::Batch { num_rows, columns }
+    }
+}
+
+impl Column {
+    /// Hands the column over as the contract lays it out (vectors moved).
+    pub(crate) fn into_wit(self) -> wit::Column {
+        let (name, values, validity) = self.into_parts();
+        let values = match values {
+            Values::Boolean(v) => wit::ColumnValues::Boolean(v),
+            Values::Int32(v) => wit::ColumnValues::Int32(v),
+            Values::Int64(v) => wit::ColumnValues::Int64(v),
+            Values::Float32(v) => wit::ColumnValues::Float32(v),
+            Values::Float64(v) => wit::ColumnValues::Float64(v),
+            Values::Utf8 { offsets, data } => {
+                wit::ColumnValues::Utf8(wit::Utf8Values { offsets, data })
+            }
+            Values::TimestampMs(v) => wit::ColumnValues::TimestampMs(v),
+        };
+        wit::Column {
+            name,
+            values,
+            validity,
+        }
     }
 }
 

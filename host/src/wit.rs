@@ -1,12 +1,16 @@
 //! The host's bindings to the `weir:stage` WIT package: the one place they are
 //! generated. Everything else in the host uses the re-exports below.
 
-/// Bindings for the `featurizer` world (and the shared `types` and `host` interfaces).
+/// Bindings for the `featurizer` world (and the shared `types` and `host`
+/// interfaces, and `lookup`).
 #[allow(missing_docs)] // generated from the WIT, which documents it
 pub mod featurizer {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "featurizer",
+        // A lookup waits on its table under the call's deadline, and past it
+        // traps as guest code past it does.
+        imports: { "weir:stage/lookup.lookup": trappable },
     });
 }
 
@@ -94,6 +98,7 @@ pub struct Utf8ValuesRef<'a> {
 
 pub use connector::{Connector, ConnectorPre};
 pub use featurizer::weir::stage::host::{Host as HostImports, Level};
+pub use featurizer::weir::stage::lookup::LookupError as WitLookupError;
 pub use featurizer::weir::stage::types::{
     Batch as WitBatch, Column as WitColumn, ColumnValues, SourceBatch as WitSourceBatch,
     StageError as WitStageError, Utf8Values,

@@ -8,6 +8,7 @@ mod executor;
 mod faults;
 mod files;
 mod lineage;
+mod lookup;
 mod online_store;
 mod ops;
 mod plugin;

@@ -342,6 +342,8 @@ fn structure(spec: &PipelineSpec) -> serde_json::Value {
                 grants: Default::default(),
                 shadow: w.shadow.take(),
                 columns: w.columns.take(),
+                // The tables are built with the plan: changing them restarts it.
+                lookups: std::mem::take(&mut w.lookups),
                 filter: w.filter,
                 outputs: std::mem::take(&mut w.outputs),
             };

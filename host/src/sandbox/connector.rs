@@ -33,7 +33,8 @@ use super::error::{LoadError, StageFailure};
 use super::limits::{Grants, StageLimits};
 use super::outputs::{self, DeclaredOutputs};
 use super::stage::{StageStats, arm, classify};
-use super::state::{GuestMetrics, StageState};
+use super::lookup::{Lookups, SharedLog};
+use super::state::{GuestMetrics, Shared, StageState};
 use super::{LoadedComponent, Sandbox, World};
 use crate::batch;
 
@@ -243,7 +244,12 @@ impl ConnectorStage {
             self.limits.max_output.as_usize(),
             &self.grants,
             self.base.as_deref(),
-            self.metrics.clone(),
+            // A plugin is granted no lookup tables.
+            Shared {
+                metrics: self.metrics.clone(),
+                lookups: Lookups::default(),
+                lookup_log: SharedLog::default(),
+            },
         )
         .map_err(|message| StageFailure::Instantiate {
             stage: self.name.to_string(),

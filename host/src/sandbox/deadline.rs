@@ -27,6 +27,9 @@
 //!   that has no writer. Other descriptor calls read regular files and directories
 //!   positionally (a FIFO refuses `pread` at once), so the disk bounds them.
 //!
+//! The host's own import that can wait, `weir:stage/lookup` (a table's first load),
+//! runs under the same timeout (see `lookup.rs`).
+//!
 //! Everything else returns at once: stdin is closed, stdout and stderr are memory,
 //! clocks and random never wait, sockets are not granted. A call whose wait is cut
 //! short may leave a worker thread of the WASI runtime blocked in the kernel (an
@@ -206,7 +209,7 @@ fn define_filesystem(i: &mut LinkerInstance<'_, StageState>) -> wasmtime::Result
 
 /// Runs `operation` on the WASI runtime until it completes or `deadline` passes;
 /// past the deadline, the trap an epoch deadline raises.
-fn within<F: Future>(deadline: Instant, operation: F) -> wasmtime::Result<F::Output> {
+pub(super) fn within<F: Future>(deadline: Instant, operation: F) -> wasmtime::Result<F::Output> {
     // The timer is made inside the runtime `in_tokio` enters: outside one, tokio has
     // no clock to register it with.
     in_tokio(async move { tokio::time::timeout_at(deadline.into(), operation).await })

@@ -42,6 +42,7 @@ mod engine;
 mod error;
 mod fault;
 mod limits;
+mod lookup;
 mod outputs;
 mod reference;
 mod stage;
@@ -62,6 +63,9 @@ pub use error::{LoadError, StageFailure};
 pub use limits::{
     Grants, StageLimits, default_deadline, default_fuel, default_max_crossing, default_memory,
 };
+pub use lookup::{
+    LOOKUP_IMPORT, Looked, LookupFailure, LookupFuture, LookupLog, Lookups, TableLookup,
+};
 pub use outputs::{DeclaredOutputs, FILTER_COLUMN, OutputColumn, OutputSchemaError, output_schema};
 pub use reference::{ComponentRef, ResolveError, Resolved, is_reference};
 pub use stage::{FeaturizerStage, StageStats};
@@ -75,9 +79,13 @@ use cache::ArtifactCache;
 /// `wasm32-wasip2` imports the WASI CLI, I/O, clocks, random and filesystem
 /// interfaces even when unused; they are linked to a context that grants nothing.
 /// Sockets and HTTP are absent: a component importing them is refused at load.
+/// Each `weir:stage` prefix admits every `0.1.z`, which the linker serves with
+/// its `0.1.1` definitions. `weir:stage/lookup` is admitted here and granted per
+/// stage ([`LoadedComponent::check_grants`]).
 const GRANTED_IMPORTS: &[&str] = &[
     "weir:stage/host@0.1.",
     "weir:stage/types@0.1.",
+    lookup::LOOKUP_PREFIX,
     "wasi:cli/",
     "wasi:io/",
     "wasi:clocks/",
@@ -157,6 +165,43 @@ impl LoadedComponent {
     /// The interfaces it imports.
     pub fn imports(&self) -> &[String] {
         &self.imports
+    }
+
+    /// Whether it imports `weir:stage/lookup`.
+    pub fn imports_lookup(&self) -> bool {
+        self.lookup_import().is_some()
+    }
+
+    fn lookup_import(&self) -> Option<&str> {
+        self.imports
+            .iter()
+            .map(String::as_str)
+            .find(|i| i.starts_with(lookup::LOOKUP_PREFIX))
+    }
+
+    /// Checks the imports granted per stage against what the stage is given: a
+    /// component importing `weir:stage/lookup` needs at least one table.
+    ///
+    /// # Errors
+    /// [`LoadError::ImportNotGranted`] naming the import.
+    pub fn check_grants(&self, lookups: &Lookups) -> Result<(), LoadError> {
+        match self.lookup_import() {
+            Some(import) if lookups.is_empty() => Err(LoadError::ImportNotGranted {
+                digest: self.digest.clone(),
+                import: import.to_owned(),
+                granted: format!(
+                    "{}; `{}` only to a stage whose spec grants it tables, `[stage.wasm.lookups.<name>]`",
+                    GRANTED_IMPORTS
+                        .iter()
+                        .filter(|g| **g != lookup::LOOKUP_PREFIX)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    lookup::LOOKUP_PREFIX
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn featurizer_pre(&self) -> Result<FeaturizerPre<StageState>, LoadError> {

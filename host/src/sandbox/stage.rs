@@ -23,8 +23,9 @@ use wasmtime::{Store, Trap};
 use super::bindings::{BatchRef, Featurizer, FeaturizerPre, WitBatch, WitStageError};
 use super::error::{LoadError, StageFailure};
 use super::limits::{Grants, StageLimits};
+use super::lookup::{LookupLog, Lookups, SharedLog};
 use super::outputs::{self, DeclaredOutputs};
-use super::state::{GuestMetrics, StageState};
+use super::state::{GuestMetrics, Shared, StageState};
 use super::{LoadedComponent, Sandbox};
 use crate::batch;
 use crate::units::ByteSize;
@@ -69,6 +70,8 @@ pub struct FeaturizerStage {
     live: Option<Live>,
     stats: StageStats,
     metrics: Arc<Mutex<GuestMetrics>>,
+    lookups: Lookups,
+    lookup_log: SharedLog,
     projection: Option<Vec<String>>,
     filter: bool,
     outputs: DeclaredOutputs,
@@ -104,6 +107,39 @@ impl FeaturizerStage {
         limits: StageLimits,
         grants: Grants,
     ) -> Result<Self, StageFailure> {
+        Self::with_lookups(
+            sandbox,
+            component,
+            name,
+            params,
+            limits,
+            grants,
+            Lookups::default(),
+        )
+    }
+
+    /// [`FeaturizerStage::new`] for a stage granted `lookups`: the tables its
+    /// `weir:stage/lookup` import may read.
+    ///
+    /// # Errors
+    /// As [`FeaturizerStage::new`]; [`StageFailure::Instantiate`] naming the
+    /// import when the component imports `weir:stage/lookup` and `lookups` is
+    /// empty (see [`LoadedComponent::check_grants`]).
+    pub fn with_lookups(
+        sandbox: &Sandbox,
+        component: &LoadedComponent,
+        name: &str,
+        params: &str,
+        limits: StageLimits,
+        grants: Grants,
+        lookups: Lookups,
+    ) -> Result<Self, StageFailure> {
+        component
+            .check_grants(&lookups)
+            .map_err(|e| StageFailure::Instantiate {
+                stage: name.to_owned(),
+                message: e.to_string(),
+            })?;
         let pre = component
             .featurizer_pre()
             .map_err(|e: LoadError| StageFailure::Instantiate {
@@ -121,6 +157,8 @@ impl FeaturizerStage {
             live: None,
             stats: StageStats::default(),
             metrics: Arc::default(),
+            lookups,
+            lookup_log: SharedLog::default(),
             projection: None,
             filter: false,
             outputs: DeclaredOutputs::default(),
@@ -158,6 +196,17 @@ impl FeaturizerStage {
     /// What the stage reported through its metrics import.
     pub fn guest_metrics(&self) -> GuestMetrics {
         self.metrics.lock().expect("metrics lock").clone()
+    }
+
+    /// What the stage's lookups did since the last call of this method: their
+    /// counters and the table generations that answered.
+    pub fn take_lookup_log(&self) -> LookupLog {
+        std::mem::take(&mut *self.lookup_log.lock().expect("lookup log lock"))
+    }
+
+    /// The tables granted to the stage.
+    pub fn lookups(&self) -> &Lookups {
+        &self.lookups
     }
 
     /// Sends only `columns` into the stage (`None`: every column) and merges what
@@ -343,7 +392,11 @@ impl FeaturizerStage {
             self.limits.max_output.as_usize(),
             &self.grants,
             None,
-            self.metrics.clone(),
+            Shared {
+                metrics: self.metrics.clone(),
+                lookups: self.lookups.clone(),
+                lookup_log: self.lookup_log.clone(),
+            },
         )
         .map_err(|message| StageFailure::Instantiate {
             stage: self.name.to_string(),

@@ -1,7 +1,8 @@
 //! What a stage's `Store` holds: its WASI context (granting nothing by default), the
 //! memory limiter, its stdout and stderr (bounded per call, see `console.rs`),
-//! the sinks for its logs and metrics, and the current call's deadline, which
-//! bounds the host calls that can wait (see `deadline.rs`).
+//! the sinks for its logs and metrics, the tables it may look keys up in (see
+//! `lookup.rs`), and the current call's deadline, which bounds the host calls
+//! that can wait (see `deadline.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,9 +12,11 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::featurizer::weir::stage::{host, types};
+use super::bindings::featurizer::weir::stage::{host, lookup, types};
+use super::bindings::{WitBatch, WitColumn, WitLookupError};
 use super::console::Console;
 use super::limits::Grants;
+use super::lookup::{LookupFailure, Lookups, SharedLog};
 
 /// Counters and gauges a stage reported through `weir:stage/host`, kept across
 /// instances so a trap does not lose them.
@@ -33,8 +36,19 @@ pub(crate) struct StageState {
     pub(super) stderr: Console,
     stage: Arc<str>,
     metrics: Arc<Mutex<GuestMetrics>>,
+    /// The tables granted to the stage, and where their counters go.
+    lookups: Lookups,
+    lookup_log: SharedLog,
     /// When the current call must end; set before every call.
     deadline: Instant,
+}
+
+/// The stage's sinks shared by its instances: guest metrics and the lookups'
+/// log.
+pub(super) struct Shared {
+    pub(super) metrics: Arc<Mutex<GuestMetrics>>,
+    pub(super) lookups: Lookups,
+    pub(super) lookup_log: SharedLog,
 }
 
 impl StageState {
@@ -44,7 +58,7 @@ impl StageState {
         output_cap: usize,
         grants: &Grants,
         base: Option<&std::path::Path>,
-        metrics: Arc<Mutex<GuestMetrics>>,
+        shared: Shared,
     ) -> Result<Self, String> {
         let stdout = Console::new("stdout", output_cap);
         let stderr = Console::new("stderr", output_cap);
@@ -77,7 +91,9 @@ impl StageState {
             stdout,
             stderr,
             stage,
-            metrics,
+            metrics: shared.metrics,
+            lookups: shared.lookups,
+            lookup_log: shared.lookup_log,
             deadline: Instant::now(),
         })
     }
@@ -135,6 +151,79 @@ impl host::Host for StageState {
             .gauges
             .insert(name, value);
     }
+}
+
+impl lookup::Host for StageState {
+    fn lookup(
+        &mut self,
+        table: String,
+        keys: WitColumn,
+    ) -> wasmtime::Result<Result<WitBatch, WitLookupError>> {
+        let Some(handle) = self.lookups.get(&table).cloned() else {
+            let granted: Vec<String> = self.lookups.names().map(|n| format!("`{n}`")).collect();
+            return Ok(Err(WitLookupError::UnknownTable(format!(
+                "no table `{table}` is granted to stage `{}` (granted: {})",
+                self.stage,
+                if granted.is_empty() {
+                    "none".to_owned()
+                } else {
+                    granted.join(", ")
+                }
+            ))));
+        };
+        let keys = match key_array(keys) {
+            Ok(k) => k,
+            Err(message) => {
+                return Ok(Err(WitLookupError::BadKeys(format!(
+                    "table `{table}`: {message}"
+                ))));
+            }
+        };
+        let looked = super::deadline::within(self.deadline, handle.lookup(keys))?;
+        let looked = match looked {
+            Ok(l) => l,
+            Err(LookupFailure::BadKeys(m)) => return Ok(Err(WitLookupError::BadKeys(m))),
+            Err(LookupFailure::Unavailable(m)) => {
+                return Ok(Err(WitLookupError::Unavailable(m)));
+            }
+            Err(LookupFailure::Failed(m)) => {
+                return Err(wasmtime::format_err!(
+                    "lookup in table `{table}` failed: {m}"
+                ));
+            }
+        };
+        self.lookup_log
+            .lock()
+            .expect("lookup log lock")
+            .note(&table, &looked);
+        let out = crate::batch::to_wit(&looked.values)
+            .map_err(|e| wasmtime::format_err!("table `{table}`'s values cannot cross: {e}"))?
+            .to_owned_batch();
+        tracing::trace!(stage = %self.stage, table, rows = out.num_rows, "lookup served");
+        Ok(Ok(out))
+    }
+}
+
+/// The keys a guest sent, as one Arrow array, checked as any batch from a
+/// guest is. A boolean column is refused: its bitmap does not say how many
+/// rows it holds, and no table is keyed on booleans.
+fn key_array(keys: WitColumn) -> Result<arrow::array::ArrayRef, String> {
+    use super::bindings::ColumnValues as V;
+    let rows = match &keys.values {
+        V::Boolean(_) => return Err("a boolean column cannot be a key".to_owned()),
+        V::Int32(v) => v.len(),
+        V::Int64(v) | V::TimestampMs(v) => v.len(),
+        V::Float32(v) => v.len(),
+        V::Float64(v) => v.len(),
+        V::Utf8(u) => u.offsets.len().saturating_sub(1),
+    };
+    let batch = WitBatch {
+        num_rows: u32::try_from(rows).map_err(|_| "too many keys".to_owned())?,
+        columns: vec![keys],
+    };
+    crate::batch::from_wit(batch)
+        .map(|b| b.column(0).clone())
+        .map_err(|e| format!("malformed keys: {e}"))
 }
 
 /// Caps a stage's linear memory, remembering a refusal so the resulting trap can be

@@ -392,3 +392,51 @@ fn skip_on_a_stateful_operator_is_refused_at_check_time_naming_the_key() {
         "`sink[0].on_error`: a sink has no output to fall back to: use \"skip\" or \"fail\""
     );
 }
+
+/// `GOOD` with the table `segments` granted to its wasm stage, `extra` being
+/// more TOML lines of the grant.
+fn with_lookup(extra: &str) -> String {
+    GOOD.replace(
+        "\n[[sink]]",
+        &format!(
+            "[stage.wasm.lookups.segments]\nkey = \"user_id\"\n\
+             table.csv = {{ path = \"segments.csv\", schema = [{{ name = \"user_id\", type = \"utf8\" }}] }}\n\
+             {extra}\n[[sink]]"
+        ),
+    )
+}
+
+#[test]
+fn a_granted_lookup_table_parses_with_the_lookup_stages_defaults() {
+    let spec = PipelineSpec::from_toml(&with_lookup(""), "p.toml").unwrap();
+    spec.validate().unwrap();
+    let w = spec.stages[0].wasm().unwrap();
+    let grant = &w.lookups["segments"];
+    assert_eq!(grant.key, "user_id");
+    assert_eq!(grant.columns, None);
+    assert_eq!(grant.cache, crate::connectors::lookup::CacheSpec::default());
+}
+
+#[test]
+fn a_misspelled_lookup_key_is_named_with_its_path() {
+    let e = err(&with_lookup("chache = { mode = \"full\" }"));
+    assert!(
+        e.contains("`stage[0].wasm.lookups.segments.chache`: unknown field `chache`"),
+        "{e}"
+    );
+    let e = err(&with_lookup("cache = { mode = \"full\", refesh = \"5m\" }"));
+    assert!(
+        e.contains("`stage[0].wasm.lookups.segments.cache.refesh`: unknown field `refesh`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_lazy_lookup_table_is_refused_for_a_wasm_stage() {
+    let e = err(&with_lookup("cache = { mode = \"lazy\" }"));
+    assert!(
+        e.contains("`stage[0].wasm.lookups.segments.cache.mode`"),
+        "{e}"
+    );
+    assert!(e.contains("loaded whole (`full`)"), "{e}");
+}

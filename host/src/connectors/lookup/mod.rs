@@ -45,10 +45,19 @@
 //! cache, so `weir lineage` of a feature says which version of the table made
 //! it.
 
+//!
+//! **From a WebAssembly stage.** The same table and cache serve the
+//! `weir:stage/lookup` import of a featurizer granted the table in its spec
+//! (`[stage.wasm.lookups.<name>]`, see `grant.rs`): `table.rs` holds the one
+//! [`LookupTable`](table::LookupTable) both build.
+
 mod cache;
+mod grant;
 mod stage;
+mod table;
 
 #[cfg(test)]
 mod tests;
 
+pub use grant::LookupGrant;
 pub use stage::{CacheMode, CacheSpec, LookupSpec, TableSpec};

@@ -123,6 +123,89 @@ schema = [
     assert_eq!(out.counters.get("reloads"), Some(&1));
 }
 
+/// The table a WebAssembly stage is granted answers from the same cache: one
+/// row per key, nulls for a miss and a null key, the same counters, the
+/// generation's digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_table_answers_the_import_from_the_same_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("segments.jsonl"),
+        "{\"user_id\":7,\"segment\":\"gold\",\"ltv\":1.5}\n\
+         {\"user_id\":8,\"segment\":\"silver\",\"ltv\":null}\n",
+    )
+    .unwrap();
+    let grant: super::LookupGrant = toml::from_str(
+        r#"
+key = "user_id"
+columns = ["segment"]
+[table.jsonl]
+path = "segments.jsonl"
+schema = [
+  { name = "user_id", type = "int64", required = true },
+  { name = "segment", type = "utf8" },
+  { name = "ltv", type = "float64" },
+]
+"#,
+    )
+    .unwrap();
+    grant.check("stage[0].wasm.lookups.segments").unwrap();
+    let table = crate::connectors::testcx::with_cx(
+        "stage[0].wasm",
+        dir.path(),
+        1024,
+        &Services::new(),
+        |cx| grant.open("segments", cx),
+    )
+    .unwrap();
+    // int32 keys are cast to the table's int64.
+    let keys: arrow::array::ArrayRef = Arc::new(arrow::array::Int32Array::from(vec![
+        Some(8),
+        Some(9),
+        None,
+        Some(7),
+    ]));
+    let looked = table.lookup(keys).await.unwrap();
+    assert_eq!(
+        looked
+            .values
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>(),
+        ["segment"]
+    );
+    assert_eq!(
+        strings(&looked.values, "segment"),
+        [s("silver"), None, None, s("gold")]
+    );
+    assert!(
+        looked.generation.starts_with("table:"),
+        "{}",
+        looked.generation
+    );
+    assert_eq!(looked.counters.get("lookup_hits"), Some(&2));
+    assert_eq!(looked.counters.get("lookup_misses"), Some(&2));
+    assert_eq!(looked.counters.get("reloads"), Some(&1));
+    // The second lookup is served from the loaded generation.
+    let again = table
+        .lookup(Arc::new(StringArray::from(vec!["7"])))
+        .await
+        .unwrap();
+    assert_eq!(strings(&again.values, "segment"), [s("gold")]);
+    assert_eq!(again.counters.get("reloads"), None);
+    assert_eq!(again.generation, looked.generation);
+    // A key that does not read as the table's type is a miss, as in the
+    // lookup stage (Arrow's safe cast gives a null).
+    let unreadable = table
+        .lookup(Arc::new(StringArray::from(vec!["seven"])))
+        .await
+        .unwrap();
+    assert_eq!(strings(&unreadable.values, "segment"), [None]);
+    assert_eq!(unreadable.counters.get("lookup_misses"), Some(&1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_settings_name_their_key() {
     let dir = tempfile::tempdir().unwrap();

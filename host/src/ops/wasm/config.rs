@@ -4,6 +4,7 @@
 //! sandbox and the component store come from the host's services
 //! ([`BuildCx::services`]), as any node's services do.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,12 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use super::WasmOperator;
 use super::shadow::Shadow;
+use crate::connectors::lookup::LookupGrant;
 use crate::node::config::{BuildCx, FieldType, OperatorConfig, SpecError};
 use crate::node::services::ComponentSource;
 use crate::node::{NodeError, Operator};
 use crate::sandbox::{
-    ComponentRef, DeclaredOutputs, FeaturizerStage, Grants, LoadedComponent, OutputColumn,
-    OutputSchemaError, ResolveError, Sandbox, StageLimits,
+    ComponentRef, DeclaredOutputs, FeaturizerStage, Grants, LoadedComponent, Lookups, OutputColumn,
+    OutputSchemaError, ResolveError, Sandbox, StageLimits, TableLookup,
 };
 
 /// A WebAssembly featurizer stage.
@@ -65,6 +67,13 @@ pub struct WasmStageSpec {
     /// none, and the output is not checked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<OutputSpec>,
+    /// Tables the stage may look keys up in through the `weir:stage/lookup`
+    /// import, by the name it passes (`[stage.wasm.lookups.segments]`): each
+    /// a table and cache as `[stage.lookup]` has, served from the same cache
+    /// code. A component importing `lookup` is refused at load unless at least
+    /// one table is granted. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lookups: BTreeMap<String, LookupGrant>,
 }
 
 /// One column a WebAssembly stage declares it returns.
@@ -112,14 +121,17 @@ impl WasmStageSpec {
         component: &LoadedComponent,
         name: &str,
         params: &str,
+        lookups: &Lookups,
     ) -> Result<FeaturizerStage, NodeError> {
-        let mut stage = FeaturizerStage::new(
+        component.check_grants(lookups).map_err(stage_code)?;
+        let mut stage = FeaturizerStage::with_lookups(
             sandbox,
             component,
             name,
             params,
             self.limits,
             self.grants.clone(),
+            lookups.clone(),
         )?;
         stage.set_projection(self.columns.clone());
         stage.set_filter(self.filter);
@@ -138,6 +150,7 @@ impl WasmStageSpec {
         sandbox: &Sandbox,
         components: Option<&dyn ComponentSource>,
         active: &LoadedComponent,
+        lookups: &Lookups,
     ) -> Result<Option<Shadow>, NodeError> {
         let Some(shadow) = self.shadow.as_ref() else {
             return Ok(None);
@@ -158,9 +171,21 @@ impl WasmStageSpec {
         let params = shadow.params.as_ref().unwrap_or(&self.params).to_string();
         // The wiring is the pipeline's, as for the active version.
         let candidate = self
-            .stage(sandbox, component, cx.name, &params)
+            .stage(sandbox, component, cx.name, &params, lookups)
             .map_err(|e| failed(e.to_string()))?;
         Ok(Some(Shadow::new(candidate, shadow)))
+    }
+}
+
+impl WasmStageSpec {
+    /// The granted tables, described (their data is read at the first lookup).
+    fn lookups(&self, cx: &BuildCx) -> Result<Lookups, NodeError> {
+        let tables = self
+            .lookups
+            .iter()
+            .map(|(name, grant)| Ok((name.clone(), grant.open(name, cx)?)))
+            .collect::<Result<BTreeMap<String, Arc<dyn TableLookup>>, NodeError>>()?;
+        Ok(Lookups::new(tables))
     }
 }
 
@@ -197,6 +222,9 @@ impl OperatorConfig for WasmStageSpec {
 
     fn check(&self, key: &str) -> Result<(), SpecError> {
         self.reference(key)?;
+        for (name, grant) in &self.lookups {
+            grant.check(&format!("{key}.lookups.{name}"))?;
+        }
         if self.limits.fuel == 0 {
             return Err(SpecError::invalid(
                 format!("{key}.limits.fuel"),
@@ -223,8 +251,15 @@ impl OperatorConfig for WasmStageSpec {
             .map_err(resolve_error)?
             .load(&sandbox)
             .map_err(stage_code)?;
-        let stage = self.stage(&sandbox, &component, cx.name, &self.params.to_string())?;
-        let shadow = self.shadow(cx, &sandbox, components.as_deref(), &component)?;
+        let lookups = self.lookups(cx)?;
+        let stage = self.stage(
+            &sandbox,
+            &component,
+            cx.name,
+            &self.params.to_string(),
+            &lookups,
+        )?;
+        let shadow = self.shadow(cx, &sandbox, components.as_deref(), &component, &lookups)?;
         Ok(Box::new(WasmOperator::new(stage).with_shadow(shadow)))
     }
 }

@@ -7,12 +7,21 @@
 //! batch: if that first batch fails (a trap, or an error the old version did not
 //! have), the previous version is restored and the same batch is processed again
 //! on it, so the swap costs no record.
+//!
+//! A stage granted tables (`[stage.wasm.lookups]`) reports its lookups as the
+//! `lookup` stage does: `lookup_hits`, `lookup_misses` and the loads join its
+//! counters, and each output batch's lineage names, beside the component, the
+//! generation of every table that answered during the call
+//! (`<stage>.lookups.<table>` with digest `table:<sha256>`). A live swap to a
+//! component that imports `lookup` is refused: the tables are built with the
+//! plan, so such a change takes a restart.
 
 mod config;
 pub mod shadow;
 
 pub use config::{OutputSpec, WasmStageSpec};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -32,6 +41,8 @@ pub struct WasmOperator {
     probation: Option<Probation>,
     batches: u64,
     shadow: Option<shadow::Shadow>,
+    /// The table generations that answered the last call's lookups.
+    tables: BTreeMap<String, String>,
 }
 
 /// A swap applied but not yet confirmed by a successful batch.
@@ -55,6 +66,7 @@ impl WasmOperator {
             probation: None,
             batches: 0,
             shadow: None,
+            tables: BTreeMap::new(),
         }
     }
 
@@ -97,6 +109,11 @@ impl WasmOperator {
         let filtered_before = self.stage.stats().rows_filtered;
         let output = self.stage.process(batch);
         out.count("wasm:calls", 1);
+        let log = self.stage.take_lookup_log();
+        for (name, n) in &log.counters {
+            out.count(name, *n);
+        }
+        self.tables = log.generations;
         if self.stage.stats().traps > traps_before {
             out.count("wasm:traps", 1);
         }
@@ -170,8 +187,16 @@ impl Operator for WasmOperator {
             .as_mut()
             .map(|s| s.observe(&batch, &output, active_time, out));
         let input = out.input_meta().cloned().unwrap_or_default();
+        let mut lineage = input.lineage.with_stage(&self.lineage);
+        for (table, generation) in &self.tables {
+            lineage = lineage.with_stage(&StageLineage {
+                stage: format!("{}.lookups.{table}", self.lineage.stage),
+                digest: generation.clone(),
+                params_hash: self.lineage.params_hash.clone(),
+            });
+        }
         let meta = Meta {
-            lineage: Arc::new(input.lineage.with_stage(&self.lineage)),
+            lineage: Arc::new(lineage),
             acks: input.acks,
         };
         out.push_with(output, meta);
