@@ -613,7 +613,8 @@ mod tests {
     }
 
     /// What a node that keeps rows says of itself.
-    const KEEPS: &str = "keeps rows across batches, so a failed row cannot be taken out of its state";
+    const KEEPS: &str =
+        "keeps rows across batches, so a failed row cannot be taken out of its state";
 
     #[test]
     fn a_policy_is_checked_against_its_node() {

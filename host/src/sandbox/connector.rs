@@ -31,9 +31,9 @@ use wasmtime::Store;
 use super::bindings::{Connector, ConnectorPre};
 use super::error::{LoadError, StageFailure};
 use super::limits::{Grants, StageLimits};
+use super::lookup::{Lookups, SharedLog};
 use super::outputs::{self, DeclaredOutputs};
 use super::stage::{StageStats, arm, classify};
-use super::lookup::{Lookups, SharedLog};
 use super::state::{GuestMetrics, Shared, StageState};
 use super::{LoadedComponent, Sandbox, World};
 use crate::batch;
@@ -78,6 +78,10 @@ impl ConnectorStage {
     /// [`StageFailure::Instantiate`] when the component is not a connector or
     /// cannot be instantiated (a grant names a directory that does not exist); a
     /// trap while instantiating.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what a plugin is given: its code, name, config, limits, grants and their base, its schema"
+    )]
     pub fn new(
         sandbox: &Sandbox,
         component: &LoadedComponent,

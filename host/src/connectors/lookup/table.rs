@@ -80,7 +80,6 @@ fn defaults_row(
 }
 
 /// Where the rows come from.
-
 enum Table {
     #[cfg(feature = "postgres")]
     Postgres(crate::connectors::postgres::source::PgTable),
