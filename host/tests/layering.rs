@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 ///
 /// Modules of one floor may import each other where listed (`sandbox` converts
 /// batches with `batch`; `spec` declares a stage's grants and outputs with
-/// `sandbox`'s types); a cycle among them still fails.
+/// `sandbox`'s types; a WebAssembly stage in `ops` is granted lookup tables,
+/// which are `connectors`); a cycle among them still fails.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("units", &[]),
     ("wit", &[]),
@@ -41,7 +42,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("batch", &["node", "units", "wit"]),
     ("sandbox", &["batch", "node", "units", "wit"]),
     ("spec", &["batch", "node", "sandbox", "units", "wit"]),
-    ("ops", &["batch", "node", "sandbox", "spec", "units", "wit"]),
+    (
+        "ops",
+        &[
+            "batch",
+            "connectors",
+            "node",
+            "sandbox",
+            "spec",
+            "units",
+            "wit",
+        ],
+    ),
     (
         "connectors",
         &["batch", "node", "sandbox", "spec", "units", "wit"],
