@@ -394,13 +394,14 @@ fn skip_on_a_stateful_operator_is_refused_at_check_time_naming_the_key() {
 }
 
 /// `GOOD` with the table `segments` granted to its wasm stage, `extra` being
-/// more TOML lines of the grant.
+/// more TOML lines of the grant. A JSON-lines table: the one file format every
+/// build has (the files-only build has no CSV).
 fn with_lookup(extra: &str) -> String {
     GOOD.replace(
         "\n[[sink]]",
         &format!(
             "[stage.wasm.lookups.segments]\nkey = \"user_id\"\n\
-             table.csv = {{ path = \"segments.csv\", schema = [{{ name = \"user_id\", type = \"utf8\" }}] }}\n\
+             table.jsonl = {{ path = \"segments.jsonl\", schema = [{{ name = \"user_id\", type = \"utf8\" }}] }}\n\
              {extra}\n[[sink]]"
         ),
     )
